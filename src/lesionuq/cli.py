@@ -1,0 +1,244 @@
+"""Command-line interface: a thin Typer layer; every command calls one public function."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lesionuq.io import InputError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Lesion-wise uncertainty for MS lesion segmentation (MC dropout U-Net + GCNN).",
+)
+console = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+RunOpt = Annotated[Path, typer.Option("--run", help="Run directory made by `experiment`.")]
+FoldOpt = Annotated[list[int] | None, typer.Option("--fold", help="Only this fold (repeatable).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+def _friendly(fn: F) -> F:
+    """Turn bad-input errors into one red sentence and exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (InputError, FileNotFoundError) as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(1) from None
+        except ValueError as exc:
+            if "config" in str(exc) or "Unknown key" in str(exc):
+                console.print(f"[bold red]config error:[/] {exc}")
+                raise typer.Exit(1) from None
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load_config(config: Path | None, default: str = "demo"):
+    from lesionuq.config import ExperimentConfig
+    from lesionuq.demo import bundled_config
+
+    if config is None:
+        return bundled_config(default)
+    if not config.is_file():
+        raise InputError(f"{config}: file not found.")
+    return ExperimentConfig.from_yaml(config)
+
+
+def print_tables(result: Any) -> None:
+    """Print Table 1 and Table 2 of an :class:`ExperimentResult` as Rich tables."""
+    t1 = Table(title="Table 1 - U-Net segmentation on the test folds")
+    for col in ("fold", "Dice", "# TP lesions", "# FP lesions"):
+        t1.add_column(col, justify="right")
+    for row in result.table1.itertuples():
+        t1.add_row(str(row.fold), f"{row.dice:.3f}", str(row.n_tp), str(row.n_fp))
+    console.print(t1)
+    t2 = Table(title="Table 2 - lesion uncertainty (mean over folds)")
+    t2.add_column("method")
+    t2.add_column("AUC (%)", justify="right")
+    t2.add_column("Spearman rho", justify="right")
+    best = result.table2["auc"].max()
+    for row in result.table2.itertuples():
+        auc = f"{100 * row.auc:.2f}"
+        style = "bold green" if row.auc == best else None
+        t2.add_row(row.method, auc, f"{row.spearman_rho:.2f}", style=style)
+    console.print(t2)
+    console.print(f"report: [link=file://{result.report}]{result.report}[/link]")
+
+
+@app.command()
+@_friendly
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the phantom data and the run.")] = Path(
+        "demo"
+    ),
+    config: Annotated[Path | None, typer.Option(help="Config YAML (default: demo)")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Make a phantom data set, run the paper's whole protocol, print Tables 1 and 2."""
+    from lesionuq.demo import run_demo
+
+    result = run_demo(out, _load_config(config), progress=not quiet)
+    print_tables(result)
+
+
+@app.command()
+@_friendly
+def phantom(
+    out: Annotated[Path, typer.Option(help="Output folder (cases.csv + one folder per case).")],
+    cases: Annotated[int, typer.Option(help="Number of cases.")] = 20,
+    seed: Annotated[int, typer.Option(help="Master seed.")] = 0,
+    shape: Annotated[
+        tuple[int, int, int] | None, typer.Option(help="Grid shape X Y Z (default: template FOV).")
+    ] = None,
+    spacing: Annotated[float, typer.Option(help="Voxel size in mm.")] = 1.0,
+    preview: Annotated[bool, typer.Option(help="Write preview.png.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate a synthetic MS data set on the MNI152 brain."""
+    from lesionuq.config import PhantomConfig
+    from lesionuq.data.phantom import make_phantom_dataset
+
+    cfg = PhantomConfig(n_cases=cases, seed=seed, shape=shape, spacing=spacing)
+    path = make_phantom_dataset(out, cfg, preview=preview, progress=not quiet)
+    console.print(f"wrote {cases} cases: {path}")
+
+
+@app.command()
+@_friendly
+def experiment(
+    data: Annotated[Path, typer.Option(help="The data set manifest cases.csv.")],
+    out: Annotated[Path, typer.Option(help="Run directory (an existing run resumes).")],
+    config: Annotated[Path | None, typer.Option(help="Config YAML (default: demo).")] = None,
+    folds: Annotated[int | None, typer.Option(help="Number of folds (overrides config).")] = None,
+    stop_after: Annotated[
+        str | None, typer.Option(help="Stop after: preprocess|train|sample|graphs|fit.")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run the paper's k-fold protocol on your own data."""
+    from lesionuq.experiment import run_experiment
+
+    cfg = _load_config(config)
+    if folds is not None:
+        cfg = cfg.replace(folds=folds)
+    result = run_experiment(data, out, cfg, progress=not quiet, stop_after=stop_after)
+    if result is None:
+        console.print(f"stopped after {stop_after}; resume with the same command.")
+    else:
+        print_tables(result)
+
+
+@app.command()
+@_friendly
+def train(run: RunOpt, fold: FoldOpt = None, quiet: QuietOpt = False) -> None:
+    """Stage: train each fold's U-Net (preprocessing first if needed)."""
+    from lesionuq.experiment import stage_preprocess, stage_train
+
+    stage_preprocess(run, progress=not quiet)
+    stage_train(run, fold, progress=not quiet)
+
+
+@app.command()
+@_friendly
+def sample(
+    run: Annotated[Path | None, typer.Option("--run", help="Run directory.")] = None,
+    fold: FoldOpt = None,
+    stack: Annotated[
+        Path | None,
+        typer.Option(help="Your own T probability maps: a folder of NIfTI or one 4-D NIfTI."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder for --stack.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Stage: MC-dropout maps for val/test cases, or maps from your own sample stack."""
+    if stack is not None:
+        from lesionuq.experiment import maps_from_stack
+
+        if out is None:
+            raise InputError("--out is required with --stack.")
+        maps_from_stack(stack, out)
+        console.print(f"wrote prob/seg/entropy/variance/pcs to {out}")
+        return
+    if run is None:
+        raise InputError("give --run RUN (a run directory) or --stack PATH --out DIR.")
+    from lesionuq.experiment import stage_sample
+
+    stage_sample(run, fold, progress=not quiet)
+
+
+@app.command()
+@_friendly
+def graphs(run: RunOpt, fold: FoldOpt = None, quiet: QuietOpt = False) -> None:
+    """Stage: lesions, IoU_adj, TP/FP and lesion graphs for val/test cases."""
+    from lesionuq.experiment import stage_graphs
+
+    stage_graphs(run, fold, progress=not quiet)
+
+
+@app.command()
+@_friendly
+def fit(
+    run: RunOpt,
+    fold: FoldOpt = None,
+    method: Annotated[list[str] | None, typer.Option(help="Only this method.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Stage: fit the GCNNs and baselines on each fold's validation lesions."""
+    from lesionuq.experiment import stage_fit
+
+    stage_fit(run, fold, method, progress=not quiet)
+
+
+@app.command()
+@_friendly
+def evaluate(run: RunOpt, quiet: QuietOpt = False) -> None:
+    """Stage: score test lesions, write tables, Figure 2 and the HTML report."""
+    from lesionuq.experiment import stage_evaluate
+
+    print_tables(stage_evaluate(run, progress=not quiet))
+
+
+@app.command()
+@_friendly
+def predict(
+    model: Annotated[Path, typer.Option(help="A fitted model folder, e.g. RUN/fold_0.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    image: Annotated[
+        list[Path] | None, typer.Option(help="Input scan, one per sequence, in config order.")
+    ] = None,
+    cases: Annotated[Path | None, typer.Option(help="Or a cases.csv to predict in batch.")] = None,
+    threshold: Annotated[float, typer.Option(help="P(FP) at or above which to review.")] = 0.5,
+    maps: Annotated[bool, typer.Option(help="Also write prob/entropy/variance/pcs.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Segment a new scan and score each lesion's uncertainty, in the scan's own space."""
+    from lesionuq.predict import predict_manifest, predict_scan
+
+    if (image is None) == (cases is None):
+        raise InputError("give either --image (one per sequence) or --cases CSV.")
+    if image is not None:
+        res = predict_scan(
+            model, image, out, threshold=threshold, save_maps=maps, progress=not quiet
+        )
+        console.print(res.summary() if hasattr(res, "summary") else f"wrote {out}")
+    else:
+        predict_manifest(model, cases, out, threshold=threshold, save_maps=maps, progress=not quiet)
+        console.print(f"wrote predictions to {out}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    """Entry point."""
+    app(sys.argv[1:])

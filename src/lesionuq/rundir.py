@@ -1,0 +1,191 @@
+"""The run directory (DESIGN.md contract): paths, fold splits and stage stamps.
+
+A *stamp* is a small JSON file written last by a stage; it records the digest of every
+setting the stage's outputs depend on. A stage is skipped when its stamp exists and its
+digest matches, so a killed run resumes where it stopped and a changed setting reruns
+exactly the stages it affects.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lesionuq.config import ExperimentConfig, config_digest
+from lesionuq.io import InputError, atomic_write_text
+
+__all__ = ["FoldSplit", "RunDir", "make_folds", "read_stamp", "stamp_ok", "write_stamp"]
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """Case ids of one fold.
+
+    Attributes:
+        fold: Fold index K.
+        train: Cases that train the U-Net.
+        val: Cases whose lesions train the GCNN and MetaSeg (and select the U-Net epoch).
+        test: Cases whose lesions are scored and evaluated.
+    """
+
+    fold: int
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def cases(self, split: str) -> tuple[str, ...]:
+        """Case ids of ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}.")
+        return getattr(self, split)
+
+
+def make_folds(
+    case_ids: Sequence[str], k: int, val_fraction: float = 0.2, seed: int = 0
+) -> list[FoldSplit]:
+    """The paper's k-fold protocol: each case is in exactly one test fold.
+
+    Cases are shuffled once with ``seed`` and cut into k near-equal test chunks; within a
+    fold the remaining cases are shuffled again and ``val_fraction`` of them (at least
+    one) form the validation set, the rest train the U-Net.
+
+    Args:
+        case_ids: All case ids (unique).
+        k: Number of folds (>= 2).
+        val_fraction: Fraction of the non-test cases used for validation.
+        seed: Seed of both shuffles.
+
+    Returns:
+        k splits, fold 0 first.
+    """
+    ids = list(case_ids)
+    if len(set(ids)) != len(ids):
+        raise ValueError("case ids must be unique.")
+    if k < 2:
+        raise ValueError(f"need at least 2 folds, got {k}.")
+    largest_test = -(-len(ids) // k)
+    if len(ids) < k or len(ids) - largest_test < 2:
+        raise InputError(
+            f"{len(ids)} cases are too few for {k}-fold cross-validation "
+            "(every fold needs at least one test, one validation and one training case)."
+        )
+    rng = np.random.default_rng(seed)
+    order = [ids[i] for i in rng.permutation(len(ids))]
+    chunks = np.array_split(np.arange(len(order)), k)
+    folds = []
+    for f, chunk in enumerate(chunks):
+        test = [order[i] for i in chunk]
+        rest = [c for c in order if c not in set(test)]
+        rest = [rest[i] for i in rng.permutation(len(rest))]
+        n_val = max(1, round(val_fraction * len(rest)))
+        n_val = min(n_val, len(rest) - 1)
+        folds.append(
+            FoldSplit(f, tuple(sorted(rest[n_val:])), tuple(sorted(rest[:n_val])), tuple(test))
+        )
+    return folds
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of a run directory ``RUN`` (see DESIGN.md)."""
+
+    root: Path
+
+    @property
+    def config_yaml(self) -> Path:
+        """``RUN/config.yaml``: the fully resolved config."""
+        return self.root / "config.yaml"
+
+    @property
+    def folds_json(self) -> Path:
+        """``RUN/folds.json``: case ids per fold and split, and the data manifest."""
+        return self.root / "folds.json"
+
+    @property
+    def results(self) -> Path:
+        """``RUN/results``."""
+        return self.root / "results"
+
+    @property
+    def preprocessed(self) -> Path:
+        """``RUN/preprocessed``: every case on the common grid (cache shared by folds)."""
+        return self.root / "preprocessed"
+
+    def fold(self, k: int) -> Path:
+        """``RUN/fold_K``: a self-contained model folder once fitted."""
+        return self.root / f"fold_{k}"
+
+    def case_dir(self, k: int, split: str, case_id: str) -> Path:
+        """``RUN/fold_K/SPLIT/CASE``: maps on the preprocessed grid."""
+        return self.fold(k) / split / case_id
+
+    def lesion_set(self, k: int, split: str) -> Path:
+        """``RUN/fold_K/graphs/SPLIT``: the saved :class:`LesionSet` of a split."""
+        return self.fold(k) / "graphs" / split
+
+    def scorer(self, k: int, method: str) -> Path:
+        """``RUN/fold_K/scorers/METHOD``: one fitted scorer."""
+        return self.fold(k) / "scorers" / method
+
+    def write_plan(self, cfg: ExperimentConfig, data: Path, folds: Sequence[FoldSplit]) -> None:
+        """Write ``config.yaml`` and ``folds.json``."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        cfg.to_yaml(self.config_yaml)
+        payload = {
+            "data": str(Path(data).resolve()),
+            "seed": cfg.seed,
+            "folds": [
+                {"fold": f.fold, "train": list(f.train), "val": list(f.val), "test": list(f.test)}
+                for f in folds
+            ],
+        }
+        atomic_write_text(self.folds_json, json.dumps(payload, indent=2) + "\n")
+
+    def read_plan(self) -> tuple[ExperimentConfig, Path, list[FoldSplit]]:
+        """Read ``config.yaml`` and ``folds.json`` of an existing run."""
+        if not self.config_yaml.is_file() or not self.folds_json.is_file():
+            raise InputError(
+                f"{self.root}: not a run directory (config.yaml or folds.json missing); "
+                "start it with `lesionuq experiment`."
+            )
+        cfg = ExperimentConfig.from_yaml(self.config_yaml)
+        payload = json.loads(self.folds_json.read_text())
+        folds = [
+            FoldSplit(d["fold"], tuple(d["train"]), tuple(d["val"]), tuple(d["test"]))
+            for d in payload["folds"]
+        ]
+        return cfg, Path(payload["data"]), folds
+
+
+def write_stamp(path: Path, digest: str, **info: Any) -> None:
+    """Mark a stage finished with the digest of its inputs (written last, atomically)."""
+    atomic_write_text(path, json.dumps({"digest": digest, **info}, indent=2) + "\n")
+
+
+def read_stamp(path: Path) -> dict[str, Any] | None:
+    """The stamp's content, or None when absent or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def stamp_ok(path: Path, digest: str) -> bool:
+    """Whether a stage's stamp exists with this digest (its outputs are current)."""
+    stamp = read_stamp(path)
+    return stamp is not None and stamp.get("digest") == digest
+
+
+def digest_of(*parts: Any) -> str:
+    """Digest of several config parts (dataclasses, dicts, lists, strings)."""
+    import dataclasses
+
+    plain = [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    return config_digest({"parts": plain})
