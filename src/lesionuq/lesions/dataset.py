@@ -84,7 +84,7 @@ class LesionSet:
             "y_iou": [g.y_iou for g in self.graphs],
             "y_fp": [g.y_fp for g in self.graphs],
             "lesion_id": torch.tensor([int(g.lesion_id) for g in self.graphs], dtype=torch.long),
-            "size": torch.tensor([int(g.size) for g in self.graphs], dtype=torch.long),
+            "size": torch.tensor([int(g["size"]) for g in self.graphs], dtype=torch.long),
         }
         tmp = folder / f".tmp-{_GRAPHS}"
         torch.save(payload, tmp)
