@@ -1,0 +1,585 @@
+"""Figure 2 (accuracy-confidence curves) and the self-contained HTML report of a run.
+
+Both read only the run-directory contract (DESIGN.md): ``RUN/config.yaml``,
+``RUN/results/{lesions,table1,table2}.csv``, ``RUN/results/figure2.png`` and, for the
+lesion gallery, ``RUN/fold_K/test/CASE/{image,lesions,gt}.nii.gz``. Matplotlib is used
+through the Agg canvas directly (no pyplot, no global backend state).
+
+Curves of several folds are averaged "vertically": each fold's curve is evaluated on a
+common grid of FP-kept values (:func:`lesionuq.evaluation.curves.curve_on_grid`) and the
+TP-kept values are averaged. Folds are not pooled into one ranking because the scores of
+learned methods (GCNN, MetaSeg) come from a different model in every fold and are not
+comparable across folds; averaging keeps the area of the mean curve equal (up to the
+grid) to the mean of the per-fold AUCs shown in the legend and in Table 2.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from lesionuq.evaluation.curves import ac_auc, accuracy_confidence_curve, curve_on_grid
+from lesionuq.evaluation.metrics import as_bool, table2
+from lesionuq.io import atomic_write_text
+
+__all__ = ["mean_curve", "plot_accuracy_confidence", "render_lesion_crop", "write_report"]
+
+LESION_COLUMNS = ("fold", "case_id", "lesion_id", "n_voxels", "iou_adj", "is_tp")
+
+LABELS = {
+    "gcnn_classif": "GCNN classif",
+    "gcnn_reg": "GCNN reg",
+    "entropy_mean": "Entropy mean",
+    "entropy_logsum": "Entropy logsum",
+    "variance_mean": "Variance mean",
+    "variance_logsum": "Variance logsum",
+    "pcs_mean": "PCS mean",
+    "pcs_logsum": "PCS logsum",
+    "size": "Size",
+    "metaseg_classif": "MetaSeg classif",
+    "metaseg_reg": "MetaSeg reg",
+}
+
+# (colour, line style, line width): one family per colour, mean solid / logsum dashed
+STYLES = {
+    "gcnn_classif": ("#d62728", "-", 2.6),
+    "gcnn_reg": ("#ff7f0e", "--", 2.6),
+    "entropy_mean": ("#1f77b4", "-", 1.4),
+    "entropy_logsum": ("#1f77b4", "--", 1.4),
+    "variance_mean": ("#2ca02c", "-", 1.4),
+    "variance_logsum": ("#2ca02c", "--", 1.4),
+    "pcs_mean": ("#9467bd", "-", 1.4),
+    "pcs_logsum": ("#9467bd", "--", 1.4),
+    "size": ("#000000", ":", 1.8),
+    "metaseg_classif": ("#8c564b", "-.", 1.4),
+    "metaseg_reg": ("#e377c2", "-.", 1.4),
+}
+_FALLBACK_COLOURS = ("#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#843c39")
+_FALLBACK_LINES = ("-", "--", "-.", ":")
+
+# classification scorers output P(FP); the others an uncertainty score
+_PROBABILITY_METHODS = ("gcnn_classif", "metaseg_classif")
+
+
+def _label(method: str) -> str:
+    return LABELS.get(method, method)
+
+
+def _style(method: str, i: int) -> tuple[str, str, float]:
+    if method in STYLES:
+        return STYLES[method]
+    return (
+        _FALLBACK_COLOURS[i % len(_FALLBACK_COLOURS)],
+        _FALLBACK_LINES[(i // len(_FALLBACK_COLOURS)) % len(_FALLBACK_LINES)],
+        1.4,
+    )
+
+
+def _png_bytes(fig: Figure, dpi: int) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a figure is meant to be shared
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def mean_curve(
+    lesions: pd.DataFrame, method: str, grid: np.ndarray
+) -> tuple[np.ndarray, float, int]:
+    """Fold-averaged accuracy-confidence curve of one method.
+
+    Args:
+        lesions: The lesion table (``fold``, ``is_tp`` and the method's column).
+        method: Method column.
+        grid: (G,) FP-kept values in [0, 1], ascending.
+
+    Returns:
+        ``(tp_mean (G,), auc_mean, n_folds)``: the TP-kept values averaged over the folds
+        where the AUC is defined, the mean of those folds' AUC (fraction), and their
+        number (0 gives NaNs).
+    """
+    is_tp = as_bool(lesions["is_tp"])
+    curves, aucs = [], []
+    for _, index in sorted(lesions.groupby("fold").indices.items()):
+        u = lesions[method].to_numpy(dtype=np.float64)[index]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            auc = ac_auc(u, is_tp[index])
+            if np.isnan(auc):
+                continue
+            fp, tp = accuracy_confidence_curve(u, is_tp[index])
+        curves.append(curve_on_grid(fp, tp, grid))
+        aucs.append(auc)
+    if not curves:
+        return np.full(grid.shape, np.nan), float("nan"), 0
+    return np.mean(curves, axis=0), float(np.mean(aucs)), len(curves)
+
+
+def plot_accuracy_confidence(
+    lesions: pd.DataFrame,
+    methods: Sequence[str],
+    path: str | Path,
+    *,
+    grid_size: int = 401,
+    dpi: int = 150,
+    title: str | None = None,
+) -> Path:
+    """Figure 2: one accuracy-confidence curve per method, AUC (%) in the legend.
+
+    Each method's curve is the average over folds of the per-fold curves on a common
+    FP-kept grid (see the module docstring); the legend shows the mean over folds of the
+    per-fold AUC in % (as Table 2), and lists the methods by decreasing AUC. The grey
+    diagonal is a random ranking (AUC 50).
+
+    Args:
+        lesions: The ``RUN/results/lesions.csv`` frame.
+        methods: Method columns to draw.
+        path: Output PNG (written atomically).
+        grid_size: Number of FP-kept grid points.
+        dpi: Resolution.
+        title: Optional title.
+
+    Returns:
+        The written path.
+    """
+    path = Path(path)
+    grid = np.linspace(0.0, 1.0, grid_size)
+    curves = []
+    for i, method in enumerate(methods):
+        tp, auc, n = mean_curve(lesions, method, grid)
+        curves.append((method, i, tp, auc, n))
+    curves.sort(key=lambda c: (-c[3] if np.isfinite(c[3]) else np.inf, c[1]))
+
+    fig = Figure(figsize=(6.4, 6.0))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="#9e9e9e", lw=1.0, ls="-", zorder=1, label="Random (50.0)")
+    for method, i, tp, auc, n in curves:
+        colour, ls, lw = _style(method, i)
+        text = f"{_label(method)} ({100 * auc:.1f})" if n else f"{_label(method)} (n/a)"
+        x = np.concatenate([[0.0], grid])
+        y = np.concatenate([[0.0], tp])
+        ax.plot(x, y, color=colour, ls=ls, lw=lw, label=text, zorder=3 if lw > 2 else 2)
+    # legend in AUC order, random last
+    handles, labels = ax.get_legend_handles_labels()
+    handles, labels = handles[1:] + handles[:1], labels[1:] + labels[:1]
+    ax.legend(handles, labels, loc="lower right", fontsize=8, title="AUC (%)", framealpha=0.9)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.grid(True, color="#e0e0e0", lw=0.6)
+    ax.set_xlabel("FP lesions kept (fraction of all FP)")
+    ax.set_ylabel("TP lesions kept (fraction of all TP)")
+    n_folds = lesions["fold"].nunique() if len(lesions) else 0
+    ax.set_title(
+        title or f"Accuracy-confidence curves (mean of {n_folds} fold{'s' * (n_folds != 1)})",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return _atomic_write_bytes(path, _png_bytes(fig, dpi))
+
+
+def render_lesion_crop(
+    image: np.ndarray,
+    labels: np.ndarray,
+    lesion_id: int,
+    gt: np.ndarray | None = None,
+    *,
+    margin: int = 8,
+    min_size: int = 24,
+    dpi: int = 100,
+) -> bytes:
+    """PNG of an axial crop of the image around one lesion, with its contour.
+
+    The axial slice is the one holding most of the lesion's voxels; the crop is the
+    lesion's in-plane bounding box widened by ``margin`` voxels and to at least
+    ``min_size`` voxels. The lesion contour is yellow; the ground truth (if given) cyan,
+    dashed. Arrays are RAS, so the slice is shown with x to the right, y (anterior) up.
+
+    Args:
+        image: (X, Y, Z) float, e.g. the preprocessed FLAIR.
+        labels: (X, Y, Z) int, lesion labels (0 = background).
+        lesion_id: Label of the lesion to show.
+        gt: (X, Y, Z) bool ground truth, or None.
+        margin: Voxels around the lesion's bounding box.
+        min_size: Minimal crop side in voxels.
+        dpi: Resolution of the 2.4-inch image.
+
+    Returns:
+        The PNG file content.
+    """
+    mask = np.asarray(labels) == lesion_id
+    if not mask.any():
+        raise ValueError(f"lesion {lesion_id} is not in the label map.")
+    z = int(np.argmax(mask.sum(axis=(0, 1))))
+    xs, ys = np.nonzero(mask[:, :, z])
+    lo = np.array([xs.min(), ys.min()]) - margin
+    hi = np.array([xs.max(), ys.max()]) + margin + 1
+    grow = np.maximum(min_size - (hi - lo), 0)
+    lo, hi = lo - grow // 2, hi + grow - grow // 2
+    shape = np.array(mask.shape[:2])
+    shift = np.maximum(-lo, 0) - np.maximum(hi - shape, 0)
+    lo, hi = np.maximum(lo + shift, 0), np.minimum(hi + shift, shape)
+    window = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), z)
+
+    crop = np.asarray(image, dtype=np.float32)[window]
+    finite = crop[np.isfinite(crop)]
+    vmin, vmax = np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 1.0)
+    fig = Figure(figsize=(2.4, 2.4))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(crop.T, cmap="gray", origin="lower", vmin=vmin, vmax=max(vmax, vmin + 1e-6))
+
+    def contour(m: np.ndarray, **kw) -> None:
+        if not m.any():
+            return
+        up = 6  # upsample so that the contour follows voxel edges
+        big = np.kron(m.astype(np.float32), np.ones((up, up), np.float32))
+        cx = (np.arange(big.shape[0]) + 0.5) / up - 0.5
+        cy = (np.arange(big.shape[1]) + 0.5) / up - 0.5
+        ax.contour(cx, cy, big.T, levels=[0.5], **kw)
+
+    if gt is not None:
+        contour(
+            np.asarray(gt, dtype=bool)[window], colors="#00e5ff", linewidths=1.0, linestyles="--"
+        )
+    contour(mask[window], colors="#ffd60a", linewidths=1.6)
+    ax.set_xlim(-0.5, crop.shape[0] - 0.5)
+    ax.set_ylim(-0.5, crop.shape[1] - 0.5)
+    ax.set_axis_off()
+    return _png_bytes(fig, dpi)
+
+
+# --------------------------------------------------------------------------- HTML report
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #222;
+       max-width: 1040px; margin: 2em auto; padding: 0 1em; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; margin-top: 1.8em;
+     border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
+.sub { color: #666; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.6em 0 0.3em; font-size: 0.92em; }
+th, td { padding: 0.25em 0.7em; text-align: right; font-variant-numeric: tabular-nums; }
+th { border-bottom: 2px solid #444; } td { border-bottom: 1px solid #ddd; }
+th:first-child, td:first-child { text-align: left; }
+tr.total td { border-top: 2px solid #444; font-style: italic; }
+.note { color: #555; font-size: 0.88em; }
+.fig { max-width: 640px; width: 100%; }
+.gallery { display: flex; flex-wrap: wrap; gap: 10px; }
+.tile { border: 1px solid #ccc; padding: 4px; width: 244px; font-size: 0.82em;
+        break-inside: avoid; page-break-inside: avoid; }
+.tile img { width: 240px; height: 240px; display: block; }
+.tp { color: #1a7f37; font-weight: bold; } .fpl { color: #c62828; font-weight: bold; }
+.missing { color: #c62828; }
+pre { background: #f6f6f6; padding: 0.8em; font-size: 0.8em; overflow-x: auto; }
+@media print { body { margin: 0; max-width: none; } h2 { page-break-after: avoid; }
+               pre { white-space: pre-wrap; } }
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _img(data: bytes, alt: str, cls: str = "") -> str:
+    b64 = base64.b64encode(data).decode("ascii")
+    klass = f' class="{cls}"' if cls else ""
+    return f'<img{klass} alt="{_e(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    return pd.read_csv(path, dtype={"case_id": str})
+
+
+def _missing(path: Path, root: Path) -> str:
+    return f'<p class="missing">Not available: {_e(path.relative_to(root))}.</p>'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], total: bool = False) -> str:
+    out = ["<table>", "<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
+    for i, row in enumerate(rows):
+        cls = ' class="total"' if total and i == len(rows) - 1 else ""
+        out.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _bold_if(text: str, flag: bool) -> str:
+    return f"<b>{text}</b>" if flag else text
+
+
+def _fmt(value: float, spec: str, scale: float = 1.0) -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    text = format(scale * value, spec)
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # no "-0.00"
+
+
+def _table1_html(t1: pd.DataFrame) -> str:
+    rows = []
+    for r in t1.itertuples(index=False):
+        n = r.n_tp + r.n_fp
+        share = _fmt(r.n_fp / n if n else float("nan"), ".1f", 100)
+        rows.append([_e(r.fold), _fmt(r.dice, ".3f"), _e(r.n_tp), _e(r.n_fp), share])
+    if len(t1) > 1:
+        n_tp, n_fp = int(t1.n_tp.sum()), int(t1.n_fp.sum())
+        share = _fmt(n_fp / (n_tp + n_fp) if n_tp + n_fp else float("nan"), ".1f", 100)
+        rows.append(["mean / total", _fmt(t1.dice.mean(), ".3f"), str(n_tp), str(n_fp), share])
+    header = ["Fold", "Dice", "# TP lesions", "# FP lesions", "FP share (%)"]
+    return _table(header, rows, total=len(t1) > 1)
+
+
+def _table2_html(t2: pd.DataFrame, per_fold: pd.DataFrame | None) -> str:
+    auc = t2["auc"].to_numpy(dtype=np.float64)
+    rho = np.abs(t2["spearman_rho"].to_numpy(dtype=np.float64))
+    best_auc = np.nanmax(auc) if np.isfinite(auc).any() else np.nan
+    best_rho = np.nanmin(rho) if np.isfinite(rho).any() else np.nan
+    folds: list = []
+    pivot = None
+    if per_fold is not None and len(per_fold):
+        pivot = per_fold.pivot(index="method", columns="fold", values="auc")
+        folds = list(pivot.columns)
+        fold_best = pivot.max(axis=0)
+    rows = []
+    for r in t2.itertuples(index=False):
+        row = [
+            _e(_label(r.method)),
+            _bold_if(_fmt(r.auc, ".1f", 100), bool(np.isclose(r.auc, best_auc))),
+            _bold_if(_fmt(r.spearman_rho, ".2f"), bool(np.isclose(abs(r.spearman_rho), best_rho))),
+        ]
+        for f in folds:
+            v = pivot.loc[r.method, f] if r.method in pivot.index else np.nan
+            row.append(_bold_if(_fmt(v, ".1f", 100), bool(np.isclose(v, fold_best[f]))))
+        rows.append(row)
+    header = ["Method", "AUC (%)", "Spearman &rho;", *[f"AUC fold {_e(f)}" for f in folds]]
+    return _table(header, rows)
+
+
+def _epsilon(run: Path) -> str:
+    """The TP threshold on IoU_adj from ``RUN/config.yaml`` (0.1 when unreadable)."""
+    try:
+        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        return f"{float(cfg['graphs']['epsilon']):g}"
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return "0.1"
+
+
+def _gallery_method(lesions: pd.DataFrame, method: str | None) -> str | None:
+    methods = [c for c in lesions.columns if c not in LESION_COLUMNS]
+    if method is not None:
+        return method if method in methods else None
+    return "gcnn_classif" if "gcnn_classif" in methods else (methods[0] if methods else None)
+
+
+def _gallery_html(run: Path, lesions: pd.DataFrame, method: str, n: int, margin: int) -> str:
+    order = lesions.sort_values(
+        [method, "fold", "case_id", "lesion_id"], ascending=[False, True, True, True]
+    )
+    most = order.head(n)
+    least = order.drop(most.index).tail(n).iloc[::-1]
+    volumes: dict[tuple[int, str], tuple] = {}
+
+    def load(fold: int, case: str) -> tuple:
+        key = (fold, case)
+        if key not in volumes:
+            d = run / f"fold_{fold}" / "test" / case
+            arrays = []
+            for name in ("image", "lesions", "gt"):
+                p = d / f"{name}.nii.gz"
+                arrays.append(np.asarray(nib.load(str(p)).dataobj) if p.is_file() else None)
+            volumes[key] = tuple(arrays)
+        return volumes[key]
+
+    what = "P(FP)" if method in _PROBABILITY_METHODS else "uncertainty"
+
+    def tile(r: pd.Series) -> str:
+        image, labels, gt = load(int(r["fold"]), str(r["case_id"]))
+        lesion_id = int(r["lesion_id"])
+        if image is None or labels is None or not np.any(labels == lesion_id):
+            picture = '<p class="missing">image.nii.gz / lesions.nii.gz not available</p>'
+        else:
+            png = render_lesion_crop(
+                image, labels, lesion_id, None if gt is None else gt > 0, margin=margin
+            )
+            picture = _img(png, f"lesion {lesion_id} of case {r['case_id']}")
+        tp = bool(as_bool(pd.Series([r["is_tp"]]))[0])
+        truth = '<span class="tp">TP</span>' if tp else '<span class="fpl">FP</span>'
+        return (
+            f'<div class="tile">{picture}'
+            f"<div>{_e(what)} = <b>{float(r[method]):.3g}</b> &middot; true: {truth}</div>"
+            f"<div>IoU<sub>adj</sub> {float(r['iou_adj']):.2f} &middot; "
+            f"{int(r['n_voxels'])} voxels</div>"
+            f'<div class="note">fold {_e(r["fold"])} &middot; case {_e(r["case_id"])} '
+            f"&middot; lesion {lesion_id}</div></div>"
+        )
+
+    parts = [
+        f"<h3>Most uncertain test lesions ({_e(_label(method))})</h3>",
+        '<div class="gallery">' + "".join(tile(r) for _, r in most.iterrows()) + "</div>",
+        f"<h3>Least uncertain test lesions ({_e(_label(method))})</h3>",
+        '<div class="gallery">' + "".join(tile(r) for _, r in least.iterrows()) + "</div>",
+    ]
+    return "\n".join(parts)
+
+
+HOW_TO_READ = """
+<p>Every connected component of the U-Net segmentation of a test scan is a <em>lesion</em>.
+It is a true positive (TP) when its adjusted IoU with the ground truth is at least EPSILON, a
+false positive (FP) otherwise. Each method gives every lesion an uncertainty score; a useful
+score is <b>higher for FP lesions</b>, so that the lesions it flags are the ones to check.</p>
+<p><b>Accuracy-confidence curve (Figure 2).</b> Lesions are set aside from the most to the
+least uncertain; the curve shows the fraction of FP lesions still kept (x) against the
+fraction of TP lesions still kept (y), from (1, 1) with every lesion kept to (0, 0) with all
+removed. A good score removes FPs first, so its curve stays high (near the top-left).
+<b>AUC</b> is the area under it: 100&nbsp;% means every FP is more uncertain than every TP,
+50&nbsp;% is a random ranking (the grey diagonal), and it equals the probability that a
+random FP lesion is scored more uncertain than a random TP lesion. Only the ranking
+matters, so methods with different score ranges compare fairly. AUC and &rho; are computed
+per fold and averaged over folds.</p>
+<p><b>Spearman &rho;</b> is the rank correlation of a method's uncertainty with lesion size.
+The <em>Size</em> baseline (uncertainty 1/size) has &rho; = &minus;1 by construction; logsum
+scores are strongly tied to size too. Small lesions are more often FP, so size alone already
+ranks lesions better than chance, but a score close to &minus;1 mostly measures size, not
+the model's doubt; a good method beats Size on AUC with a weaker dependence on size.</p>
+"""
+
+
+def write_report(
+    run_dir: str | Path,
+    *,
+    method: str | None = None,
+    n_gallery: int = 6,
+    margin: int = 8,
+) -> Path:
+    """Write ``RUN/results/report.html``: a self-contained summary of a finished run.
+
+    Contents: a short guide, Table 1 (Dice, TP/FP counts per fold), Table 2 (AUC in %,
+    Spearman rho, per-fold AUC; best values in bold), Figure 2 and a gallery of the
+    ``n_gallery`` most and least uncertain test lesions (all folds together) by
+    ``method`` (default ``gcnn_classif``, else the first method column): an axial FLAIR
+    crop with the lesion contour, its score, its true label, IoU_adj and size. The run's
+    ``config.yaml`` is shown collapsed. Images are embedded as base64 PNG and the CSS is
+    inline, so the file has no external reference. Missing inputs are reported in the
+    page instead of failing.
+
+    Args:
+        run_dir: The run directory ``RUN``.
+        method: Method ranking the gallery.
+        n_gallery: Lesions per gallery row (most / least uncertain).
+        margin: Voxels around each lesion in the crops.
+
+    Returns:
+        The report's path.
+    """
+    run = Path(run_dir)
+    res = run / "results"
+    lesions = _read_csv(res / "lesions.csv")
+    t1 = _read_csv(res / "table1.csv")
+    t2 = _read_csv(res / "table2.csv")
+    per_fold = None
+    if lesions is not None and t2 is not None and len(lesions):
+        present = [m for m in t2["method"] if m in lesions.columns]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_fold = table2(lesions, present)[1]
+
+    body = [f"<h1>Lesion-wise uncertainty: results of run {_e(run.name)}</h1>"]
+    if lesions is not None:
+        tp = as_bool(lesions["is_tp"]) if len(lesions) else np.zeros(0, bool)
+        summary = (
+            f"{len(lesions)} test lesions ({int(tp.sum())} TP, {int((~tp).sum())} FP) "
+            f"in {lesions['fold'].nunique()} folds"
+        )
+        if t2 is not None and t2["auc"].notna().any():
+            best = t2.loc[t2["auc"].idxmax()]
+            summary += f"; best method: {_label(best['method'])} ({100 * best['auc']:.1f} % AUC)"
+        body.append(f'<p class="sub">{_e(summary)}.</p>')
+    body += ["<h2>How to read this report</h2>", HOW_TO_READ.replace("EPSILON", _epsilon(run))]
+
+    body.append("<h2>Table 1. U-Net segmentation of the test scans</h2>")
+    if t1 is not None:
+        body.append(_table1_html(t1))
+        body.append(
+            '<p class="note">Dice: mean over the fold\'s test scans; counts: lesions '
+            "(connected components of the segmentation) in the fold's test scans.</p>"
+        )
+    else:
+        body.append(_missing(res / "table1.csv", run))
+
+    body.append(
+        "<h2>Table 2. Lesion uncertainty: accuracy-confidence AUC and Spearman &rho; with size</h2>"
+    )
+    if t2 is not None:
+        body.append(_table2_html(t2, per_fold))
+        body.append(
+            '<p class="note">Means over folds. Bold: highest AUC (per column) and '
+            "smallest |&rho;| (uncertainty least tied to lesion size).</p>"
+        )
+    else:
+        body.append(_missing(res / "table2.csv", run))
+
+    body.append("<h2>Figure 2. Accuracy-confidence curves</h2>")
+    fig_path = res / "figure2.png"
+    if fig_path.is_file():
+        body.append(_img(fig_path.read_bytes(), "accuracy-confidence curves", "fig"))
+        body.append(
+            '<p class="note">Curves averaged over folds on a common FP grid; AUC (%) in '
+            "brackets, methods sorted by AUC.</p>"
+        )
+    else:
+        body.append(_missing(fig_path, run))
+
+    body.append("<h2>Lesion gallery</h2>")
+    gallery_method = _gallery_method(lesions, method) if lesions is not None else None
+    if lesions is not None and len(lesions) and gallery_method is not None:
+        body.append(
+            '<p class="note">Axial slice through the lesion (preprocessed FLAIR); yellow: '
+            "the predicted lesion; cyan dashed: ground truth. Most uncertain first, then "
+            "least uncertain; all folds together.</p>"
+        )
+        body.append(_gallery_html(run, lesions, gallery_method, n_gallery, margin))
+    else:
+        body.append('<p class="missing">No test lesions to show.</p>')
+
+    body.append("<h2>Configuration</h2>")
+    cfg = run / "config.yaml"
+    if cfg.is_file():
+        body.append(
+            "<details><summary>config.yaml (the fully resolved configuration)</summary>"
+            f"<pre>{_e(cfg.read_text())}</pre></details>"
+        )
+    else:
+        body.append(_missing(cfg, run))
+
+    page = (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>lesionuq report: {_e(run.name)}</title>\n<style>{CSS}</style>\n</head>\n"
+        "<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+    return atomic_write_text(res / "report.html", page)

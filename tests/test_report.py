@@ -1,0 +1,134 @@
+"""Figure 2 and the HTML report on a tiny fake run directory (2 folds x 2 cases, 16^3)."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from lesionuq.config import METHODS, ExperimentConfig
+from lesionuq.evaluation.metrics import table1, table2
+from lesionuq.evaluation.report import (
+    mean_curve,
+    plot_accuracy_confidence,
+    render_lesion_crop,
+    write_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# lesion cubes per case: (corner, side); label = position + 1
+CUBES = [((2, 2, 3), 3), ((9, 8, 6), 2), ((5, 11, 10), 4)]
+
+
+def make_fake_run(root, seed=0, with_images=True):
+    rng = np.random.default_rng(seed)
+    rows, cases = [], []
+    for fold in (0, 1):
+        for c in range(2):
+            case = f"case{fold}{c}"
+            d = root / f"fold_{fold}" / "test" / case
+            d.mkdir(parents=True)
+            labels = np.zeros((16, 16, 16), np.int32)
+            for k, ((x, y, z), s) in enumerate(CUBES):
+                labels[x : x + s, y : y + s, z : z + s] = k + 1
+            image = rng.normal(size=labels.shape).astype(np.float32) + 3.0 * (labels > 0)
+            gt = np.zeros(labels.shape, np.uint8)
+            gt[2:5, 2:5, 3:6] = 1  # lesion 1 is a TP, the others FP
+            if with_images:
+                nib.save(nib.Nifti1Image(image, np.eye(4)), d / "image.nii.gz")
+            nib.save(nib.Nifti1Image(labels, np.eye(4)), d / "lesions.nii.gz")
+            nib.save(nib.Nifti1Image(gt, np.eye(4)), d / "gt.nii.gz")
+            for k, (_, s) in enumerate(CUBES):
+                rows.append(
+                    {
+                        "fold": fold,
+                        "case_id": case,
+                        "lesion_id": k + 1,
+                        "n_voxels": s**3,
+                        "iou_adj": 1.0 if k == 0 else 0.0,
+                        "is_tp": k == 0,
+                    }
+                )
+            cases.append(
+                {"fold": fold, "case_id": case, "dice": 0.5 + 0.1 * c, "n_tp": 1, "n_fp": 2}
+            )
+    lesions = pd.DataFrame(rows)
+    for m in METHODS:
+        lesions[m] = rng.random(len(lesions))
+    lesions["size"] = 1.0 / lesions["n_voxels"]
+    lesions["gcnn_classif"] = np.where(lesions["is_tp"], 0.1, 0.8) + 0.01 * lesions["lesion_id"]
+    res = root / "results"
+    res.mkdir()
+    lesions.to_csv(res / "lesions.csv", index=False)
+    table1(pd.DataFrame(cases)).to_csv(res / "table1.csv", index=False)
+    t2, _ = table2(lesions, METHODS)
+    t2.to_csv(res / "table2.csv", index=False)
+    ExperimentConfig().to_yaml(root / "config.yaml")
+    plot_accuracy_confidence(lesions, METHODS, res / "figure2.png", grid_size=51, dpi=60)
+    return lesions
+
+
+def test_mean_curve_area_matches_mean_auc():
+    grid = np.linspace(0, 1, 1001)
+    frame = pd.DataFrame(
+        {
+            "fold": [0] * 5 + [1] * 4,
+            "is_tp": [False, True, False, True, True, False, True, True, True],
+            "a": [0.9, 0.7, 0.7, 0.4, 0.1, 0.8, 0.9, 0.2, 0.1],
+        }
+    )
+    tp, auc, n = mean_curve(frame, "a", grid)
+    assert n == 2
+    assert auc == pytest.approx((11 / 12 + 2 / 3) / 2)
+    area = np.sum(np.diff(grid) * (tp[1:] + tp[:-1]) / 2)
+    assert area == pytest.approx(auc, abs=2e-3)
+
+
+def test_render_lesion_crop_is_png():
+    labels = np.zeros((16, 16, 16), np.int32)
+    labels[6:9, 6:9, 4:6] = 3
+    png = render_lesion_crop(np.ones(labels.shape), labels, 3, gt=labels > 0, dpi=30)
+    assert png.startswith(PNG_MAGIC)
+    with pytest.raises(ValueError, match="lesion 4"):
+        render_lesion_crop(np.ones(labels.shape), labels, 4)
+
+
+def test_write_report_self_contained(tmp_path):
+    run = tmp_path / "run"
+    make_fake_run(run)
+    assert (run / "results/figure2.png").read_bytes().startswith(PNG_MAGIC)
+    path = write_report(run, n_gallery=2)
+    assert path == run / "results/report.html"
+    text = path.read_text()
+    assert "Table 1" in text and "Table 2" in text and "Figure 2" in text
+    # Table 1 fold rows (Dice mean of 0.5 and 0.6, 2 x 1 TP, 2 x 2 FP)
+    assert "<td>0</td><td>0.550</td><td>2</td><td>4</td>" in text
+    # Table 2: gcnn_classif separates TP from FP perfectly: 100.0 % in bold, size rho -1
+    assert "<td>GCNN classif</td><td><b>100.0</b></td>" in text
+    assert re.search(r"<td>Size</td><td>[\d.]+</td><td>-1.00</td>", text)
+    # figure + 2 most + 2 least uncertain lesion crops, all valid base64 PNG
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(images) == 5
+    assert all(base64.b64decode(b).startswith(PNG_MAGIC) for b in images)
+    assert text.count('<div class="tile">') == 4
+    assert text.count(">FP</span>") == 2 and text.count(">TP</span>") == 2
+    assert "P(FP) = <b>0.83</b>" in text  # the most uncertain: an FP lesion 3
+    # self-contained: no external reference of any kind
+    assert "http" not in text and "<link" not in text and "<script" not in text
+    assert not re.search(r'(src|href)="(?!data:)', text)
+    # the config is shown, collapsed
+    assert "<details>" in text and "n_samples" in text
+    assert "at least 0.1, a" in text  # the TP threshold, read from config.yaml
+
+
+def test_write_report_without_images(tmp_path):
+    run = tmp_path / "run"
+    make_fake_run(run, with_images=False)
+    (run / "results/table1.csv").unlink()
+    text = write_report(run, method="size", n_gallery=1).read_text()
+    assert "not available" in text and "table1.csv" in text
+    assert "<td>Size</td>" in text and "uncertainty = <b>" in text
