@@ -308,7 +308,8 @@ def stage_fit(
         graphs_digest = digest_of(digest_of(_train_digest(cfg, split), cfg.sampling), cfg.graphs)
         val = None
         for method in methods or cfg.methods:
-            digest = digest_of(graphs_digest, cfg.gcnn, method)
+            learned = cfg.gcnn if method.startswith("gcnn") else None
+            digest = digest_of(graphs_digest, learned, method)
             folder = rd.scorer(split.fold, method)
             if stamp_ok(folder / "stamp.json", digest):
                 continue
