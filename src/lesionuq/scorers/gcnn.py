@@ -1,0 +1,501 @@
+"""The lesion GCNN (paper 2.3): two GCN layers, a graph readout and a linear head.
+
+Each lesion is a graph whose nodes are the voxels of its dilated mask (26-neighbour
+edges) with features [intensities..., label, entropy, variance, pcs]. Two variants:
+
+- ``gcnn_classif``: FP (IoU_adj < epsilon) vs TP with cross-entropy; uncertainty P(FP).
+- ``gcnn_reg``: IoU_adj with the MSE loss; uncertainty 1 - clip(predicted IoU_adj, 0, 1).
+
+Training follows the paper (3.4): Adam, learning rate from ``cfg.lr`` down to
+``cfg.lr_min`` (cosine, per step), batches of ``cfg.batch_size`` graphs, on the CPU by
+default. Node features are standardised with the training graphs' mean and std. A
+stratified, seeded ``cfg.val_fraction`` of the training graphs is held out to choose the
+epoch (lowest validation loss). Everything is seeded by ``cfg.seed`` without touching the
+global random state, so a fit on the CPU is reproducible bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.nn import functional as F
+from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader
+from torch_geometric.nn import GCNConv, global_add_pool, global_max_pool, global_mean_pool
+
+from lesionuq.config import GCNNConfig
+from lesionuq.io import InputError
+from lesionuq.lesions.dataset import LesionSet
+from lesionuq.scorers.base import LesionScorer, table_column
+from lesionuq.utils import make_progress, resolve_device
+
+__all__ = ["GCNNScorer", "LesionGCN", "split_train_val"]
+
+MODEL_FILE = "model.pt"
+_READOUTS = {"mean": global_mean_pool, "max": global_max_pool, "sum": global_add_pool}
+_TASKS = ("classif", "reg")
+_SCORE_BATCH = 256
+
+
+class LesionGCN(nn.Module):
+    r"""Graph-level GCN: 2 x (GCNConv + ReLU), readout, Linear.
+
+    .. math::
+        H^{(1)} = \mathrm{ReLU}(\hat{D}^{-1/2}\hat{A}\hat{D}^{-1/2} X \Theta_1), \quad
+        H^{(2)} = \mathrm{ReLU}(\hat{D}^{-1/2}\hat{A}\hat{D}^{-1/2} H^{(1)} \Theta_2),
+
+    .. math::
+        r_g = \mathrm{readout}_{i \in g} H^{(2)}_i, \quad y_g = W r_g + b,
+
+    with :math:`\hat{A} = A + I` (self-loops) and :math:`\hat{D}` its degree matrix (Kipf &
+    Welling's GCN, as DGL's ``GraphConv`` in the paper), readout the node mean, max or sum.
+
+    Args:
+        in_features: F, node features.
+        hidden: h, hidden size of both layers (64 in the paper).
+        out_features: 2 for classification (logits TP, FP), 1 for regression.
+        readout: ``"mean"``, ``"max"`` or ``"sum"``.
+
+    Shapes:
+        - x: (n_nodes, F) float32, all graphs of the batch stacked
+        - edge_index: (2, E) int64
+        - batch: (n_nodes,) int64 graph index of each node, or None (one graph)
+        - output: (B, out_features)
+    """
+
+    def __init__(self, in_features: int, hidden: int = 64, out_features: int = 2, readout="mean"):
+        super().__init__()
+        if readout not in _READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(_READOUTS)}, got {readout!r}.")
+        self.conv1 = GCNConv(in_features, hidden)
+        self.conv2 = GCNConv(hidden, hidden)
+        self.head = nn.Linear(hidden, out_features)
+        self.readout = readout
+
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Graph outputs (B, out_features); see the class docstring for shapes."""
+        if batch is None:
+            batch = x.new_zeros(x.shape[0], dtype=torch.long)
+        h = F.relu(self.conv1(x, edge_index))
+        h = F.relu(self.conv2(h, edge_index))
+        return self.head(_READOUTS[self.readout](h, batch))
+
+
+def split_train_val(y_fp: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split stratified by class, keeping at least one of each class for training.
+
+    Args:
+        y_fp: (N,) int labels (1 = FP).
+        fraction: Share of each class held out (rounded per class).
+        seed: Seed of the permutation.
+
+    Returns:
+        (train_idx, val_idx), sorted int64 arrays; ``val_idx`` may be empty.
+    """
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(y_fp):
+        idx = rng.permutation(np.flatnonzero(y_fp == c))
+        n_val = min(round(fraction * len(idx)), len(idx) - 1)
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    if not train:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.sort(np.concatenate(train)).astype(np.int64), np.sort(np.concatenate(val)).astype(
+        np.int64
+    )
+
+
+class GCNNScorer(LesionScorer):
+    """GCNN lesion scorer (``task="classif"``: P(FP); ``task="reg"``: 1 - IoU_adj).
+
+    Labels come from the lesion table: FP = not ``is_tp`` and ``iou_adj``. If the
+    training lesions are degenerate (none, or a single class for the classifier), the
+    scorer warns and returns a constant (the FP fraction; 0.5 without lesions).
+
+    Args:
+        task: ``"classif"`` or ``"reg"``.
+        cfg: Architecture and training settings.
+        name: Method name; defaults to ``"gcnn_" + task``.
+        device: ``"cpu"`` (default; the paper trains on CPU), ``"cuda"`` or ``"auto"``.
+        num_threads: PyTorch CPU threads while fitting / scoring (restored afterwards), or
+            None to keep the current setting. Defaults to 1: the graphs are so small that
+            more threads do not help, and they slow down badly when cores are shared.
+
+    Attributes:
+        model_: The selected :class:`LesionGCN` (on the CPU after fitting / loading).
+        in_features_: F, node features seen in fit.
+        feature_mean_, feature_std_: (F,) float32 standardisation statistics.
+        best_epoch_: 1-based epoch whose weights were kept.
+        history_: Per-epoch dicts: epoch, lr, train_loss, val_loss, val_auc / val_mse.
+        constant_: The constant uncertainty of a degenerate fit, else None.
+    """
+
+    def __init__(
+        self,
+        task: str = "classif",
+        cfg: GCNNConfig | None = None,
+        name: str | None = None,
+        device: str = "cpu",
+        num_threads: int | None = 1,
+    ) -> None:
+        if task not in _TASKS:
+            raise ValueError(f"task must be 'classif' or 'reg', got {task!r}.")
+        self.task = task
+        self.cfg = cfg or GCNNConfig()
+        if self.cfg.readout not in _READOUTS:
+            raise ValueError(
+                f"GCNNConfig.readout must be one of {', '.join(_READOUTS)}, "
+                f"got {self.cfg.readout!r}."
+            )
+        if self.cfg.epochs < 1 or self.cfg.batch_size < 1 or not 0 <= self.cfg.val_fraction < 1:
+            raise ValueError(
+                "GCNNConfig needs epochs >= 1, batch_size >= 1 and 0 <= val_fraction < 1, "
+                f"got {self.cfg}."
+            )
+        self.name = name or f"gcnn_{task}"
+        self.device = device
+        self.num_threads = num_threads
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments (the config as a dict)."""
+        return {
+            "task": self.task,
+            "cfg": dataclasses.asdict(self.cfg),
+            "name": self.name,
+            "device": self.device,
+            "num_threads": self.num_threads,
+        }
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Self:
+        """Rebuild from :meth:`get_params` output."""
+        params = dict(params)
+        params["cfg"] = GCNNConfig(**params["cfg"])
+        return cls(**params)
+
+    def _new_model(self, in_features: int) -> LesionGCN:
+        out = 2 if self.task == "classif" else 1
+        return LesionGCN(in_features, self.cfg.hidden, out, self.cfg.readout)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, lesions: LesionSet, progress: bool = True) -> Self:
+        """Train on labelled lesion graphs and keep the best epoch's weights.
+
+        Args:
+            lesions: N lesions with graphs and the table columns ``is_tp`` / ``iou_adj``.
+            progress: Show a bar over epochs with the train loss and validation metric.
+
+        Raises:
+            ValueError: No graphs, inconsistent node features, NaN labels.
+        """
+        with _torch_threads(self.num_threads):
+            return self._fit(lesions, progress)
+
+    def _fit(self, lesions: LesionSet, progress: bool) -> Self:
+        cfg = self.cfg
+        y_fp = (1 - table_column(lesions.table, "is_tp", self.name)).astype(np.int64)
+        y_iou = table_column(lesions.table, "iou_adj", self.name)
+        if self.task == "reg" and not np.all(np.isfinite(y_iou)):
+            raise ValueError(f"{self.name}: iou_adj has NaN; fitting needs ground truth.")
+        self._reset()
+        n_feat = self._check_graphs(lesions, expected=None)
+        self.in_features_ = n_feat
+        degenerate = len(y_fp) == 0 or (self.task == "classif" and np.all(y_fp == y_fp[0]))
+        if degenerate:
+            self.constant_ = float(y_fp.mean()) if len(y_fp) else 0.5
+            self.feature_mean_ = torch.zeros(n_feat or 0)
+            self.feature_std_ = torch.ones(n_feat or 0)
+            warnings.warn(
+                f"{self.name}: training lesions contain a single class (or none); "
+                f"using the constant uncertainty {self.constant_:g}.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return self
+
+        train_idx, val_idx = split_train_val(y_fp, cfg.val_fraction, cfg.seed)
+        x_train = torch.cat([lesions.graphs[i].x for i in train_idx]).double()
+        self.feature_mean_ = x_train.mean(0).float()
+        std = x_train.std(0, unbiased=False)
+        self.feature_std_ = torch.where(std > 1e-8, std, torch.ones_like(std)).float()
+        data = self._to_data(lesions, y_fp, y_iou)
+        train = [data[i] for i in train_idx]
+        val = [data[i] for i in val_idx]
+
+        device = resolve_device(self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = self._new_model(n_feat).to(device)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=generator)
+        optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        total_steps = max(1, cfg.epochs * len(loader))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimiser, T_max=total_steps, eta_min=cfg.lr_min
+        )
+        weight = None
+        if self.task == "classif" and cfg.class_weight:
+            counts = np.bincount(y_fp[train_idx], minlength=2).astype(np.float64)
+            weight = torch.tensor(len(train_idx) / (2.0 * counts), dtype=torch.float32)
+            weight = weight.to(device)
+        self.class_weight_ = None if weight is None else weight.cpu().tolist()
+
+        best_loss, best_state = math.inf, None
+        self.history_ = []
+        start = time.perf_counter()
+        with make_progress(transient=False) if progress else _NullProgress() as bar:
+            task = bar.add_task(self.name, total=cfg.epochs, info="")
+            for epoch in range(1, cfg.epochs + 1):
+                lr = optimiser.param_groups[0]["lr"]
+                model.train()
+                loss_sum, n_seen = 0.0, 0
+                for batch in loader:
+                    batch = batch.to(device)
+                    optimiser.zero_grad()
+                    loss = self._loss(model(batch.x, batch.edge_index, batch.batch), batch, weight)
+                    loss.backward()
+                    optimiser.step()
+                    scheduler.step()
+                    loss_sum += loss.detach().item() * batch.num_graphs
+                    n_seen += batch.num_graphs
+                record: dict[str, Any] = {
+                    "epoch": epoch,
+                    "lr": lr,
+                    "train_loss": loss_sum / max(n_seen, 1),
+                }
+                if val:
+                    record.update(self._validate(model, val, weight, device))
+                    current = record["val_loss"]
+                else:
+                    current = -epoch  # no held-out graphs: keep the last epoch
+                if current < best_loss:
+                    best_loss = current
+                    state = model.state_dict()
+                    best_state = {k: v.detach().cpu().clone() for k, v in state.items()}
+                    self.best_epoch_ = epoch
+                self.history_.append(record)
+                bar.update(task, advance=1, info=_describe(record))
+        if best_state is None:  # validation loss never finite: keep the last epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            self.best_epoch_ = cfg.epochs
+        self.model_ = self._new_model(n_feat)
+        self.model_.load_state_dict(best_state)
+        self.model_.eval()
+        self.fit_seconds_ = time.perf_counter() - start
+        self.n_train_, self.n_val_ = len(train), len(val)
+        return self
+
+    def _reset(self) -> None:
+        self.model_: LesionGCN | None = None
+        self.constant_: float | None = None
+        self.in_features_: int | None = None
+        self.best_epoch_: int | None = None
+        self.history_: list[dict[str, Any]] = []
+        self.class_weight_: list[float] | None = None
+        self.fit_seconds_ = 0.0
+        self.n_train_ = self.n_val_ = 0
+
+    def _loss(self, out: torch.Tensor, batch: Data, weight: torch.Tensor | None) -> torch.Tensor:
+        if self.task == "classif":
+            return F.cross_entropy(out, batch.y_fp, weight=weight)
+        return F.mse_loss(out.squeeze(1), batch.y_iou)
+
+    @torch.no_grad()
+    def _validate(
+        self, model: LesionGCN, val: list[Data], weight: torch.Tensor | None, device: torch.device
+    ) -> dict[str, float | None]:
+        model.eval()
+        outs, fps, ious = [], [], []
+        for batch in DataLoader(val, batch_size=_SCORE_BATCH, shuffle=False):
+            batch = batch.to(device)
+            outs.append(model(batch.x, batch.edge_index, batch.batch))
+            fps.append(batch.y_fp)
+            ious.append(batch.y_iou)
+        out, y_fp, y_iou = torch.cat(outs), torch.cat(fps), torch.cat(ious)
+        if self.task == "classif":
+            loss = float(F.cross_entropy(out, y_fp, weight=weight))
+            p_fp = torch.softmax(out, dim=1)[:, 1].cpu().numpy()
+            labels = y_fp.cpu().numpy()
+            auc = float(roc_auc_score(labels, p_fp)) if len(np.unique(labels)) == 2 else None
+            return {"val_loss": loss, "val_auc": auc}
+        mse = float(F.mse_loss(out.squeeze(1), y_iou))
+        return {"val_loss": mse, "val_mse": mse}
+
+    # ---------------------------------------------------------------- score
+    def score(self, lesions: LesionSet) -> np.ndarray:
+        """(N,) float64: P(FP) (classif) or 1 - clip(predicted IoU_adj, 0, 1) (reg).
+
+        Raises:
+            RuntimeError: Not fitted.
+            ValueError: Missing graphs or a node-feature count differing from the fit.
+        """
+        with _torch_threads(self.num_threads):
+            return self._score(lesions)
+
+    def _score(self, lesions: LesionSet) -> np.ndarray:
+        if not hasattr(self, "constant_"):
+            raise RuntimeError(f"scorer '{self.name}' is not fitted; call fit() first.")
+        n = len(lesions)
+        if self.constant_ is not None:
+            if n and self.in_features_ is not None:
+                self._check_graphs(lesions, expected=self.in_features_)
+            return np.full(n, self.constant_, dtype=np.float64)
+        if n == 0:
+            return np.zeros(0, dtype=np.float64)
+        self._check_graphs(lesions, expected=self.in_features_)
+        assert self.model_ is not None
+        device = resolve_device(self.device)
+        model = self.model_.to(device).eval()
+        outs = []
+        with torch.no_grad():
+            for batch in DataLoader(self._to_data(lesions), batch_size=_SCORE_BATCH):
+                batch = batch.to(device)
+                outs.append(model(batch.x, batch.edge_index, batch.batch).cpu())
+        self.model_.cpu()
+        out = torch.cat(outs)
+        if self.task == "classif":
+            u = torch.softmax(out, dim=1)[:, 1]
+        else:
+            u = 1.0 - out.squeeze(1).clamp(0.0, 1.0)
+        return u.numpy().astype(np.float64)
+
+    # -------------------------------------------------------------- helpers
+    def _check_graphs(self, lesions: LesionSet, expected: int | None) -> int | None:
+        """Validate graphs; return their node-feature count (None when no lesions)."""
+        if len(lesions) == 0:
+            return expected
+        if len(lesions.graphs) != len(lesions):
+            raise ValueError(
+                f"scorer '{self.name}' needs one graph per lesion; the LesionSet has "
+                f"{len(lesions.graphs)} graphs for {len(lesions)} lesions."
+            )
+        n_feat = expected
+        for i, g in enumerate(lesions.graphs):
+            x = g.x
+            if x is None or x.dim() != 2 or x.shape[0] == 0:
+                raise ValueError(f"scorer '{self.name}': graph {i} has no (n_nodes, F) x.")
+            if n_feat is None:
+                n_feat = int(x.shape[1])
+            if x.shape[1] != n_feat:
+                what = "the model was fitted on" if expected is not None else "graph 0 has"
+                raise ValueError(
+                    f"scorer '{self.name}': graph {i} has {x.shape[1]} node features, "
+                    f"{what} {n_feat}."
+                )
+            if g.edge_index is None or g.edge_index.dim() != 2 or g.edge_index.shape[0] != 2:
+                raise ValueError(f"scorer '{self.name}': graph {i} has no (2, E) edge_index.")
+            if not torch.isfinite(x).all():
+                raise ValueError(f"scorer '{self.name}': graph {i} has NaN/inf node features.")
+        return n_feat
+
+    def _to_data(
+        self, lesions: LesionSet, y_fp: np.ndarray | None = None, y_iou: np.ndarray | None = None
+    ) -> list[Data]:
+        """Standardised plain ``Data`` objects (x, edge_index, and labels when given)."""
+        out = []
+        for i, g in enumerate(lesions.graphs):
+            d = Data(
+                x=(g.x.float() - self.feature_mean_) / self.feature_std_,
+                edge_index=g.edge_index.long(),
+            )
+            if y_fp is not None and y_iou is not None:
+                d.y_fp = torch.tensor([y_fp[i]], dtype=torch.long)
+                d.y_iou = torch.tensor([y_iou[i]], dtype=torch.float32)
+            out.append(d)
+        return out
+
+    # ------------------------------------------------------------ save/load
+    def _state(self, folder: Path) -> dict[str, Any]:
+        if not hasattr(self, "constant_"):
+            raise RuntimeError(f"scorer '{self.name}' is not fitted; call fit() first.")
+        if self.model_ is not None:
+            tmp = folder / f".tmp-{MODEL_FILE}"
+            torch.save(self.model_.state_dict(), tmp)
+            tmp.replace(folder / MODEL_FILE)
+        return {
+            "task": self.task,
+            "constant": self.constant_,
+            "in_features": self.in_features_,
+            "feature_mean": self.feature_mean_.tolist(),
+            "feature_std": self.feature_std_.tolist(),
+            "best_epoch": self.best_epoch_,
+            "n_train": self.n_train_,
+            "n_val": self.n_val_,
+            "class_weight": self.class_weight_,
+            "fit_seconds": self.fit_seconds_,
+            "history": self.history_,
+        }
+
+    def _set_state(self, state: dict[str, Any] | None, folder: Path) -> None:
+        if state is None:
+            raise ValueError(f"{folder}: scorer '{self.name}' was saved without its state.")
+        self._reset()
+        self.constant_ = state["constant"]
+        self.in_features_ = state["in_features"]
+        self.feature_mean_ = torch.tensor(state["feature_mean"], dtype=torch.float32)
+        self.feature_std_ = torch.tensor(state["feature_std"], dtype=torch.float32)
+        self.best_epoch_ = state["best_epoch"]
+        self.n_train_, self.n_val_ = state["n_train"], state["n_val"]
+        self.class_weight_ = state["class_weight"]
+        self.fit_seconds_ = state["fit_seconds"]
+        self.history_ = state["history"]
+        if self.constant_ is None:
+            path = folder / MODEL_FILE
+            if not path.is_file():
+                raise InputError(f"{path}: file not found.")
+            model = self._new_model(int(self.in_features_))
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self.model_ = model.eval()
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily set PyTorch's intra-op CPU threads (None: leave them)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _describe(record: dict[str, Any]) -> str:
+    text = f"loss {record['train_loss']:.4f}"
+    if "val_loss" in record:
+        text += f" val {record['val_loss']:.4f}"
+    if record.get("val_auc") is not None:
+        text += f" auc {record['val_auc']:.3f}"
+    return text
+
+
+class _NullProgress:
+    """Stand-in for a Rich progress bar when ``progress=False``."""
+
+    def __enter__(self) -> _NullProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None

@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from torch_geometric.data import Data
+
+from lesionuq.config import METHODS, ExperimentConfig, GCNNConfig
+from lesionuq.lesions.dataset import LesionSet
+from lesionuq.scorers.base import load_scorer, make_scorer
+from lesionuq.scorers.gcnn import GCNNScorer, LesionGCN, split_train_val
+
+EPS = 1e-6
+OFFSETS = np.array([o for o in itertools.product((-1, 0, 1), repeat=3) if o != (0, 0, 0)])
+
+
+def grid_graph(dims: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Voxels of a box as nodes (C order) and their 26-neighbour edges (both directions).
+
+    Returns (depth (n,), radius (n,), edge_index (2, E)); depth = Chebyshev distance to the
+    box rim, radius = Euclidean distance to the box centre.
+    """
+    shape = np.array(dims)
+    coords = np.stack(np.unravel_index(np.arange(shape.prod()), dims), axis=1)
+    depth = np.minimum(coords, shape - 1 - coords).min(axis=1)
+    radius = np.linalg.norm(coords - (shape - 1) / 2, axis=1)
+    src, dst = [], []
+    for off in OFFSETS:
+        nb = coords + off
+        ok = np.all((nb >= 0) & (nb < shape), axis=1)
+        src.append(np.flatnonzero(ok))
+        dst.append(np.ravel_multi_index(nb[ok].T, dims))
+    edge_index = torch.from_numpy(np.stack([np.concatenate(src), np.concatenate(dst)]))
+    return depth, radius, edge_index
+
+
+def synthetic_lesions(n_pairs: int, seed: int) -> LesionSet:
+    """Pairs of box lesions (one TP, one FP) with the SAME multiset of lesion-voxel values.
+
+    Per pair: random lesion box dims in {3, 4, 5}^3 and random voxel entropies v. The graph
+    is the box dilated by one voxel (label 1 inside, 0 on the ring, as ``build_graphs``).
+    Inside the lesion the TP graph puts the highest uncertainties on the lesion's rim and
+    the lowest in its core, the FP graph the reverse; ring values are random. Every
+    permutation-invariant statistic of the lesion voxels (mean, logsum, size) is identical
+    within a pair, so the table baselines rank at chance (AUC 0.5); only the spatial
+    arrangement tells FP from TP. Node features [intensity, label, entropy, variance, pcs]
+    with variance = v^2 / 4 and pcs (confidence) = 1 - v / 2.
+    """
+    rng = np.random.default_rng(seed)
+    rows, graphs = [], []
+    for k in range(n_pairs):
+        dims = tuple(int(d) for d in rng.integers(3, 6, size=3))
+        depth, radius, edge_index = grid_graph(tuple(d + 2 for d in dims))
+        inside = depth >= 1
+        radius_in = radius[inside]
+        n, n_all = int(inside.sum()), len(depth)
+        lo = rng.uniform(0.0, 0.2)
+        v = np.sort(rng.uniform(lo, lo + 0.5, size=n))[::-1]  # descending multiset
+        u_var, u_pcs = v**2 / 4, v / 2  # the three voxel uncertainties
+        for is_tp in (True, False):
+            # rank lesion voxels rim-first (TP) or centre-first (FP), random tie-break
+            key = -radius_in if is_tp else radius_in
+            order = np.lexsort((rng.random(n), key))
+            ent = rng.uniform(0.2, 0.7, size=n_all)  # ring
+            ent_in = np.empty(n)
+            ent_in[order] = v
+            ent[inside] = ent_in
+            label = inside.astype(np.float64)
+            x = np.stack(
+                [label + rng.normal(size=n_all), label, ent, ent**2 / 4, 1 - ent / 2], axis=1
+            ).astype(np.float32)
+            iou = rng.uniform(0.3, 0.9) if is_tp else rng.uniform(0.0, 0.09)
+            lesion_id = 2 * k + (0 if is_tp else 1) + 1
+            rows.append(
+                {
+                    "case_id": f"c{seed}",
+                    "lesion_id": lesion_id,
+                    "n_voxels": n,
+                    "iou_adj": iou,
+                    "is_tp": is_tp,
+                    # aggregates over the canonical (sorted) multiset: exact ties in a pair
+                    "entropy_mean": v.mean(),
+                    "entropy_logsum": np.log(np.maximum(v, EPS)).sum(),
+                    "variance_mean": u_var.mean(),
+                    "variance_logsum": np.log(np.maximum(u_var, EPS)).sum(),
+                    "pcs_mean": u_pcs.mean(),
+                    "pcs_logsum": np.log(np.maximum(u_pcs, EPS)).sum(),
+                }
+            )
+            graphs.append(
+                Data(
+                    x=torch.from_numpy(x),
+                    edge_index=edge_index,
+                    y_iou=torch.tensor([iou], dtype=torch.float32),
+                    y_fp=torch.tensor([int(not is_tp)]),
+                    case_id=f"c{seed}",
+                    lesion_id=lesion_id,
+                    size=n,
+                )
+            )
+    return LesionSet(pd.DataFrame(rows), graphs)
+
+
+FAST = GCNNConfig(epochs=8, batch_size=10, lr=1e-2, lr_min=1e-4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def train_set() -> LesionSet:
+    return synthetic_lesions(50, seed=1)
+
+
+@pytest.fixture(scope="module")
+def test_set() -> LesionSet:
+    return synthetic_lesions(30, seed=2)
+
+
+@pytest.fixture(scope="module")
+def fitted(train_set: LesionSet) -> GCNNScorer:
+    return GCNNScorer("classif", FAST).fit(train_set, progress=False)
+
+
+def test_synthetic_pairs_share_lesion_values_but_not_their_places(train_set: LesionSet) -> None:
+    for i in range(0, 6, 2):
+        tp, fp = train_set.graphs[i].x, train_set.graphs[i + 1].x
+        assert train_set.is_tp[i] and not train_set.is_tp[i + 1]
+        assert tp.shape == fp.shape and torch.equal(tp[:, 1], fp[:, 1])
+        inside = tp[:, 1] == 1
+        assert int(inside.sum()) == train_set.sizes[i] == train_set.sizes[i + 1]
+        # lesion-voxel uncertainties: same values, different places
+        torch.testing.assert_close(tp[inside, 2:].sort(0).values, fp[inside, 2:].sort(0).values)
+        assert not torch.equal(tp[inside, 2], fp[inside, 2])
+        mean = tp[inside, 2].double().mean().item()
+        assert train_set.table["entropy_mean"][i] == pytest.approx(mean, rel=1e-6)
+
+
+def test_gcnn_beats_every_baseline_on_spatial_arrangement(
+    fitted: GCNNScorer, train_set: LesionSet, test_set: LesionSet
+) -> None:
+    y_fp = ~test_set.is_tp
+    cfg = ExperimentConfig()
+    best_baseline = 0.0
+    for name in METHODS:
+        if name.startswith("gcnn"):
+            continue
+        u = make_scorer(name, cfg).fit(train_set, progress=False).score(test_set)
+        auc = roc_auc_score(y_fp, u)
+        # chance by construction: FP and TP score multisets are equal (exactly, up to
+        # BLAS rounding in the fitted linear models)
+        tol = 0.02 if name.startswith("metaseg") else 1e-12
+        assert auc == pytest.approx(0.5, abs=tol), name
+        best_baseline = max(best_baseline, auc, 1 - auc)
+    gcnn_auc = roc_auc_score(y_fp, fitted.score(test_set))
+    assert gcnn_auc >= 0.85
+    assert gcnn_auc >= best_baseline + 0.3
+    assert 1 <= fitted.best_epoch_ <= FAST.epochs
+    assert len(fitted.history_) == FAST.epochs
+    assert fitted.n_train_ == 80 and fitted.n_val_ == 20  # 20 % of each class held out
+
+
+def test_gcnn_reg_learns_the_arrangement(train_set: LesionSet, test_set: LesionSet) -> None:
+    scorer = GCNNScorer("reg", FAST).fit(train_set, progress=False)
+    u = scorer.score(test_set)
+    assert np.all((u >= 0) & (u <= 1))
+    assert roc_auc_score(~test_set.is_tp, u) >= 0.75
+
+
+def test_save_load_gives_identical_scores(fitted: GCNNScorer, test_set, tmp_path) -> None:
+    fitted.save(tmp_path)
+    meta = json.loads((tmp_path / "scorer.json").read_text())
+    assert meta["class"] == "GCNNScorer" and meta["params"]["cfg"]["epochs"] == FAST.epochs
+    assert len(meta["state"]["feature_mean"]) == 5
+    loaded = load_scorer("gcnn_classif", tmp_path)
+    assert isinstance(loaded, GCNNScorer) and loaded.best_epoch_ == fitted.best_epoch_
+    np.testing.assert_array_equal(loaded.score(test_set), fitted.score(test_set))
+    with pytest.raises(ValueError, match="gcnn_reg"):
+        load_scorer("gcnn_reg", tmp_path)
+
+
+def test_wrong_feature_count_is_a_clear_error(fitted: GCNNScorer, test_set) -> None:
+    g = test_set.graphs[0]
+    bad = Data(x=torch.zeros(g.num_nodes, 6), edge_index=g.edge_index)
+    with pytest.raises(ValueError, match="6 node features, the model was fitted on 5"):
+        fitted.score(LesionSet(test_set.table.iloc[:1], [bad]))
+    with pytest.raises(ValueError, match="graphs"):
+        fitted.score(LesionSet(test_set.table))  # table without graphs
+
+
+def test_fit_is_deterministic_and_seeded() -> None:
+    lesions = synthetic_lesions(12, seed=3)
+    cfg = GCNNConfig(epochs=3, seed=7)
+    threads = torch.get_num_threads()
+    a = GCNNScorer("classif", cfg).fit(lesions, progress=False).score(lesions)
+    assert torch.get_num_threads() == threads  # the 1-thread setting is restored
+    b = GCNNScorer("classif", cfg, num_threads=None).fit(lesions, progress=False).score(lesions)
+    np.testing.assert_array_equal(a, b)
+    c = GCNNScorer("classif", GCNNConfig(epochs=3, seed=8)).fit(lesions, progress=False)
+    assert not np.array_equal(a, c.score(lesions))
+
+
+def test_degenerate_training_set_falls_back_to_the_prior(tmp_path) -> None:
+    lesions = synthetic_lesions(4, seed=4)
+    only_tp = lesions.subset(np.flatnonzero(lesions.is_tp))
+    with pytest.warns(UserWarning, match="single class"):
+        scorer = GCNNScorer("classif", GCNNConfig(epochs=2)).fit(only_tp, progress=False)
+    np.testing.assert_array_equal(scorer.score(lesions), np.zeros(len(lesions)))
+    scorer.save(tmp_path)
+    assert not (tmp_path / "model.pt").exists()
+    np.testing.assert_array_equal(load_scorer("gcnn_classif", tmp_path).score(lesions), 0.0)
+
+
+def test_progress_bar_and_history(capsys) -> None:
+    lesions = synthetic_lesions(5, seed=5)
+    scorer = GCNNScorer("classif", GCNNConfig(epochs=2, val_fraction=0.5)).fit(lesions)
+    assert [h["epoch"] for h in scorer.history_] == [1, 2]
+    assert scorer.history_[0]["lr"] == pytest.approx(1e-2)
+    assert {"train_loss", "val_loss", "val_auc"} <= set(scorer.history_[0])
+
+
+def test_split_train_val_is_stratified_and_seeded() -> None:
+    y = np.array([0] * 10 + [1] * 5)
+    train, val = split_train_val(y, 0.2, seed=0)
+    assert len(val) == 3 and int(y[val].sum()) == 1  # round(2.0) TP + round(1.0) FP
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(15))
+    np.testing.assert_array_equal(split_train_val(y, 0.2, seed=0)[1], val)
+    # a class of one keeps its only member in training
+    train, val = split_train_val(np.array([0, 0, 0, 1]), 0.5, seed=0)
+    assert 3 in train and len(val) == 2
+
+
+def test_lesion_gcn_shapes_and_readouts() -> None:
+    depth, _, ei = grid_graph((2, 2, 2))  # complete graph on 8 nodes
+    assert ei.shape == (2, 8 * 7) and depth.tolist() == [0] * 8
+    x = torch.randn(8, 5)
+    batch = torch.zeros(8, dtype=torch.long)
+    for readout in ("mean", "max", "sum"):
+        torch.manual_seed(0)
+        model = LesionGCN(5, hidden=16, out_features=2, readout=readout)
+        assert model(x, ei, batch).shape == (1, 2)
+    # two graphs in one batch: outputs equal those of the graphs alone
+    torch.manual_seed(0)
+    model = LesionGCN(5, hidden=16, out_features=1)
+    both = model(torch.cat([x, x + 1]), torch.cat([ei, ei + 8], 1), torch.tensor([0] * 8 + [1] * 8))
+    torch.testing.assert_close(both[0], model(x, ei)[0])
+    torch.testing.assert_close(both[1], model(x + 1, ei)[0])
+    with pytest.raises(ValueError, match="readout"):
+        LesionGCN(5, readout="median")
