@@ -11,6 +11,7 @@ for prediction-only data). Paths are relative to the CSV's folder.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 import tempfile
@@ -111,9 +112,12 @@ def check_mask(img: nib.Nifti1Image, path: str | Path) -> np.ndarray:
     Returns:
         The mask as uint8, shape (X, Y, Z). An all-zero mask is valid (no lesion).
     """
-    if len(img.shape) != 3:
+    if len(img.shape) == 4 and img.shape[3] == 1:
+        data = np.asarray(img.dataobj, dtype=np.float32)[..., 0]
+    elif len(img.shape) != 3:
         raise InputError(f"{path}: expected a 3-D mask, got shape {img.shape}.")
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    else:
+        data = np.asarray(img.dataobj, dtype=np.float32)
     if not np.all(np.isfinite(data)):
         raise InputError(f"{path}: the mask contains NaN or infinite voxels.")
     values = np.unique(data)
@@ -173,10 +177,11 @@ def read_manifest(
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise InputError(f"{csv_path}: file not found.")
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        rows = list(reader)
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # tolerate Excel's BOM
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        columns = header
+        rows = [dict(zip(header, (c.strip() for c in r), strict=False)) for r in reader if r]
     missing = [c for c in ("case_id", *sequences) if c not in columns]
     if require_mask and "mask" not in columns:
         missing.append("mask")
@@ -187,7 +192,7 @@ def read_manifest(
     root = csv_path.parent
     cases, seen = [], set()
     for i, row in enumerate(rows, start=2):
-        cid = (row["case_id"] or "").strip()
+        cid = (row.get("case_id") or "").strip()
         if not cid:
             raise InputError(f"{csv_path}: line {i} has an empty case_id.")
         if cid in seen:
@@ -195,7 +200,7 @@ def read_manifest(
         seen.add(cid)
         paths = []
         for seq in sequences:
-            value = (row[seq] or "").strip()
+            value = (row.get(seq) or "").strip()
             if not value:
                 raise InputError(f"{csv_path}: case {cid!r} has no {seq} path (line {i}).")
             paths.append(root / value)
@@ -212,13 +217,15 @@ def write_manifest(
     """Write a manifest with paths relative to its folder."""
     csv_path = Path(csv_path)
     root = csv_path.parent.resolve()
-    lines = [",".join(["case_id", *sequences, "mask"])]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["case_id", *sequences, "mask"])
     for case in cases:
         cells = [case.case_id]
         cells += [os.path.relpath(Path(p).resolve(), root) for p in case.images]
         cells.append(os.path.relpath(Path(case.mask).resolve(), root) if case.mask else "")
-        lines.append(",".join(cells))
-    atomic_write_text(csv_path, "\n".join(lines) + "\n")
+        writer.writerow(cells)
+    atomic_write_text(csv_path, buffer.getvalue())
 
 
 def save_nifti(
