@@ -1,0 +1,444 @@
+"""predict: a new scan in its own space (oblique / LPS, anisotropic) -> maps, table, report.
+
+The model folder is built by hand: a U-Net whose weights make it a thresholder (a voxel is
+lesion when its preprocessed intensity exceeds ``T_LESION``), and two GCNNs fitted for a
+few epochs on a tiny lesion set. The test scan is an analytic brain (ellipsoid) with
+three bright spherical lesions whose world centres are known, sampled on an oblique grid
+of 0.9 x 0.9 x 3 mm voxels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+from lesionuq.config import (
+    ExperimentConfig,
+    GCNNConfig,
+    GraphConfig,
+    PreprocessConfig,
+    SamplingConfig,
+    UNetConfig,
+)
+from lesionuq.io import InputError
+from lesionuq.predict import (
+    TABLE_COLUMNS,
+    load_model,
+    native_labels,
+    predict_manifest,
+    predict_scan,
+)
+
+CFG = ExperimentConfig(
+    preprocess=PreprocessConfig(spacing=(2.0, 2.0, 2.0), shape=(32, 32, 32)),
+    unet=UNetConfig(channels=(4, 8), dropout=0.05, norm="batch"),
+    sampling=SamplingConfig(n_samples=3, batch_size=3, seed=0),
+    gcnn=GCNNConfig(hidden=8, epochs=3, batch_size=4),
+    device="cpu",
+)
+T_LESION = 2.0  # preprocessed (z-scored) intensity above which the test U-Net says lesion
+BRAIN_CENTRE = np.array([2.0, -12.0, 8.0])  # mm, world (RAS)
+BRAIN_AXES = np.array([24.0, 27.0, 21.0])  # mm, semi-axes
+LESIONS = np.array([[-10.0, -12.0, 8.0], [8.0, 0.0, 14.0], [6.0, -24.0, 2.0]])  # mm
+LESION_RADIUS = 4.5  # mm
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def brain_scan(affine: np.ndarray, shape: tuple[int, int, int]) -> nib.Nifti1Image:
+    """The analytic brain sampled at the voxel centres of ``affine``/``shape``."""
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
+    inside = (((xyz - BRAIN_CENTRE) / BRAIN_AXES) ** 2).sum(-1) <= 1.0
+    data = np.where(inside, 100.0 + 0.5 * (xyz[..., 2] - BRAIN_CENTRE[2]), 0.0)
+    for c in LESIONS:
+        data[np.linalg.norm(xyz - c, axis=-1) <= LESION_RADIUS] = 260.0
+    return nib.Nifti1Image(data.astype(np.float32), affine)
+
+
+def oblique_affine() -> np.ndarray:
+    """0.9 x 0.9 x 3 mm voxels, rotated 20/-15/10 degrees, covering the brain."""
+    rot = Rotation.from_euler("xyz", [20, -15, 10], degrees=True).as_matrix()
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.9, 0.9, 3.0])
+    shape = np.array([76, 76, 24])
+    centre_vox = (shape - 1) / 2
+    affine[:3, 3] = BRAIN_CENTRE - affine[:3, :3] @ centre_vox
+    return affine
+
+
+OBLIQUE_SHAPE = (76, 76, 24)
+
+
+def lps_affine() -> tuple[np.ndarray, tuple[int, int, int]]:
+    """LPS orientation (x and y flipped), 1.2 x 1.2 x 2.5 mm voxels, a wider field."""
+    shape = (60, 62, 30)
+    affine = np.diag([-1.2, -1.2, 2.5, 1.0])
+    affine[:3, 3] = BRAIN_CENTRE - affine[:3, :3] @ ((np.array(shape) - 1) / 2 + [3, -2, 1])
+    return affine, shape
+
+
+def thresholder_state(unet_cfg: UNetConfig, threshold: float) -> dict[str, torch.Tensor]:
+    """U-Net weights computing ``logit_fg - logit_bg = 10 * (mean channel signal - t)``.
+
+    Batch norm in eval mode with its initial running statistics is the identity (up to
+    ``1/sqrt(1 + eps)``), so the first encoder block copies the input into its four
+    channels (centre tap 1), the decoder block averages the skip channels, the deep path
+    is zero, and the head thresholds. Every channel carries the same signal; with all
+    channels kept, dropout's 1/(1-p) scaling lowers the threshold to ``t / (1-p)^2``, and
+    at p = 0.05 a sample rarely loses enough channels to lose a bright lesion.
+    """
+    from lesionuq.segmentation.unet import UNet3D
+
+    net = UNet3D(unet_cfg)
+    state = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
+    for k, v in net.state_dict().items():
+        if k.endswith(("norm1.weight", "norm2.weight", "running_var")):
+            state[k] = torch.ones_like(v)
+    state["encoders.0.body.conv1.conv.weight"][:, 0, 1, 1, 1] = 1.0
+    state["encoders.0.body.conv2.conv.weight"][:, :, 1, 1, 1] = torch.eye(4)
+    skip = slice(4, 8)  # decoder input = cat(upsampled deep path, skip)
+    state["decoders.0.body.conv_block.conv1.conv.weight"][:, skip, 1, 1, 1] = 0.25
+    state["decoders.0.body.conv_block.conv2.conv.weight"][:, :, 1, 1, 1] = torch.eye(4)
+    state["head.conv.conv.weight"][1, :, 0, 0, 0] = 10.0 / 4
+    state["head.conv.conv.bias"][1] = -10.0 * threshold
+    return state
+
+
+def save_segmenter(path, unet_cfg: UNetConfig, state: dict[str, torch.Tensor]) -> None:
+    """A checkpoint in the format ``train_segmenter`` writes (``segmenter.pt``)."""
+    from lesionuq.segmentation.train import FORMAT
+
+    checkpoint = {
+        "format": FORMAT,
+        "state_dict": state,
+        "unet": dataclasses.asdict(unet_cfg),
+        "train": dataclasses.asdict(CFG.train),
+        "epoch": 0,
+        "best_dice": 0.0,
+    }
+    torch.save(checkpoint, path)
+
+
+def training_lesions():
+    """A tiny labelled LesionSet (5 node features) with TP and FP lesions."""
+    from lesionuq.lesions.dataset import LesionSet
+    from lesionuq.lesions.graphs import case_lesions
+    from lesionuq.uncertainty import VoxelMaps, entropy, pcs
+
+    rng = np.random.default_rng(0)
+    sets = []
+    for case in range(3):
+        prob = np.zeros((20, 20, 20), np.float32)
+        gt = np.zeros((20, 20, 20), np.uint8)
+        for k, (x, y, z) in enumerate([(3, 3, 3), (3, 12, 4), (12, 4, 12), (14, 14, 14)]):
+            r = 1 + (k + case) % 3
+            prob[x : x + r + 1, y : y + r + 1, z : z + 2] = 0.6 + 0.1 * k
+            if (k + case) % 2 == 0:
+                gt[x : x + r + 1, y : y + r + 1, z : z + 2] = 1
+        prob += rng.uniform(0, 0.05, prob.shape).astype(np.float32)
+        prob = np.clip(prob, 0, 1)
+        maps = VoxelMaps(prob, entropy(prob), 0.1 * entropy(prob), pcs(prob), n_samples=2)
+        image = (1.0 + 2.0 * prob)[None].astype(np.float32)
+        _, lesions = case_lesions(maps.seg, image, maps, gt, np.eye(4), GraphConfig(), f"t{case}")
+        sets.append(lesions)
+    return LesionSet.concat(sets)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from lesionuq.scorers.base import make_scorer
+
+    folder = tmp_path_factory.mktemp("run") / "fold_0"
+    (folder / "scorers").mkdir(parents=True)
+    CFG.to_yaml(folder / "config.yaml")
+    save_segmenter(folder / "segmenter.pt", CFG.unet, thresholder_state(CFG.unet, T_LESION))
+    train = training_lesions()
+    assert 0 < train.is_tp.sum() < len(train)
+    for method in ("gcnn_classif", "gcnn_reg", "entropy_mean"):
+        scorer = make_scorer(method, CFG)
+        kwargs = {"progress": False} if method.startswith("gcnn") else {}
+        scorer.fit(train, **kwargs).save(folder / "scorers" / method)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def oblique(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scan")
+    path = root / "flair_oblique.nii.gz"
+    nib.save(brain_scan(oblique_affine(), OBLIQUE_SHAPE), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def predicted(model_dir, oblique, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pred") / "out"
+    res = predict_scan(model_dir, [oblique], out, threshold=0.5, save_maps=True, progress=False)
+    return res, out
+
+
+def load(path):
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj), img.affine
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+def test_outputs_on_input_grid(predicted, oblique):
+    _, out = predicted
+    ref = nib.load(str(oblique))
+    names = ["seg", "lesions", "lesion_uncertainty", "prob", "entropy", "variance", "pcs"]
+    for name in names:
+        img = nib.load(str(out / f"{name}.nii.gz"))
+        assert img.shape == OBLIQUE_SHAPE, name
+        np.testing.assert_allclose(img.affine, ref.affine, atol=1e-5, err_msg=name)
+    assert nib.load(str(out / "lesion_uncertainty.nii.gz")).get_data_dtype() == np.float32
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no temporary left
+
+
+def test_three_lesions_found_at_their_world_centres(predicted):
+    res, out = predicted
+    table = pd.read_csv(out / "lesions.csv")
+    assert list(table.columns) == [*TABLE_COLUMNS, "u_entropy_mean"]
+    assert len(table) == 3 == res.n_lesions
+    centres = table[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy()
+    # each true lesion has exactly one predicted lesion within 2 mm of its centre
+    dist = np.linalg.norm(centres[:, None] - LESIONS[None], axis=-1)
+    assert sorted(dist.argmin(1).tolist()) == [0, 1, 2]
+    assert dist.min(1).max() < 2.0
+    # a 4.5 mm sphere is 0.38 ml; thresholding the resampled edge shaves a little
+    sphere_ml = 4 / 3 * np.pi * LESION_RADIUS**3 / 1000
+    assert np.all(np.abs(table.volume_ml - sphere_ml) < 0.5 * sphere_ml)
+
+
+def test_labels_match_table_rows(predicted):
+    _, out = predicted
+    table = pd.read_csv(out / "lesions.csv")
+    labels, affine = load(out / "lesions.nii.gz")
+    seg, _ = load(out / "seg.nii.gz")
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    assert sorted(table.lesion_id) == ids.tolist() == [1, 2, 3]
+    np.testing.assert_array_equal(seg > 0, labels > 0)
+    voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000
+    by_id = table.set_index("lesion_id")
+    np.testing.assert_allclose(by_id.loc[ids, "volume_ml"], counts * voxel_ml, rtol=1e-6)
+    com = np.array(ndimage.center_of_mass(labels > 0, labels, ids))
+    world = com @ affine[:3, :3].T + affine[:3, 3]
+    cols = ["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]
+    np.testing.assert_allclose(by_id.loc[ids, cols].to_numpy(), world, atol=1e-4)
+
+
+def test_lesion_uncertainty_is_each_rows_p_fp(predicted):
+    _, out = predicted
+    table = pd.read_csv(out / "lesions.csv")
+    labels, _ = load(out / "lesions.nii.gz")
+    unc, _ = load(out / "lesion_uncertainty.nii.gz")
+    for row in table.itertuples():
+        np.testing.assert_allclose(unc[labels == row.lesion_id], row.p_fp, rtol=1e-6)
+    assert np.all(unc[labels == 0] == 0)
+    assert table.p_fp.is_monotonic_decreasing
+    assert (table.review == (table.p_fp >= 0.5)).all()
+    assert ((table.p_fp >= 0) & (table.p_fp <= 1) & (table.iou_pred >= 0)).all()
+    assert (table.iou_pred <= 1).all()
+    # PCS confidence of a binary problem lies in [0.5, 1]; lesions are confident here
+    assert ((table.pcs_mean >= 0.5) & (table.pcs_mean <= 1)).all()
+    assert (table.entropy_mean <= np.log(2) + 1e-6).all()
+
+
+def test_summary_report_and_message(predicted, model_dir, oblique):
+    res, out = predicted
+    png = (out / "summary.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html
+    assert html.count('<tr class="review">') == res.n_review
+    assert str(oblique.resolve()) in html and str(model_dir.resolve()) in html
+    text = res.summary()
+    assert "3 lesion(s)" in text and f"{res.n_review} to review" in text
+
+
+def test_maps_have_expected_values(predicted):
+    _, out = predicted
+    prob, _ = load(out / "prob.nii.gz")
+    pcs, _ = load(out / "pcs.nii.gz")
+    labels, _ = load(out / "lesions.nii.gz")
+    # lesion cores are confidently foreground
+    core = ndimage.binary_erosion(labels > 0)
+    assert core.any() and prob[core].mean() > 0.9
+    inside = pcs > 0  # within the preprocessed field of view
+    assert pcs[inside].min() >= 0.5 - 1e-4
+
+
+# --------------------------------------------------------------------------- native labels
+
+
+def test_vanishing_lesions_are_put_back(tmp_path):
+    """Single-voxel lesions on the 2 mm grid vs a 4 mm input: every label survives."""
+    from lesionuq.data.preprocess import preprocess, to_original
+
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    shape = (16, 18, 14)
+    affine[:3, 3] = BRAIN_CENTRE - 4.0 * (np.array(shape) - 1) / 2
+    pre = preprocess([brain_scan(affine, shape)], None, CFG.preprocess)
+    labels = np.zeros(CFG.preprocess.shape, np.int32)
+    for k, (x, y, z) in enumerate([(9, 9, 9), (10, 14, 16), (20, 13, 11), (21, 21, 21)], 1):
+        labels[x, y, z] = k
+    labels[14:18, 14:18, 14:18] = 5  # large enough to survive on its own
+    plain = to_original(labels.astype(np.float32), pre.transform, order=0)
+    assert set(range(1, 5)) - set(np.unique(plain).astype(int).tolist())  # some vanish
+    out = native_labels(labels, pre.affine, pre.transform, affine)
+    assert out.shape == shape
+    assert np.unique(out[out > 0]).tolist() == [1, 2, 3, 4, 5]
+    # lesions that survive nearest-neighbour resampling are left as they were
+    for k in set(np.unique(plain).astype(int).tolist()) - {0}:
+        np.testing.assert_array_equal(out == k, plain == k)
+    # each restored single voxel is the native voxel nearest the lesion's centre
+    for k in range(1, 5):
+        v = np.argwhere(labels == k)[0]
+        world = pre.affine[:3, :3] @ v + pre.affine[:3, 3]
+        expect = np.rint(np.linalg.solve(affine[:3, :3], world - affine[:3, 3])).astype(int)
+        got = np.argwhere(out == k)
+        assert any(np.abs(g - expect).max() <= 1 for g in got), k
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _nifti(path, data, affine=None):
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), np.eye(4) if affine is None else affine),
+             str(path))  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "file not found"),
+        ("empty", "empty"),
+        ("four_d", "expected a 3-D image"),
+        ("nan", "NaN"),
+        ("two_images", "expects 1 image(s)"),
+        ("incomplete_model", "missing scorers/gcnn_reg/scorer.json"),
+        ("grid_mismatch", None),
+    ],
+)
+def test_bad_input_gives_one_sentence_and_no_dir(case, message, model_dir, oblique, tmp_path):
+    model = model_dir
+    images = [oblique]
+    if case == "missing":
+        images = [tmp_path / "nope.nii.gz"]
+    elif case == "empty":
+        images = [_nifti(tmp_path / "zero.nii.gz", np.zeros((8, 8, 8)))]
+    elif case == "four_d":
+        images = [_nifti(tmp_path / "4d.nii.gz", np.ones((8, 8, 8, 2)))]
+    elif case == "nan":
+        data = np.ones((8, 8, 8))
+        data[2, 3, 4] = np.nan
+        images = [_nifti(tmp_path / "nan.nii.gz", data)]
+    elif case == "two_images":
+        images = [oblique, oblique]
+    elif case == "incomplete_model":
+        model = tmp_path / "fold_x"
+        shutil.copytree(model_dir, model)
+        shutil.rmtree(model / "scorers" / "gcnn_reg")
+    elif case == "grid_mismatch":
+        # a two-sequence model given two scans on different grids
+        model = tmp_path / "fold_2seq"
+        shutil.copytree(model_dir, model)
+        cfg2 = CFG.replace(sequences=("flair", "t1"))
+        cfg2.to_yaml(model / "config.yaml")
+        unet2 = dataclasses.replace(CFG.unet, in_channels=2)
+        save_segmenter(model / "segmenter.pt", unet2, _two_channel_state(unet2))
+        other = _nifti(tmp_path / "t1.nii.gz", np.ones((8, 8, 8)))
+        images = [oblique, other]
+        message = "does not match"
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as err:
+        predict_scan(model, images, out, progress=False)
+    text = str(err.value)
+    assert message in text
+    assert text.count(". ") == 0 and text.endswith((".", ").")), text  # one sentence
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def _two_channel_state(unet_cfg: UNetConfig) -> dict[str, torch.Tensor]:
+    from lesionuq.segmentation.unet import UNet3D
+
+    return UNet3D(unet_cfg).state_dict()
+
+
+def test_failure_keeps_previous_output(model_dir, oblique, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(InputError):
+        predict_scan(model_dir, [oblique, oblique], out, progress=False)
+    assert (out / "keep.txt").read_text() == "old"
+
+
+# --------------------------------------------------------------------------- no lesion
+
+
+def test_no_lesion_gives_empty_table_and_zero_maps(model_dir, oblique, tmp_path):
+    model = tmp_path / "fold_blind"
+    shutil.copytree(model_dir, model)
+    save_segmenter(model / "segmenter.pt", CFG.unet, thresholder_state(CFG.unet, 1e3))
+    out = tmp_path / "out"
+    res = predict_scan(model, [oblique], out, progress=False)
+    assert res.n_lesions == 0
+    assert "no lesion found" in res.summary()
+    table = pd.read_csv(out / "lesions.csv")
+    assert list(table.columns) == [*TABLE_COLUMNS, "u_entropy_mean"] and len(table) == 0
+    for name in ("seg", "lesions", "lesion_uncertainty"):
+        data, _ = load(out / f"{name}.nii.gz")
+        assert data.shape == OBLIQUE_SHAPE and not data.any()
+    assert "No lesion found" in (out / "report.html").read_text()
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def test_manifest_batch_and_resume(model_dir, oblique, tmp_path):
+    affine, shape = lps_affine()
+    lps = tmp_path / "flair_lps.nii.gz"
+    nib.save(brain_scan(affine, shape), str(lps))
+    csv = tmp_path / "cases.csv"
+    csv.write_text(f"case_id,flair\nobl,{oblique}\nlps,{lps.name}\n")
+    out = tmp_path / "batch"
+    model = load_model(model_dir, n_images=1)
+    res = predict_manifest(model, csv, out, progress=False)
+    table = pd.read_csv(out / "lesions.csv", dtype={"case_id": str})
+    assert list(table.columns) == ["case_id", *TABLE_COLUMNS, "u_entropy_mean"]
+    assert table.groupby("case_id").size().to_dict() == {"lps": 3, "obl": 3}
+    lps_img = nib.load(str(out / "lps" / "lesions.nii.gz"))
+    assert lps_img.shape == shape
+    np.testing.assert_allclose(lps_img.affine, affine, atol=1e-5)
+    # the same lesion centres, in world mm, whatever the orientation of the scan
+    for cid in ("lps", "obl"):
+        c = table[table.case_id == cid][["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]]
+        dist = np.linalg.norm(c.to_numpy()[:, None] - LESIONS[None], axis=-1)
+        assert dist.min(1).max() < 2.0
+    assert all(r is not None for r in res.results.values())
+    again = predict_manifest(model, csv, out, progress=False)
+    assert all(r is None for r in again.results.values())  # reused, not recomputed
+    pd.testing.assert_frame_equal(again.table.reset_index(drop=True), table, check_dtype=False)
+
+
+def test_manifest_bad_case_writes_nothing(model_dir, oblique, tmp_path):
+    csv = tmp_path / "cases.csv"
+    csv.write_text(f"case_id,flair,mask\nobl,{oblique},\nbad,missing.nii.gz,\n")
+    out = tmp_path / "batch"
+    with pytest.raises(InputError, match=r"missing\.nii\.gz: file not found"):
+        predict_manifest(model_dir, csv, out, progress=False)
+    assert not out.exists()
