@@ -1,0 +1,480 @@
+"""Patch-based training of the MC-dropout :class:`UNet3D` (paper 3.4).
+
+MONAI ``DiceCELoss`` (softmax, one-hot targets), Adam, patches of ``cfg.patch_size`` of
+which a fraction ``cfg.pos_fraction`` is centred on a lesion voxel, MONAI augmentation
+(flips, rotations, contrast, Gaussian noise, Gaussian blur) applied to the patch tensors.
+After each epoch the Dice of the argmax segmentation (dropout off) is measured on the
+full validation volumes (sliding window when a volume exceeds the patch).
+
+Files written in ``out_dir`` (atomically: temporary file, then rename):
+
+- ``segmenter.pt``: the best epoch by validation Dice, a dict of tensors and plain Python
+  types only (``torch.load(path, weights_only=True)`` works): ``state_dict``, ``unet``
+  (:class:`UNetConfig` as dict), ``train`` (:class:`TrainConfig` as dict), ``epoch``,
+  ``best_dice``, ``format``.
+- ``segmenter_last.pt``: the last epoch, plus the optimiser (and AMP scaler) state,
+  ``best_epoch``, ``bad_epochs`` and the per-epoch ``history``, to resume after a kill.
+
+Reproducibility: the weights are initialised from ``cfg.seed``; every epoch reseeds its
+patch sampler, augmentation and dropout from ``(cfg.seed, epoch)``, so a run resumed
+from ``segmenter_last.pt`` continues exactly like an uninterrupted one (on CPU) without
+storing random-generator states.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.metrics import compute_dice
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandRotated,
+)
+
+from lesionuq.config import TrainConfig, UNetConfig
+from lesionuq.io import InputError
+from lesionuq.segmentation.unet import UNet3D
+from lesionuq.utils import make_progress, resolve_device
+
+__all__ = ["TrainResult", "augmentation", "load_segmenter", "train_segmenter", "validation_dice"]
+
+BEST_NAME = "segmenter.pt"
+LAST_NAME = "segmenter_last.pt"
+FORMAT = "lesionuq.segmenter/1"
+#: Validation volumes up to this many voxels run in one forward pass (no sliding window).
+WHOLE_VOLUME_VOXELS = 2**23
+#: TrainConfig fields that only decide when to stop; changing them does not void a resume.
+_STOP_FIELDS = ("max_epochs", "patience")
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_segmenter`.
+
+    Attributes:
+        checkpoint: Path of the best checkpoint (``segmenter.pt``).
+        best_dice: Best validation Dice (NaN without a validation set).
+        best_epoch: Epoch (1-based) of the best checkpoint.
+        epochs: Epochs completed in total (including those before a resume).
+        stopped_early: Whether training stopped on patience.
+        resumed_from: Epochs already done when this call started (0 = fresh start).
+        history: One dict per epoch: ``epoch``, ``loss`` (mean training loss),
+            ``val_dice``, ``seconds``.
+    """
+
+    checkpoint: Path
+    best_dice: float
+    best_epoch: int
+    epochs: int
+    stopped_early: bool
+    resumed_from: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def augmentation(seed: int) -> Compose:
+    """MONAI augmentation of ``{"image": (C, X, Y, Z), "label": (1, X, Y, Z)}`` tensors.
+
+    Flips on each axis (p = 0.5), a rotation (p = 0.3; up to 15 degrees in the axial
+    plane, 6 degrees about the other axes; bilinear image, nearest label), gamma contrast
+    (p = 0.3, gamma in [0.7, 1.5], mean and std kept), Gaussian noise (p = 0.3, std 0.1)
+    and Gaussian blur (p = 0.2, sigma in [0.5, 1] voxel).
+
+    Args:
+        seed: Seed of the transforms' random states.
+    """
+    keys = ["image", "label"]
+    aug = Compose(
+        [
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandFlipd(keys, prob=0.5, spatial_axis=2),
+            RandRotated(
+                keys,
+                range_x=0.1,
+                range_y=0.1,
+                range_z=0.26,
+                prob=0.3,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+            RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5), retain_stats=True),
+            RandGaussianNoised("image", prob=0.3, std=0.1),
+            RandGaussianSmoothd(
+                "image", prob=0.2, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)
+            ),
+        ]
+    )
+    aug.set_random_state(seed=seed % (2**32))
+    return aug
+
+
+def _plain(t: Any) -> torch.Tensor:
+    """MONAI MetaTensor -> plain tensor."""
+    return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
+
+
+class _PatchSampler:
+    """Random patches; a fraction ``pos_fraction`` centred on a lesion voxel.
+
+    Args:
+        cases: (image (C, X, Y, Z), mask (X, Y, Z)) pairs.
+        patch: Patch size (already clipped to every volume).
+        pos_fraction: Probability that a patch is centred on a random lesion voxel (cases
+            without lesions give a uniformly placed patch instead).
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[tuple[np.ndarray, np.ndarray]],
+        patch: tuple[int, int, int],
+        pos_fraction: float,
+    ):
+        self.cases = cases
+        self.patch = np.asarray(patch)
+        self.pos_fraction = pos_fraction
+        self.lesion_voxels = [np.flatnonzero(m) for _, m in cases]
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One (image (C, *patch), mask (*patch)) pair."""
+        i = int(rng.integers(len(self.cases)))
+        image, mask = self.cases[i]
+        shape = np.asarray(mask.shape)
+        fg = self.lesion_voxels[i]
+        if fg.size and rng.random() < self.pos_fraction:
+            centre = np.asarray(np.unravel_index(fg[rng.integers(fg.size)], mask.shape))
+        else:
+            centre = np.asarray([rng.integers(s) for s in shape])
+        start = np.clip(centre - self.patch // 2, 0, shape - self.patch)
+        sl = tuple(slice(int(a), int(a + p)) for a, p in zip(start, self.patch, strict=True))
+        return image[(slice(None), *sl)], mask[sl]
+
+
+def _check_cases(cases: Sequence[tuple[np.ndarray, np.ndarray]], in_ch: int, what: str) -> None:
+    for k, (image, mask) in enumerate(cases):
+        if image.ndim != 4 or image.shape[0] != in_ch:
+            raise ValueError(
+                f"{what} case {k}: image must be (C={in_ch}, X, Y, Z), got {image.shape}."
+            )
+        if tuple(mask.shape) != tuple(image.shape[1:]):
+            raise ValueError(f"{what} case {k}: mask shape {mask.shape} != image {image.shape}.")
+
+
+def _clip_patch(
+    patch: Sequence[int], cases: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> tuple[int, int, int]:
+    smallest = np.min([m.shape for _, m in cases], axis=0)
+    clipped = tuple(int(min(p, s)) for p, s in zip(patch, smallest, strict=True))
+    if clipped != tuple(patch):
+        warnings.warn(
+            f"patch size {tuple(patch)} exceeds the volume {tuple(smallest)}; using {clipped}.",
+            stacklevel=3,
+        )
+    return clipped  # type: ignore[return-value]
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _resume_key(cfg: TrainConfig) -> dict:
+    d = asdict(cfg)
+    for k in _STOP_FIELDS:
+        d.pop(k)
+    return d
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+@torch.inference_mode()
+def validation_dice(
+    model: UNet3D,
+    cases: Sequence[tuple[np.ndarray, np.ndarray]],
+    roi_size: Sequence[int],
+    device: torch.device,
+    amp: bool = False,
+) -> float:
+    """Mean Dice of the argmax segmentation (dropout off) over full volumes.
+
+    Args:
+        model: The network (set to eval mode).
+        cases: (image (C, X, Y, Z), mask (X, Y, Z)) pairs.
+        roi_size: Sliding-window size, used for volumes of more than
+            ``WHOLE_VOLUME_VOXELS`` voxels (smaller ones run in one pass, which is much
+            faster than many overlapping windows).
+        device: Where to run.
+        amp: Autocast (float16) on CUDA.
+
+    Returns:
+        Mean over cases of Dice(lesion); a case with empty prediction and empty mask
+        scores 1. NaN when ``cases`` is empty.
+    """
+    if not cases:
+        return math.nan
+    model.eval()
+    scores = []
+    use_amp = amp and device.type == "cuda"
+    for image, mask in cases:
+        x = torch.as_tensor(np.asarray(image, dtype=np.float32), device=device)[None]
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            if x[0, 0].numel() > WHOLE_VOLUME_VOXELS:
+                logits = sliding_window_inference(x, tuple(roi_size), 1, model, overlap=0.25)
+            else:
+                logits = model(x)
+        pred = _plain(logits).argmax(1)
+        gt = torch.as_tensor(np.asarray(mask), device=device).long()[None]
+        onehot = [F.one_hot(t, 2).permute(0, 4, 1, 2, 3) for t in (pred, gt)]
+        d = compute_dice(onehot[0], onehot[1], include_background=False, ignore_empty=False)
+        scores.append(float(d.mean()))
+    return float(np.mean(scores))
+
+
+def train_segmenter(
+    train: Sequence[tuple[np.ndarray, np.ndarray]],
+    val: Sequence[tuple[np.ndarray, np.ndarray]],
+    unet_cfg: UNetConfig,
+    cfg: TrainConfig,
+    out_dir: Path,
+    device: str = "auto",
+    progress: bool = True,
+) -> TrainResult:
+    """Train the U-Net, keep the best epoch by validation Dice, resume after a kill.
+
+    Args:
+        train: Training (image (C, X, Y, Z) float32, mask (X, Y, Z) {0, 1}) pairs.
+        val: Validation pairs (full volumes); may be empty (then the last epoch is kept).
+        unet_cfg: Architecture.
+        cfg: Optimisation, patches, augmentation, stopping and seed.
+        out_dir: Folder for ``segmenter.pt`` and ``segmenter_last.pt``.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (AMP on CUDA when ``cfg.amp``).
+        progress: Show a progress bar with the loss and validation Dice.
+
+    Returns:
+        The :class:`TrainResult`. If ``segmenter_last.pt`` exists with the same
+        architecture and training settings (``max_epochs`` and ``patience`` may differ),
+        training continues from its epoch; if it already met a stopping rule nothing is
+        trained.
+    """
+    if not train:
+        raise ValueError("train_segmenter needs at least one training case.")
+    _check_cases(train, unet_cfg.in_channels, "train")
+    _check_cases(val, unet_cfg.in_channels, "val")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    patch = _clip_patch(cfg.patch_size, train)
+    use_amp = cfg.amp and dev.type == "cuda"
+
+    torch.manual_seed(cfg.seed)
+    model = UNet3D(unet_cfg).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    sampler = _PatchSampler(train, patch, cfg.pos_fraction)
+
+    state: dict[str, Any] = {"epoch": 0, "best_dice": -math.inf, "best_epoch": 0}
+    state.update(bad_epochs=0, history=[])
+    resumed = _try_resume(out_dir / LAST_NAME, model, opt, scaler, unet_cfg, cfg, dev)
+    if resumed is not None:
+        state.update(resumed)
+    start = int(state["epoch"])
+
+    def done() -> bool:
+        return state["epoch"] >= cfg.max_epochs or state["bad_epochs"] >= cfg.patience
+
+    bar = make_progress() if progress else None
+    total = max(0, cfg.max_epochs - start) * cfg.steps_per_epoch
+    task = bar.add_task("train U-Net", total=total, info="") if bar else None
+    if bar:
+        bar.start()
+    try:
+        while not done():
+            epoch = state["epoch"] + 1
+            t0 = time.perf_counter()
+            loss = _train_epoch(
+                model, opt, scaler, loss_fn, sampler, cfg, epoch, dev, use_amp, bar, task
+            )
+            dice = validation_dice(model, val, patch, dev, use_amp)
+            improved = not val or dice > state["best_dice"]  # no validation: keep the last
+            state["epoch"] = epoch
+            seconds = time.perf_counter() - t0
+            state["history"].append(
+                {"epoch": epoch, "loss": loss, "val_dice": dice, "seconds": seconds}
+            )
+            if improved:
+                state["best_dice"], state["best_epoch"], state["bad_epochs"] = dice, epoch, 0
+                _atomic_save(_checkpoint(model, unet_cfg, cfg, state), out_dir / BEST_NAME)
+            else:
+                state["bad_epochs"] += 1
+            last = _checkpoint(model, unet_cfg, cfg, state)
+            last.update(optimizer=opt.state_dict(), scaler=scaler.state_dict())
+            last.update(bad_epochs=state["bad_epochs"], history=state["history"])
+            last.update(best_epoch=state["best_epoch"])
+            _atomic_save(last, out_dir / LAST_NAME)
+            if bar:
+                bar.update(
+                    task,
+                    info=f"loss {loss:.4f} | val Dice {dice:.3f} "
+                    f"(best {state['best_dice']:.3f} @ {state['best_epoch']})",
+                )
+    finally:
+        if bar:
+            bar.stop()
+    best = state["best_dice"]
+    return TrainResult(
+        checkpoint=out_dir / BEST_NAME,
+        best_dice=float(best) if math.isfinite(best) else math.nan,
+        best_epoch=int(state["best_epoch"]),
+        epochs=int(state["epoch"]),
+        stopped_early=state["bad_epochs"] >= cfg.patience and state["epoch"] < cfg.max_epochs,
+        resumed_from=start,
+        history=list(state["history"]),
+    )
+
+
+def _train_epoch(
+    model: UNet3D,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loss_fn: DiceCELoss,
+    sampler: _PatchSampler,
+    cfg: TrainConfig,
+    epoch: int,
+    dev: torch.device,
+    use_amp: bool,
+    bar: Any,
+    task: Any,
+) -> float:
+    """One epoch of ``cfg.steps_per_epoch`` steps; returns the mean loss."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout masks of this epoch
+    aug = augmentation(cfg.seed * 1_000_003 + epoch) if cfg.augment else None
+    model.train()
+    losses = []
+    for _ in range(cfg.steps_per_epoch):
+        images, labels = [], []
+        for _ in range(cfg.batch_size):
+            image, mask = sampler.sample(rng)
+            item = {
+                "image": torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32)),
+                "label": torch.as_tensor(np.ascontiguousarray(mask, dtype=np.float32))[None],
+            }
+            if aug is not None:
+                item = aug(item)
+            images.append(_plain(item["image"]))
+            labels.append(_plain(item["label"]).round())
+        x = torch.stack(images).to(dev)
+        y = torch.stack(labels).to(dev)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
+            loss = loss_fn(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(task, advance=1, info=f"epoch {epoch} | loss {losses[-1]:.4f}")
+    return float(np.mean(losses))
+
+
+def _checkpoint(model: UNet3D, unet_cfg: UNetConfig, cfg: TrainConfig, state: dict) -> dict:
+    return {
+        "format": FORMAT,
+        "state_dict": _cpu_state(model),
+        "unet": asdict(unet_cfg),
+        "train": asdict(cfg),
+        "epoch": int(state["epoch"]),
+        "best_dice": float(state["best_dice"]),
+    }
+
+
+def _try_resume(
+    path: Path,
+    model: UNet3D,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    unet_cfg: UNetConfig,
+    cfg: TrainConfig,
+    dev: torch.device,
+) -> dict | None:
+    """Load ``segmenter_last.pt`` into model/optimiser when its settings match."""
+    if not path.is_file():
+        return None
+    try:
+        ck = torch.load(path, map_location=dev, weights_only=True)
+    except Exception as exc:  # a torn or foreign file: start afresh
+        warnings.warn(f"{path}: cannot resume ({exc}); training from scratch.", stacklevel=3)
+        return None
+    same = ck.get("unet") == asdict(unet_cfg) and _resume_key(
+        TrainConfig(**_tuples(ck.get("train", {})))
+    ) == _resume_key(cfg)
+    if not same:
+        warnings.warn(f"{path}: saved with other settings; training from scratch.", stacklevel=3)
+        return None
+    model.load_state_dict(ck["state_dict"])
+    opt.load_state_dict(ck["optimizer"])
+    if "scaler" in ck:
+        scaler.load_state_dict(ck["scaler"])
+    return {
+        "epoch": int(ck["epoch"]),
+        "best_dice": float(ck["best_dice"]),
+        "best_epoch": int(ck["best_epoch"]),
+        "bad_epochs": int(ck["bad_epochs"]),
+        "history": [dict(h) for h in ck["history"]],
+    }
+
+
+def _tuples(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def load_segmenter(path: str | Path, device: str = "auto") -> UNet3D:
+    """Load a checkpoint written by :func:`train_segmenter` (no pickle of objects).
+
+    Args:
+        path: ``segmenter.pt`` (or ``segmenter_last.pt``).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        The :class:`UNet3D` with its weights, in eval mode, on the device.
+
+    Raises:
+        InputError: The file is missing or not a segmenter checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found.")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        model = UNet3D(UNetConfig(**_tuples(ck["unet"])))
+        model.load_state_dict(ck["state_dict"])
+    except Exception as exc:
+        raise InputError(
+            f"{path}: not a lesionuq segmenter checkpoint ({exc.__class__.__name__}: {exc})."
+        ) from None
+    return model.to(resolve_device(device)).eval()

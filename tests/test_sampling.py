@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lesionuq.config import SamplingConfig, UNetConfig
+from lesionuq.segmentation import sampling
+from lesionuq.segmentation.sampling import dropout_masks, mc_sample, mc_sample_naive
+from lesionuq.segmentation.unet import UNet3D
+from lesionuq.uncertainty import RunningMoments
+
+MAPS = ("prob", "entropy", "variance", "pcs")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _net(channels=(4, 8, 16), norm="instance", seed=0, in_channels=1) -> UNet3D:
+    """A tiny net with non-trivial norm parameters (so that every term matters)."""
+    torch.manual_seed(seed)
+    net = UNet3D(UNetConfig(in_channels=in_channels, channels=channels, norm=norm))
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, nn.InstanceNorm3d | nn.BatchNorm3d):
+            m.weight.data = torch.rand(m.weight.shape, generator=g) + 0.5
+            m.bias.data = torch.rand(m.bias.shape, generator=g) - 0.5
+        if isinstance(m, nn.BatchNorm3d):
+            m.running_mean = torch.randn(m.running_mean.shape, generator=g) * 0.1
+            m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.5
+    return net.eval()
+
+
+def _image(shape=(24, 20, 17), seed=0, channels=1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(channels, *shape)).astype(np.float32)
+
+
+def test_masks_are_seeded_channel_scalars():
+    net = _net()
+    masks = dropout_masks(net, 200, seed=5)
+    assert [tuple(m.shape) for m in masks] == [(200, c) for c in (4, 8, 16, 8, 4)]
+    values = torch.unique(torch.cat([m.flatten() for m in masks]))
+    torch.testing.assert_close(values, torch.tensor([0.0, 1.0 / 0.8]))
+    keep = torch.cat([(m > 0).float().flatten() for m in masks]).mean().item()
+    assert keep == pytest.approx(0.8, abs=0.02)
+    again = dropout_masks(net, 200, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(masks, again, strict=True))
+    assert not torch.equal(masks[0], dropout_masks(net, 200, seed=6)[0])
+    # sample t's masks do not depend on T (sample-major draw order)
+    assert torch.equal(dropout_masks(net, 3, seed=5)[2], masks[2][:3])
+
+
+@pytest.mark.parametrize(
+    ("channels", "norm", "inputs"),
+    [((4, 8, 16), "instance", 1), ((4, 8, 16), "batch", 1), ((4,), "instance", 1),
+     ((4, 8, 16, 16), "instance", 2)],
+)  # fmt: skip
+def test_fast_path_equals_naive_path(channels, norm, inputs):
+    net = _net(channels, norm, in_channels=inputs)
+    img = _image((24, 20, 17) if len(channels) < 4 else (24, 16, 17), channels=inputs)
+    cfg = SamplingConfig(n_samples=5, seed=3)
+    ref = mc_sample_naive(net, img, cfg, "cpu")
+    fast = mc_sample(net, img, cfg, "cpu")
+    assert ref.variance.max() > 1e-4  # the samples really differ
+    for name in MAPS:
+        np.testing.assert_allclose(getattr(fast, name), getattr(ref, name), atol=1e-5)
+    np.testing.assert_array_equal(fast.seg, ref.seg)
+
+
+def test_naive_path_is_mc_dropout():
+    """With a mask of ones only in sample 0, the naive path is the eval-mode network."""
+    net = _net()
+    img = _image()
+    ones = [torch.ones(1, m.shape[1]) for m in dropout_masks(net, 1, 0)]
+    maps = mc_sample_naive(net, img, SamplingConfig(n_samples=1), "cpu", masks=ones)
+    with torch.no_grad():
+        p = torch.softmax(net(torch.as_tensor(img)[None]), 1)[0, 1].numpy()
+    np.testing.assert_allclose(maps.prob, p, atol=1e-6)
+
+
+def test_batched_fast_path_equals_naive():
+    """The CUDA code path (batched samples, masks multiplied in), run on CPU."""
+    net = _net()
+    img = _image()
+    masks = dropout_masks(net, 4, seed=1)
+    ref = mc_sample_naive(net, img, SamplingConfig(n_samples=4), "cpu", masks=masks)
+    fast = sampling._FastMC(net, per_sample=False, channels_last=False)
+    with torch.inference_mode():
+        x, shape = net.pad(torch.as_tensor(img)[None])
+        p = fast.sample(fast.shared(x), masks)[:, : shape[0], : shape[1], : shape[2]]
+    maps = RunningMoments().update(p).finalize()
+    for name in MAPS:
+        np.testing.assert_allclose(getattr(maps, name), getattr(ref, name), atol=1e-5)
+
+
+def test_sliding_window_fast_equals_naive():
+    net = _net()
+    img = _image((24, 20, 20))
+    cfg = SamplingConfig(n_samples=3, batch_size=2, seed=0, roi_size=(16, 16, 16))
+    ref = mc_sample_naive(net, img, cfg, "cpu")
+    fast = mc_sample(net, img, cfg, "cpu")
+    for name in MAPS:
+        np.testing.assert_allclose(getattr(fast, name), getattr(ref, name), atol=1e-5)
+
+
+def test_seed_determinism_and_t1():
+    net = _net()
+    img = _image()
+    a = mc_sample(net, img, SamplingConfig(n_samples=4, seed=0), "cpu")
+    b = mc_sample(net, img, SamplingConfig(n_samples=4, seed=0), "cpu")
+    c = mc_sample(net, img, SamplingConfig(n_samples=4, seed=1), "cpu")
+    for name in MAPS:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert np.abs(a.variance - c.variance).max() > 1e-4
+    one = mc_sample(net, img, SamplingConfig(n_samples=1, seed=0), "cpu")
+    np.testing.assert_array_equal(one.variance, 0.0)
+    assert a.prob.shape == (24, 20, 17) and a.n_samples == 4
+
+
+def test_composed_up_kernel_is_exact():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 6, 5, 4, 3, generator=g, dtype=torch.float64)
+    wt = torch.randn(6, 3, 2, 2, 2, generator=g, dtype=torch.float64)
+    w = torch.randn(2, 3, 3, 3, 3, generator=g, dtype=torch.float64)
+    ref = F.conv3d(F.conv_transpose3d(x, wt, stride=2), w, padding=1)
+    wc = sampling._compose_up_kernel(wt, w)
+    assert wc.shape == (6, 2, 4, 4, 4)
+    got = F.conv_transpose3d(x, wc, stride=2, padding=1)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
+
+
+def test_rejects_non_binary_network():
+    net = UNet3D(UNetConfig(channels=(4,), out_channels=3))
+    with pytest.raises(ValueError, match="2-class"):
+        mc_sample(net, _image((8, 8, 8)), SamplingConfig(n_samples=1), "cpu")
+
+
+@pytest.mark.parametrize(("p", "channels"), [(0.0, (4, 8, 16)), (0.7, (2, 4, 8))])
+def test_fast_path_with_no_or_heavy_dropout(p, channels):
+    """p = 0.7 on 2-8 channels drops whole layers in some samples (empty kept sets)."""
+    torch.manual_seed(0)
+    net = UNet3D(UNetConfig(channels=channels, dropout=p)).eval()
+    masks = dropout_masks(net, 8, seed=0)
+    assert (p == 0) == (sum(int((m.sum(1) == 0).sum()) for m in masks) == 0)
+    img = _image((16, 16, 16))
+    cfg = SamplingConfig(n_samples=8, seed=0)
+    ref = mc_sample_naive(net, img, cfg, "cpu")
+    fast = mc_sample(net, img, cfg, "cpu")
+    for name in MAPS:
+        np.testing.assert_allclose(getattr(fast, name), getattr(ref, name), atol=1e-5)
