@@ -7,7 +7,7 @@ baseline (every method that is not a GCNN), fold by fold and on average, and end
 The paper's bar: GCNN classification 87.3 AUC against 83.9 for the best baseline (+3.4).
 
 Usage:
-    python benchmarks/quality.py [--cases 40] [--out runs/quality] [--config configs/demo.yaml]
+    python benchmarks/quality.py [--cases N] [--out runs/quality] [--config configs/quality.yaml]
 """
 
 from __future__ import annotations
@@ -27,14 +27,16 @@ from lesionuq.experiment import run_experiment
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=40)
+    parser.add_argument("--cases", type=int, default=None, help="default: the config's")
     parser.add_argument("--out", type=Path, default=Path("runs/quality"))
     parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--seed", type=int, default=1, help="phantom seed (demo uses 0)")
+    parser.add_argument("--seed", type=int, default=None, help="default: the config's")
     args = parser.parse_args()
 
-    cfg = ExperimentConfig.from_yaml(args.config) if args.config else bundled_config("demo")
-    cfg = cfg.replace(phantom=dataclasses.replace(cfg.phantom, n_cases=args.cases, seed=args.seed))
+    cfg = ExperimentConfig.from_yaml(args.config) if args.config else bundled_config("quality")
+    changes = {"n_cases": args.cases, "seed": args.seed}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    cfg = cfg.replace(phantom=dataclasses.replace(cfg.phantom, **changes))
     t0 = time.perf_counter()
     data = args.out / "data"
     if not (data / "cases.csv").exists():

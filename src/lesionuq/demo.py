@@ -13,10 +13,10 @@ __all__ = ["bundled_config", "run_demo"]
 
 
 def bundled_config(name: str = "demo") -> ExperimentConfig:
-    """A config shipped with the package: ``"demo"`` or ``"paper"``."""
+    """A config shipped with the package: ``"demo"``, ``"quality"`` or ``"paper"``."""
     ref = resources.files("lesionuq") / "configs" / f"{name}.yaml"
     if not ref.is_file():
-        raise ValueError(f"no bundled config {name!r} (available: demo, paper).")
+        raise ValueError(f"no bundled config {name!r} (available: demo, quality, paper).")
     with resources.as_file(ref) as path:
         return ExperimentConfig.from_yaml(path)
 

@@ -294,7 +294,9 @@ def train_segmenter(
     model = UNet3D(unet_cfg).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    # Batch Dice over the lesion channel (nnU-Net style): patches without lesion do not
+    # each reward an empty prediction, which otherwise stalls early training on small lesions.
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     sampler = _PatchSampler(train, patch, cfg.pos_fraction)
 
     state: dict[str, Any] = {"epoch": 0, "best_dice": -math.inf, "best_epoch": 0}
