@@ -763,13 +763,13 @@ def _summary_png(
                 fontweight="bold",
             )  # fmt: skip
         doubtful = sorted(on_slice, key=lambda k: -p_fp[k - 1])[:3]
-        names = ", ".join(f"#{k} P(FP) {p_fp[k - 1]:.2f}" for k in doubtful)
-        ax.set_title(f"axial z={z}" + (f": {names}" if names else ""), fontsize=8)
+        names = "\n".join(f"#{k} P(FP) {p_fp[k - 1]:.2f}" for k in doubtful)
+        ax.set_title(f"axial z={z}" + (f"\n{names}" if names else ""), fontsize=8)
         ax.text(0.02, 0.02, "R→", transform=ax.transAxes, color="w", fontsize=7)
         ax.set_axis_off()
     if n == 0:
         axes[0][0].set_title("no lesion found", fontsize=10)
-    fig.suptitle(f"{case_id}: {n} lesion(s), contours coloured by P(FP)", fontsize=10)
+    fig.suptitle(f"{case_id}: {n} lesion(s), contours coloured by P(FP)", fontsize=10, y=1.06)
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=axes[0].tolist(), fraction=0.03, pad=0.02, label="P(FP)")
     buf = io.BytesIO()
