@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import random_maps
 from lesionuq.config import GraphConfig
 from lesionuq.lesions.components import (
     TABLE_COLUMNS,
@@ -21,14 +22,7 @@ def _bar(shape, x_range, y=0, z=0):
 
 
 def _maps(shape, seed=0):
-    rng = np.random.default_rng(seed)
-    prob = rng.random(shape).astype(np.float32)
-    return VoxelMaps(
-        prob=prob,
-        entropy=rng.random(shape).astype(np.float32),
-        variance=(0.25 * rng.random(shape)).astype(np.float32),
-        pcs=np.maximum(prob, 1 - prob),
-    )
+    return random_maps(shape, seed)
 
 
 def _adjusted_iou_by_sets(labels, n, gt, connectivity=26):

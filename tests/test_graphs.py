@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
+from helpers import random_maps
 from lesionuq.config import GraphConfig
 from lesionuq.lesions.components import label_lesions, lesion_table
 from lesionuq.lesions.graphs import (
@@ -16,20 +17,12 @@ from lesionuq.lesions.graphs import (
     neighbour_edges,
     node_feature_names,
 )
-from lesionuq.uncertainty import VoxelMaps
 
 SHAPE = (16, 14, 12)
 
 
 def _maps(shape=SHAPE, seed=0):
-    rng = np.random.default_rng(seed)
-    prob = rng.random(shape).astype(np.float32)
-    return VoxelMaps(
-        prob=prob,
-        entropy=rng.random(shape).astype(np.float32),
-        variance=(0.25 * rng.random(shape)).astype(np.float32),
-        pcs=np.maximum(prob, 1 - prob),
-    )
+    return random_maps(shape, seed)
 
 
 def _image(shape=SHAPE, channels=2, seed=1):
