@@ -1,0 +1,71 @@
+"""The CLI is a thin layer: bad input gives one sentence and exit code 1, no traceback."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+from typer.testing import CliRunner
+
+from lesionuq.cli import app
+
+runner = CliRunner()
+
+
+def _text(result) -> str:
+    """Output with Rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def test_missing_manifest_is_one_sentence(tmp_path):
+    result = runner.invoke(
+        app, ["experiment", "--data", str(tmp_path / "no.csv"), "--out", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 1
+    assert "file not found" in _text(result)
+    assert "Traceback" not in _text(result)
+    assert not (tmp_path / "run").exists()
+
+
+def test_stage_on_a_non_run_directory(tmp_path):
+    result = runner.invoke(app, ["graphs", "--run", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "not a run directory" in _text(result)
+
+
+def test_unknown_config_key(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("unet:\n  chanels: [4, 8]\n")
+    (tmp_path / "cases.csv").write_text("case_id,flair,mask\n")
+    result = runner.invoke(
+        app,
+        [
+            "experiment",
+            "--data",
+            str(tmp_path / "cases.csv"),
+            "--out",
+            str(tmp_path / "run"),
+            "--config",
+            str(cfg),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "config.unet.chanels" in _text(result)
+
+
+def test_phantom_command_writes_a_manifest(tmp_path):
+    out = tmp_path / "ph"
+    result = runner.invoke(
+        app,
+        ["phantom", "--out", str(out), "--cases", "2", "--spacing", "4", "--seed", "3", "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    lines = (out / "cases.csv").read_text().splitlines()
+    assert lines[0] == "case_id,flair,mask" and len(lines) == 3
+    img = nib.load(str(out / "case_000" / "flair.nii.gz"))
+    assert np.allclose(np.abs(np.diag(img.affine)[:3]), 4.0)
+
+
+def test_predict_needs_image_or_cases(tmp_path):
+    result = runner.invoke(app, ["predict", "--model", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "--image" in _text(result)
