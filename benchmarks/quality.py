@@ -55,7 +55,7 @@ def main() -> None:
     margin = float(table.loc["gcnn_classif", "auc"] - table.loc[baselines, "auc"].max())
 
     pd.set_option("display.width", 160)
-    print(f"\ncases={args.cases} folds={cfg.folds} wall={wall:.0f}s")
+    print(f"\ncases={cfg.phantom.n_cases} folds={cfg.folds} wall={wall:.0f}s")
     print(result.table1.to_string(index=False))
     print(table.round(2).to_string())
     print("gcnn_classif minus best baseline, per fold (points):")
