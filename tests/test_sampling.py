@@ -15,12 +15,7 @@ from lesionuq.uncertainty import RunningMoments
 MAPS = ("prob", "entropy", "variance", "pcs")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(channels=(4, 8, 16), norm="instance", seed=0, in_channels=1) -> UNet3D:

@@ -24,12 +24,7 @@ CFG = TrainConfig(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blob_case(seed: int, n: int = 24) -> tuple[np.ndarray, np.ndarray]:

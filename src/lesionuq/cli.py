@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lesionuq.config import ConfigError
 from lesionuq.io import InputError
 
 app = typer.Typer(
@@ -34,14 +35,9 @@ def _friendly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (InputError, FileNotFoundError) as exc:
+        except (InputError, ConfigError, FileNotFoundError) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1) from None
-        except ValueError as exc:
-            if "config" in str(exc) or "Unknown key" in str(exc):
-                console.print(f"[bold red]config error:[/] {exc}")
-                raise typer.Exit(1) from None
-            raise
 
     return wrapper  # type: ignore[return-value]
 

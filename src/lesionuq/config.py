@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "ConfigError",
     "ExperimentConfig",
     "GCNNConfig",
     "GraphConfig",
@@ -35,6 +36,10 @@ __all__ = [
     "UNetConfig",
     "config_digest",
 ]
+
+
+class ConfigError(ValueError):
+    """A config file or dict is invalid; the message names the offending key."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +248,7 @@ class ExperimentConfig:
         """Build from a (possibly partial) nested dict; missing keys take defaults.
 
         Raises:
-            ValueError: On an unknown key, naming it.
+            ConfigError: On an unknown key or a wrongly typed value, naming it.
         """
         return _from_dict(cls, data or {}, "config")
 
@@ -289,12 +294,12 @@ def _to_plain(value: Any) -> Any:
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}.")
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}.")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"Unknown key {where}.{unknown[0]} (known: {', '.join(sorted(known))}).")
+        raise ConfigError(f"Unknown key {where}.{unknown[0]} (known: {', '.join(sorted(known))}).")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
@@ -312,15 +317,15 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return _coerce(args[0], value, where)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{where} must be a list, got {value!r}.")
+            raise ConfigError(f"{where} must be a list, got {value!r}.")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, where) for v in value)
         if len(args) != len(value):
-            raise ValueError(f"{where} must have {len(args)} items, got {len(value)}.")
+            raise ConfigError(f"{where} must have {len(args)} items, got {len(value)}.")
         return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if tp in (int, str, bool) and not isinstance(value, tp):
-        raise ValueError(f"{where} must be {tp.__name__}, got {value!r}.")
+        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}.")
     return value

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from lesionuq.config import ExperimentConfig
+from lesionuq.config import ExperimentConfig, UNetConfig
 from lesionuq.io import (
     Case,
     InputError,
@@ -39,6 +38,7 @@ from lesionuq.io import (
     save_nifti,
 )
 from lesionuq.rundir import FoldSplit, RunDir, digest_of, make_folds, stamp_ok, write_stamp
+from lesionuq.uncertainty import VoxelMaps
 from lesionuq.utils import track
 
 __all__ = [
@@ -101,7 +101,7 @@ def _cases_by_id(data: Path, cfg: ExperimentConfig) -> dict[str, Case]:
     return {c.case_id: c for c in read_manifest(data, cfg.sequences, require_mask=True)}
 
 
-def _unet_cfg(cfg: ExperimentConfig):
+def _unet_cfg(cfg: ExperimentConfig) -> UNetConfig:
     return dataclasses.replace(cfg.unet, in_channels=len(cfg.sequences))
 
 
@@ -154,7 +154,18 @@ def load_preprocessed(
 
 
 def _train_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
+    """Digest of everything a fold's U-Net depends on."""
     return digest_of(cfg.preprocess, _unet_cfg(cfg), cfg.train, list(split.train), list(split.val))
+
+
+def _sample_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
+    """Digest of everything a fold's voxel maps depend on."""
+    return digest_of(_train_digest(cfg, split), cfg.sampling)
+
+
+def _graphs_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
+    """Digest of everything a fold's lesion tables and graphs depend on."""
+    return digest_of(_sample_digest(cfg, split), cfg.graphs)
 
 
 def _folds(folds: list[FoldSplit], only: Sequence[int] | None) -> list[FoldSplit]:
@@ -190,13 +201,7 @@ def stage_train(run: Path, folds: Sequence[int] | None = None, progress: bool = 
         result = train_segmenter(
             train, val, _unet_cfg(cfg), cfg.train, fold_dir, device=cfg.device, progress=progress
         )
-        cfg.to_yaml(fold_dir / "config.yaml")
-        write_stamp(fold_dir / "stamp_train.json", digest, best_dice=_best(result))
-
-
-def _best(result: object) -> float | None:
-    value = getattr(result, "best_dice", None)
-    return None if value is None else float(value)
+        write_stamp(fold_dir / "stamp_train.json", digest, best_dice=result.best_dice)
 
 
 def _pair(run: Path, case_id: str, cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +219,7 @@ def stage_sample(run: Path, folds: Sequence[int] | None = None, progress: bool =
     rd = RunDir(Path(run))
     cfg, _, splits = rd.read_plan()
     for split in _folds(splits, folds):
-        digest = digest_of(_train_digest(cfg, split), cfg.sampling)
+        digest = _sample_digest(cfg, split)
         todo = [
             (s, c)
             for s in ("val", "test")
@@ -240,9 +245,8 @@ def stage_sample(run: Path, folds: Sequence[int] | None = None, progress: bool =
                 write_stamp(tmp / "stamp.json", digest)
 
 
-def load_maps(case_dir: Path):
+def load_maps(case_dir: Path) -> VoxelMaps:
     """The voxel maps written by :func:`stage_sample` for one case."""
-    from lesionuq.uncertainty import VoxelMaps
 
     def read(name: str) -> np.ndarray:
         return np.asarray(nib.load(str(case_dir / f"{name}.nii.gz")).dataobj, dtype=np.float32)
@@ -261,8 +265,7 @@ def stage_graphs(run: Path, folds: Sequence[int] | None = None, progress: bool =
     rd = RunDir(Path(run))
     cfg, _, splits = rd.read_plan()
     for split in _folds(splits, folds):
-        sample_digest = digest_of(_train_digest(cfg, split), cfg.sampling)
-        digest = digest_of(sample_digest, cfg.graphs)
+        digest = _graphs_digest(cfg, split)
         for s in ("val", "test"):
             out = rd.lesion_set(split.fold, s)
             if stamp_ok(out / "stamp.json", digest):
@@ -305,7 +308,7 @@ def stage_fit(
     rd = RunDir(Path(run))
     cfg, _, splits = rd.read_plan()
     for split in _folds(splits, folds):
-        graphs_digest = digest_of(digest_of(_train_digest(cfg, split), cfg.sampling), cfg.graphs)
+        graphs_digest = _graphs_digest(cfg, split)
         val = None
         for method in methods or cfg.methods:
             learned = cfg.gcnn if method.startswith("gcnn") else None
@@ -318,15 +321,11 @@ def stage_fit(
             if progress:
                 print(f"fold {split.fold}: fitting {method} on {len(val)} validation lesions")
             t0 = time.perf_counter()
-            scorer = make_scorer(method, cfg).fit(val, **_fit_kwargs(method, progress))
+            scorer = make_scorer(method, cfg).fit(val, progress=progress)
             with atomic_dir(folder) as tmp:
                 scorer.save(tmp)
                 write_stamp(tmp / "stamp.json", digest, fit_seconds=time.perf_counter() - t0)
         cfg.to_yaml(rd.fold(split.fold) / "config.yaml")
-
-
-def _fit_kwargs(method: str, progress: bool) -> dict[str, bool]:
-    return {"progress": progress} if method.startswith("gcnn") else {}
 
 
 def score_fold(run: Path, split: FoldSplit, methods: Sequence[str]) -> pd.DataFrame:
@@ -429,11 +428,6 @@ def _write_timings(run: Path, timings: dict[str, float]) -> None:
         {"stage": list(timings), "seconds": [round(v, 2) for v in timings.values()]}
     )
     atomic_write_text(RunDir(run).results / "timings.csv", rows.to_csv(index=False))
-
-
-def clean_run(run: Path) -> None:
-    """Remove a run directory (used by ``--fresh``)."""
-    shutil.rmtree(run, ignore_errors=True)
 
 
 def maps_from_stack(stack: Path, out: Path) -> Path:

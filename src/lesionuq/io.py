@@ -27,6 +27,8 @@ __all__ = [
     "Case",
     "InputError",
     "atomic_dir",
+    "atomic_torch_save",
+    "atomic_write_bytes",
     "atomic_write_text",
     "check_image",
     "check_mask",
@@ -278,20 +280,37 @@ def save_nifti(
     return path
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text to ``path`` atomically (temporary file in the same folder, then rename)."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write bytes to ``path`` atomically (temporary file in the same folder, then rename).
+
+    The file is made world-readable (0644); a reader never sees a half-written file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 text to ``path`` atomically (see :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: object, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 @contextmanager

@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -96,7 +97,14 @@ from scipy import ndimage as ndi
 from scipy.special import erfc
 
 from lesionuq.config import PhantomConfig
-from lesionuq.io import Case, atomic_write_text, read_manifest, save_nifti, write_manifest
+from lesionuq.io import (
+    Case,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_manifest,
+    save_nifti,
+    write_manifest,
+)
 from lesionuq.utils import track
 
 __all__ = [
@@ -1062,9 +1070,7 @@ def write_preview(
         fontsize=9,
     )
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".tmp-{out_png.name}")
-    fig.savefig(tmp, dpi=90, format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=90, format="png")
     plt.close(fig)
-    tmp.replace(out_png)
-    return out_png
+    return atomic_write_bytes(out_png, buffer.getvalue())

@@ -18,8 +18,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +31,7 @@ from matplotlib.figure import Figure
 
 from lesionuq.evaluation.curves import ac_auc, accuracy_confidence_curve, curve_on_grid
 from lesionuq.evaluation.metrics import as_bool, table2
-from lesionuq.io import atomic_write_text
+from lesionuq.io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["mean_curve", "plot_accuracy_confidence", "render_lesion_crop", "write_report"]
 
@@ -93,20 +91,6 @@ def _png_bytes(fig: Figure, dpi: int) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a figure is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def mean_curve(
@@ -201,7 +185,7 @@ def plot_accuracy_confidence(
         fontsize=10,
     )
     fig.tight_layout()
-    return _atomic_write_bytes(path, _png_bytes(fig, dpi))
+    return atomic_write_bytes(path, _png_bytes(fig, dpi))
 
 
 def render_lesion_crop(

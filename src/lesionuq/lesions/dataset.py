@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch_geometric.data import Data
 
-from lesionuq.io import InputError, atomic_write_text
+from lesionuq.io import InputError, atomic_torch_save, atomic_write_text
 
 __all__ = ["LesionSet"]
 
@@ -86,9 +86,7 @@ class LesionSet:
             "lesion_id": torch.tensor([int(g.lesion_id) for g in self.graphs], dtype=torch.long),
             "size": torch.tensor([int(g["size"]) for g in self.graphs], dtype=torch.long),
         }
-        tmp = folder / f".tmp-{_GRAPHS}"
-        torch.save(payload, tmp)
-        tmp.replace(folder / _GRAPHS)
+        atomic_torch_save(payload, folder / _GRAPHS)
 
     @classmethod
     def load(cls, folder: str | Path) -> LesionSet:

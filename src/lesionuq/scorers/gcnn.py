@@ -35,7 +35,7 @@ from torch_geometric.loader import DataLoader
 from torch_geometric.nn import GCNConv, global_add_pool, global_max_pool, global_mean_pool
 
 from lesionuq.config import GCNNConfig
-from lesionuq.io import InputError
+from lesionuq.io import InputError, atomic_torch_save
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.scorers.base import LesionScorer, table_column
 from lesionuq.utils import make_progress, resolve_device
@@ -423,9 +423,7 @@ class GCNNScorer(LesionScorer):
         if not hasattr(self, "constant_"):
             raise RuntimeError(f"scorer '{self.name}' is not fitted; call fit() first.")
         if self.model_ is not None:
-            tmp = folder / f".tmp-{MODEL_FILE}"
-            torch.save(self.model_.state_dict(), tmp)
-            tmp.replace(folder / MODEL_FILE)
+            atomic_torch_save(self.model_.state_dict(), folder / MODEL_FILE)
         return {
             "task": self.task,
             "constant": self.constant_,

@@ -24,8 +24,6 @@ storing random-generator states.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -49,7 +47,7 @@ from monai.transforms import (
 )
 
 from lesionuq.config import TrainConfig, UNetConfig
-from lesionuq.io import InputError
+from lesionuq.io import InputError, atomic_torch_save
 from lesionuq.segmentation.unet import UNet3D
 from lesionuq.utils import make_progress, resolve_device
 
@@ -189,17 +187,6 @@ def _clip_patch(
     return clipped  # type: ignore[return-value]
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _resume_key(cfg: TrainConfig) -> dict:
     d = asdict(cfg)
     for k in _STOP_FIELDS:
@@ -330,14 +317,14 @@ def train_segmenter(
             )
             if improved:
                 state["best_dice"], state["best_epoch"], state["bad_epochs"] = dice, epoch, 0
-                _atomic_save(_checkpoint(model, unet_cfg, cfg, state), out_dir / BEST_NAME)
+                atomic_torch_save(_checkpoint(model, unet_cfg, cfg, state), out_dir / BEST_NAME)
             else:
                 state["bad_epochs"] += 1
             last = _checkpoint(model, unet_cfg, cfg, state)
             last.update(optimizer=opt.state_dict(), scaler=scaler.state_dict())
             last.update(bad_epochs=state["bad_epochs"], history=state["history"])
             last.update(best_epoch=state["best_epoch"])
-            _atomic_save(last, out_dir / LAST_NAME)
+            atomic_torch_save(last, out_dir / LAST_NAME)
             if bar:
                 bar.update(
                     task,
