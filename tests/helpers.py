@@ -17,3 +17,38 @@ def random_maps(shape: tuple[int, int, int], seed: int = 0) -> VoxelMaps:
         variance=(0.25 * rng.random(shape)).astype(np.float32),
         pcs=np.maximum(prob, 1 - prob),
     )
+
+
+def random_lesion_set(n: int, seed: int = 0, n_features: int = 5):
+    """``n`` lesions with every table column a scorer reads and chain graphs.
+
+    Lesion ``i`` has ``2 + i % 4`` voxels; the first two lesions are TP and FP so both
+    classes are present; the columns are random but finite.
+    """
+    import pandas as pd
+    import torch
+    from torch_geometric.data import Data
+
+    from lesionuq.lesions.dataset import LesionSet
+
+    rng = np.random.default_rng(seed)
+    iou = rng.random(n)
+    iou[:2] = [0.8, 0.0][:n]
+    rows, graphs = [], []
+    for i in range(n):
+        size = 2 + i % 4
+        row = {"case_id": "c", "lesion_id": i + 1, "n_voxels": size, "iou_adj": iou[i]}
+        row["is_tp"] = bool(iou[i] >= 0.1)
+        for m in ("entropy", "variance", "pcs"):
+            row[f"{m}_mean"] = rng.random()
+            row[f"{m}_logsum"] = -size * rng.random()
+        rows.append(row)
+        chain = torch.arange(size - 1)
+        edges = [torch.cat([chain, chain + 1]), torch.cat([chain + 1, chain])]
+        graphs.append(
+            Data(
+                x=torch.as_tensor(rng.random((size, n_features)), dtype=torch.float32),
+                edge_index=torch.stack(edges),
+            )
+        )
+    return LesionSet(pd.DataFrame(rows), graphs)

@@ -13,7 +13,7 @@ from torch_geometric.data import Data
 from lesionuq.config import METHODS, ExperimentConfig
 from lesionuq.io import InputError
 from lesionuq.lesions.dataset import LesionSet
-from lesionuq.scorers.base import REGISTRY, LesionScorer, load_scorer, make_scorer
+from lesionuq.scorers import REGISTRY, LesionScorer, load_scorer, make_scorer
 from lesionuq.scorers.baselines import (
     ColumnScorer,
     MetaSegScorer,

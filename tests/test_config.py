@@ -1,8 +1,24 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
 import pytest
 
-from lesionuq.config import ExperimentConfig, GCNNConfig, config_digest
+import lesionuq
+from lesionuq.config import (
+    ConfigError,
+    ExperimentConfig,
+    GCNNConfig,
+    GraphConfig,
+    UNetConfig,
+    config_digest,
+    config_from_dict,
+    one_of,
+)
 from lesionuq.demo import bundled_config
 
 
@@ -60,3 +76,122 @@ def test_paper_config_is_the_paper():
     assert cfg.gcnn.hidden == 64 and cfg.gcnn.batch_size == 10
     assert cfg.gcnn.lr == 1e-2 and cfg.gcnn.lr_min == 1e-5
     assert cfg.folds == 4
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"gcnn": {"readout": "maen"}},
+            "config.gcnn.readout must be one of mean, max, sum, got 'maen' (did you mean 'mean'?).",
+        ),
+        ({"gcnn": {"readout": "avg"}}, "config.gcnn.readout must be one of mean, max, sum"),
+        ({"device": "gpu"}, "config.device must be one of auto, cpu, cuda, got 'gpu'"),
+        ({"unet": {"norm": "instnce"}}, "got 'instnce' (did you mean 'instance'?)"),
+        ({"unet": {"dropout": 1.5}}, "config.unet.dropout must be in [0, 1), got 1.5."),
+        ({"folds": 1}, "config.folds must be >= 2, got 1."),
+        ({"val_fraction": 1.0}, "config.val_fraction must be in [0, 1)"),
+        ({"gcnn": {"epochs": 0}}, "config.gcnn.epochs must be >= 1, got 0."),
+        ({"sampling": {"n_samples": 0}}, "config.sampling.n_samples must be >= 1"),
+        ({"preprocess": {"spacing": [1, 0, 1]}}, "config.preprocess.spacing must be > 0, got 0.0"),
+        ({"phantom": {"n_cases": 0}}, "config.phantom.n_cases must be >= 1"),
+        ({"phantom": {"shape": [8, 0, 8]}}, "config.phantom.shape must be >= 1, got 0."),
+        ({"train": {"seed": -1}}, "config.train.seed must be >= 0, got -1."),
+        ({"graphs": {"extra_features": ["positon"]}}, "extra_features[0] must be one of"),
+        (
+            {"methods": ["gcnn_clasif"]},
+            "got 'gcnn_clasif' (did you mean 'gcnn_classif'?).",
+        ),
+        ({"gcnn": {"hiden": 3}}, "Unknown key config.gcnn.hiden (did you mean 'hidden'?)"),
+    ],
+)
+def test_invalid_values_are_named_when_loaded(data, message):
+    with pytest.raises(ConfigError) as info:
+        ExperimentConfig.from_dict(data)
+    assert message in str(info.value)
+
+
+def test_the_issue_example_fails_at_load_not_in_a_stage():
+    bad = {
+        "methods": ["gcnn_clasif"],
+        "gcnn": {"readout": "avg"},
+        "device": "gpu",
+        "unet": {"norm": "instnce", "dropout": 1.5},
+    }
+    with pytest.raises(ConfigError, match="config"):
+        ExperimentConfig.from_dict(bad)
+
+
+def test_constructing_and_replace_check_too():
+    with pytest.raises(ConfigError, match=r"GCNNConfig\.readout must be one of mean, max, sum"):
+        GCNNConfig(readout="avg")
+    with pytest.raises(ConfigError, match=r"ExperimentConfig\.folds must be >= 2, got 1"):
+        ExperimentConfig().replace(folds=1)
+    with pytest.raises(ConfigError, match="did you mean 'size'"):
+        ExperimentConfig().replace(methods=("sise",))
+    with pytest.raises(ConfigError, match=r"UNetConfig\.channels must be at least one level"):
+        UNetConfig(channels=())
+    assert ExperimentConfig().replace(methods=("size",)).methods == ("size",)
+
+
+def test_one_of_suggests_only_close_names():
+    one_of("mean", ["mean", "max"], "x")
+    with pytest.raises(ConfigError, match=r"^x must be one of mean, max, got 'zzz'\.$"):
+        one_of("zzz", ["mean", "max"], "x")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("gcnn: [1, 2\n", "not valid YAML"),
+        ("gcnn:\n  hidden: 3\n bad indent: 1\n", "not valid YAML"),
+        ("key: 'unterminated\n", "not valid YAML"),
+        ("- folds\n- 3\n", "a config must be a mapping of keys to values, got a list."),
+        ("just a string\n", "got a str."),
+    ],
+)
+def test_malformed_yaml_is_one_sentence_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        ExperimentConfig.from_yaml(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert message in str(info.value)
+    assert str(info.value).count("\n") == 0
+
+
+def test_empty_yaml_is_the_default(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("")
+    assert ExperimentConfig.from_yaml(path) == ExperimentConfig()
+
+
+def test_config_from_dict_is_the_checkpoint_loader_too():
+    cfg = config_from_dict(UNetConfig, {"channels": [4, 8], "dropout": 0}, "checkpoint unet")
+    assert cfg == UNetConfig(channels=(4, 8), dropout=0.0)
+    assert isinstance(cfg.dropout, float)
+    with pytest.raises(ConfigError, match=r"^checkpoint unet\.dropout must be in \[0, 1\)"):
+        config_from_dict(UNetConfig, {"dropout": 1.0}, "checkpoint unet")
+
+
+def test_importing_config_does_not_import_torch():
+    code = "import sys, lesionuq.config; print('torch' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(Path(lesionuq.__file__).parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_extra_feature_names_match_the_graph_builder():
+    from lesionuq.config import ExtraFeature
+    from lesionuq.lesions import EXTRA_FEATURES
+
+    assert set(typing.get_args(ExtraFeature)) == set(EXTRA_FEATURES)
+
+
+def test_a_list_of_choices_names_the_bad_item():
+    with pytest.raises(ConfigError) as info:
+        GraphConfig(extra_features=("position", "colour"))
+    assert str(info.value) == (
+        "GraphConfig.extra_features must be a list of extra features among "
+        "position, border_distance, got 'colour'."
+    )

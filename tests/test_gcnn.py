@@ -12,7 +12,7 @@ from torch_geometric.data import Data
 
 from lesionuq.config import METHODS, ExperimentConfig, GCNNConfig
 from lesionuq.lesions.dataset import LesionSet
-from lesionuq.scorers.base import load_scorer, make_scorer
+from lesionuq.scorers import load_scorer, make_scorer
 from lesionuq.scorers.gcnn import GCNNScorer, LesionGCN, split_train_val
 
 EPS = 1e-6

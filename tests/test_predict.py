@@ -156,7 +156,7 @@ def training_lesions():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from lesionuq.scorers.base import make_scorer
+    from lesionuq.scorers import make_scorer
 
     folder = tmp_path_factory.mktemp("run") / "fold_0"
     (folder / "scorers").mkdir(parents=True)

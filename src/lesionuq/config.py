@@ -3,7 +3,14 @@
 Every stage function takes its own config object, never a global. The whole experiment
 config round-trips through YAML (:meth:`ExperimentConfig.to_yaml` /
 :meth:`ExperimentConfig.from_yaml`), and unknown keys are an error so that a typo in a
-user's YAML is never silently ignored.
+user's YAML is never silently ignored. Every value is checked when a config is made
+(loaded, constructed or ``replace``-d), not when a stage first uses it: closed sets are
+``Literal`` types (a typo gets a "did you mean"), ranges are checked in ``__post_init__``
+and ``methods`` against the scorer registry, each error naming the dotted key::
+
+    config.gcnn.readout must be one of mean, max, sum, got 'maen' (did you mean 'mean'?).
+
+Importing this module is light (PyYAML only); the method check imports the scorers.
 
 Example:
     >>> cfg = ExperimentConfig.from_yaml("configs/demo.yaml")
@@ -14,17 +21,23 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import hashlib
 import json
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import yaml
 
+from lesionuq.errors import ConfigError
+
 __all__ = [
+    "METHODS",
     "ConfigError",
     "ExperimentConfig",
     "GCNNConfig",
@@ -35,15 +48,116 @@ __all__ = [
     "TrainConfig",
     "UNetConfig",
     "config_digest",
+    "config_from_dict",
+    "did_you_mean",
+    "one_of",
 ]
 
+C = TypeVar("C")
 
-class ConfigError(ValueError):
-    """A config file or dict is invalid; the message names the offending key."""
+Device = Literal["auto", "cpu", "cuda"]
+Norm = Literal["instance", "batch"]
+Readout = Literal["mean", "max", "sum"]
+ExtraFeature = Literal["position", "border_distance"]
+
+
+def one_of(value: Any, options: Iterable[str], where: str) -> None:
+    """Check that ``value`` is one of ``options``, suggesting the closest on a typo.
+
+    Args:
+        value: The value given.
+        options: The allowed values, in the order the message lists them.
+        where: Dotted key used in the message, e.g. ``"config.gcnn.readout"``.
+
+    Raises:
+        ConfigError: ``"config.gcnn.readout must be one of mean, max, sum, got 'maen'
+            (did you mean 'mean'?)."``
+    """
+    options = [str(o) for o in options]
+    if value not in options:
+        rule = f"one of {', '.join(options)}"
+        raise ConfigError(f"{where} must be {rule}, got {value!r}{did_you_mean(value, options)}.")
+
+
+def did_you_mean(value: Any, options: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest option (``difflib``), or an empty string.
+
+    Args:
+        value: What was given.
+        options: The allowed values.
+    """
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Invalid(ConfigError):
+    """A check of ``__post_init__`` failed; the loader re-raises it with the dotted key."""
+
+    def __init__(self, owner: object, key: str, rule: str, value: Any, hint: str = "") -> None:
+        self.key, self.rule, self.value, self.hint = key, rule, value, hint
+        super().__init__(f"{type(owner).__name__}.{self.describe()}")
+
+    def describe(self) -> str:
+        """The message without the owner: ``KEY must be RULE, got VALUE (hint).``."""
+        return f"{self.key} must be {self.rule}, got {self.value!r}{self.hint}."
+
+
+def _require(ok: bool, owner: object, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise _Invalid(owner, key, rule, value)
+
+
+def _positive(owner: object, key: str, values: Iterable[float], minimum: float = 0.0) -> None:
+    """Every value > ``minimum`` (0: strictly positive sizes, spacings, rates)."""
+    for v in values:
+        _require(v > minimum, owner, key, f"> {minimum:g}", v)
+
+
+def _at_least(owner: object, key: str, values: Iterable[int], minimum: int) -> None:
+    for v in values:
+        _require(v >= minimum, owner, key, f">= {minimum}", v)
+
+
+class _Section:
+    """Mixin of the config dataclasses: checks made whenever an instance is created.
+
+    ``Literal`` fields (closed sets) are checked generically from the type hints, so
+    ``dataclasses.replace`` and the YAML loader check the same things; subclasses add
+    their ranges in :meth:`_check`.
+    """
+
+    def __post_init__(self) -> None:
+        for name, options in _literal_fields(type(self)).items():
+            value = getattr(self, name)
+            items = value if isinstance(value, tuple) else (value,)
+            for item in items:
+                if item not in options:
+                    rule = f"one of {', '.join(options)}"
+                    if isinstance(value, tuple):  # "a list of extra features among ..."
+                        rule = f"a list of {name.replace('_', ' ')} among {', '.join(options)}"
+                    raise _Invalid(self, name, rule, item, did_you_mean(item, list(options)))
+        self._check()
+
+    def _check(self) -> None:
+        """Range checks of the subclass (raise via ``_require``)."""
+
+
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple[str, ...]]:
+    """Field name -> allowed values, for fields typed ``Literal`` or ``tuple[Literal, ...]``."""
+    out = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        if typing.get_origin(tp) is tuple:
+            tp = typing.get_args(tp)[0]
+        if typing.get_origin(tp) is Literal:
+            out[name] = tuple(typing.get_args(tp))
+    return out
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(_Section):
     """How raw scans are brought onto the common grid (paper 3.1).
 
     Attributes:
@@ -57,9 +171,13 @@ class PreprocessConfig:
     shape: tuple[int, int, int] = (160, 192, 160)
     brain_threshold: float = 0.0
 
+    def _check(self) -> None:
+        _positive(self, "spacing", self.spacing)
+        _at_least(self, "shape", self.shape, 1)
+
 
 @dataclass(frozen=True)
-class PhantomConfig:
+class PhantomConfig(_Section):
     """The synthetic MS data set on MNI152 anatomy (see ``lesionuq.data.phantom``).
 
     Attributes:
@@ -76,9 +194,16 @@ class PhantomConfig:
     spacing: float = 1.0
     max_lesions: int = 40
 
+    def _check(self) -> None:
+        _at_least(self, "n_cases", [self.n_cases], 1)
+        _at_least(self, "seed", [self.seed], 0)
+        _at_least(self, "shape", self.shape or (), 1)
+        _positive(self, "spacing", [self.spacing])
+        _at_least(self, "max_lesions", [self.max_lesions], 0)
+
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(_Section):
     """3D U-Net with ``Dropout3d`` at the end of every encoder and decoder block (paper 2.1).
 
     Attributes:
@@ -94,11 +219,18 @@ class UNetConfig:
     out_channels: int = 2
     channels: tuple[int, ...] = (16, 32, 64, 128)
     dropout: float = 0.2
-    norm: str = "instance"
+    norm: Norm = "instance"
+
+    def _check(self) -> None:
+        _at_least(self, "in_channels", [self.in_channels], 1)
+        _at_least(self, "out_channels", [self.out_channels], 1)
+        _require(len(self.channels) >= 1, self, "channels", "at least one level", self.channels)
+        _at_least(self, "channels", self.channels, 1)
+        _require(0.0 <= self.dropout < 1.0, self, "dropout", "in [0, 1)", self.dropout)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
     """Segmentation training (paper 3.4).
 
     Attributes:
@@ -125,9 +257,20 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True
 
+    def _check(self) -> None:
+        _at_least(self, "patch_size", self.patch_size, 1)
+        _at_least(self, "batch_size", [self.batch_size], 1)
+        _require(self.lr >= 0.0, self, "lr", ">= 0", self.lr)
+        _at_least(self, "max_epochs", [self.max_epochs], 1)
+        _at_least(self, "patience", [self.patience], 1)
+        _at_least(self, "steps_per_epoch", [self.steps_per_epoch], 1)
+        ok = 0.0 <= self.pos_fraction <= 1.0
+        _require(ok, self, "pos_fraction", "in [0, 1]", self.pos_fraction)
+        _at_least(self, "seed", [self.seed], 0)
+
 
 @dataclass(frozen=True)
-class SamplingConfig:
+class SamplingConfig(_Section):
     """Monte Carlo dropout sampling (paper 2.1).
 
     Attributes:
@@ -143,9 +286,15 @@ class SamplingConfig:
     seed: int = 0
     roi_size: tuple[int, int, int] | None = None
 
+    def _check(self) -> None:
+        _at_least(self, "n_samples", [self.n_samples], 1)
+        _at_least(self, "batch_size", [self.batch_size], 1)
+        _at_least(self, "seed", [self.seed], 0)
+        _at_least(self, "roi_size", self.roi_size or (), 1)
+
 
 @dataclass(frozen=True)
-class GraphConfig:
+class GraphConfig(_Section):
     """Lesion detection, labelling and graph construction (paper 2.2).
 
     Attributes:
@@ -159,12 +308,17 @@ class GraphConfig:
 
     epsilon: float = 0.1
     dilation: int = 1
-    extra_features: tuple[str, ...] = ()
+    extra_features: tuple[ExtraFeature, ...] = ()
     logsum_eps: float = 1e-6
+
+    def _check(self) -> None:
+        _require(0.0 <= self.epsilon <= 1.0, self, "epsilon", "in [0, 1]", self.epsilon)
+        _at_least(self, "dilation", [self.dilation], 0)
+        _positive(self, "logsum_eps", [self.logsum_eps])
 
 
 @dataclass(frozen=True)
-class GCNNConfig:
+class GCNNConfig(_Section):
     """The lesion GCNN and its training (paper 2.3, 3.4).
 
     Attributes:
@@ -180,7 +334,7 @@ class GCNNConfig:
     """
 
     hidden: int = 64
-    readout: str = "mean"
+    readout: Readout = "mean"
     lr: float = 1e-2
     lr_min: float = 1e-5
     epochs: int = 60
@@ -188,6 +342,16 @@ class GCNNConfig:
     val_fraction: float = 0.2
     class_weight: bool = True
     seed: int = 0
+
+    def _check(self) -> None:
+        _at_least(self, "hidden", [self.hidden], 1)
+        _require(self.lr >= 0.0, self, "lr", ">= 0", self.lr)
+        _require(self.lr_min >= 0.0, self, "lr_min", ">= 0", self.lr_min)
+        _at_least(self, "epochs", [self.epochs], 1)
+        _at_least(self, "batch_size", [self.batch_size], 1)
+        ok = 0.0 <= self.val_fraction < 1.0
+        _require(ok, self, "val_fraction", "in [0, 1)", self.val_fraction)
+        _at_least(self, "seed", [self.seed], 0)
 
 
 METHODS: tuple[str, ...] = (
@@ -203,10 +367,12 @@ METHODS: tuple[str, ...] = (
     "metaseg_classif",
     "metaseg_reg",
 )
+"""The paper's methods, the default of :attr:`ExperimentConfig.methods`; any name of
+``lesionuq.scorers.registry.REGISTRY`` may be listed."""
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(_Section):
     """Everything a run needs; written in full to ``RUN/config.yaml``.
 
     Attributes:
@@ -229,7 +395,7 @@ class ExperimentConfig:
     folds: int = 4
     val_fraction: float = 0.2
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     methods: tuple[str, ...] = METHODS
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -239,18 +405,34 @@ class ExperimentConfig:
     gcnn: GCNNConfig = field(default_factory=GCNNConfig)
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
 
+    def _check(self) -> None:
+        _require(len(self.sequences) >= 1, self, "sequences", "at least one name", self.sequences)
+        _at_least(self, "folds", [self.folds], 2)
+        ok = 0.0 <= self.val_fraction < 1.0
+        _require(ok, self, "val_fraction", "in [0, 1)", self.val_fraction)
+        _at_least(self, "seed", [self.seed], 0)
+        _require(len(self.methods) >= 1, self, "methods", "at least one method", self.methods)
+        from lesionuq.scorers.registry import REGISTRY  # imports torch: only when checking
+
+        for method in self.methods:
+            if method not in REGISTRY:
+                known = list(REGISTRY)
+                rule = f"one of {', '.join(known)}"
+                raise _Invalid(self, "methods", rule, method, did_you_mean(method, known))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples become lists), suitable for YAML or JSON."""
         return _to_plain(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ExperimentConfig:
         """Build from a (possibly partial) nested dict; missing keys take defaults.
 
         Raises:
-            ConfigError: On an unknown key or a wrongly typed value, naming it.
+            ConfigError: On an unknown key, a wrongly typed value, a value outside its
+                closed set or range, or an unknown method, naming the dotted key.
         """
-        return _from_dict(cls, data or {}, "config")
+        return config_from_dict(cls, data or {}, "config")
 
     def to_yaml(self, path: str | Path) -> None:
         """Write the fully resolved config as YAML."""
@@ -260,13 +442,29 @@ class ExperimentConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:
-        """Read a (possibly partial) YAML config; missing keys take defaults."""
+        """Read a (possibly partial) YAML config; missing keys take defaults.
+
+        Raises:
+            ConfigError: The file is not valid YAML, not a mapping, or holds an invalid
+                key or value (see :meth:`from_dict`).
+        """
         with open(path) as f:
-            data = yaml.safe_load(f)
-        return cls.from_dict(data or {})
+            try:
+                data = yaml.safe_load(f)
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                line = f" at line {mark.line + 1}" if mark is not None else ""
+                problem = getattr(err, "problem", None) or "syntax error"
+                raise ConfigError(f"{path}: not valid YAML ({problem}{line}).") from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(
+                f"{path}: a config must be a mapping of keys to values, "
+                f"got a {type(data).__name__}."
+            )
+        return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> ExperimentConfig:
-        """Return a copy with top-level fields replaced (``dataclasses.replace``)."""
+        """Return a copy with top-level fields replaced, checked like a loaded config."""
         return dataclasses.replace(self, **changes)
 
 
@@ -292,35 +490,62 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
+def config_from_dict(cls: type[C], data: Mapping[str, Any], where: str = "config") -> C:
+    """Build a config dataclass from a plain dict, checked.
+
+    This is the one loader of YAML files (:meth:`ExperimentConfig.from_dict`),
+    checkpoints (``UNetConfig``, ``TrainConfig``) and ``scorer.json`` (``GCNNConfig``).
+    Lists become tuples, ints become floats where a float is expected, nested dicts
+    become nested configs, missing keys take defaults, and the instance is checked by its
+    ``__post_init__`` (closed sets and ranges).
+
+    Args:
+        cls: A config dataclass, e.g. :class:`GCNNConfig`.
+        data: Its fields as a (possibly partial) mapping.
+        where: Dotted name of ``data`` used in messages (``"config.gcnn"``).
+
+    Returns:
+        The instance.
+
+    Raises:
+        ConfigError: An unknown key, a wrong type, a value outside its set or range,
+            naming the dotted key (``config.gcnn.readout must be one of ...``).
+    """
+    if not isinstance(data, Mapping):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}.")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"Unknown key {where}.{unknown[0]} (known: {', '.join(sorted(known))}).")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
-    return cls(**kwargs)
+        hint = did_you_mean(unknown[0], sorted(known))
+        raise ConfigError(
+            f"Unknown key {where}.{unknown[0]}{hint} (known: {', '.join(sorted(known))})."
+        )
+    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except _Invalid as err:
+        raise ConfigError(f"{where}.{err.describe()}") from None
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value or {}, where)
+        return config_from_dict(tp, value or {}, where)  # type: ignore[arg-type]
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
         return _coerce(args[0], value, where)
+    if origin is Literal:
+        one_of(value, typing.get_args(tp), where)
+        return value
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where} must be a list, got {value!r}.")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, where) for v in value)
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{where} must have {len(args)} items, got {len(value)}.")
         return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
@@ -328,4 +553,6 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return float(value)
     if tp in (int, str, bool) and not isinstance(value, tp):
         raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}.")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{where} must be int, got {value!r}.")
     return value

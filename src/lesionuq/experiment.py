@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,7 +54,8 @@ __all__ = [
     "stage_train",
 ]
 
-MAP_NAMES = ("prob", "seg", "entropy", "variance", "pcs")
+logger = logging.getLogger(__name__)
+
 STAGES = ("preprocess", "train", "sample", "graphs", "fit", "evaluate")
 
 
@@ -196,8 +198,7 @@ def stage_train(run: Path, folds: Sequence[int] | None = None, progress: bool = 
         train = [_pair(run, c, cfg) for c in split.train]
         val = [_pair(run, c, cfg) for c in split.val]
         fold_dir.mkdir(parents=True, exist_ok=True)
-        if progress:
-            print(f"fold {split.fold}: training the U-Net on {len(train)} cases")
+        logger.info("fold %d: training the U-Net on %d cases", split.fold, len(train))
         result = train_segmenter(
             train, val, _unet_cfg(cfg), cfg.train, fold_dir, device=cfg.device, progress=progress
         )
@@ -234,11 +235,8 @@ def stage_sample(run: Path, folds: Sequence[int] | None = None, progress: bool =
             image, mask, affine = load_preprocessed(run, c, cfg.sequences)
             maps = mc_sample(model, image, cfg.sampling, device=cfg.device)
             with atomic_dir(rd.case_dir(split.fold, s, c)) as tmp:
-                save_nifti(tmp / "prob.nii.gz", maps.prob, affine)
-                save_nifti(tmp / "seg.nii.gz", maps.seg.astype(np.uint8), affine)
-                save_nifti(tmp / "entropy.nii.gz", maps.entropy, affine)
-                save_nifti(tmp / "variance.nii.gz", maps.variance, affine)
-                save_nifti(tmp / "pcs.nii.gz", maps.pcs, affine)
+                for name, value in maps.items():
+                    save_nifti(tmp / f"{name}.nii.gz", value, affine)
                 save_nifti(tmp / "image.nii.gz", image[0], affine)
                 if mask is not None:
                     save_nifti(tmp / "gt.nii.gz", mask, affine)
@@ -303,7 +301,7 @@ def stage_fit(
 ) -> None:
     """Fit every scorer on each fold's validation lesions (``fold_K/scorers/METHOD``)."""
     from lesionuq.lesions.dataset import LesionSet
-    from lesionuq.scorers.base import make_scorer
+    from lesionuq.scorers import make_scorer
 
     rd = RunDir(Path(run))
     cfg, _, splits = rd.read_plan()
@@ -318,8 +316,9 @@ def stage_fit(
                 continue
             if val is None:
                 val = LesionSet.load(rd.lesion_set(split.fold, "val"))
-            if progress:
-                print(f"fold {split.fold}: fitting {method} on {len(val)} validation lesions")
+            logger.info(
+                "fold %d: fitting %s on %d validation lesions", split.fold, method, len(val)
+            )
             t0 = time.perf_counter()
             scorer = make_scorer(method, cfg).fit(val, progress=progress)
             with atomic_dir(folder) as tmp:
@@ -331,7 +330,7 @@ def stage_fit(
 def score_fold(run: Path, split: FoldSplit, methods: Sequence[str]) -> pd.DataFrame:
     """One row per test lesion of a fold with every method's uncertainty."""
     from lesionuq.lesions.dataset import LesionSet
-    from lesionuq.scorers.base import load_scorer
+    from lesionuq.scorers import load_scorer
 
     rd = RunDir(Path(run))
     test = LesionSet.load(rd.lesion_set(split.fold, "test"))
@@ -450,9 +449,6 @@ def maps_from_stack(stack: Path, out: Path) -> Path:
     affine = load_nifti(first).affine
     maps = maps_from_samples(load_sample_stack(stack))
     with atomic_dir(Path(out)) as tmp:
-        for name in MAP_NAMES:
-            value = getattr(maps, name)
-            save_nifti(
-                tmp / f"{name}.nii.gz", value.astype(np.uint8) if name == "seg" else value, affine
-            )
+        for name, value in maps.items():
+            save_nifti(tmp / f"{name}.nii.gz", value, affine)
     return Path(out)

@@ -23,6 +23,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from lesionuq.errors import InputError
+
 __all__ = [
     "Case",
     "InputError",
@@ -40,10 +42,6 @@ __all__ = [
 ]
 
 AFFINE_TOL = 1e-3
-
-
-class InputError(ValueError):
-    """Bad user input; the message is one sentence naming the file and the problem."""
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ def load_model(
         InputError: Folder missing or incomplete (listing every missing file), unreadable
             config, checkpoint or scorer, or a sequence count that does not match.
     """
-    from lesionuq.scorers.base import SCORER_FILE, load_scorer
+    from lesionuq.scorers import SCORER_FILE, load_scorer
     from lesionuq.segmentation.train import load_segmenter
 
     folder = Path(folder)

@@ -32,39 +32,15 @@ from matplotlib.figure import Figure
 from lesionuq.evaluation.curves import ac_auc, accuracy_confidence_curve, curve_on_grid
 from lesionuq.evaluation.metrics import as_bool, table2
 from lesionuq.io import atomic_write_bytes, atomic_write_text
+from lesionuq.scorers.registry import REGISTRY
 
 __all__ = ["mean_curve", "plot_accuracy_confidence", "render_lesion_crop", "write_report"]
 
 LESION_COLUMNS = ("fold", "case_id", "lesion_id", "n_voxels", "iou_adj", "is_tp")
 
-LABELS = {
-    "gcnn_classif": "GCNN classif",
-    "gcnn_reg": "GCNN reg",
-    "entropy_mean": "Entropy mean",
-    "entropy_logsum": "Entropy logsum",
-    "variance_mean": "Variance mean",
-    "variance_logsum": "Variance logsum",
-    "pcs_mean": "PCS mean",
-    "pcs_logsum": "PCS logsum",
-    "size": "Size",
-    "metaseg_classif": "MetaSeg classif",
-    "metaseg_reg": "MetaSeg reg",
-}
-
-# (colour, line style, line width): one family per colour, mean solid / logsum dashed
-STYLES = {
-    "gcnn_classif": ("#d62728", "-", 2.6),
-    "gcnn_reg": ("#ff7f0e", "--", 2.6),
-    "entropy_mean": ("#1f77b4", "-", 1.4),
-    "entropy_logsum": ("#1f77b4", "--", 1.4),
-    "variance_mean": ("#2ca02c", "-", 1.4),
-    "variance_logsum": ("#2ca02c", "--", 1.4),
-    "pcs_mean": ("#9467bd", "-", 1.4),
-    "pcs_logsum": ("#9467bd", "--", 1.4),
-    "size": ("#000000", ":", 1.8),
-    "metaseg_classif": ("#8c564b", "-.", 1.4),
-    "metaseg_reg": ("#e377c2", "-.", 1.4),
-}
+# legend label and (colour, line style, line width) per method, from the scorer registry
+LABELS = {name: spec.label for name, spec in REGISTRY.items()}
+STYLES = {name: spec.style for name, spec in REGISTRY.items()}
 _FALLBACK_COLOURS = ("#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#843c39")
 _FALLBACK_LINES = ("-", "--", "-.", ":")
 

@@ -1,0 +1,31 @@
+"""Lesion scorers: the paper's GCNN and baselines behind one interface and one registry."""
+
+from __future__ import annotations
+
+from lesionuq.scorers.base import (
+    SCORER_FILE,
+    LesionScorer,
+    NotFittedError,
+    check_is_fitted,
+    table_column,
+)
+from lesionuq.scorers.baselines import ColumnScorer, MetaSegScorer, SizeScorer
+from lesionuq.scorers.gcnn import GCNNScorer, LesionGCN
+from lesionuq.scorers.registry import REGISTRY, ScorerSpec, load_scorer, make_scorer
+
+__all__ = [
+    "REGISTRY",
+    "SCORER_FILE",
+    "ColumnScorer",
+    "GCNNScorer",
+    "LesionGCN",
+    "LesionScorer",
+    "MetaSegScorer",
+    "NotFittedError",
+    "ScorerSpec",
+    "SizeScorer",
+    "check_is_fitted",
+    "load_scorer",
+    "make_scorer",
+    "table_column",
+]

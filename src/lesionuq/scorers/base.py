@@ -1,69 +1,67 @@
-"""One interface for every lesion scorer, a registry of the paper's methods, save/load.
+"""The interface of every lesion scorer and its save/load mechanics (no pickle).
 
 A scorer maps a :class:`~lesionuq.lesions.dataset.LesionSet` to one uncertainty per
 lesion, higher meaning less trustworthy. Learned scorers are fitted on the lesions of the
-validation cases (``fit``) and then applied to the test lesions (``score``); learned
-state lives in attributes ending with ``_`` (scikit-learn style).
+validation cases (``fit``) and then applied to the test lesions (``score``). The
+conventions are scikit-learn's: the constructor only stores its arguments (so
+:meth:`LesionScorer.get_params` reads them back from the signature), learned state lives
+in attributes ending with ``_`` (so :func:`check_is_fitted` can tell a fitted scorer),
+and ``fit`` returns ``self``.
 
-A fitted scorer is saved to its own folder (``RUN/fold_K/scorers/METHOD``) without any
-pickle: ``scorer.json`` holds the class name, the method name, the constructor
-parameters and the JSON-able learned state; the GCNN adds a ``model.pt`` state dict
-loaded with ``torch.load(weights_only=True)``.
+A fitted scorer is saved to its own folder (``RUN/fold_K/scorers/METHOD``):
+``scorer.json`` holds the class name, the method name, the constructor parameters (a
+config dataclass as a dict) and the JSON-able learned state; the GCNN adds a ``model.pt``
+state dict loaded with ``torch.load(weights_only=True)``.
+
+This module imports no implementation; the method names live in
+:mod:`lesionuq.scorers.registry`.
 
 Example:
-    >>> scorer = make_scorer("entropy_mean", ExperimentConfig())
-    >>> u = scorer.fit(val_lesions).score(test_lesions)  # (N,) float64
+    >>> scorer = MyScorer().fit(val_lesions)
     >>> scorer.save(folder)
-    >>> same = load_scorer("entropy_mean", folder)
+    >>> same = LesionScorer.load(folder)  # a MyScorer, same scores
 """
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
+import functools
+import inspect
 import json
+import types
+import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 import pandas as pd
 
-from lesionuq.config import ExperimentConfig
-from lesionuq.io import InputError, atomic_write_text
+from lesionuq.config import config_from_dict
+from lesionuq.errors import InputError, NotFittedError
+from lesionuq.io import atomic_write_text
 from lesionuq.lesions.dataset import LesionSet
 
-__all__ = [
-    "REGISTRY",
-    "SCORER_FILE",
-    "LesionScorer",
-    "load_scorer",
-    "make_scorer",
-    "table_column",
-]
+__all__ = ["SCORER_FILE", "LesionScorer", "NotFittedError", "check_is_fitted", "table_column"]
 
 SCORER_FILE = "scorer.json"
 _FORMAT = 1
-# Modules that define scorer classes; imported lazily by ``load`` (they import this one).
-_SCORER_MODULES = ("lesionuq.scorers.baselines", "lesionuq.scorers.gcnn")
 
 
 class LesionScorer(ABC):
     """Base class: ``fit`` on labelled lesions, ``score`` any lesions.
 
-    Subclasses implement :meth:`fit`, :meth:`score` and :meth:`get_params`, and, when
-    they learn something, :meth:`_state` / :meth:`_set_state` for saving.
+    Subclasses implement :meth:`fit` and :meth:`score`; a constructor that stores every
+    argument under its own name; and, when they learn something, :meth:`_state` /
+    :meth:`_set_state` for saving. Scorers that learn nothing set ``requires_fit = False``.
 
     Attributes:
         name: Method name (a column of ``results/lesions.csv``), e.g. ``"gcnn_classif"``.
+        requires_fit: Whether :meth:`score` needs :meth:`fit` first (class attribute).
     """
 
     name: str
-    _classes: ClassVar[dict[str, type[LesionScorer]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        LesionScorer._classes[cls.__name__] = cls
+    requires_fit: ClassVar[bool] = True
 
     @abstractmethod
     def fit(self, lesions: LesionSet, progress: bool = True) -> Self:
@@ -85,18 +83,35 @@ class LesionScorer(ABC):
             (N,) float64, higher = less trusted.
 
         Raises:
+            NotFittedError: A learned scorer that was not fitted.
             ValueError: The lesions lack what the scorer reads (a table column, graphs,
                 the fitted number of node features).
         """
 
-    @abstractmethod
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        """Constructor argument names (scikit-learn's ``_get_param_names``)."""
+        return list(_init_hints(cls))
+
     def get_params(self) -> dict[str, Any]:
-        """Constructor keyword arguments as a JSON-able dict (``cls(**params)``)."""
+        """Constructor keyword arguments, read back from the attributes of the same name."""
+        return {name: getattr(self, name) for name in self._param_names()}
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Self:
-        """Rebuild an unfitted scorer from :meth:`get_params` output."""
-        return cls(**params)
+        """Rebuild an unfitted scorer from (JSON-loaded) :meth:`get_params` output.
+
+        A parameter typed as a config dataclass (``GCNNConfig``) may be given as a dict;
+        it is built and checked by :func:`lesionuq.config.config_from_dict`.
+        """
+        hints = _init_hints(cls)
+        kwargs = {}
+        for key, value in params.items():
+            config_cls = _dataclass_in(hints.get(key))
+            if config_cls is not None and isinstance(value, dict):
+                value = config_from_dict(config_cls, value, f"{SCORER_FILE} params.{key}")
+            kwargs[key] = value
+        return cls(**kwargs)
 
     def _state(self, folder: Path) -> dict[str, Any] | None:
         """JSON-able learned state (may also write extra files into ``folder``)."""
@@ -110,16 +125,21 @@ class LesionScorer(ABC):
         """Write the scorer to ``folder`` (``scorer.json`` last, so it marks completion).
 
         Raises:
-            RuntimeError: A learned scorer that was not fitted.
+            NotFittedError: A learned scorer that was not fitted.
         """
+        check_is_fitted(self)
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = self._state(folder)
+        params = {
+            k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v  # type: ignore[arg-type]
+            for k, v in self.get_params().items()
+        }
         meta = {
             "format": _FORMAT,
             "class": type(self).__name__,
             "name": self.name,
-            "params": self.get_params(),
+            "params": params,
             "state": state,
         }
         atomic_write_text(folder / SCORER_FILE, json.dumps(meta, indent=1) + "\n")
@@ -128,13 +148,20 @@ class LesionScorer(ABC):
     def load(cls, folder: str | Path) -> LesionScorer:
         """Read a scorer written by :meth:`save` (no pickle).
 
+        The stored class is looked up among the (imported) subclasses of ``cls``.
+
         Raises:
-            InputError: ``scorer.json`` missing or unreadable.
+            InputError: ``scorer.json`` missing or unreadable, or an unknown class.
             ValueError: The file holds a scorer of another class than ``cls``.
         """
         folder = Path(folder)
         meta = _read_meta(folder)
-        target = _scorer_class(meta["class"], folder)
+        target = _subclass(LesionScorer, meta["class"])
+        if target is None:
+            known = ", ".join(sorted(c.__name__ for c in _concrete(LesionScorer)))
+            raise InputError(
+                f"{folder / SCORER_FILE}: unknown scorer class '{meta['class']}' (known: {known})."
+            )
         if not issubclass(target, cls):
             raise ValueError(
                 f"{folder / SCORER_FILE}: holds a {meta['class']}, not a {cls.__name__}."
@@ -147,6 +174,18 @@ class LesionScorer(ABC):
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({params})"
+
+
+def check_is_fitted(scorer: LesionScorer) -> None:
+    """Raise unless ``scorer`` learns nothing or has a learned attribute (name ending ``_``).
+
+    Raises:
+        NotFittedError: ``"scorer 'NAME' is not fitted; call fit() first."``
+    """
+    if not scorer.requires_fit:
+        return
+    if not any(k.endswith("_") and not k.startswith("__") for k in vars(scorer)):
+        raise NotFittedError(f"scorer '{scorer.name}' is not fitted; call fit() first.")
 
 
 def table_column(table: pd.DataFrame, column: str, scorer: str) -> np.ndarray:
@@ -163,6 +202,41 @@ def table_column(table: pd.DataFrame, column: str, scorer: str) -> np.ndarray:
     return table[column].to_numpy(dtype=np.float64)
 
 
+@functools.cache
+def _init_hints(cls: type) -> dict[str, Any]:
+    """Constructor parameter name -> resolved type hint (``Any`` when unannotated)."""
+    hints = typing.get_type_hints(cls.__init__)
+    return {
+        p.name: hints.get(p.name, Any)
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def _dataclass_in(tp: Any) -> type | None:
+    """The dataclass in ``X`` or ``X | None``, else None."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        found = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return found[0] if found else None
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+def _concrete(base: type) -> list[type]:
+    out = []
+    for sub in base.__subclasses__():
+        if not inspect.isabstract(sub):
+            out.append(sub)
+        out.extend(_concrete(sub))
+    return out
+
+
+def _subclass(base: type, name: str) -> type[LesionScorer] | None:
+    for sub in _concrete(base):
+        if sub.__name__ == name:
+            return sub
+    return None
+
+
 def _read_meta(folder: Path) -> dict[str, Any]:
     path = folder / SCORER_FILE
     if not path.is_file():
@@ -170,107 +244,10 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON ({err.msg}).") from err
+        raise InputError(f"{path}: not valid JSON ({err.msg}).") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(meta).__name__}.")
     missing = [k for k in ("class", "name", "params") if k not in meta]
     if missing:
         raise InputError(f"{path}: missing key '{missing[0]}'.")
     return meta
-
-
-def _scorer_class(class_name: str, folder: Path) -> type[LesionScorer]:
-    for module in _SCORER_MODULES:
-        importlib.import_module(module)
-    try:
-        return LesionScorer._classes[class_name]
-    except KeyError:
-        known = ", ".join(sorted(LesionScorer._classes))
-        raise InputError(
-            f"{folder / SCORER_FILE}: unknown scorer class '{class_name}' (known: {known})."
-        ) from None
-
-
-def _column(name: str) -> Callable[[ExperimentConfig], LesionScorer]:
-    def factory(cfg: ExperimentConfig) -> LesionScorer:
-        from lesionuq.scorers.baselines import ColumnScorer
-
-        return ColumnScorer(column=name, name=name)
-
-    return factory
-
-
-def _size(cfg: ExperimentConfig) -> LesionScorer:
-    from lesionuq.scorers.baselines import SizeScorer
-
-    return SizeScorer()
-
-
-def _metaseg(task: str) -> Callable[[ExperimentConfig], LesionScorer]:
-    def factory(cfg: ExperimentConfig) -> LesionScorer:
-        from lesionuq.scorers.baselines import MetaSegScorer
-
-        return MetaSegScorer(task=task, name=f"metaseg_{task}")
-
-    return factory
-
-
-def _gcnn(task: str) -> Callable[[ExperimentConfig], LesionScorer]:
-    def factory(cfg: ExperimentConfig) -> LesionScorer:
-        from lesionuq.scorers.gcnn import GCNNScorer
-
-        return GCNNScorer(task=task, cfg=cfg.gcnn, name=f"gcnn_{task}")
-
-    return factory
-
-
-REGISTRY: dict[str, Callable[[ExperimentConfig], LesionScorer]] = {
-    "gcnn_classif": _gcnn("classif"),
-    "gcnn_reg": _gcnn("reg"),
-    "entropy_mean": _column("entropy_mean"),
-    "entropy_logsum": _column("entropy_logsum"),
-    "variance_mean": _column("variance_mean"),
-    "variance_logsum": _column("variance_logsum"),
-    "pcs_mean": _column("pcs_mean"),
-    "pcs_logsum": _column("pcs_logsum"),
-    "size": _size,
-    "metaseg_classif": _metaseg("classif"),
-    "metaseg_reg": _metaseg("reg"),
-}
-"""Method name (every name of ``config.METHODS``) -> factory of an unfitted scorer."""
-
-
-def _check_name(name: str) -> None:
-    if name not in REGISTRY:
-        raise ValueError(f"Unknown scoring method '{name}' (known: {', '.join(REGISTRY)}).")
-
-
-def make_scorer(name: str, cfg: ExperimentConfig) -> LesionScorer:
-    """An unfitted scorer for method ``name``.
-
-    Args:
-        name: One of ``config.METHODS``.
-        cfg: Experiment config (the GCNN reads ``cfg.gcnn``).
-
-    Raises:
-        ValueError: Unknown name (the message lists the known ones).
-    """
-    _check_name(name)
-    return REGISTRY[name](cfg)
-
-
-def load_scorer(name: str, folder: str | Path) -> LesionScorer:
-    """Load the fitted scorer of method ``name`` saved in ``folder``.
-
-    Args:
-        name: One of ``config.METHODS``; must match the name stored in the folder.
-        folder: The scorer's own folder (``RUN/fold_K/scorers/METHOD``).
-
-    Raises:
-        ValueError: Unknown name, or the folder holds another method.
-        InputError: ``folder/scorer.json`` missing or unreadable.
-    """
-    _check_name(name)
-    folder = Path(folder)
-    scorer = LesionScorer.load(folder)
-    if scorer.name != name:
-        raise ValueError(f"{folder / SCORER_FILE}: holds method '{scorer.name}', not '{name}'.")
-    return scorer

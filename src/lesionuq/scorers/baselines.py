@@ -28,7 +28,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from lesionuq.lesions.dataset import LesionSet
-from lesionuq.scorers.base import LesionScorer, table_column
+from lesionuq.scorers.base import LesionScorer, check_is_fitted, table_column
 
 __all__ = [
     "METASEG_FEATURES",
@@ -86,6 +86,8 @@ class ColumnScorer(LesionScorer):
         name: Method name; defaults to ``column``.
     """
 
+    requires_fit = False
+
     def __init__(self, column: str, name: str | None = None) -> None:
         self.column = column
         self.name = name or column
@@ -99,13 +101,11 @@ class ColumnScorer(LesionScorer):
         """(N,) float64: the column values."""
         return table_column(lesions.table, self.column, self.name)
 
-    def get_params(self) -> dict[str, Any]:
-        """Constructor arguments."""
-        return {"column": self.column, "name": self.name}
-
 
 class SizeScorer(LesionScorer):
     """The naive ``size`` baseline, u = 1 / S (S = ``n_voxels``)."""
+
+    requires_fit = False
 
     def __init__(self, name: str = "size") -> None:
         self.name = name
@@ -118,10 +118,6 @@ class SizeScorer(LesionScorer):
     def score(self, lesions: LesionSet) -> np.ndarray:
         """(N,) float64: 1 / n_voxels."""
         return size_uncertainty(table_column(lesions.table, "n_voxels", self.name))
-
-    def get_params(self) -> dict[str, Any]:
-        """Constructor arguments."""
-        return {"name": self.name}
 
 
 class MetaSegScorer(LesionScorer):
@@ -152,10 +148,6 @@ class MetaSegScorer(LesionScorer):
         self.task = task
         self.name = name or f"metaseg_{task}"
         self.max_iter = max_iter
-
-    def get_params(self) -> dict[str, Any]:
-        """Constructor arguments."""
-        return {"task": self.task, "name": self.name, "max_iter": self.max_iter}
 
     def _new_model(self) -> LogisticRegression | LinearRegression:
         if self.task == "classif":
@@ -199,13 +191,9 @@ class MetaSegScorer(LesionScorer):
         self.model_ = self._new_model().fit(self.scaler_.transform(x), y)
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "constant_"):
-            raise RuntimeError(f"scorer '{self.name}' is not fitted; call fit() first.")
-
     def score(self, lesions: LesionSet) -> np.ndarray:
         """(N,) float64: P(FP) (classif) or 1 - predicted IoU_adj (reg)."""
-        self._check_fitted()
+        check_is_fitted(self)
         x = metaseg_features(lesions.table, self.name)
         if self.constant_ is not None:
             return np.full(len(x), self.constant_, dtype=np.float64)
@@ -219,7 +207,7 @@ class MetaSegScorer(LesionScorer):
         return 1.0 - self.model_.predict(z).astype(np.float64)
 
     def _state(self, folder: Path) -> dict[str, Any]:
-        self._check_fitted()
+        check_is_fitted(self)
         if self.constant_ is not None:
             return {"constant": self.constant_}
         assert self.scaler_ is not None and self.model_ is not None

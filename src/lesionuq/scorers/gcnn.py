@@ -16,7 +16,6 @@ global random state, so a fit on the CPU is reproducible bit for bit.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import warnings
@@ -35,9 +34,10 @@ from torch_geometric.loader import DataLoader
 from torch_geometric.nn import GCNConv, global_add_pool, global_max_pool, global_mean_pool
 
 from lesionuq.config import GCNNConfig
-from lesionuq.io import InputError, atomic_torch_save
+from lesionuq.errors import InputError
+from lesionuq.io import atomic_torch_save
 from lesionuq.lesions.dataset import LesionSet
-from lesionuq.scorers.base import LesionScorer, table_column
+from lesionuq.scorers.base import LesionScorer, check_is_fitted, table_column
 from lesionuq.utils import make_progress, resolve_device
 
 __all__ = ["GCNNScorer", "LesionGCN", "split_train_val"]
@@ -155,37 +155,10 @@ class GCNNScorer(LesionScorer):
         if task not in _TASKS:
             raise ValueError(f"task must be 'classif' or 'reg', got {task!r}.")
         self.task = task
-        self.cfg = cfg or GCNNConfig()
-        if self.cfg.readout not in _READOUTS:
-            raise ValueError(
-                f"GCNNConfig.readout must be one of {', '.join(_READOUTS)}, "
-                f"got {self.cfg.readout!r}."
-            )
-        if self.cfg.epochs < 1 or self.cfg.batch_size < 1 or not 0 <= self.cfg.val_fraction < 1:
-            raise ValueError(
-                "GCNNConfig needs epochs >= 1, batch_size >= 1 and 0 <= val_fraction < 1, "
-                f"got {self.cfg}."
-            )
+        self.cfg = cfg or GCNNConfig()  # checked when made (GCNNConfig.__post_init__)
         self.name = name or f"gcnn_{task}"
         self.device = device
         self.num_threads = num_threads
-
-    def get_params(self) -> dict[str, Any]:
-        """Constructor arguments (the config as a dict)."""
-        return {
-            "task": self.task,
-            "cfg": dataclasses.asdict(self.cfg),
-            "name": self.name,
-            "device": self.device,
-            "num_threads": self.num_threads,
-        }
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> Self:
-        """Rebuild from :meth:`get_params` output."""
-        params = dict(params)
-        params["cfg"] = GCNNConfig(**params["cfg"])
-        return cls(**params)
 
     def _new_model(self, in_features: int) -> LesionGCN:
         out = 2 if self.task == "classif" else 1
@@ -347,8 +320,7 @@ class GCNNScorer(LesionScorer):
             return self._score(lesions)
 
     def _score(self, lesions: LesionSet) -> np.ndarray:
-        if not hasattr(self, "constant_"):
-            raise RuntimeError(f"scorer '{self.name}' is not fitted; call fit() first.")
+        check_is_fitted(self)
         n = len(lesions)
         if self.constant_ is not None:
             if n and self.in_features_ is not None:
@@ -420,8 +392,6 @@ class GCNNScorer(LesionScorer):
 
     # ------------------------------------------------------------ save/load
     def _state(self, folder: Path) -> dict[str, Any]:
-        if not hasattr(self, "constant_"):
-            raise RuntimeError(f"scorer '{self.name}' is not fitted; call fit() first.")
         if self.model_ is not None:
             atomic_torch_save(self.model_.state_dict(), folder / MODEL_FILE)
         return {

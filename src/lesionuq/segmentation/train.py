@@ -46,7 +46,7 @@ from monai.transforms import (
     RandRotated,
 )
 
-from lesionuq.config import TrainConfig, UNetConfig
+from lesionuq.config import TrainConfig, UNetConfig, config_from_dict
 from lesionuq.io import InputError, atomic_torch_save
 from lesionuq.segmentation.unet import UNet3D
 from lesionuq.utils import make_progress, resolve_device
@@ -420,7 +420,7 @@ def _try_resume(
         warnings.warn(f"{path}: cannot resume ({exc}); training from scratch.", stacklevel=3)
         return None
     same = ck.get("unet") == asdict(unet_cfg) and _resume_key(
-        TrainConfig(**_tuples(ck.get("train", {})))
+        config_from_dict(TrainConfig, ck.get("train", {}), "checkpoint train")
     ) == _resume_key(cfg)
     if not same:
         warnings.warn(f"{path}: saved with other settings; training from scratch.", stacklevel=3)
@@ -436,10 +436,6 @@ def _try_resume(
         "bad_epochs": int(ck["bad_epochs"]),
         "history": [dict(h) for h in ck["history"]],
     }
-
-
-def _tuples(d: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def load_segmenter(path: str | Path, device: str = "auto") -> UNet3D:
@@ -460,7 +456,7 @@ def load_segmenter(path: str | Path, device: str = "auto") -> UNet3D:
         raise InputError(f"{path}: file not found.")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-        model = UNet3D(UNetConfig(**_tuples(ck["unet"])))
+        model = UNet3D(config_from_dict(UNetConfig, ck["unet"], "checkpoint unet"))
         model.load_state_dict(ck["state_dict"])
     except Exception as exc:
         raise InputError(

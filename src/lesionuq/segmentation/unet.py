@@ -109,11 +109,7 @@ class UNet3D(nn.Module):
     """
 
     def __init__(self, cfg: UNetConfig):
-        super().__init__()
-        if len(cfg.channels) < 1:
-            raise ValueError("UNetConfig.channels needs at least one level.")
-        if not 0.0 <= cfg.dropout < 1.0:
-            raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {cfg.dropout}.")
+        super().__init__()  # cfg is checked when made (UNetConfig.__post_init__)
         self.cfg = cfg
         ch = tuple(cfg.channels)
         ins = (cfg.in_channels, *ch[:-1])
