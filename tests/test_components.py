@@ -6,7 +6,7 @@ import pytest
 from helpers import random_maps
 from lesionuq.config import GraphConfig
 from lesionuq.lesions.components import (
-    TABLE_COLUMNS,
+    LESION_TABLE_COLUMNS,
     adjusted_iou,
     label_lesions,
     lesion_table,
@@ -167,7 +167,7 @@ def test_lesion_table_values_by_hand():
     labels, n = label_lesions(seg)
     t = lesion_table(labels, n, maps, gt, affine, cfg, "case_7")
 
-    assert list(t.columns) == list(TABLE_COLUMNS)
+    assert list(t.columns) == list(LESION_TABLE_COLUMNS)
     assert t["case_id"].tolist() == ["case_7", "case_7"]
     assert t["lesion_id"].tolist() == [1, 2]
     assert t["n_voxels"].tolist() == [2, 3]
@@ -202,7 +202,7 @@ def test_lesion_table_without_gt_and_empty():
 
     labels, n = label_lesions(np.zeros(shape, dtype=bool))
     t = lesion_table(labels, n, maps, np.zeros(shape), np.eye(4), GraphConfig(), "a")
-    assert len(t) == 0 and list(t.columns) == list(TABLE_COLUMNS)
+    assert len(t) == 0 and list(t.columns) == list(LESION_TABLE_COLUMNS)
     assert t["is_tp"].dtype == bool and t["n_voxels"].dtype == np.int64
 
 

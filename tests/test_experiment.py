@@ -21,6 +21,7 @@ from lesionuq.config import (
 )
 from lesionuq.data.phantom import make_phantom_dataset
 from lesionuq.experiment import run_experiment, stage_fit
+from lesionuq.segmentation import sampling, train
 
 TINY = ExperimentConfig(
     folds=2,
@@ -104,15 +105,24 @@ def test_lesion_rows_match_label_maps(tiny_run):
             assert rows.sort_values("lesion_id").n_voxels.tolist() == counts.tolist()
 
 
-def test_resume_skips_finished_stages(tiny_run):
+def test_resume_skips_finished_stages(tiny_run, monkeypatch):
     root, csv, _ = tiny_run
     run = root / "run"
     mtimes = {p: p.stat().st_mtime_ns for p in run.glob("fold_*/segmenter.pt")}
     maps = {p: p.stat().st_mtime_ns for p in run.glob("fold_*/*/*/prob.nii.gz")}
+    called = []
+
+    def forbidden(name):
+        return lambda *args, **kwargs: called.append(name)
+
+    monkeypatch.setattr(train, "train_segmenter", forbidden("train_segmenter"))
+    monkeypatch.setattr(sampling, "mc_sample", forbidden("mc_sample"))
+    monkeypatch.setattr(train, "load_segmenter", forbidden("load_segmenter"))
     result = run_experiment(csv, run, TINY, progress=False)
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert {p: p.stat().st_mtime_ns for p in maps} == maps
-    assert result.timings["train"] < 5 and result.timings["sample"] < 5
+    assert called == []  # neither the U-Net training nor the MC sampling ran again
+    assert set(result.timings) >= {"train", "sample"}
 
 
 def test_changed_gcnn_setting_refits_only_gcnn(tiny_run):

@@ -1,12 +1,10 @@
-"""Small shared helpers: device choice, seeding, progress bars."""
+"""Small shared helpers: device choice and progress bars."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-import numpy as np
 import torch
 from rich.progress import (
     BarColumn,
@@ -17,7 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["make_progress", "resolve_device", "seed_everything", "track"]
+__all__ = ["make_progress", "resolve_device", "track"]
 
 T = TypeVar("T")
 
@@ -34,14 +32,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but no CUDA GPU is available.")
     return device
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and PyTorch; return a CPU ``torch.Generator`` with that seed."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))  # noqa: NPY002  (legacy global RNG used by some libs)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def make_progress(transient: bool = False) -> Progress:

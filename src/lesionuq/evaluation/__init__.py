@@ -1,0 +1,35 @@
+"""Evaluation: Dice, accuracy-confidence curves, Tables 1 and 2, Figure 2 and the report."""
+
+from __future__ import annotations
+
+from lesionuq.evaluation.curves import (
+    AccuracyConfidenceAUC,
+    ac_auc,
+    accuracy_confidence_curve,
+    curve_on_grid,
+    rank_probability,
+)
+from lesionuq.evaluation.metrics import as_bool, dice, spearman_rho, table1, table2
+from lesionuq.evaluation.report import (
+    mean_curve,
+    plot_accuracy_confidence,
+    render_lesion_crop,
+    write_report,
+)
+
+__all__ = [
+    "AccuracyConfidenceAUC",
+    "ac_auc",
+    "accuracy_confidence_curve",
+    "as_bool",
+    "curve_on_grid",
+    "dice",
+    "mean_curve",
+    "plot_accuracy_confidence",
+    "rank_probability",
+    "render_lesion_crop",
+    "spearman_rho",
+    "table1",
+    "table2",
+    "write_report",
+]

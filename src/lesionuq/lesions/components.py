@@ -28,9 +28,9 @@ from lesionuq.config import GraphConfig
 if TYPE_CHECKING:
     from lesionuq.uncertainty import VoxelMaps
 
-__all__ = ["TABLE_COLUMNS", "adjusted_iou", "label_lesions", "lesion_table"]
+__all__ = ["LESION_TABLE_COLUMNS", "adjusted_iou", "label_lesions", "lesion_table"]
 
-TABLE_COLUMNS: tuple[str, ...] = (
+LESION_TABLE_COLUMNS: tuple[str, ...] = (
     "case_id",
     "lesion_id",
     "n_voxels",
@@ -189,7 +189,7 @@ def lesion_table(
         connectivity: Connectivity used to split ``gt`` into components.
 
     Returns:
-        DataFrame with the :data:`TABLE_COLUMNS`, one row per lesion in label order.
+        DataFrame with the :data:`LESION_TABLE_COLUMNS`, one row per lesion in label order.
         ``centroid_*`` are voxel coordinates; ``bbox`` is ``"x0:x1,y0:y1,z0:z1"``
         (half-open voxel ranges, as Python slices).
 
@@ -241,13 +241,13 @@ def lesion_table(
         u = u.astype(np.float64)
         cols[f"{name}_mean"] = per_lesion(u) / cnt
         cols[f"{name}_logsum"] = per_lesion(np.log(np.maximum(u, cfg.logsum_eps)))
-    return pd.DataFrame(cols, columns=list(TABLE_COLUMNS))
+    return pd.DataFrame(cols, columns=list(LESION_TABLE_COLUMNS))
 
 
 def _empty_table() -> pd.DataFrame:
     dtypes = {"case_id": object, "lesion_id": np.int64, "n_voxels": np.int64}
     dtypes |= {"bbox": object, "is_tp": bool}
     return pd.DataFrame(
-        {c: pd.Series(dtype=dtypes.get(c, np.float64)) for c in TABLE_COLUMNS},
-        columns=list(TABLE_COLUMNS),
+        {c: pd.Series(dtype=dtypes.get(c, np.float64)) for c in LESION_TABLE_COLUMNS},
+        columns=list(LESION_TABLE_COLUMNS),
     )
