@@ -68,6 +68,8 @@ class PhantomConfig:
         shape: Output grid shape (X, Y, Z), or None for the template's field of view.
         spacing: Output voxel size in mm (isotropic).
         max_lesions: Upper bound of the per-case lesion count.
+        params: Overrides of the physical parameters
+            (``lesionuq.data.phantom.PhantomParams`` field -> value); None for the defaults.
     """
 
     n_cases: int = 20
@@ -75,6 +77,7 @@ class PhantomConfig:
     shape: tuple[int, int, int] | None = None
     spacing: float = 1.0
     max_lesions: int = 40
+    params: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
