@@ -91,6 +91,7 @@ module             content
 =================  ===============================================================
 
 Example:
+    >>> import json
     >>> draw = draw_case(0)
     >>> CaseDraw.from_dict(json.loads(json.dumps(draw.to_dict()))).ti_ms == draw.ti_ms
     True

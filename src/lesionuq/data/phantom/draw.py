@@ -225,6 +225,7 @@ def _wm_at(t: Template, p: np.ndarray) -> float:
 
 
 def _draw_lesion(rng: np.random.Generator, t: Template, p: PhantomParams) -> Abnormality:
+    """One lesion: placement, volume (confluent when large), contrast and blobs."""
     kinds = list(p.placement)
     probs = np.array([p.placement[k] for k in kinds])
     kind = kinds[rng.choice(len(kinds), p=probs / probs.sum())]
@@ -238,18 +239,18 @@ def _draw_lesion(rng: np.random.Generator, t: Template, p: PhantomParams) -> Abn
     parts = rng.dirichlet(np.full(n_blobs, 4.0)) * volume * (1.25 if n_blobs > 1 else 1.0)
     blobs: list[Blob] = []
     for _ in range(50):  # retry until the centre is in white matter
-        seed = _seed_point(rng, t, kind)
+        anchor = _seed_point(rng, t, kind)
         if kind == "periventricular":
-            normal = gradient(t.vdist, seed)
-            elong = rng.uniform(*p.dawson_elongation)
-            r0 = (3.0 * parts[0] / (4.0 * math.pi)) ** (1 / 3) * elong ** (2 / 3)
-            centre = seed + normal * r0 * rng.uniform(0.4, 0.8)
+            normal = gradient(t.vdist, anchor)
+            elongation = rng.uniform(*p.dawson_elongation)
+            r0 = (3.0 * parts[0] / (4.0 * math.pi)) ** (1 / 3) * elongation ** (2 / 3)
+            centre = anchor + normal * r0 * rng.uniform(0.4, 0.8)
         else:
-            normal, elong = None, rng.uniform(*p.elongation)
-            centre = seed
+            normal, elongation = None, rng.uniform(*p.elongation)
+            centre = anchor
         if _wm_at(t, centre) > 0.4:
             break
-    first = make_blob(rng, centre, parts[0], elong, normal, edge, p.irregularity)
+    first = make_blob(rng, centre, parts[0], elongation, normal, edge, p.irregularity)
     blobs.append(first)
     for part in parts[1:]:  # confluent: neighbours along the wall / around the first blob
         prev = blobs[int(rng.integers(len(blobs)))]
@@ -258,8 +259,8 @@ def _draw_lesion(rng: np.random.Generator, t: Template, p: PhantomParams) -> Abn
             step -= normal * (step @ normal)
         step /= np.linalg.norm(step)
         r = (3.0 * part / (4.0 * math.pi)) ** (1 / 3)
-        c = prev.centre + step * (prev.axes.min() + r) * rng.uniform(0.6, 0.9)
-        blobs.append(make_blob(rng, c, part, elong, normal, edge, p.irregularity))
+        neighbour = prev.centre + step * (prev.axes.min() + r) * rng.uniform(0.6, 0.9)
+        blobs.append(make_blob(rng, neighbour, part, elongation, normal, edge, p.irregularity))
     return Abnormality(kind, volume, float(ratio), blobs)
 
 
@@ -276,35 +277,36 @@ def _far_from(blobs: Sequence[Blob], lesions: Sequence[Abnormality], margin: flo
 def _draw_mimics(
     rng: np.random.Generator, t: Template, p: PhantomParams, lesions: Sequence[Abnormality]
 ) -> list[Abnormality]:
-    mimics: list[Abnormality] = []
+    """Caps, cortical spots, flow artefacts and dirty-appearing WM, none near a lesion.
 
-    def add(item: Abnormality) -> None:
-        if _far_from(item.blobs, lesions):
-            mimics.append(item)
-
-    for tip, out in t.tips:
+    Every candidate is drawn (so the draws that follow do not depend on which survive);
+    one within 1 mm of a lesion, or a cap that is absent, is dropped.
+    """
+    candidates: list[Abnormality] = []
+    for tip, outward in t.tips:
         present = rng.random() < p.cap_prob
-        vol = rng.uniform(*p.cap_mm3)
+        volume = rng.uniform(*p.cap_mm3)
         ratio = rng.uniform(*p.cap_ratio)
-        thick = rng.uniform(1.8, 3.0)
-        centre = tip + out * rng.uniform(1.0, 2.5)
-        blob = make_blob(rng, centre, vol, thick, out, rng.uniform(0.6, 1.2), 0.15, flat=True)
+        flatness = rng.uniform(1.8, 3.0)
+        centre = tip + outward * rng.uniform(1.0, 2.5)
+        edge = rng.uniform(0.6, 1.2)
+        blob = make_blob(rng, centre, volume, flatness, outward, edge, 0.15, flat=True)
         if present:
-            add(Abnormality("cap", vol, ratio, [blob]))
+            candidates.append(Abnormality("cap", volume, ratio, [blob]))
     specs = (
         ("cortical", p.cortical_mean, p.cortical_mm3, p.cortical_ratio, "cortical", True),
         ("artefact", p.artefact_mean, p.artefact_mm3, p.artefact_ratio, "artefact", False),
         ("dawm", p.dawm_mean, p.dawm_mm3, p.dawm_ratio, "deep", True),
     )
-    for kind, mean, vols, ratios, where, parenchymal in specs:
+    for kind, mean, volumes, ratios, region, parenchymal in specs:
         for _ in range(int(rng.poisson(mean))):
-            vol = math.exp(rng.uniform(math.log(vols[0]), math.log(vols[1])))
+            volume = math.exp(rng.uniform(math.log(volumes[0]), math.log(volumes[1])))
             ratio = rng.uniform(*ratios)
             edge = rng.uniform(*p.dawm_edge_mm) if kind == "dawm" else rng.uniform(*p.edge_mm)
-            blob = make_blob(
-                rng, _seed_point(rng, t, where), vol, rng.uniform(1.0, 1.8), None, edge, 0.25
-            )
-            add(Abnormality(kind, vol, ratio, [blob], parenchymal=parenchymal))
+            centre = _seed_point(rng, t, region)
+            blob = make_blob(rng, centre, volume, rng.uniform(1.0, 1.8), None, edge, 0.25)
+            candidates.append(Abnormality(kind, volume, ratio, [blob], parenchymal=parenchymal))
+    mimics = [m for m in candidates if _far_from(m.blobs, lesions)]
     return mimics
 
 
