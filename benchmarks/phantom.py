@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from lesionuq.data.phantom import _template, case_seed, generate_case
+from lesionuq.data.phantom import case_seed, generate_case, load_template
 from lesionuq.io import save_nifti
 
 
@@ -69,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    _template()
+    load_template()
     t_template = time.perf_counter() - t0
     generate_case(case_seed(args.seed, 999), 2.0)  # warm the 2 mm tissue-map cache
     generate_case(case_seed(args.seed, 998), 1.0)  # and the 1 mm one

@@ -1,23 +1,31 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from lesionuq.config import PhantomConfig
+from lesionuq.config import ConfigError, ExperimentConfig, PhantomConfig
 from lesionuq.data.phantom import (
     DEFAULT_PARAMS,
-    _Contrast,
-    _make_blob,
-    _template,
+    CaseDraw,
+    Contrast,
+    PhantomParams,
     case_seed,
     csf_null_ti,
+    draw_case,
+    estimate_case_memory,
     flair_signal,
     generate_case,
+    load_template,
+    make_blob,
     make_phantom_dataset,
+    render_case,
 )
+from lesionuq.data.phantom import dataset as phantom_dataset
 from lesionuq.io import load_case, read_manifest
 
 SPACING = 3.0
@@ -44,14 +52,14 @@ def test_signal_equation_hand_values():
 
 
 def test_lesion_contrast_inversion():
-    c = _Contrast(DEFAULT_PARAMS, csf_null_ti(2569.0, 9000.0))
+    c = Contrast(DEFAULT_PARAMS, csf_null_ti(2569.0, 9000.0))
     for ratio in (1.1, 1.5, 2.0):
         assert c.lesion_signal(ratio) / c.signal["wm"] == pytest.approx(ratio, rel=1e-3)
 
 
 def test_blob_volume_is_the_drawn_volume():
     rng = np.random.default_rng(0)
-    blob = _make_blob(rng, np.zeros(3), 500.0, 2.5, np.array([1.0, 1, 0]), 0.3, 0.25)
+    blob = make_blob(rng, np.zeros(3), 500.0, 2.5, np.array([1.0, 1, 0]), 0.3, 0.25)
     h = 0.5
     g = np.arange(-16, 16 + h / 2, h, dtype=np.float32)
     d = np.stack(np.meshgrid(g, g, g, indexing="ij"))
@@ -195,7 +203,7 @@ def test_dataset_files_manifest_preview_and_determinism(tmp_path):
 
 def test_lesion_placement_by_kind():
     """Periventricular lesions sit on the ventricle wall, the others away from it."""
-    t = _template()
+    t = load_template()
     dist = {}
     for s in range(6):
         for les in generate_case(200 + s, spacing=6.0).info["lesions"]:
@@ -204,3 +212,109 @@ def test_lesion_placement_by_kind():
     assert set(dist) == {"periventricular", "juxtacortical", "deep", "infratentorial"}
     assert max(dist["periventricular"]) <= 10.0  # seed <= 2 mm + 0.8 x long semi-axis
     assert min(dist["deep"] + dist["juxtacortical"] + dist["infratentorial"]) >= 8.0
+
+
+# The sha256 of generate_case(11, spacing=6.0)'s FLAIR then mask bytes, recorded with the
+# single-module generator before it was split into draw / render (same NumPy and SciPy).
+GOLDEN_SEED_11_6MM = "4772e0ff9a2f433b52382305878eea039dda8c412b58efcac4f998d1e5b9ddd5"
+
+
+def _digest(case) -> str:
+    data = np.asarray(case.flair.dataobj).tobytes() + np.asarray(case.mask.dataobj).tobytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_golden_bytes_and_draw_replay_through_json():
+    case = generate_case(11, spacing=6.0)
+    assert _digest(case) == GOLDEN_SEED_11_6MM
+    draw = draw_case(11)
+    text = json.dumps(draw.to_dict())
+    again = CaseDraw.from_dict(json.loads(text))
+    assert json.dumps(again.to_dict()) == text  # the JSON value round-trips exactly
+    assert again.seed == 11 and len(again.lesions) == len(case.info["lesions"])
+    assert [m.kind for m in again.mimics] == [m["kind"] for m in case.info["mimics"][:-1]]
+    # rendering the replayed draw gives the same bytes as generate_case, twice
+    assert _digest(render_case(again, spacing=6.0)) == GOLDEN_SEED_11_6MM
+    assert _digest(render_case(draw, spacing=6.0)) == GOLDEN_SEED_11_6MM
+    # a draw from a Generator instead of a seed is the same subject, seed not recorded
+    from_rng = draw_case(np.random.default_rng(11))
+    assert from_rng.seed is None and from_rng.ti_ms == draw.ti_ms
+
+
+def test_params_from_yaml_mapping_and_errors():
+    params = PhantomParams.from_dict(
+        {"deform_mm": 3, "edge_mm": [0.4, 0.9], "placement": {"deep": 1}}
+    )
+    assert params.deform_mm == 3.0 and isinstance(params.deform_mm, float)
+    assert params.edge_mm == (0.4, 0.9) and params.placement == {"deep": 1.0}
+    assert params.tissue == DEFAULT_PARAMS.tissue  # keys not given keep their default
+    assert PhantomParams.from_dict(None) == DEFAULT_PARAMS
+    cfg = ExperimentConfig.from_dict({"phantom": {"params": {"deform_mm": 3.0}}})
+    assert PhantomParams.from_dict(cfg.phantom.params).deform_mm == 3.0
+    with pytest.raises(ConfigError, match=r"phantom\.params\.deform"):
+        PhantomParams.from_dict({"deform": 3.0})
+    with pytest.raises(ConfigError, match=r"edge_mm must be \(lo, hi\)"):
+        PhantomParams.from_dict({"edge_mm": [0.9, 0.4]})
+    with pytest.raises(ConfigError, match="placement keys"):
+        PhantomParams.from_dict({"placement": {"cortex": 1.0}})
+
+
+def test_dataset_uses_config_params(tmp_path):
+    cfg = PhantomConfig(n_cases=1, seed=2, spacing=8.0, params={"placement": {"deep": 1.0}})
+    make_phantom_dataset(tmp_path, cfg, progress=False)
+    meta = json.loads((tmp_path / "phantom.json").read_text())
+    assert meta["params"]["placement"] == {"deep": 1.0} and "params" not in meta["config"]
+    kinds = {les["kind"] for les in meta["cases"][0]["lesions"]}
+    assert kinds == {"deep"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"n_cases": 0}, "n_cases"),
+        ({"n_cases": -1}, "n_cases"),
+        ({"spacing": 0.0}, "spacing"),
+        ({"spacing": -4.0}, "spacing"),
+        ({"shape": (0, 10, 10)}, "shape"),
+        ({"seed": -1}, "seed"),
+        ({"shape": (4000, 4000, 4000)}, r"needs about 238\d\.\d GiB"),
+        ({"params": {"noise": [0.5, 0.1]}}, "noise"),
+    ],
+)
+def test_bad_config_is_one_sentence_and_writes_nothing(tmp_path, changes, message):
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=message):
+        make_phantom_dataset(out, PhantomConfig(**changes), progress=False)
+    assert not out.exists()
+
+
+def test_memory_estimate_and_limit(tmp_path):
+    # 4000^3 voxels x 40 bytes of full-grid maps dominate: about 2.4 TB
+    assert estimate_case_memory(1.0, (4000, 4000, 4000)) / 2**30 == pytest.approx(2385, rel=0.01)
+    small, fine = estimate_case_memory(4.0), estimate_case_memory(1.0)
+    assert small < fine < 4 * 2**30  # a 1 mm case fits in a few GiB
+    with pytest.raises(ConfigError, match=r"more than the memory limit \(0\.5 GiB\)"):
+        make_phantom_dataset(tmp_path / "x", PhantomConfig(), memory_limit_gib=0.5)
+    assert not (tmp_path / "x").exists()
+
+
+def test_interrupted_dataset_leaves_no_partial_case(tmp_path, monkeypatch):
+    real = phantom_dataset.generate_case
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(phantom_dataset, "generate_case", flaky)
+    stale = tmp_path / ".tmp-case_001-left-by-kill"
+    stale.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        make_phantom_dataset(tmp_path, PhantomConfig(n_cases=3, spacing=8.0), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case_000"]  # stale temp cleaned
+    assert sorted(p.name for p in (tmp_path / "case_000").iterdir()) == [
+        "flair.nii.gz",
+        "mask.nii.gz",
+    ]

@@ -186,6 +186,8 @@ class PhantomConfig(_Section):
         shape: Output grid shape (X, Y, Z), or None for the template's field of view.
         spacing: Output voxel size in mm (isotropic).
         max_lesions: Upper bound of the per-case lesion count.
+        params: Overrides of the physical parameters
+            (``lesionuq.data.phantom.PhantomParams`` field -> value); None for the defaults.
     """
 
     n_cases: int = 20
@@ -193,6 +195,7 @@ class PhantomConfig(_Section):
     shape: tuple[int, int, int] | None = None
     spacing: float = 1.0
     max_lesions: int = 40
+    params: dict[str, Any] | None = None
 
     def _check(self) -> None:
         _at_least(self, "n_cases", [self.n_cases], 1)
