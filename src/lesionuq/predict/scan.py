@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,10 @@ from lesionuq.evaluation.scan_report import scan_report_html, summary_png
 from lesionuq.io import Case, InputError, atomic_dir, atomic_write_text, load_case, save_nifti
 from lesionuq.predict.model import REQUIRED_SCORERS, FittedModel, load_model
 from lesionuq.utils import make_progress
+
+if TYPE_CHECKING:
+    from lesionuq.lesions.dataset import LesionSet
+    from lesionuq.uncertainty import VoxelMaps
 
 __all__ = [
     "MAP_NAMES",
@@ -123,7 +127,7 @@ def lesion_rows(
     labels_grid: np.ndarray,
     labels_native: np.ndarray,
     native_affine: np.ndarray,
-    maps: Any,
+    maps: VoxelMaps,
     p_fp: np.ndarray,
     iou_pred: np.ndarray,
     threshold: float,
@@ -227,7 +231,7 @@ class _OnGrid:
     """
 
     pre: Preprocessed
-    maps: Any
+    maps: VoxelMaps
     labels: np.ndarray
     scores: dict[str, np.ndarray]
     native_affine: np.ndarray
@@ -399,7 +403,7 @@ def _write_outputs(
     return result
 
 
-def _score(model: FittedModel, lesions: Any) -> dict[str, np.ndarray]:
+def _score(model: FittedModel, lesions: LesionSet) -> dict[str, np.ndarray]:
     """Each scorer's uncertainty of lesions 1..N, (N,) float64 (zeros(0) without lesions)."""
     n = len(lesions)
     ids = lesions.table["lesion_id"].to_numpy(dtype=np.int64) if n else np.zeros(0, np.int64)
