@@ -28,11 +28,11 @@ from lesionuq.config import (
     SamplingConfig,
     UNetConfig,
 )
+from lesionuq.data.preprocess import native_labels
 from lesionuq.io import InputError
 from lesionuq.predict import (
     TABLE_COLUMNS,
     load_model,
-    native_labels,
     predict_manifest,
     predict_scan,
 )
@@ -277,6 +277,21 @@ def test_maps_have_expected_values(predicted):
     assert core.any() and prob[core].mean() > 0.9
     inside = pcs > 0  # within the preprocessed field of view
     assert pcs[inside].min() >= 0.5 - 1e-4
+
+
+def test_matplotlib_backend_is_left_alone(model_dir, oblique, tmp_path):
+    """A notebook user's backend survives predict_scan (figures use the Agg canvas)."""
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        res = predict_scan(model_dir, [oblique], tmp_path / "out", progress=False)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert (tmp_path / "out" / "summary.png").read_bytes()[:4] == b"\x89PNG"
+    assert res.n_lesions == 3
 
 
 # --------------------------------------------------------------------------- native labels

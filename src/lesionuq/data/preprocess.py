@@ -22,7 +22,8 @@ and the region outside the scan's field of view carry no intensity.
 
 :class:`GridTransform` keeps both grids; :func:`to_original` resamples any map on the
 target grid back onto the original grid (original shape; the original affine is
-``transform.original_affine``) with the inverse mapping.
+``transform.original_affine``) with the inverse mapping, and :func:`native_labels` does
+so for lesion labels without losing a lesion smaller than an original voxel.
 
 Example:
     >>> pre = preprocess([flair_img], mask_img, PreprocessConfig())
@@ -45,7 +46,14 @@ from scipy import ndimage as ndi
 from lesionuq.config import PreprocessConfig
 from lesionuq.io import InputError
 
-__all__ = ["GridTransform", "Preprocessed", "preprocess", "target_grid", "to_original"]
+__all__ = [
+    "GridTransform",
+    "Preprocessed",
+    "native_labels",
+    "preprocess",
+    "target_grid",
+    "to_original",
+]
 
 _PERM_TOL = 1e-6
 CROP_WARN_FRACTION = 0.01  # warn when more than this fraction of the brain volume is cut
@@ -319,3 +327,47 @@ def to_original(volume: np.ndarray, transform: GridTransform, order: int = 1) ->
         volume = volume.astype(np.uint8)
     m = _voxel_map(transform.affine, transform.original_affine)
     return _resample(volume, m, transform.original_shape, order=order)
+
+
+def native_labels(
+    labels: np.ndarray, grid_affine: np.ndarray, transform: GridTransform, native_affine: np.ndarray
+) -> np.ndarray:
+    """Lesion labels on the input (native) grid; every lesion keeps at least one voxel.
+
+    The labels are resampled with nearest neighbour (``to_original(order=0)``). A lesion
+    that vanishes (smaller than a native voxel) is put back at the free native voxel
+    nearest, in mm, to its centroid (searched within 2 voxels of it).
+
+    Args:
+        labels: (X, Y, Z) int labels 1..N on the preprocessed grid.
+        grid_affine: (4, 4) affine of the preprocessed grid.
+        transform: The :class:`GridTransform` from :func:`preprocess`.
+        native_affine: (4, 4) affine of the input scan.
+
+    Returns:
+        (X', Y', Z') int32 labels on the input grid, holding every id 1..N.
+    """
+    n = int(labels.max()) if labels.size else 0
+    out = np.rint(to_original(labels.astype(np.float32), transform, order=0)).astype(np.int32)
+    if n == 0:
+        return out
+    present = np.zeros(n + 1, dtype=bool)
+    present[np.unique(out)] = True
+    lost = [k for k in range(1, n + 1) if not present[k]]
+    if not lost:
+        return out
+    centroids = ndi.center_of_mass(labels > 0, labels, lost)
+    to_native = np.linalg.inv(native_affine) @ grid_affine
+    spacing = np.linalg.norm(native_affine[:3, :3], axis=0)
+    offsets = np.stack(np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    for k, c in zip(lost, centroids, strict=True):
+        v = (to_native @ np.array([*c, 1.0]))[:3]
+        base = np.clip(np.rint(v), 0, np.array(out.shape) - 1).astype(np.int64)
+        cand = base + offsets
+        ok = np.all((cand >= 0) & (cand < np.array(out.shape)), axis=1)
+        cand = cand[ok]
+        dist = np.linalg.norm((cand - v) * spacing, axis=1)
+        cand = cand[np.argsort(dist, kind="stable")]
+        free = [tuple(p) for p in cand if out[tuple(p)] == 0]
+        out[free[0] if free else tuple(cand[0])] = k
+    return out

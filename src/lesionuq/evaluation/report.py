@@ -3,7 +3,9 @@
 Both read only the run-directory contract (DESIGN.md): ``RUN/config.yaml``,
 ``RUN/results/{lesions,table1,table2}.csv``, ``RUN/results/figure2.png`` and, for the
 lesion gallery, ``RUN/fold_K/test/CASE/{image,lesions,gt}.nii.gz``. Matplotlib is used
-through the Agg canvas directly (no pyplot, no global backend state).
+through the Agg canvas directly (no pyplot, no global backend state); the page is built
+from the pieces in :mod:`lesionuq.evaluation.render`, shared with the one-scan report of
+``lesionuq predict``.
 
 Curves of several folds are averaged "vertically": each fold's curve is evaluated on a
 common grid of FP-kept values (:func:`lesionuq.evaluation.curves.curve_on_grid`) and the
@@ -15,9 +17,6 @@ grid) to the mean of the per-fold AUCs shown in the legend and in Table 2.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,11 +25,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import yaml
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lesionuq.evaluation.curves import ac_auc, accuracy_confidence_curve, curve_on_grid
 from lesionuq.evaluation.metrics import as_bool, table2
+from lesionuq.evaluation.render import escape as _e
+from lesionuq.evaluation.render import html_page, html_table, img_tag, png_bytes
 from lesionuq.io import atomic_write_bytes, atomic_write_text
 from lesionuq.scorers.registry import REGISTRY
 
@@ -60,13 +60,6 @@ def _style(method: str, i: int) -> tuple[str, str, float]:
         _FALLBACK_LINES[(i // len(_FALLBACK_COLOURS)) % len(_FALLBACK_LINES)],
         1.4,
     )
-
-
-def _png_bytes(fig: Figure, dpi: int) -> bytes:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
 
 
 def mean_curve(
@@ -161,7 +154,7 @@ def plot_accuracy_confidence(
         fontsize=10,
     )
     fig.tight_layout()
-    return atomic_write_bytes(path, _png_bytes(fig, dpi))
+    return atomic_write_bytes(path, png_bytes(fig, dpi))
 
 
 def render_lesion_crop(
@@ -231,44 +224,10 @@ def render_lesion_crop(
     ax.set_xlim(-0.5, crop.shape[0] - 0.5)
     ax.set_ylim(-0.5, crop.shape[1] - 0.5)
     ax.set_axis_off()
-    return _png_bytes(fig, dpi)
+    return png_bytes(fig, dpi)
 
 
 # --------------------------------------------------------------------------- HTML report
-
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #222;
-       max-width: 1040px; margin: 2em auto; padding: 0 1em; line-height: 1.45; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; margin-top: 1.8em;
-     border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
-.sub { color: #666; margin-top: 0; }
-table { border-collapse: collapse; margin: 0.6em 0 0.3em; font-size: 0.92em; }
-th, td { padding: 0.25em 0.7em; text-align: right; font-variant-numeric: tabular-nums; }
-th { border-bottom: 2px solid #444; } td { border-bottom: 1px solid #ddd; }
-th:first-child, td:first-child { text-align: left; }
-tr.total td { border-top: 2px solid #444; font-style: italic; }
-.note { color: #555; font-size: 0.88em; }
-.fig { max-width: 640px; width: 100%; }
-.gallery { display: flex; flex-wrap: wrap; gap: 10px; }
-.tile { border: 1px solid #ccc; padding: 4px; width: 244px; font-size: 0.82em;
-        break-inside: avoid; page-break-inside: avoid; }
-.tile img { width: 240px; height: 240px; display: block; }
-.tp { color: #1a7f37; font-weight: bold; } .fpl { color: #c62828; font-weight: bold; }
-.missing { color: #c62828; }
-pre { background: #f6f6f6; padding: 0.8em; font-size: 0.8em; overflow-x: auto; }
-@media print { body { margin: 0; max-width: none; } h2 { page-break-after: avoid; }
-               pre { white-space: pre-wrap; } }
-"""
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value))
-
-
-def _img(data: bytes, alt: str, cls: str = "") -> str:
-    b64 = base64.b64encode(data).decode("ascii")
-    klass = f' class="{cls}"' if cls else ""
-    return f'<img{klass} alt="{_e(alt)}" src="data:image/png;base64,{b64}">'
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:
@@ -279,15 +238,6 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
 
 def _missing(path: Path, root: Path) -> str:
     return f'<p class="missing">Not available: {_e(path.relative_to(root))}.</p>'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], total: bool = False) -> str:
-    out = ["<table>", "<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
-    for i, row in enumerate(rows):
-        cls = ' class="total"' if total and i == len(rows) - 1 else ""
-        out.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
 
 
 def _bold_if(text: str, flag: bool) -> str:
@@ -312,7 +262,8 @@ def _table1_html(t1: pd.DataFrame) -> str:
         share = _fmt(n_fp / (n_tp + n_fp) if n_tp + n_fp else float("nan"), ".1f", 100)
         rows.append(["mean / total", _fmt(t1.dice.mean(), ".3f"), str(n_tp), str(n_fp), share])
     header = ["Fold", "Dice", "# TP lesions", "# FP lesions", "FP share (%)"]
-    return _table(header, rows, total=len(t1) > 1)
+    classes = ([""] * (len(rows) - 1) + ["total"]) if len(t1) > 1 else []
+    return html_table(header, rows, classes)
 
 
 def _table2_html(t2: pd.DataFrame, per_fold: pd.DataFrame | None) -> str:
@@ -338,7 +289,7 @@ def _table2_html(t2: pd.DataFrame, per_fold: pd.DataFrame | None) -> str:
             row.append(_bold_if(_fmt(v, ".1f", 100), bool(np.isclose(v, fold_best[f]))))
         rows.append(row)
     header = ["Method", "AUC (%)", "Spearman &rho;", *[f"AUC fold {_e(f)}" for f in folds]]
-    return _table(header, rows)
+    return html_table(header, rows)
 
 
 def _epsilon(run: Path) -> str:
@@ -387,7 +338,7 @@ def _gallery_html(run: Path, lesions: pd.DataFrame, method: str, n: int, margin:
             png = render_lesion_crop(
                 image, labels, lesion_id, None if gt is None else gt > 0, margin=margin
             )
-            picture = _img(png, f"lesion {lesion_id} of case {r['case_id']}")
+            picture = img_tag(png, f"lesion {lesion_id} of case {r['case_id']}")
         tp = bool(as_bool(pd.Series([r["is_tp"]]))[0])
         truth = '<span class="tp">TP</span>' if tp else '<span class="fpl">FP</span>'
         return (
@@ -507,7 +458,7 @@ def write_report(
     body.append("<h2>Figure 2. Accuracy-confidence curves</h2>")
     fig_path = res / "figure2.png"
     if fig_path.is_file():
-        body.append(_img(fig_path.read_bytes(), "accuracy-confidence curves", "fig"))
+        body.append(img_tag(fig_path.read_bytes(), "accuracy-confidence curves", "fig"))
         body.append(
             '<p class="note">Curves averaged over folds on a common FP grid; AUC (%) in '
             "brackets, methods sorted by AUC.</p>"
@@ -537,9 +488,5 @@ def write_report(
     else:
         body.append(_missing(cfg, run))
 
-    page = (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>lesionuq report: {_e(run.name)}</title>\n<style>{CSS}</style>\n</head>\n"
-        "<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
-    )
+    page = html_page(f"lesionuq report: {run.name}", body)
     return atomic_write_text(res / "report.html", page)

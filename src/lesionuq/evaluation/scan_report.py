@@ -1,0 +1,166 @@
+"""The one-scan report of ``lesionuq predict``: ``summary.png`` and ``report.html``.
+
+:func:`summary_png` draws axial slices through the most doubtful lesions of one scan,
+contours coloured by P(FP); :func:`scan_report_html` is the self-contained page around
+it with the lesion table. Both use the pieces of :mod:`lesionuq.evaluation.render`
+(Agg canvas, one stylesheet) shared with the run report.
+
+Example:
+    >>> png = summary_png(flair, labels, p_fp, table, "case_0")
+    >>> page = scan_report_html(table, png, case_id="case_0", images=[path],
+    ...                         model=folder, threshold=0.5, seconds=3.2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps, colors
+from matplotlib.cm import ScalarMappable
+from matplotlib.figure import Figure
+from scipy import ndimage
+
+from lesionuq import __version__
+from lesionuq.evaluation.render import escape, html_page, html_table, img_tag, png_bytes
+
+__all__ = ["scan_report_html", "summary_png"]
+
+
+def summary_png(
+    flair: np.ndarray,
+    labels: np.ndarray,
+    p_fp: np.ndarray,
+    table: pd.DataFrame,
+    case_id: str,
+    max_panels: int = 4,
+) -> bytes:
+    """Axial slices through the most doubtful lesions, contours coloured by P(FP).
+
+    Drawn on the preprocessed grid (RAS, isotropic), where axial slices are planes of
+    constant z whatever the input orientation. One slice per lesion in table order,
+    skipping slices within 1 voxel of one already shown; the middle slice without lesions.
+
+    Args:
+        flair: (X, Y, Z) first sequence, z-scored (0 outside the brain).
+        labels: (X, Y, Z) lesion labels 1..N.
+        p_fp: (N,) P(FP) of lesions 1..N.
+        table: The lesion table sorted by P(FP) descending (its ``lesion_id`` order
+            chooses the slices).
+        case_id: Title.
+        max_panels: Number of slices at most.
+
+    Returns:
+        PNG bytes.
+    """
+    cmap = colormaps["RdYlGn_r"]
+    norm = colors.Normalize(0.0, 1.0)
+    n = len(p_fp)
+    slices: list[int] = []
+    if n:
+        ids = table["lesion_id"].to_numpy()
+        com = ndimage.center_of_mass(labels > 0, labels, ids)
+        for c in com:
+            z = round(c[2])
+            if all(abs(z - s) > 1 for s in slices):
+                slices.append(z)
+            if len(slices) == max_panels:
+                break
+    else:
+        slices = [flair.shape[2] // 2]
+    inside = flair[flair != 0]  # z-scored brain; 0 outside the brain
+    lo, hi = np.percentile(inside, [0.5, 99.5]) if inside.size else (0.0, 1.0)
+    shown = np.where(flair == 0, lo, flair)  # background black
+    fig = Figure(figsize=(3.6 * len(slices) + 1.0, 4.4))
+    axes = fig.subplots(1, len(slices), squeeze=False)
+    for ax, z in zip(axes[0], slices, strict=True):
+        ax.imshow(shown[:, :, z].T, cmap="gray", origin="lower", vmin=lo, vmax=hi)
+        lab = labels[:, :, z]
+        on_slice = np.unique(lab[lab > 0])
+        for k in on_slice:
+            colour = cmap(norm(float(p_fp[k - 1])))
+            ax.contour((lab == k).T.astype(float), levels=[0.5], colors=[colour], linewidths=1.2)
+            xs, ys = np.nonzero(lab == k)
+            ax.annotate(
+                str(int(k)), (xs.max() + 1.5, ys.max() + 1.5), color=colour, fontsize=8,
+                fontweight="bold",
+            )  # fmt: skip
+        doubtful = sorted(on_slice, key=lambda k: -p_fp[k - 1])[:3]
+        names = "\n".join(f"#{k} P(FP) {p_fp[k - 1]:.2f}" for k in doubtful)
+        ax.set_title(f"axial z={z}" + (f"\n{names}" if names else ""), fontsize=8)
+        ax.text(0.02, 0.02, "R→", transform=ax.transAxes, color="w", fontsize=7)
+        ax.set_axis_off()
+    if n == 0:
+        axes[0][0].set_title("no lesion found", fontsize=10)
+    fig.suptitle(f"{case_id}: {n} lesion(s), contours coloured by P(FP)", fontsize=10, y=1.06)
+    mappable = ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(mappable, ax=axes[0].tolist(), fraction=0.03, pad=0.02, label="P(FP)")
+    return png_bytes(fig, 110, tight=True)
+
+
+def _cell(column: str, value: object) -> str:
+    """One table cell's text: ``yes``/empty for booleans, 1 decimal for centroids."""
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else ""
+    if isinstance(value, float | np.floating):
+        return f"{value:.1f}" if column.startswith("centroid") else f"{value:.3g}"
+    return str(value)
+
+
+def scan_report_html(
+    table: pd.DataFrame,
+    png: bytes,
+    *,
+    case_id: str,
+    images: Sequence[Path],
+    model: Path,
+    threshold: float,
+    seconds: float,
+) -> str:
+    """A self-contained HTML page: the summary figure (base64) and the lesion table.
+
+    Args:
+        table: The lesion rows to show, most doubtful first, with a boolean ``review``
+            column (rows to review are highlighted).
+        png: The summary figure (:func:`summary_png`).
+        case_id: Name of the case.
+        images: The input scans (shown resolved).
+        model: The model folder (shown resolved).
+        threshold: P(FP) at or above which a lesion is to review.
+        seconds: Wall time of the prediction.
+
+    Returns:
+        The page text.
+    """
+    n_review = int(table["review"].sum()) if len(table) else 0
+    if len(table):
+        rows = [
+            [escape(_cell(c, v)) for c, v in zip(table.columns, rec, strict=True)]
+            for rec in table.itertuples(index=False)
+        ]
+        classes = ["review" if r else "" for r in table["review"]]
+        header = [escape(c) for c in table.columns]
+        body = html_table(header, rows, classes)
+    else:
+        body = "<p><b>No lesion found.</b> The segmentation and the maps are empty.</p>"
+    scans = "<br>".join(escape(Path(p).resolve()) for p in images)
+    parts = [
+        f"<h1>Lesion-wise uncertainty: {escape(case_id)}</h1>",
+        '<table class="meta">',
+        f"<tr><td>scan</td><td>{scans}</td></tr>",
+        f"<tr><td>model</td><td>{escape(Path(model).resolve())}</td></tr>",
+        f"<tr><td>lesions</td><td>{len(table)}, of which {n_review} to review "
+        f"(P(FP) &ge; {threshold:g}, highlighted)</td></tr>",
+        f"<tr><td>lesionuq</td><td>{escape(__version__)}, {seconds:.1f} s</td></tr>",
+        "</table>",
+        f"<p>{img_tag(png, 'summary', 'wide')}</p>",
+        "<h2>Lesions (sorted by P(FP), most doubtful first)</h2>",
+        body,
+        '<p class="note">p_fp: probability that the lesion is a false positive '
+        "(gcnn_classif); iou_pred: predicted IoU_adj with the true lesion (gcnn_reg); "
+        "entropy/variance/pcs_mean: mean voxel entropy, variance and PCS confidence over the "
+        "lesion; volume and centroid (world mm) on the input scan's grid.</p>",
+    ]
+    return html_page(f"lesionuq: {case_id}", parts)

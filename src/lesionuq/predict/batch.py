@@ -1,0 +1,151 @@
+"""Predict every case of a ``cases.csv``, resuming an interrupted batch.
+
+Each case is predicted by :func:`lesionuq.predict.scan.predict_scan` into ``OUT/CASE``;
+a hidden ``OUT/CASE/.batch_digest`` (model identity, image files, options) marks a
+finished case, so a rerun of the same batch reuses it instead of recomputing it.
+``OUT/lesions.csv`` gathers all cases' lesions with a leading ``case_id`` column.
+
+Example:
+    >>> res = predict_manifest("runs/demo/fold_0", "new_cases.csv", "pred/")
+    >>> print(res.summary())
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from lesionuq.config import config_digest
+from lesionuq.io import Case, InputError, atomic_write_text, load_case, read_manifest
+from lesionuq.predict.model import FittedModel, load_model
+from lesionuq.predict.scan import PredictResult, empty_table, predict_scan
+from lesionuq.utils import track
+
+__all__ = ["BatchResult", "predict_manifest"]
+
+_DIGEST = ".batch_digest"
+
+
+@dataclass
+class BatchResult:
+    """What :func:`predict_manifest` wrote.
+
+    Attributes:
+        out: The output folder (one sub-folder per case and ``lesions.csv``).
+        table: All cases' lesions with a leading ``case_id`` column.
+        results: One :class:`PredictResult` per case (None for a case reused from an
+            earlier identical run).
+    """
+
+    out: Path
+    table: pd.DataFrame
+    results: dict[str, PredictResult | None] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line: cases, lesions and lesions to review."""
+        n_review = int(self.table["review"].sum()) if len(self.table) else 0
+        return (
+            f"{len(self.results)} case(s), {len(self.table)} lesion(s), {n_review} to review; "
+            f"wrote {self.out}."
+        )
+
+
+def predict_manifest(
+    model: str | Path | FittedModel,
+    cases_csv: str | Path,
+    out: str | Path,
+    threshold: float = 0.5,
+    save_maps: bool = False,
+    progress: bool = True,
+) -> BatchResult:
+    """Predict every case of a ``cases.csv`` (the ``mask`` column is optional and unused).
+
+    Every case's files are checked before anything is written, the model is loaded once,
+    and each case is written atomically to ``out/CASE`` (see :func:`predict_scan`); a
+    case whose folder holds a prediction with the same model, images and options is
+    reused, so an interrupted batch resumes. ``out/lesions.csv`` (all lesions, with a
+    leading ``case_id`` column) is written last.
+
+    Args:
+        model: A model folder or a :class:`FittedModel`.
+        cases_csv: The manifest (``case_id`` and one column per model sequence).
+        out: Output folder.
+        threshold: ``review`` is ``p_fp >= threshold``.
+        save_maps: Also write the voxel maps of every case.
+        progress: Show a progress bar over the cases.
+
+    Returns:
+        The batch result.
+    """
+    if not isinstance(model, FittedModel):
+        model = load_model(model)
+    cases = read_manifest(cases_csv, model.sequences, require_mask=False)
+    for case in cases:
+        if Path(case.case_id).name != case.case_id or case.case_id in (".", ".."):
+            raise InputError(
+                f"{cases_csv}: case_id {case.case_id!r} cannot be used as a folder name."
+            )
+    for case in track(cases, "checking inputs", enabled=progress):
+        load_case(Case(case.case_id, case.images))
+    out = Path(out)
+    model_digest = model.digest()
+    results: dict[str, PredictResult | None] = {}
+    tables = []
+    for case in track(cases, "predict", enabled=progress):
+        folder = out / case.case_id
+        done = _previous(folder, model_digest, case, threshold, save_maps)
+        if done is not None:
+            results[case.case_id] = None
+            table = done
+        else:
+            res = predict_scan(
+                model, case.images, folder, threshold, save_maps, False, case.case_id
+            )
+            _mark(folder, model_digest, case, threshold, save_maps)
+            results[case.case_id] = res
+            table = res.table
+        table = table.copy()
+        table.insert(0, "case_id", case.case_id)
+        tables.append(table)
+    frames = [t for t in tables if len(t)]
+    if frames:
+        table = pd.concat(frames, ignore_index=True)
+    else:
+        table = empty_table()
+        table.insert(0, "case_id", pd.Series(dtype=str))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "lesions.csv", table.to_csv(index=False))
+    return BatchResult(out, table, results)
+
+
+def _batch_digest(model_digest: str, case: Case, threshold: float, save_maps: bool) -> str:
+    return config_digest(
+        {
+            "model": model_digest,
+            "images": [
+                [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in case.images
+            ],
+            "threshold": float(threshold),
+            "save_maps": bool(save_maps),
+        }
+    )
+
+
+def _mark(folder: Path, model_digest: str, case: Case, threshold: float, save_maps: bool) -> None:
+    digest = _batch_digest(model_digest, case, threshold, save_maps)
+    atomic_write_text(folder / _DIGEST, digest + "\n")
+
+
+def _previous(
+    folder: Path, model_digest: str, case: Case, threshold: float, save_maps: bool
+) -> pd.DataFrame | None:
+    """The table of an identical earlier prediction in ``folder``, else None."""
+    try:
+        stored = (folder / _DIGEST).read_text().strip()
+        if stored != _batch_digest(model_digest, case, threshold, save_maps):
+            return None
+        return pd.read_csv(folder / "lesions.csv")
+    except (OSError, ValueError):
+        return None

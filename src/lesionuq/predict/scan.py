@@ -1,0 +1,437 @@
+"""One scan: segmentation and lesion-wise uncertainty in the scan's own space.
+
+:func:`predict_scan` applies a fitted model (:mod:`lesionuq.predict.model`) to one scan::
+
+    images (input grid) --preprocess--> common grid --MC dropout--> VoxelMaps
+        --case_lesions--> labels + LesionSet --gcnn_classif / gcnn_reg--> p_fp, iou_pred
+        --native_labels / to_original--> every output on the INPUT grid
+
+and :func:`lesion_rows` is its ``lesions.csv`` table. The output folder is written by
+:func:`_write_outputs` only, built in a temporary folder and moved into place when
+complete, so a failure leaves it as it was.
+
+Example:
+    >>> res = predict_scan("runs/demo/fold_0", ["flair.nii.gz"], "pred/")
+    >>> print(res.summary())
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from lesionuq import __version__
+from lesionuq.data.preprocess import Preprocessed, native_labels, preprocess, to_original
+from lesionuq.evaluation.scan_report import scan_report_html, summary_png
+from lesionuq.io import Case, InputError, atomic_dir, atomic_write_text, load_case, save_nifti
+from lesionuq.predict.model import REQUIRED_SCORERS, FittedModel, load_model
+from lesionuq.utils import make_progress
+
+if TYPE_CHECKING:
+    from lesionuq.lesions.dataset import LesionSet
+    from lesionuq.uncertainty import VoxelMaps
+
+__all__ = [
+    "MAP_NAMES",
+    "TABLE_COLUMNS",
+    "PredictResult",
+    "empty_table",
+    "lesion_rows",
+    "predict_scan",
+]
+
+#: Columns of ``lesions.csv`` (one row per lesion), in order.
+TABLE_COLUMNS = (
+    "lesion_id",
+    "volume_ml",
+    "centroid_x_mm",
+    "centroid_y_mm",
+    "centroid_z_mm",
+    "p_fp",
+    "iou_pred",
+    "entropy_mean",
+    "variance_mean",
+    "pcs_mean",
+    "review",
+)
+#: Voxel maps written with ``save_maps`` (``NAME.nii.gz``, linear resampling).
+MAP_NAMES = ("prob", "entropy", "variance", "pcs")
+_STAMP = "prediction.json"
+_STEPS = ("load", "preprocess", "MC dropout", "lesions", "scores", "write")
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict_scan` wrote.
+
+    Attributes:
+        out: The output folder.
+        table: ``lesions.csv`` as a DataFrame (sorted by ``p_fp`` descending).
+        threshold: P(FP) at or above which a lesion is flagged for review.
+        model: The model folder.
+        images: The input scans.
+        case_id: Name of the case (default: the first image's file name).
+        seconds: Wall time of the prediction.
+    """
+
+    out: Path
+    table: pd.DataFrame
+    threshold: float
+    model: Path
+    images: tuple[Path, ...]
+    case_id: str
+    seconds: float = 0.0
+
+    @property
+    def n_lesions(self) -> int:
+        """Number of lesions found."""
+        return len(self.table)
+
+    @property
+    def n_review(self) -> int:
+        """Number of lesions with ``p_fp >= threshold``."""
+        return int(self.table["review"].sum()) if len(self.table) else 0
+
+    def summary(self, max_rows: int = 10) -> str:
+        """A few lines for the terminal: counts, the most doubtful lesions, the folder."""
+        if self.n_lesions == 0:
+            return (
+                f"{self.case_id}: no lesion found; wrote an empty table and zero maps to "
+                f"{self.out} ({self.seconds:.1f} s)."
+            )
+        head = (
+            f"{self.case_id}: {self.n_lesions} lesion(s), {self.n_review} to review "
+            f"(P(FP) >= {self.threshold:g}); wrote {self.out} ({self.seconds:.1f} s)."
+        )
+        shown = self.table.head(max_rows)[
+            ["lesion_id", "volume_ml", "p_fp", "iou_pred", "review"]
+        ].to_string(index=False, float_format=lambda v: f"{v:.3f}")
+        more = (
+            f"\n... {self.n_lesions - max_rows} more in lesions.csv"
+            if (self.n_lesions > max_rows)
+            else ""
+        )
+        return f"{head}\n{shown}{more}"
+
+
+def lesion_rows(
+    labels_grid: np.ndarray,
+    labels_native: np.ndarray,
+    native_affine: np.ndarray,
+    maps: VoxelMaps,
+    p_fp: np.ndarray,
+    iou_pred: np.ndarray,
+    threshold: float,
+) -> pd.DataFrame:
+    """The ``lesions.csv`` table of one scan (see :data:`TABLE_COLUMNS`).
+
+    Volumes and centroids are measured on the input grid (``labels_native`` and its
+    affine, so they match ``lesions.nii.gz``); the mean voxel measures on the
+    preprocessed grid where the maps were computed.
+
+    Args:
+        labels_grid: (X, Y, Z) labels 1..N on the preprocessed grid.
+        labels_native: (X', Y', Z') the same labels on the input grid.
+        native_affine: (4, 4) affine of the input grid.
+        maps: ``VoxelMaps`` on the preprocessed grid.
+        p_fp: (N,) P(FP) of lesions 1..N.
+        iou_pred: (N,) predicted IoU_adj of lesions 1..N.
+        threshold: ``review = p_fp >= threshold``.
+
+    Returns:
+        N rows sorted by ``p_fp`` descending (ties by ``lesion_id``).
+    """
+    n = len(p_fp)
+    if n == 0:
+        return empty_table()
+    ids = np.arange(1, n + 1)
+    voxel_ml = abs(float(np.linalg.det(native_affine[:3, :3]))) / 1000.0
+    counts = np.bincount(labels_native.ravel(), minlength=n + 1)[1:]
+    com = np.asarray(ndimage.center_of_mass(labels_native > 0, labels_native, ids)).reshape(n, 3)
+    world = com @ native_affine[:3, :3].T + native_affine[:3, 3]
+    table = pd.DataFrame(
+        {
+            "lesion_id": ids,
+            "volume_ml": counts * voxel_ml,
+            "centroid_x_mm": world[:, 0],
+            "centroid_y_mm": world[:, 1],
+            "centroid_z_mm": world[:, 2],
+            "p_fp": np.asarray(p_fp, dtype=np.float64),
+            "iou_pred": np.asarray(iou_pred, dtype=np.float64),
+            "entropy_mean": ndimage.mean(maps.entropy, labels_grid, ids),
+            "variance_mean": ndimage.mean(maps.variance, labels_grid, ids),
+            "pcs_mean": ndimage.mean(maps.pcs, labels_grid, ids),
+            "review": np.asarray(p_fp) >= threshold,
+        }
+    )
+    order = np.lexsort((table["lesion_id"].to_numpy(), -table["p_fp"].to_numpy()))
+    return table.iloc[order].reset_index(drop=True)
+
+
+def empty_table() -> pd.DataFrame:
+    """A ``lesions.csv`` table without rows: the :data:`TABLE_COLUMNS` and their dtypes."""
+    table = pd.DataFrame({c: pd.Series(dtype=np.float64) for c in TABLE_COLUMNS})
+    return table.astype({"lesion_id": np.int64, "review": bool})
+
+
+def _as_paths(images: str | Path | Sequence[str | Path]) -> tuple[Path, ...]:
+    if isinstance(images, str | Path):
+        return (Path(images),)
+    return tuple(Path(p) for p in images)
+
+
+def _case_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+class _Steps:
+    """A progress bar over the named steps of one prediction (or nothing)."""
+
+    def __init__(self, steps: Sequence[str], enabled: bool, title: str) -> None:
+        self.steps, self.enabled, self.title = list(steps), enabled, title
+
+    @contextmanager
+    def run(self) -> Iterator[Callable[[str], None]]:
+        if not self.enabled:
+            yield lambda name: None
+            return
+        with make_progress() as bar:
+            task = bar.add_task(self.title, total=len(self.steps), info=self.steps[0])
+
+            def step(name: str) -> None:
+                bar.update(task, advance=1, info=name)
+
+            yield step
+
+
+@dataclass
+class _OnGrid:
+    """What one scan's inference computed on the preprocessed grid.
+
+    Attributes:
+        pre: The preprocessed scan (image (C, X, Y, Z), affine, transform).
+        maps: ``VoxelMaps`` of MC dropout.
+        labels: (X, Y, Z) int32 lesion labels 1..N.
+        scores: Each scorer's (N,) uncertainty of lesions 1..N.
+        native_affine: (4, 4) affine of the input scan.
+        native_shape: (X', Y', Z') shape of the input scan.
+    """
+
+    pre: Preprocessed
+    maps: VoxelMaps
+    labels: np.ndarray
+    scores: dict[str, np.ndarray]
+    native_affine: np.ndarray
+    native_shape: tuple[int, ...]
+
+
+def predict_scan(
+    model: str | Path | FittedModel,
+    images: str | Path | Sequence[str | Path],
+    out: str | Path,
+    threshold: float = 0.5,
+    save_maps: bool = False,
+    progress: bool = True,
+    case_id: str | None = None,
+) -> PredictResult:
+    """Segment one scan and score each lesion's uncertainty, in the scan's own space.
+
+    Outputs in ``out`` (replaced as a whole on success):
+
+    - ``seg.nii.gz`` (uint8): the union of the lesions below.
+    - ``lesions.nii.gz``: lesion labels 1..N (nearest-neighbour resampling; a lesion too
+      small to survive on a coarser input grid is put back at the free input voxel
+      nearest its centroid, see :func:`~lesionuq.data.preprocess.native_labels`).
+    - ``lesion_uncertainty.nii.gz`` (float32): each lesion's voxels hold its P(FP).
+    - with ``save_maps``: the :data:`MAP_NAMES` maps (linear resampling).
+    - ``lesions.csv``: :func:`lesion_rows`, then ``u_METHOD`` for any other fitted scorer
+      of the model folder.
+    - ``summary.png``, ``report.html`` (self-contained) and ``prediction.json``.
+
+    Args:
+        model: A model folder (``RUN/fold_K``) or a :class:`FittedModel`.
+        images: One scan per model sequence, in the config's order, on the same grid
+            (any orientation, voxel size and field of view).
+        out: Output folder ``DIR`` (replaced as a whole on success).
+        threshold: ``review`` is ``p_fp >= threshold``.
+        save_maps: Also write the ``prob``, ``entropy``, ``variance`` and ``pcs`` maps.
+        progress: Show a progress bar over the steps.
+        case_id: Name used in the table and report (default: first image's file name).
+
+    Returns:
+        The result (its :meth:`PredictResult.summary` is what the CLI prints).
+
+    Raises:
+        InputError: Missing or unreadable file, empty, 4-D or non-finite image, images on
+            different grids, wrong image count, incomplete model folder. ``out`` is
+            then left untouched.
+    """
+    t0 = time.perf_counter()
+    paths = _as_paths(images)
+    if not paths:
+        raise InputError("no input image was given.")
+    if not isinstance(model, FittedModel):
+        model = load_model(model, n_images=len(paths))
+    model.check_images(len(paths))
+    case_id = case_id or _case_name(paths[0])
+    out = Path(out)
+    with _Steps(_STEPS, progress, case_id).run() as step:
+        grid = _infer(model, paths, case_id, step)
+        step("write")
+        result = _write_outputs(out, grid, model, paths, case_id, threshold, save_maps, t0)
+        step("done")
+    return result
+
+
+def _infer(
+    model: FittedModel, paths: tuple[Path, ...], case_id: str, step: Callable[[str], None]
+) -> _OnGrid:
+    """Load, preprocess, MC-dropout sample, find and score the lesions of one scan."""
+    from lesionuq.lesions.graphs import case_lesions
+    from lesionuq.segmentation.sampling import mc_sample
+
+    cfg = model.cfg
+    imgs, _ = load_case(Case(case_id, paths))
+    native = imgs[0]
+    step("preprocess")
+    pre = preprocess(imgs, None, cfg.preprocess)
+    step("MC dropout")
+    maps = mc_sample(model.segmenter, pre.image, cfg.sampling, device=model.device)
+    step("lesions")
+    labels, lesions = case_lesions(maps.seg, pre.image, maps, None, pre.affine, cfg.graphs, case_id)
+    labels = np.asarray(labels, dtype=np.int32)
+    n = len(lesions)
+    if int(labels.max(initial=0)) != n:
+        raise RuntimeError(f"case_lesions returned {n} lesions but labels up to {labels.max()}.")
+    step("scores")
+    scores = _score(model, lesions)
+    return _OnGrid(
+        pre,
+        maps,
+        labels,
+        scores,
+        np.asarray(native.affine, dtype=np.float64),
+        tuple(native.shape[:3]),
+    )
+
+
+def _write_outputs(
+    out: Path,
+    grid: _OnGrid,
+    model: FittedModel,
+    paths: tuple[Path, ...],
+    case_id: str,
+    threshold: float,
+    save_maps: bool,
+    t0: float,
+) -> PredictResult:
+    """Bring the outputs onto the input grid and write the folder ``out`` atomically.
+
+    The one place where ``out`` is written: everything goes into a temporary folder
+    that replaces ``out`` only when complete.
+    """
+    affine, shape, scores = grid.native_affine, grid.native_shape, grid.scores
+    n = int(grid.labels.max(initial=0))
+    lab_native = native_labels(grid.labels, grid.pre.affine, grid.pre.transform, affine)
+    _check_shape(lab_native, shape, "lesions")
+    table = lesion_rows(
+        grid.labels, lab_native, affine, grid.maps,
+        scores["gcnn_classif"], 1.0 - scores["gcnn_reg"], threshold,
+    )  # fmt: skip
+    for m in scores:
+        if m not in REQUIRED_SCORERS:
+            table[f"u_{m}"] = scores[m][table["lesion_id"].to_numpy() - 1]
+    p_lut = np.zeros(n + 1, dtype=np.float32)
+    p_lut[1:] = scores["gcnn_classif"]
+    native_maps = {}
+    if save_maps:
+        for name in MAP_NAMES:
+            vol = getattr(grid.maps, name).astype(np.float32)
+            vol = to_original(vol, grid.pre.transform, order=1)
+            native_maps[name] = _check_shape(vol, shape, name).astype(np.float32)
+
+    result = PredictResult(out, table, float(threshold), model.folder, paths, case_id)
+    with atomic_dir(out) as tmp:
+        save_nifti(tmp / "seg.nii.gz", (lab_native > 0).astype(np.uint8), affine)
+        save_nifti(
+            tmp / "lesions.nii.gz", lab_native, affine, dtype=np.uint8 if n < 256 else np.int32
+        )
+        save_nifti(tmp / "lesion_uncertainty.nii.gz", p_lut[lab_native], affine)
+        for name, vol in native_maps.items():
+            save_nifti(tmp / f"{name}.nii.gz", vol, affine)
+        atomic_write_text(tmp / "lesions.csv", table.to_csv(index=False))
+        png = summary_png(grid.pre.image[0], grid.labels, scores["gcnn_classif"], table, case_id)
+        (tmp / "summary.png").write_bytes(png)
+        result.seconds = time.perf_counter() - t0
+        page = scan_report_html(
+            table[list(TABLE_COLUMNS)],
+            png,
+            case_id=case_id,
+            images=paths,
+            model=model.folder,
+            threshold=result.threshold,
+            seconds=result.seconds,
+        )
+        atomic_write_text(tmp / "report.html", page)
+        meta = {
+            "lesionuq": __version__,
+            "case_id": case_id,
+            "model": str(model.folder.resolve()),
+            "images": [str(p.resolve()) for p in paths],
+            "threshold": float(threshold),
+            "save_maps": bool(save_maps),
+            "n_lesions": n,
+            "n_review": result.n_review,
+            "seconds": round(result.seconds, 3),
+            "input_shape": list(shape),
+            "input_affine": affine.tolist(),
+        }
+        atomic_write_text(tmp / _STAMP, json.dumps(meta, indent=1) + "\n")
+    return result
+
+
+def _score(model: FittedModel, lesions: LesionSet) -> dict[str, np.ndarray]:
+    """Each scorer's uncertainty of lesions 1..N, (N,) float64 (zeros(0) without lesions)."""
+    n = len(lesions)
+    ids = lesions.table["lesion_id"].to_numpy(dtype=np.int64) if n else np.zeros(0, np.int64)
+    if n and sorted(ids.tolist()) != list(range(1, n + 1)):
+        raise RuntimeError(f"lesion ids of the table are not 1..{n}.")
+    scores: dict[str, np.ndarray] = {}
+    for name, scorer in model.scorers.items():
+        if n == 0:
+            scores[name] = np.zeros(0)
+            continue
+        try:
+            u = np.asarray(scorer.score(lesions), dtype=np.float64)
+        except ValueError:
+            if name in REQUIRED_SCORERS:
+                raise
+            continue  # an optional scorer that cannot read these lesions is left out
+        if u.shape != (n,):
+            raise RuntimeError(f"scorer {name} returned shape {u.shape} for {n} lesions.")
+        by_id = np.zeros(n)  # table rows may come in any order: index by lesion id - 1
+        by_id[ids - 1] = u
+        scores[name] = by_id
+    # P(FP) and predicted IoU stay in [0, 1] whatever the scorer's numerics.
+    scores["gcnn_classif"] = np.clip(scores["gcnn_classif"], 0.0, 1.0)
+    scores["gcnn_reg"] = np.clip(scores["gcnn_reg"], 0.0, 1.0)
+    return scores
+
+
+def _check_shape(vol: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    if tuple(vol.shape) != tuple(shape):
+        raise RuntimeError(f"to_original gave {name} of shape {vol.shape}, expected {shape}.")
+    return vol
