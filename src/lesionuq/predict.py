@@ -33,6 +33,7 @@ import html
 import io
 import json
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,13 +49,16 @@ from lesionuq.config import ExperimentConfig, config_digest
 from lesionuq.io import (
     Case,
     InputError,
-    atomic_dir,
     atomic_write_text,
+    check_threshold,
+    csv_text,
+    describe_load_error,
     load_case,
     read_manifest,
     save_nifti,
 )
-from lesionuq.utils import make_progress, track
+from lesionuq.outputs import add_written, check_output_dir, output_dir, start_output
+from lesionuq.utils import make_progress, remove_pyg_codegen_files, track
 
 __all__ = [
     "REQUIRED_SCORERS",
@@ -175,7 +179,7 @@ def load_model(
         )
     try:
         cfg = ExperimentConfig.from_yaml(folder / "config.yaml")
-    except (ValueError, TypeError, OSError) as exc:
+    except Exception as exc:  # malformed YAML, unknown keys, bad values
         raise InputError(f"{folder / 'config.yaml'}: not a valid config ({exc}).") from None
     device = device or ("auto" if cfg.device == "cuda" else cfg.device)
     model = FittedModel(folder, cfg, None, {}, device)
@@ -187,7 +191,7 @@ def load_model(
         raise
     except Exception as exc:  # torch raises many types for bad checkpoints
         raise InputError(
-            f"{folder / 'segmenter.pt'}: cannot be loaded ({exc.__class__.__name__}: {exc})."
+            f"{folder / 'segmenter.pt'}: cannot be loaded ({describe_load_error(exc)})."
         ) from None
     in_channels = getattr(getattr(model.segmenter, "cfg", None), "in_channels", None)
     if in_channels is not None and in_channels != len(cfg.sequences):
@@ -210,9 +214,13 @@ def load_model(
         except Exception as exc:
             if name in REQUIRED_SCORERS:
                 raise InputError(
-                    f"{scorer_root / name}: cannot load scorer ({exc.__class__.__name__}: {exc})."
+                    f"{scorer_root / name}: cannot load scorer ({describe_load_error(exc)})."
                 ) from None
-            continue  # an optional scorer that does not load is skipped
+            warnings.warn(
+                f"{scorer_root / name}: skipped, cannot load ({describe_load_error(exc)}).",
+                stacklevel=2,
+            )
+    remove_pyg_codegen_files()
     return model
 
 
@@ -450,6 +458,7 @@ def predict_scan(
     save_maps: bool = False,
     progress: bool = True,
     case_id: str | None = None,
+    overwrite: bool = False,
 ) -> PredictResult:
     """Segment one scan and score each lesion's uncertainty, in the scan's own space.
 
@@ -462,6 +471,7 @@ def predict_scan(
         save_maps: Also write the ``prob``, ``entropy``, ``variance`` and ``pcs`` maps.
         progress: Show a progress bar over the steps.
         case_id: Name used in the table and report (default: first image's file name).
+        overwrite: Replace an earlier prediction in ``out`` (see :mod:`lesionuq.outputs`).
 
     Returns:
         The result (its :meth:`PredictResult.summary` is what the CLI prints).
@@ -479,6 +489,8 @@ def predict_scan(
     paths = _as_paths(images)
     if not paths:
         raise InputError("no input image was given.")
+    threshold = check_threshold(threshold)
+    check_output_dir(out, "prediction", overwrite=overwrite, inputs=paths)
     if not isinstance(model, FittedModel):
         model = load_model(model, n_images=len(paths))
     model.check_images(len(paths))
@@ -528,7 +540,7 @@ def predict_scan(
                 native_maps[name] = _check_shape(vol, native_shape, name).astype(np.float32)
 
         result = PredictResult(out, table, float(threshold), model.folder, paths, case_id)
-        with atomic_dir(out) as tmp:
+        with output_dir(out, "prediction") as tmp:
             save_nifti(tmp / "seg.nii.gz", (lab_native > 0).astype(np.uint8), native_affine)
             save_nifti(
                 tmp / "lesions.nii.gz",
@@ -539,7 +551,7 @@ def predict_scan(
             save_nifti(tmp / "lesion_uncertainty.nii.gz", p_lut[lab_native], native_affine)
             for name, vol in native_maps.items():
                 save_nifti(tmp / f"{name}.nii.gz", vol, native_affine)
-            atomic_write_text(tmp / "lesions.csv", table.to_csv(index=False))
+            atomic_write_text(tmp / "lesions.csv", csv_text(table))
             png = _summary_png(pre.image[0], labels, scores["gcnn_classif"], table, case_id)
             (tmp / "summary.png").write_bytes(png)
             result.seconds = time.perf_counter() - t0
@@ -606,6 +618,7 @@ def predict_manifest(
     threshold: float = 0.5,
     save_maps: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> BatchResult:
     """Predict every case of a ``cases.csv`` (the ``mask`` column is optional and unused).
 
@@ -622,22 +635,24 @@ def predict_manifest(
         threshold: ``review`` is ``p_fp >= threshold``.
         save_maps: Also write the voxel maps of every case.
         progress: Show a progress bar over the cases.
+        overwrite: Replace an earlier batch made with other settings (see
+            :mod:`lesionuq.outputs`); the same settings resume without it.
 
     Returns:
         The batch result.
     """
+    threshold = check_threshold(threshold)
     if not isinstance(model, FittedModel):
         model = load_model(model)
     cases = read_manifest(cases_csv, model.sequences, require_mask=False)
-    for case in cases:
-        if Path(case.case_id).name != case.case_id or case.case_id in (".", ".."):
-            raise InputError(
-                f"{cases_csv}: case_id {case.case_id!r} cannot be used as a folder name."
-            )
-    for case in track(cases, "checking inputs", enabled=progress):
-        load_case(Case(case.case_id, case.images))
+    inputs = [Path(cases_csv), *(p for c in cases for p in c.images)]
     out = Path(out)
     model_digest = model.digest()
+    key = config_digest([model_digest, str(Path(cases_csv).resolve()), threshold, save_maps])
+    check_output_dir(out, "batch", overwrite=overwrite, inputs=inputs, key=key)
+    for case in track(cases, "checking inputs", enabled=progress):
+        load_case(Case(case.case_id, case.images))
+    start_output(out, "batch", key, dirs=[c.case_id for c in cases])
     results: dict[str, PredictResult | None] = {}
     tables = []
     for case in track(cases, "predict", enabled=progress):
@@ -648,7 +663,7 @@ def predict_manifest(
             table = done
         else:
             res = predict_scan(
-                model, case.images, folder, threshold, save_maps, False, case.case_id
+                model, case.images, folder, threshold, save_maps, False, case.case_id, True
             )
             _mark(folder, model_digest, case, threshold, save_maps)
             results[case.case_id] = res
@@ -662,8 +677,8 @@ def predict_manifest(
     else:
         table = _empty_table()
         table.insert(0, "case_id", pd.Series(dtype=str))
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "lesions.csv", table.to_csv(index=False))
+    atomic_write_text(out / "lesions.csv", csv_text(table))
+    add_written(out, ["lesions.csv"])
     return BatchResult(out, table, results)
 
 
@@ -683,6 +698,7 @@ def _batch_digest(model_digest: str, case: Case, threshold: float, save_maps: bo
 def _mark(folder: Path, model_digest: str, case: Case, threshold: float, save_maps: bool) -> None:
     digest = _batch_digest(model_digest, case, threshold, save_maps)
     atomic_write_text(folder / ".batch_digest", digest + "\n")
+    add_written(folder, [".batch_digest"])
 
 
 def _previous(
