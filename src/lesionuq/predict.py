@@ -209,9 +209,9 @@ def load_model(
     for name in names:
         try:
             model.scorers[name] = load_scorer(name, scorer_root / name)
-        except InputError:
-            raise
         except Exception as exc:
+            if name in REQUIRED_SCORERS and isinstance(exc, InputError):
+                raise
             if name in REQUIRED_SCORERS:
                 raise InputError(
                     f"{scorer_root / name}: cannot load scorer ({describe_load_error(exc)})."
