@@ -10,6 +10,7 @@ import pytest
 from lesionuq.io import (
     Case,
     InputError,
+    atomic_dir,
     check_image,
     check_mask,
     load_case,
@@ -218,3 +219,117 @@ def test_manifest_tolerates_bom_and_spaces(tmp_path):
     assert case.case_id == "a"
     assert case.images[0] == tmp_path / "a/f.nii.gz"
     assert case.mask == tmp_path / "a/m.nii.gz"
+
+
+# --------------------------------------------------------------------------- issue 10
+
+
+@pytest.mark.parametrize(
+    ("cid", "ok"),
+    [
+        ("case_001", True),
+        ("=1+1", True),  # allowed as a name; neutralised in CSVs
+        ("", False),
+        (".", False),
+        ("..", False),
+        ("a/b", False),
+        ("/abs/path", False),
+        ("a\\b", False),
+        (".hidden", False),
+        ("tab\there", False),
+        ("x" * 101, False),
+        ("x" * 100, True),
+    ],
+)
+def test_case_id_must_be_a_portable_folder_name(cid, ok):
+    from lesionuq.io import case_id_problem
+
+    assert (case_id_problem(cid) is None) == ok
+
+
+def test_read_manifest_names_the_line_of_a_bad_case_id(tmp_path):
+    csv = tmp_path / "cases.csv"
+    csv.write_text("case_id,flair,mask\nok,a.nii.gz,m.nii.gz\n../x,b.nii.gz,m.nii.gz\n")
+    with pytest.raises(InputError, match=r"case_id '\.\./x' on line 3 cannot name a folder"):
+        read_manifest(csv)
+
+
+def test_binary_and_gzip_manifests_are_one_sentence(tmp_path):
+    import gzip
+
+    csv = tmp_path / "cases.csv"
+    csv.write_bytes(gzip.compress(b"case_id,flair,mask\n"))
+    with pytest.raises(InputError, match="gzip-compressed"):
+        read_manifest(csv)
+    csv.write_bytes(b"case_id,flair\xff\xfe,mask\n")
+    with pytest.raises(InputError, match="not a UTF-8 text CSV"):
+        read_manifest(csv)
+
+
+def test_csv_cells_that_spreadsheets_would_run_are_neutralised(tmp_path):
+    import pandas as pd
+
+    from lesionuq.io import csv_cell, csv_text
+
+    frame = pd.DataFrame({"case_id": ["=1+1", "+cmd", "-2", "@SUM(A1)", "ok"], "v": [-1.5] * 5})
+    lines = csv_text(frame).splitlines()
+    assert lines[1:] == ["'=1+1,-1.5", "'+cmd,-1.5", "'-2,-1.5", "'@SUM(A1),-1.5", "ok,-1.5"]
+    assert csv_cell(csv_cell("=x")) == "'=x"  # idempotent
+    assert csv_cell(-3.0) == -3.0  # numbers untouched
+    write_manifest(tmp_path / "m.csv", [Case("=1+1", (tmp_path / "f.nii.gz",))])
+    assert (tmp_path / "m.csv").read_text().splitlines()[1].startswith("'=1+1,")
+
+
+def test_disk_full_is_one_sentence_naming_the_folder(tmp_path, monkeypatch):
+    import errno
+
+    import lesionuq.io as lio
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lio.os, "replace", full)
+    with pytest.raises(InputError, match=rf"{tmp_path}: no space left on the device"):
+        lio.atomic_write_bytes(tmp_path / "a.bin", b"x" * 2**20)
+    with pytest.raises(InputError, match=r"about 0\.0 MiB needed"):
+        save_nifti(tmp_path / "a.nii.gz", np.ones((4, 4, 4), np.float32), np.eye(4))
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left
+
+
+def test_atomic_dir_follows_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("x")
+        assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    finally:
+        os.umask(old)
+
+
+def test_bad_affines_are_refused_on_load(tmp_path):
+    path = tmp_path / "a.nii"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), str(path))
+    hdr = nib.load(str(path)).header.copy()
+    hdr["qform_code"], hdr["sform_code"] = 0, 1
+    hdr["srow_x"], hdr["srow_y"], hdr["srow_z"] = [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]
+    raw = bytearray(path.read_bytes())
+    raw[: hdr.sizeof_hdr] = hdr.binaryblock
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="is singular"):
+        load_nifti(path)
+    with pytest.raises(InputError, match="is a folder, not a NIfTI file"):
+        load_nifti(tmp_path)
+
+
+def test_weights_only_refusal_never_recommends_the_unsafe_option(tmp_path):
+    import torch
+
+    from lesionuq.segmentation.train import load_segmenter
+
+    torch.save({"unet": InputError("x")}, tmp_path / "segmenter.pt")
+    with pytest.raises(InputError) as err:
+        load_segmenter(tmp_path / "segmenter.pt")
+    assert "refuses to load" in str(err.value)
+    assert "weights_only=False" not in str(err.value)

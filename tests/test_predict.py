@@ -457,3 +457,35 @@ def test_manifest_bad_case_writes_nothing(model_dir, oblique, tmp_path):
     with pytest.raises(InputError, match=r"missing\.nii\.gz: file not found"):
         predict_manifest(model_dir, csv, out, progress=False)
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- issue 10
+
+
+def test_earlier_prediction_needs_overwrite_and_keeps_user_files(model_dir, oblique, tmp_path):
+    out = tmp_path / "out"
+    predict_scan(model_dir, [oblique], out, threshold=0.5, progress=False)
+    (out / "notes.txt").write_text("my notes")
+    before = (out / "lesions.csv").read_bytes()
+    with pytest.raises(InputError, match="add --overwrite"):
+        predict_scan(model_dir, [oblique], out, threshold=0.9, progress=False)
+    assert (out / "lesions.csv").read_bytes() == before
+    res = predict_scan(model_dir, [oblique], out, threshold=0.9, progress=False, overwrite=True)
+    assert res.threshold == 0.9
+    assert (out / "notes.txt").read_text() == "my notes"
+    assert pd.read_csv(out / "lesions.csv")["review"].sum() == res.n_review
+
+
+def test_threshold_nan_is_refused(model_dir, oblique, tmp_path):
+    with pytest.raises(InputError, match=r"finite number in \[0, 1\]"):
+        predict_scan(model_dir, [oblique], tmp_path / "o", threshold=float("nan"), progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_extra_scorer_that_fails_to_load_is_warned_about(model_dir, tmp_path):
+    model = tmp_path / "fold"
+    shutil.copytree(model_dir, model)
+    (model / "scorers" / "entropy_mean" / "scorer.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="entropy_mean: skipped, cannot load"):
+        loaded = load_model(model)
+    assert "entropy_mean" not in loaded.scorers

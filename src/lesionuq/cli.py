@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -26,6 +27,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 RunOpt = Annotated[Path, typer.Option("--run", help="Run directory made by `experiment`.")]
 FoldOpt = Annotated[list[int] | None, typer.Option("--fold", help="Only this fold (repeatable).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace an earlier lesionuq output in --out (only files lesionuq wrote).",
+    ),
+]
+
+
+class Stage(StrEnum):
+    """Stages ``experiment --stop-after`` accepts."""
+
+    preprocess = "preprocess"
+    train = "train"
+    sample = "sample"
+    graphs = "graphs"
+    fit = "fit"
 
 
 def _friendly(fn: F) -> F:
@@ -50,7 +68,16 @@ def _load_config(config: Path | None, default: str = "demo"):
         return bundled_config(default)
     if not config.is_file():
         raise InputError(f"{config}: file not found.")
-    return ExperimentConfig.from_yaml(config)
+    try:
+        return ExperimentConfig.from_yaml(config)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config}: not valid YAML ({_yaml_where(exc)}).") from None
+
+
+def _yaml_where(exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or exc.__class__.__name__
+    return f"{problem}, line {mark.line + 1}" if mark is not None else str(problem)
 
 
 def print_tables(result: Any) -> None:
@@ -119,9 +146,7 @@ def experiment(
     out: Annotated[Path, typer.Option(help="Run directory (an existing run resumes).")],
     config: Annotated[Path | None, typer.Option(help="Config YAML (default: demo).")] = None,
     folds: Annotated[int | None, typer.Option(help="Number of folds (overrides config).")] = None,
-    stop_after: Annotated[
-        str | None, typer.Option(help="Stop after: preprocess|train|sample|graphs|fit.")
-    ] = None,
+    stop_after: Annotated[Stage | None, typer.Option(help="Stop after this stage.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Run the paper's k-fold protocol on your own data."""
@@ -130,9 +155,10 @@ def experiment(
     cfg = _load_config(config)
     if folds is not None:
         cfg = cfg.replace(folds=folds)
-    result = run_experiment(data, out, cfg, progress=not quiet, stop_after=stop_after)
+    stage = stop_after.value if stop_after is not None else None
+    result = run_experiment(data, out, cfg, progress=not quiet, stop_after=stage)
     if result is None:
-        console.print(f"stopped after {stop_after}; resume with the same command.")
+        console.print(f"stopped after {stage}; resume with the same command.")
     else:
         print_tables(result)
 
@@ -157,6 +183,7 @@ def sample(
         typer.Option(help="Your own T probability maps: a folder of NIfTI or one 4-D NIfTI."),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder for --stack.")] = None,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Stage: MC-dropout maps for val/test cases, or maps from your own sample stack."""
@@ -165,7 +192,7 @@ def sample(
 
         if out is None:
             raise InputError("--out is required with --stack.")
-        maps_from_stack(stack, out)
+        maps_from_stack(stack, out, overwrite=overwrite)
         console.print(f"wrote prob/seg/entropy/variance/pcs to {out}")
         return
     if run is None:
@@ -218,6 +245,7 @@ def predict(
     cases: Annotated[Path | None, typer.Option(help="Or a cases.csv to predict in batch.")] = None,
     threshold: Annotated[float, typer.Option(help="P(FP) at or above which to review.")] = 0.5,
     maps: Annotated[bool, typer.Option(help="Also write prob/entropy/variance/pcs.")] = False,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Segment a new scan and score each lesion's uncertainty, in the scan's own space."""
@@ -227,14 +255,23 @@ def predict(
         raise InputError("give either --image (one per sequence) or --cases CSV.")
     if image is not None:
         res = predict_scan(
-            model, image, out, threshold=threshold, save_maps=maps, progress=not quiet
+            model,
+            image,
+            out,
+            threshold=threshold,
+            save_maps=maps,
+            progress=not quiet,
+            overwrite=overwrite,
         )
         console.print(res.summary() if hasattr(res, "summary") else f"wrote {out}")
     else:
-        predict_manifest(model, cases, out, threshold=threshold, save_maps=maps, progress=not quiet)
+        predict_manifest(
+            model,
+            cases,
+            out,
+            threshold=threshold,
+            save_maps=maps,
+            progress=not quiet,
+            overwrite=overwrite,
+        )
         console.print(f"wrote predictions to {out}")
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    """Entry point."""
-    app(sys.argv[1:])

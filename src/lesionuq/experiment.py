@@ -17,10 +17,11 @@ Data flow per fold K (see DESIGN.md for the files)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,16 +35,27 @@ from lesionuq.io import (
     InputError,
     atomic_dir,
     atomic_write_text,
+    csv_text,
+    disk_full_guard,
     load_case,
+    load_nifti,
     read_manifest,
     save_nifti,
 )
+from lesionuq.outputs import (
+    check_output_dir,
+    output_dir,
+    read_marker,
+    run_lock,
+    start_output,
+)
 from lesionuq.rundir import FoldSplit, RunDir, digest_of, make_folds, stamp_ok, write_stamp
 from lesionuq.uncertainty import VoxelMaps
-from lesionuq.utils import track
+from lesionuq.utils import remove_pyg_codegen_files, track
 
 __all__ = [
     "ExperimentResult",
+    "maps_from_stack",
     "prepare_run",
     "run_experiment",
     "stage_evaluate",
@@ -52,6 +64,7 @@ __all__ = [
     "stage_preprocess",
     "stage_sample",
     "stage_train",
+    "validate_run",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,20 +96,62 @@ class ExperimentResult:
 # --------------------------------------------------------------------------- plan
 
 
+def _locked(stage: Callable) -> Callable:
+    """Run a stage under the run's lock (:func:`lesionuq.outputs.run_lock`)."""
+
+    @functools.wraps(stage)
+    def wrapper(run: Path, *args, **kwargs):
+        marker = read_marker(run) if Path(run).is_dir() else None
+        if marker is None or marker.kind != "run":  # not a run: read_plan says so
+            return stage(run, *args, **kwargs)
+        with run_lock(run):
+            return stage(run, *args, **kwargs)
+
+    return wrapper
+
+
+def validate_run(data: Path, out: Path, cfg: ExperimentConfig) -> list[FoldSplit]:
+    """Check everything a run needs before anything is written.
+
+    The output folder (new, empty or a run directory), the manifest and its case ids,
+    every case's files (loaded and checked) and the fold split.
+
+    Returns:
+        The fold splits.
+
+    Raises:
+        InputError: The first problem found, as one sentence.
+    """
+    cases = read_manifest(data, cfg.sequences, require_mask=True)
+    inputs = [Path(data), *(p for c in cases for p in c.images)]
+    check_output_dir(out, "run", inputs=inputs)
+    folds = make_folds([c.case_id for c in cases], cfg.folds, cfg.val_fraction, cfg.seed)
+    for case in cases:
+        load_case(case)
+    return folds
+
+
 def prepare_run(data: Path, out: Path, cfg: ExperimentConfig) -> list[FoldSplit]:
-    """Validate the manifest, split the cases into folds, write config.yaml and folds.json.
+    """Validate everything (:func:`validate_run`), then write config.yaml and folds.json.
 
     An existing run directory is reused (its finished stages are kept) when its folds
     are the same; a run whose config differs is updated and the stages whose settings
-    changed are redone by their stamps.
+    changed are redone by their stamps. Nothing is written when validation fails.
 
     Returns:
         The fold splits.
     """
-    cases = read_manifest(data, cfg.sequences, require_mask=True)
-    folds = make_folds([c.case_id for c in cases], cfg.folds, cfg.val_fraction, cfg.seed)
-    RunDir(Path(out)).write_plan(cfg, Path(data), folds)
+    folds = validate_run(Path(data), Path(out), cfg)
+    _write_plan(Path(data), Path(out), cfg, folds)
     return folds
+
+
+def _write_plan(data: Path, out: Path, cfg: ExperimentConfig, folds: list[FoldSplit]) -> None:
+    with disk_full_guard(out.parent):
+        out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):
+        start_output(out, "run")
+        RunDir(out).write_plan(cfg, data, folds)
 
 
 def _cases_by_id(data: Path, cfg: ExperimentConfig) -> dict[str, Case]:
@@ -110,6 +165,7 @@ def _unet_cfg(cfg: ExperimentConfig) -> UNetConfig:
 # --------------------------------------------------------------------------- stages
 
 
+@_locked
 def stage_preprocess(run: Path, progress: bool = True) -> None:
     """Bring every case of the run onto the common grid (``RUN/preprocessed/CASE``).
 
@@ -180,6 +236,7 @@ def _folds(folds: list[FoldSplit], only: Sequence[int] | None) -> list[FoldSplit
     return [f for f in folds if f.fold in set(only)]
 
 
+@_locked
 def stage_train(run: Path, folds: Sequence[int] | None = None, progress: bool = True) -> None:
     """Train each fold's MC-dropout U-Net on its train cases (val cases pick the epoch)."""
     from lesionuq.segmentation.train import train_segmenter
@@ -212,6 +269,7 @@ def _pair(run: Path, case_id: str, cfg: ExperimentConfig) -> tuple[np.ndarray, n
     return image, mask
 
 
+@_locked
 def stage_sample(run: Path, folds: Sequence[int] | None = None, progress: bool = True) -> None:
     """MC-dropout sampling of each fold's val and test cases (voxel uncertainty maps)."""
     from lesionuq.segmentation.sampling import mc_sample
@@ -254,6 +312,7 @@ def load_maps(case_dir: Path) -> VoxelMaps:
     )
 
 
+@_locked
 def stage_graphs(run: Path, folds: Sequence[int] | None = None, progress: bool = True) -> None:
     """Label lesions, compute IoU_adj and TP/FP, build lesion graphs for val and test."""
     from lesionuq.evaluation.metrics import dice
@@ -289,10 +348,11 @@ def stage_graphs(run: Path, folds: Sequence[int] | None = None, progress: bool =
                 )
             with atomic_dir(out) as tmp:
                 LesionSet.concat(sets).save(tmp)
-                atomic_write_text(tmp / "cases.csv", pd.DataFrame(rows).to_csv(index=False))
+                atomic_write_text(tmp / "cases.csv", csv_text(pd.DataFrame(rows)))
                 write_stamp(tmp / "stamp.json", digest)
 
 
+@_locked
 def stage_fit(
     run: Path,
     folds: Sequence[int] | None = None,
@@ -324,6 +384,7 @@ def stage_fit(
             with atomic_dir(folder) as tmp:
                 scorer.save(tmp)
                 write_stamp(tmp / "stamp.json", digest, fit_seconds=time.perf_counter() - t0)
+            remove_pyg_codegen_files()
         cfg.to_yaml(rd.fold(split.fold) / "config.yaml")
 
 
@@ -339,9 +400,11 @@ def score_fold(run: Path, split: FoldSplit, methods: Sequence[str]) -> pd.DataFr
     for method in methods:
         scorer = load_scorer(method, rd.scorer(split.fold, method))
         frame[method] = scorer.score(test) if len(test) else np.zeros(0)
+    remove_pyg_codegen_files()
     return frame
 
 
+@_locked
 def stage_evaluate(run: Path, progress: bool = True) -> ExperimentResult:
     """Score the test lesions of every fold and write the results (tables, figure, report)."""
     from lesionuq.evaluation.metrics import table1, table2
@@ -364,11 +427,11 @@ def stage_evaluate(run: Path, progress: bool = True) -> ExperimentResult:
     t2, t2_folds = table2(lesions, methods)
     res = rd.results
     res.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(res / "lesions.csv", lesions.to_csv(index=False))
-    atomic_write_text(res / "cases.csv", case_table.to_csv(index=False))
-    atomic_write_text(res / "table1.csv", t1.to_csv(index=False))
-    atomic_write_text(res / "table2.csv", t2.to_csv(index=False))
-    atomic_write_text(res / "table2_folds.csv", t2_folds.to_csv(index=False))
+    atomic_write_text(res / "lesions.csv", csv_text(lesions))
+    atomic_write_text(res / "cases.csv", csv_text(case_table))
+    atomic_write_text(res / "table1.csv", csv_text(t1))
+    atomic_write_text(res / "table2.csv", csv_text(t2))
+    atomic_write_text(res / "table2_folds.csv", csv_text(t2_folds))
     plot_accuracy_confidence(lesions, methods, res / "figure2.png")
     report = write_report(rd.root)
     return ExperimentResult(rd.root, t1, t2, t2_folds, report)
@@ -388,7 +451,8 @@ def run_experiment(
 
     Args:
         data: The manifest.
-        out: The run directory (created; an existing run resumes).
+        out: The run directory: new, empty or an earlier run (which resumes); anything
+            else is refused before any work. Held under :func:`~lesionuq.outputs.run_lock`.
         cfg: The full config (written to ``out/config.yaml``).
         progress: Show progress bars.
         stop_after: Stop after this stage (one of ``STAGES``), for inspection.
@@ -397,8 +461,17 @@ def run_experiment(
         The result, or None when stopped before ``evaluate``.
     """
     if stop_after is not None and stop_after not in STAGES:
-        raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}.")
-    prepare_run(Path(data), Path(out), cfg)
+        raise InputError(f"stop_after must be one of {', '.join(STAGES)}, got {stop_after!r}.")
+    data, out = Path(data), Path(out)
+    folds = validate_run(data, out, cfg)
+    with disk_full_guard(out.parent):
+        out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):  # held from the plan to the last stage
+        _write_plan(data, out, cfg, folds)
+        return _run_stages(out, progress, stop_after)
+
+
+def _run_stages(out: Path, progress: bool, stop_after: str | None) -> ExperimentResult | None:
     timings: dict[str, float] = {}
     steps = {
         "preprocess": stage_preprocess,
@@ -426,29 +499,40 @@ def _write_timings(run: Path, timings: dict[str, float]) -> None:
     rows = pd.DataFrame(
         {"stage": list(timings), "seconds": [round(v, 2) for v in timings.values()]}
     )
-    atomic_write_text(RunDir(run).results / "timings.csv", rows.to_csv(index=False))
+    atomic_write_text(RunDir(run).results / "timings.csv", csv_text(rows))
 
 
-def maps_from_stack(stack: Path, out: Path) -> Path:
+def maps_from_stack(stack: Path, out: Path, overwrite: bool = False) -> Path:
     """Voxel maps from T probability maps made elsewhere (bring your own model).
 
     Args:
         stack: A folder of NIfTI foreground-probability maps (one per sample, any order
             of names, read sorted) or one 4-D NIfTI whose last axis is the sample.
         out: Folder for ``prob``, ``seg``, ``entropy``, ``variance`` and ``pcs`` NIfTI files,
-            written on the stack's grid (its affine).
+            written on the stack's grid (its affine); see :mod:`lesionuq.outputs`.
+
+        overwrite: Replace an earlier set of maps in ``out`` (only the files lesionuq
+            wrote there); without it such a folder is refused, as is any other
+            non-empty folder.
 
     Returns:
         ``out``.
     """
-    from lesionuq.io import load_nifti
     from lesionuq.uncertainty import load_sample_stack, maps_from_samples
 
     stack = Path(stack)
-    first = sorted(stack.glob("*.nii*"))[0] if stack.is_dir() else stack
+    check_output_dir(out, "maps", overwrite=overwrite, inputs=[stack])
+    samples = load_sample_stack(stack)  # checks the path and the folder listing
+    first = _first_nifti(stack) if stack.is_dir() else stack
     affine = load_nifti(first).affine
-    maps = maps_from_samples(load_sample_stack(stack))
-    with atomic_dir(Path(out)) as tmp:
+    maps = maps_from_samples(samples)
+    with output_dir(Path(out), "maps") as tmp:
         for name, value in maps.items():
             save_nifti(tmp / f"{name}.nii.gz", value, affine)
     return Path(out)
+
+
+def _first_nifti(folder: Path) -> Path:
+    from lesionuq.uncertainty import nifti_files
+
+    return nifti_files(folder)[0]

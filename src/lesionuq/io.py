@@ -11,8 +11,10 @@ for prediction-only data). Paths are relative to the CSV's folder.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 
 from lesionuq.errors import InputError
 
@@ -32,8 +35,15 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_text",
+    "case_id_problem",
+    "check_affine",
     "check_image",
     "check_mask",
+    "check_threshold",
+    "csv_cell",
+    "csv_text",
+    "describe_load_error",
+    "disk_full_guard",
     "load_case",
     "load_nifti",
     "read_manifest",
@@ -42,6 +52,12 @@ __all__ = [
 ]
 
 AFFINE_TOL = 1e-3
+#: Longest case id accepted (case ids name folders; most file systems allow 255 bytes).
+MAX_CASE_ID = 100
+#: Characters a case id may not hold: path separators and what Windows forbids in names.
+_FORBIDDEN_IN_ID = set('/\\:*?"<>|')
+#: First characters that make a spreadsheet run a cell as a formula (OWASP CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,8 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
         The image, with its data loaded lazily by nibabel (affine and header kept).
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a NIfTI file.")
     if not path.is_file():
         raise InputError(f"{path}: file not found.")
     try:
@@ -78,7 +96,60 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
         raise InputError(
             f"{path}: cannot be read as NIfTI ({exc.__class__.__name__}: {exc})."
         ) from None
+    check_affine(img, path)
     return img
+
+
+def _raw_header(img: nib.Nifti1Image, path: Path) -> nib.Nifti1Header | None:
+    """The header as stored on disk (nibabel's loader silently repairs some fields)."""
+    from nibabel.openers import ImageOpener
+
+    header_class = type(img.header)
+    if not hasattr(header_class, "from_fileobj") or "pixdim" not in img.header:
+        return None
+    try:
+        with ImageOpener(str(path)) as f:
+            return header_class.from_fileobj(f, check=False)
+    except Exception:  # a header nibabel read once already; re-reading should not fail
+        return None
+
+
+def check_affine(img: nib.Nifti1Image, path: str | Path) -> np.ndarray:
+    """Check that an image's voxel-to-world affine is usable for volumes and resampling.
+
+    Refused: NaN or infinite entries, an all-zero or singular 3x3 part, and voxel sizes
+    (``pixdim``) of zero or below in a file without an sform or qform (nibabel would
+    silently assume 1 mm, so volumes in ml would be wrong).
+
+    Args:
+        img: The loaded image.
+        path: Its file, for the message.
+
+    Returns:
+        The affine, (4, 4) float64.
+    """
+    path = Path(path)
+    raw = _raw_header(img, path)
+    if raw is not None and int(raw["sform_code"]) == 0 and int(raw["qform_code"]) == 0:
+        pixdim = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+        if not np.all(np.isfinite(pixdim) & (pixdim > 0)):
+            shown = ", ".join(f"{v:g}" for v in pixdim)
+            raise InputError(
+                f"{path}: voxel size (pixdim {shown}) is not positive and the file has no "
+                "sform or qform, so its geometry is unknown."
+            )
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise InputError(f"{path}: the affine (voxel-to-world matrix) contains NaN or infinity.")
+    linear = affine[:3, :3]
+    if not np.any(linear):
+        raise InputError(f"{path}: the affine (voxel-to-world matrix) is all zeros.")
+    scale = float(np.prod(np.linalg.norm(linear, axis=0)))
+    if scale == 0.0 or abs(float(np.linalg.det(linear))) <= 1e-6 * scale:
+        raise InputError(
+            f"{path}: the affine (voxel-to-world matrix) is singular (zero voxel volume)."
+        )
+    return affine
 
 
 def check_image(img: nib.Nifti1Image, path: str | Path) -> np.ndarray:
@@ -175,13 +246,28 @@ def read_manifest(
         The cases, in file order.
     """
     csv_path = Path(csv_path)
+    if csv_path.is_dir():
+        raise InputError(f"{csv_path}: is a folder, not a cases.csv file.")
     if not csv_path.is_file():
         raise InputError(f"{csv_path}: file not found.")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # tolerate Excel's BOM
-        reader = csv.reader(f)
+    raw = csv_path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raise InputError(f"{csv_path}: is gzip-compressed; decompress it (gunzip) first.")
+    try:
+        text = raw.decode("utf-8-sig")  # tolerate Excel's BOM
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{csv_path}: is not a UTF-8 text CSV (undecodable byte at offset {exc.start})."
+        ) from None
+    if "\x00" in text:
+        raise InputError(f"{csv_path}: is a binary file, not a text CSV (it holds NUL bytes).")
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
         header = [h.strip() for h in next(reader, [])]
         columns = header
         rows = [dict(zip(header, (c.strip() for c in r), strict=False)) for r in reader if r]
+    except csv.Error as exc:
+        raise InputError(f"{csv_path}: is not a valid CSV ({exc}).") from None
     missing = [c for c in ("case_id", *sequences) if c not in columns]
     if require_mask and "mask" not in columns:
         missing.append("mask")
@@ -195,6 +281,12 @@ def read_manifest(
         cid = (row.get("case_id") or "").strip()
         if not cid:
             raise InputError(f"{csv_path}: line {i} has an empty case_id.")
+        problem = case_id_problem(cid)
+        if problem is not None:
+            shown = cid if len(cid) <= 40 else cid[:37] + "..."
+            raise InputError(
+                f"{csv_path}: case_id {shown!r} on line {i} cannot name a folder ({problem})."
+            )
         if cid in seen:
             raise InputError(f"{csv_path}: duplicate case_id {cid!r} on line {i}.")
         seen.add(cid)
@@ -211,6 +303,101 @@ def read_manifest(
     return cases
 
 
+def case_id_problem(case_id: str) -> str | None:
+    """Why ``case_id`` cannot be used as a portable folder name, or None when it can.
+
+    Case ids name folders (``RUN/preprocessed/CASE``, ``OUT/CASE``), so an id must not be
+    empty, ``.`` or ``..``, start with ``.`` (hidden, and lesionuq's temporary names),
+    hold a path separator, a control character or one of ``:*?"<>|``, or be longer than
+    :data:`MAX_CASE_ID` characters.
+
+    Args:
+        case_id: The id as read from ``cases.csv``.
+
+    Returns:
+        A short reason (completes "cannot name a folder (...)"), or None.
+    """
+    if not case_id:
+        return "it is empty"
+    if case_id in (".", ".."):
+        return f"{case_id!r} is a path, not a name"
+    if len(case_id) > MAX_CASE_ID:
+        return f"{len(case_id)} characters, at most {MAX_CASE_ID} allowed"
+    if case_id.startswith("."):
+        return "it starts with '.'"
+    bad = sorted({c for c in case_id if c in _FORBIDDEN_IN_ID or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        return "it contains " + " ".join(repr(c) for c in bad)
+    return None
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell neutralised against CSV injection (the OWASP rule).
+
+    Text that a spreadsheet would run as a formula (starting with ``= + - @``, tab or CR)
+    gets a leading ``'``.
+
+    Numbers and other text are returned unchanged, and the rule is idempotent.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """``frame.to_csv(index=False)`` with every text cell passed through :func:`csv_cell`.
+
+    Every CSV lesionuq writes goes through this function (or :func:`csv_cell`), so a
+    case id such as ``=1+1`` is never run as a formula by a spreadsheet.
+    """
+    safe = frame.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column]):
+            safe[column] = safe[column].map(csv_cell)
+    safe.columns = [csv_cell(str(c)) for c in safe.columns]
+    return safe.to_csv(index=False)
+
+
+def check_threshold(value: float, name: str = "threshold") -> float:
+    """Return ``value`` as a float after checking that it is finite and in [0, 1].
+
+    Raises:
+        InputError: NaN, infinite or outside [0, 1].
+    """
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number in [0, 1], got {value!r}.") from None
+    if not np.isfinite(v) or not 0.0 <= v <= 1.0:
+        raise InputError(f"{name} must be a finite number in [0, 1], got {value!r}.")
+    return v
+
+
+def describe_load_error(exc: BaseException) -> str:
+    """A short description of why a file could not be loaded, for an :class:`InputError`.
+
+    ``torch.load(weights_only=True)`` refuses a pickled Python object with a long message
+    that suggests ``weights_only=False``, which would run whatever code the file holds;
+    that advice is never passed on: the refusal is described in one clause instead.
+
+    Args:
+        exc: The exception raised by the loader.
+
+    Returns:
+        E.g. ``"UnpicklingError: ..."`` or the refusal clause.
+    """
+    text = str(exc)
+    if "weights_only" in text or "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"it holds a pickled Python object{what}, which lesionuq refuses to load because "
+            "unpickling can run arbitrary code"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
+
+
 def write_manifest(
     csv_path: str | Path, cases: Sequence[Case], sequences: Sequence[str] = ("flair",)
 ) -> None:
@@ -221,7 +408,7 @@ def write_manifest(
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["case_id", *sequences, "mask"])
     for case in cases:
-        cells = [case.case_id]
+        cells = [csv_cell(case.case_id)]
         cells += [os.path.relpath(Path(p).resolve(), root) for p in case.images]
         cells.append(os.path.relpath(Path(case.mask).resolve(), root) if case.mask else "")
         writer.writerow(cells)
@@ -266,34 +453,65 @@ def save_nifti(
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with disk_full_guard(path.parent, arr.nbytes):
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
+        os.close(fd)
+        try:
+            nib.save(img, tmp)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    """The process umask (read without changing it for longer than one call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def disk_full_guard(folder: str | Path, needed: int | None = None) -> Iterator[None]:
+    """Turn "no space left on device" (or a full quota) into one :class:`InputError`.
+
+    Args:
+        folder: The folder being written, named in the message.
+        needed: Bytes the write needed, when known.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        size = f" (about {needed / 2**20:.1f} MiB needed)" if needed else ""
+        raise InputError(
+            f"{folder}: no space left on the device while writing{size}; free some space "
+            "or choose another output folder."
+        ) from None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write bytes to ``path`` atomically (temporary file in the same folder, then rename).
 
-    The file is made world-readable (0644); a reader never sees a half-written file.
+    The file gets the permissions of any new file (0666 less the umask, where mkstemp
+    would give 0600); a reader never sees a half-written file. A full disk is reported
+    as one :class:`InputError` naming the folder (see :func:`disk_full_guard`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with disk_full_guard(path.parent, len(data)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return path
 
 
@@ -316,14 +534,18 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Build a folder under a temporary name and move it into place only on success.
 
     A pre-existing ``path`` is replaced only when the body finishes; on an exception the
-    temporary folder is removed and ``path`` is left as it was.
+    temporary folder is removed and ``path`` is left as it was. The folder gets the
+    permissions of any new folder (0777 less the umask). Used for lesionuq's own folders
+    inside a run; user-facing output folders go through :mod:`lesionuq.outputs`.
 
     Yields:
         The temporary folder to write into.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    with disk_full_guard(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; match the files inside
     try:
         yield tmp
     except BaseException:

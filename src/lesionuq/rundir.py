@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from lesionuq.config import ExperimentConfig, config_digest
+from lesionuq.config import ConfigError, ExperimentConfig, config_digest
 from lesionuq.io import InputError, atomic_write_text
 
 __all__ = ["FoldSplit", "RunDir", "make_folds", "read_stamp", "stamp_ok", "write_stamp"]
@@ -69,7 +70,7 @@ def make_folds(
     if len(set(ids)) != len(ids):
         raise ValueError("case ids must be unique.")
     if k < 2:
-        raise ValueError(f"need at least 2 folds, got {k}.")
+        raise InputError(f"cross-validation needs at least 2 folds, got {k}.")
     largest_test = -(-len(ids) // k)
     if len(ids) < k or len(ids) - largest_test < 2:
         raise InputError(
@@ -155,13 +156,25 @@ class RunDir:
                 f"{self.root}: not a run directory (config.yaml or folds.json missing); "
                 "start it with `lesionuq experiment`."
             )
-        cfg = ExperimentConfig.from_yaml(self.config_yaml)
-        payload = json.loads(self.folds_json.read_text())
-        folds = [
-            FoldSplit(d["fold"], tuple(d["train"]), tuple(d["val"]), tuple(d["test"]))
-            for d in payload["folds"]
-        ]
-        return cfg, Path(payload["data"]), folds
+        try:
+            cfg = ExperimentConfig.from_yaml(self.config_yaml)
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"{self.config_yaml}: not valid YAML ({exc.__class__.__name__})."
+            ) from None
+        try:
+            payload = json.loads(self.folds_json.read_text())
+            folds = [
+                FoldSplit(d["fold"], tuple(d["train"]), tuple(d["val"]), tuple(d["test"]))
+                for d in payload["folds"]
+            ]
+            data = Path(payload["data"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(
+                f"{self.folds_json}: damaged ({exc.__class__.__name__}); "
+                "start the run again in a new folder."
+            ) from None
+        return cfg, data, folds
 
 
 def write_stamp(path: Path, digest: str, **info: Any) -> None:

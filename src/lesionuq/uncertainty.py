@@ -36,6 +36,7 @@ __all__ = [
     "entropy",
     "load_sample_stack",
     "maps_from_samples",
+    "nifti_files",
     "pcs",
     "variance",
 ]
@@ -204,7 +205,8 @@ def maps_from_samples(samples: Iterable[np.ndarray]) -> VoxelMaps:
     return rm.finalize()
 
 
-def _nifti_files(folder: Path) -> list[Path]:
+def nifti_files(folder: Path) -> list[Path]:
+    """The ``.nii`` / ``.nii.gz`` files of ``folder``, sorted by name."""
     return sorted(
         p for p in folder.iterdir() if p.is_file() and p.name.endswith((".nii", ".nii.gz"))
     )
@@ -240,7 +242,7 @@ def load_sample_stack(path: str | Path) -> Iterator[np.ndarray]:
     """
     path = Path(path)
     if path.is_dir():
-        files = _nifti_files(path)
+        files = nifti_files(path)
         if not files:
             raise InputError(f"{path}: the folder holds no NIfTI files (.nii or .nii.gz).")
         return _iter_folder(files)

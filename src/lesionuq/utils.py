@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import tempfile
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -15,7 +18,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["make_progress", "resolve_device", "track"]
+__all__ = [
+    "make_progress",
+    "remove_pyg_codegen_files",
+    "resolve_device",
+    "track",
+]
 
 T = TypeVar("T")
 
@@ -61,3 +69,32 @@ def track(
         for item in items:
             yield item
             progress.advance(task)
+
+
+def remove_pyg_codegen_files() -> list[Path]:
+    """Delete the modules PyTorch Geometric generated in the system temp folder.
+
+    ``torch_geometric.template.module_from_template`` renders a jinja template per layer
+    class (e.g. ``..._GCNConv_propagate_XXXX.py``) into ``tempfile.gettempdir()`` with
+    ``delete=False`` and imports it once per process; the file is never removed, so every
+    run left one behind. The module is already imported when this is called, so its file
+    is no longer needed.
+
+    Returns:
+        The files removed.
+    """
+    tmp = Path(tempfile.gettempdir()).resolve()
+    removed = []
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("torch_geometric") or not name.endswith(
+            ("_propagate", "_edge_updater")
+        ):
+            continue
+        file = getattr(module, "__file__", None)
+        if not file:
+            continue
+        path = Path(file)
+        if path.parent.resolve() == tmp and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

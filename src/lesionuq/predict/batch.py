@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from lesionuq.config import config_digest
-from lesionuq.io import Case, InputError, atomic_write_text, load_case, read_manifest
+from lesionuq.io import Case, atomic_write_text, check_threshold, csv_text, load_case, read_manifest
+from lesionuq.outputs import add_written, check_output_dir, start_output
 from lesionuq.predict.model import FittedModel, load_model
 from lesionuq.predict.scan import PredictResult, empty_table, predict_scan
 from lesionuq.utils import track
@@ -59,6 +60,7 @@ def predict_manifest(
     threshold: float = 0.5,
     save_maps: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> BatchResult:
     """Predict every case of a ``cases.csv`` (the ``mask`` column is optional and unused).
 
@@ -75,22 +77,24 @@ def predict_manifest(
         threshold: ``review`` is ``p_fp >= threshold``.
         save_maps: Also write the voxel maps of every case.
         progress: Show a progress bar over the cases.
+        overwrite: Replace an earlier batch made with other settings (see
+            :mod:`lesionuq.outputs`); the same settings resume without it.
 
     Returns:
         The batch result.
     """
+    threshold = check_threshold(threshold)
     if not isinstance(model, FittedModel):
         model = load_model(model)
     cases = read_manifest(cases_csv, model.sequences, require_mask=False)
-    for case in cases:
-        if Path(case.case_id).name != case.case_id or case.case_id in (".", ".."):
-            raise InputError(
-                f"{cases_csv}: case_id {case.case_id!r} cannot be used as a folder name."
-            )
-    for case in track(cases, "checking inputs", enabled=progress):
-        load_case(Case(case.case_id, case.images))
+    inputs = [Path(cases_csv), *(p for c in cases for p in c.images)]
     out = Path(out)
     model_digest = model.digest()
+    key = config_digest([model_digest, str(Path(cases_csv).resolve()), threshold, save_maps])
+    check_output_dir(out, "batch", overwrite=overwrite, inputs=inputs, key=key)
+    for case in track(cases, "checking inputs", enabled=progress):
+        load_case(Case(case.case_id, case.images))
+    start_output(out, "batch", key, dirs=[c.case_id for c in cases])
     results: dict[str, PredictResult | None] = {}
     tables = []
     for case in track(cases, "predict", enabled=progress):
@@ -101,7 +105,7 @@ def predict_manifest(
             table = done
         else:
             res = predict_scan(
-                model, case.images, folder, threshold, save_maps, False, case.case_id
+                model, case.images, folder, threshold, save_maps, False, case.case_id, True
             )
             _mark(folder, model_digest, case, threshold, save_maps)
             results[case.case_id] = res
@@ -115,8 +119,8 @@ def predict_manifest(
     else:
         table = empty_table()
         table.insert(0, "case_id", pd.Series(dtype=str))
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "lesions.csv", table.to_csv(index=False))
+    atomic_write_text(out / "lesions.csv", csv_text(table))
+    add_written(out, ["lesions.csv"])
     return BatchResult(out, table, results)
 
 
@@ -136,6 +140,7 @@ def _batch_digest(model_digest: str, case: Case, threshold: float, save_maps: bo
 def _mark(folder: Path, model_digest: str, case: Case, threshold: float, save_maps: bool) -> None:
     digest = _batch_digest(model_digest, case, threshold, save_maps)
     atomic_write_text(folder / _DIGEST, digest + "\n")
+    add_written(folder, [_DIGEST])
 
 
 def _previous(

@@ -12,12 +12,14 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lesionuq.config import ExperimentConfig, config_digest
-from lesionuq.io import InputError
+from lesionuq.io import InputError, describe_load_error
+from lesionuq.utils import remove_pyg_codegen_files
 
 __all__ = ["REQUIRED_SCORERS", "FittedModel", "load_model"]
 
@@ -108,7 +110,7 @@ def load_model(
         )
     try:
         cfg = ExperimentConfig.from_yaml(folder / "config.yaml")
-    except (ValueError, TypeError, OSError) as exc:
+    except Exception as exc:  # malformed YAML, unknown keys, bad values
         raise InputError(f"{folder / 'config.yaml'}: not a valid config ({exc}).") from None
     device = device or ("auto" if cfg.device == "cuda" else cfg.device)
     model = FittedModel(folder, cfg, None, {}, device)
@@ -120,7 +122,7 @@ def load_model(
         raise
     except Exception as exc:  # torch raises many types for bad checkpoints
         raise InputError(
-            f"{folder / 'segmenter.pt'}: cannot be loaded ({exc.__class__.__name__}: {exc})."
+            f"{folder / 'segmenter.pt'}: cannot be loaded ({describe_load_error(exc)})."
         ) from None
     in_channels = getattr(getattr(model.segmenter, "cfg", None), "in_channels", None)
     if in_channels is not None and in_channels != len(cfg.sequences):
@@ -138,12 +140,16 @@ def load_model(
     for name in names:
         try:
             model.scorers[name] = load_scorer(name, scorer_root / name)
-        except InputError:
-            raise
         except Exception as exc:
+            if name in REQUIRED_SCORERS and isinstance(exc, InputError):
+                raise
             if name in REQUIRED_SCORERS:
                 raise InputError(
-                    f"{scorer_root / name}: cannot load scorer ({exc.__class__.__name__}: {exc})."
+                    f"{scorer_root / name}: cannot load scorer ({describe_load_error(exc)})."
                 ) from None
-            continue  # an optional scorer that does not load is skipped
+            warnings.warn(
+                f"{scorer_root / name}: skipped, cannot load ({describe_load_error(exc)}).",
+                stacklevel=2,
+            )
+    remove_pyg_codegen_files()
     return model

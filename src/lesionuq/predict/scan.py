@@ -32,7 +32,16 @@ from scipy import ndimage
 from lesionuq import __version__
 from lesionuq.data.preprocess import Preprocessed, native_labels, preprocess, to_original
 from lesionuq.evaluation.scan_report import scan_report_html, summary_png
-from lesionuq.io import Case, InputError, atomic_dir, atomic_write_text, load_case, save_nifti
+from lesionuq.io import (
+    Case,
+    InputError,
+    atomic_write_text,
+    check_threshold,
+    csv_text,
+    load_case,
+    save_nifti,
+)
+from lesionuq.outputs import check_output_dir, output_dir
 from lesionuq.predict.model import REQUIRED_SCORERS, FittedModel, load_model
 from lesionuq.utils import make_progress
 
@@ -246,6 +255,7 @@ def predict_scan(
     save_maps: bool = False,
     progress: bool = True,
     case_id: str | None = None,
+    overwrite: bool = False,
 ) -> PredictResult:
     """Segment one scan and score each lesion's uncertainty, in the scan's own space.
 
@@ -270,6 +280,7 @@ def predict_scan(
         save_maps: Also write the ``prob``, ``entropy``, ``variance`` and ``pcs`` maps.
         progress: Show a progress bar over the steps.
         case_id: Name used in the table and report (default: first image's file name).
+        overwrite: Replace an earlier prediction in ``out`` (see :mod:`lesionuq.outputs`).
 
     Returns:
         The result (its :meth:`PredictResult.summary` is what the CLI prints).
@@ -283,6 +294,8 @@ def predict_scan(
     paths = _as_paths(images)
     if not paths:
         raise InputError("no input image was given.")
+    threshold = check_threshold(threshold)
+    check_output_dir(out, "prediction", overwrite=overwrite, inputs=paths)
     if not isinstance(model, FittedModel):
         model = load_model(model, n_images=len(paths))
     model.check_images(len(paths))
@@ -364,7 +377,7 @@ def _write_outputs(
             native_maps[name] = _check_shape(vol, shape, name).astype(np.float32)
 
     result = PredictResult(out, table, float(threshold), model.folder, paths, case_id)
-    with atomic_dir(out) as tmp:
+    with output_dir(out, "prediction") as tmp:
         save_nifti(tmp / "seg.nii.gz", (lab_native > 0).astype(np.uint8), affine)
         save_nifti(
             tmp / "lesions.nii.gz", lab_native, affine, dtype=np.uint8 if n < 256 else np.int32
@@ -372,7 +385,7 @@ def _write_outputs(
         save_nifti(tmp / "lesion_uncertainty.nii.gz", p_lut[lab_native], affine)
         for name, vol in native_maps.items():
             save_nifti(tmp / f"{name}.nii.gz", vol, affine)
-        atomic_write_text(tmp / "lesions.csv", table.to_csv(index=False))
+        atomic_write_text(tmp / "lesions.csv", csv_text(table))
         png = summary_png(grid.pre.image[0], grid.labels, scores["gcnn_classif"], table, case_id)
         (tmp / "summary.png").write_bytes(png)
         result.seconds = time.perf_counter() - t0

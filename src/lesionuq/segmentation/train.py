@@ -47,7 +47,7 @@ from monai.transforms import (
 )
 
 from lesionuq.config import TrainConfig, UNetConfig, config_from_dict
-from lesionuq.io import InputError, atomic_torch_save
+from lesionuq.io import InputError, atomic_torch_save, describe_load_error
 from lesionuq.segmentation.unet import UNet3D
 from lesionuq.utils import make_progress, resolve_device
 
@@ -460,6 +460,6 @@ def load_segmenter(path: str | Path, device: str = "auto") -> UNet3D:
         model.load_state_dict(ck["state_dict"])
     except Exception as exc:
         raise InputError(
-            f"{path}: not a lesionuq segmenter checkpoint ({exc.__class__.__name__}: {exc})."
+            f"{path}: not a lesionuq segmenter checkpoint ({describe_load_error(exc)})."
         ) from None
     return model.to(resolve_device(device)).eval()

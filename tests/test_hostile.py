@@ -1,0 +1,348 @@
+"""Hostile but realistic inputs: one sentence, exit 1, and the file system unchanged.
+
+One row per input of issue 10. Each row builds a small valid data set (four 8^3 cases)
+plus the hostile part, snapshots every file under the test folder, runs the command
+through Typer's runner, and checks the exit code, the sentence and that nothing was
+created, changed or removed anywhere (a refused command writes nothing at all).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lesionuq.cli import app
+from lesionuq.config import ExperimentConfig
+
+runner = CliRunner()
+NEEDS_BRANCH = "needs config/phantom validation branch"
+
+
+def _xfail(run: bool = True):
+    """Rows that pass once the config/phantom validation branch is merged.
+
+    ``run=False`` for rows that would allocate huge grids or train on today's code.
+    """
+    return pytest.mark.xfail(reason=NEEDS_BRANCH, strict=False, run=run)
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def _nifti(path: Path, data: np.ndarray | None = None, affine: np.ndarray | None = None) -> Path:
+    if data is None:
+        data = np.ones((8, 8, 8), np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def _dataset(root: Path, first_id: str = "c0") -> Path:
+    data = root / "data"
+    data.mkdir(exist_ok=True)
+    mask = np.zeros((8, 8, 8), np.uint8)
+    mask[2:4, 2:4, 2:4] = 1
+    rows = ["case_id,flair,mask"]
+    for i in range(4):  # the demo config's 4 folds need 4 cases
+        _nifti(data / f"f{i}.nii.gz")
+        _nifti(data / f"m{i}.nii.gz", mask)
+        rows.append(f"{first_id if i == 0 else f'c{i}'},f{i}.nii.gz,m{i}.nii.gz")
+    (data / "cases.csv").write_text("\n".join(rows) + "\n")
+    (data / "notes.txt").write_text("the user's notes")
+    return data / "cases.csv"
+
+
+def _patch_header(path: Path, **fields: object) -> None:
+    """Rewrite header fields on disk (nibabel refuses to save some broken affines)."""
+    img = nib.load(str(path))
+    hdr = img.header.copy()
+    for k, v in fields.items():
+        hdr[k] = v
+    raw = bytearray(path.read_bytes())
+    raw[: hdr.sizeof_hdr] = hdr.binaryblock
+    path.write_bytes(bytes(raw))
+
+
+def _bad_affine(kind: str) -> Callable[[Path], list[str]]:
+    def setup(tmp: Path) -> list[str]:
+        csv = _dataset(tmp)
+        f0 = csv.parent / "f0.nii"
+        _nifti(f0)
+        (csv.parent / "f0.nii.gz").unlink()
+        csv.write_text(csv.read_text().replace("f0.nii.gz", "f0.nii"))
+        rows = {
+            "zero": np.zeros((3, 4)),
+            "singular": np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0.0]]),
+            "nan": np.full((3, 4), np.nan),
+        }
+        if kind == "pixdim0":
+            _patch_header(f0, qform_code=0, sform_code=0)
+            raw = bytearray(f0.read_bytes())
+            raw[80:92] = struct.pack("<3f", 0.0, 0.0, 0.0)  # pixdim[1:4]
+            f0.write_bytes(bytes(raw))
+        else:
+            r = rows[kind]
+            _patch_header(f0, qform_code=0, sform_code=1, srow_x=r[0], srow_y=r[1], srow_z=r[2])
+        return _experiment(tmp, csv)
+
+    return setup
+
+
+def _experiment(tmp: Path, csv: Path, *extra: str) -> list[str]:
+    return ["experiment", "--data", str(csv), "--out", str(tmp / "run"), "--quiet", *extra]
+
+
+def _with_id(case_id: str) -> Callable[[Path], list[str]]:
+    def setup(tmp: Path) -> list[str]:
+        return _experiment(tmp, _dataset(tmp, case_id))
+
+    return setup
+
+
+def _predict(tmp: Path, out: str, *extra: str) -> list[str]:
+    scan = _dataset(tmp).parent / "f0.nii.gz"
+    model = tmp / "model"
+    return ["predict", "--model", str(model), "--image", str(scan), "--out", out, *extra]
+
+
+def _model_folder(tmp: Path, config_text: str | None, segmenter: object = None) -> Path:
+    model = tmp / "model"
+    (model / "scorers" / "gcnn_classif").mkdir(parents=True)
+    (model / "scorers" / "gcnn_reg").mkdir(parents=True)
+    for m in ("gcnn_classif", "gcnn_reg"):
+        (model / "scorers" / m / "scorer.json").write_text("{}")
+    if config_text is None:
+        ExperimentConfig().to_yaml(model / "config.yaml")
+    else:
+        (model / "config.yaml").write_text(config_text)
+    torch.save(segmenter if segmenter is not None else {}, model / "segmenter.pt")
+    return model
+
+
+class Gadget:
+    """A class torch's weights-only loader refuses to unpickle."""
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass
+class Row:
+    """One hostile input: ``setup(tmp)`` builds it and returns the CLI arguments."""
+
+    name: str
+    setup: Callable[[Path], list[str]]
+    fragment: str
+    code: int = 1
+    marks: tuple = ()
+    chdir: str | None = None
+
+
+def _out_is_scan_folder(tmp: Path) -> list[str]:
+    return _predict(tmp, str(tmp / "data"))
+
+
+def _out_is_file(tmp: Path) -> list[str]:
+    args = _predict(tmp, str(tmp / "existing.txt"))
+    (tmp / "existing.txt").write_text("precious")
+    return args
+
+
+def _out_foreign(tmp: Path) -> list[str]:
+    args = _predict(tmp, str(tmp / "mine"))
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "thesis.tex").write_text("years of work")
+    return args
+
+
+def _experiment_out_file(tmp: Path) -> list[str]:
+    (tmp / "run").write_text("precious")
+    return _experiment(tmp, _dataset(tmp))
+
+
+def _experiment_out_foreign(tmp: Path) -> list[str]:
+    (tmp / "run").mkdir()
+    (tmp / "run" / "thesis.tex").write_text("years of work")
+    return _experiment(tmp, _dataset(tmp))
+
+
+def _binary_csv(tmp: Path) -> list[str]:
+    csv = _dataset(tmp)
+    csv.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe\x00")
+    return _experiment(tmp, csv)
+
+
+def _gzip_csv(tmp: Path) -> list[str]:
+    csv = _dataset(tmp)
+    csv.write_bytes(gzip.compress(csv.read_bytes()))
+    return _experiment(tmp, csv)
+
+
+def _folder_as_image(tmp: Path) -> list[str]:
+    csv = _dataset(tmp)
+    (csv.parent / "scan_dir.nii.gz").mkdir()
+    csv.write_text(csv.read_text().replace("f1.nii.gz", "scan_dir.nii.gz"))
+    return _experiment(tmp, csv)
+
+
+def _config(text: str) -> Callable[[Path], list[str]]:
+    def setup(tmp: Path) -> list[str]:
+        (tmp / "cfg.yaml").write_text(text)
+        return _experiment(tmp, _dataset(tmp), "--config", str(tmp / "cfg.yaml"))
+
+    return setup
+
+
+def _folds_1(tmp: Path) -> list[str]:
+    return _experiment(tmp, _dataset(tmp), "--folds", "1")
+
+
+def _stop_after_bogus(tmp: Path) -> list[str]:
+    return _experiment(tmp, _dataset(tmp), "--stop-after", "bogus")
+
+
+def _stack_empty(tmp: Path) -> list[str]:
+    (tmp / "stack").mkdir()
+    return ["sample", "--stack", str(tmp / "stack"), "--out", str(tmp / "maps")]
+
+
+def _model_bad_yaml(tmp: Path) -> list[str]:
+    args = _predict(tmp, str(tmp / "pred"))
+    _model_folder(tmp, "unet: [channels: {4, 8\n")
+    return args
+
+
+def _model_pickle(tmp: Path) -> list[str]:
+    args = _predict(tmp, str(tmp / "pred"))
+    _model_folder(tmp, None, {"state_dict": Gadget()})
+    return args
+
+
+def _absolute_id(tmp: Path) -> list[str]:
+    victim = tmp / "victim"  # old code emptied a folder named by an absolute case_id
+    victim.mkdir()
+    (victim / "results.xlsx").write_text("someone's work")
+    return _experiment(tmp, _dataset(tmp, str(victim)))
+
+
+def _phantom(*extra: str) -> Callable[[Path], list[str]]:
+    def setup(tmp: Path) -> list[str]:
+        return ["phantom", "--out", str(tmp / "ph"), "--quiet", *extra]
+
+    return setup
+
+
+ROWS = [
+    Row("case_id absolute path of a folder", _absolute_id, "cannot name a folder"),
+    Row("case_id ../../../x", _with_id("../../../x"), "cannot name a folder"),
+    Row("case_id .", _with_id("."), "cannot name a folder"),
+    Row("case_id ..", _with_id(".."), "cannot name a folder"),
+    Row("case_id a/b", _with_id("a/b"), "cannot name a folder"),
+    Row("case_id 300 chars", _with_id("x" * 300), "300 characters"),
+    Row("case_id control char", _with_id("a\x07b"), "cannot name a folder"),
+    Row("binary cases.csv", _binary_csv, "not a UTF-8 text CSV"),
+    Row("gzip cases.csv", _gzip_csv, "gzip-compressed"),
+    Row("predict --out scan folder", _out_is_scan_folder, "folder of the input"),
+    Row("predict --out existing file", _out_is_file, "is a file"),
+    Row("predict --out foreign folder", _out_foreign, "not written by lesionuq"),
+    Row("predict --out .", lambda t: _predict(t, "."), "folder of the input", chdir="data"),
+    Row("predict --out ..", lambda t: _predict(t, ".."), "folder of the input", chdir="data"),
+    Row(
+        "predict --threshold nan",
+        lambda t: _predict(t, str(t / "p"), "--threshold", "nan"),
+        "finite number in [0, 1]",
+    ),
+    Row(
+        "predict --threshold 1.5",
+        lambda t: _predict(t, str(t / "p"), "--threshold", "1.5"),
+        "finite number in [0, 1]",
+    ),
+    Row("experiment --out existing file", _experiment_out_file, "is a file"),
+    Row("experiment --out foreign folder", _experiment_out_foreign, "not written by lesionuq"),
+    Row("all-zero affine", _bad_affine("zero"), "is all zeros"),
+    Row("singular affine", _bad_affine("singular"), "is singular"),
+    Row("NaN affine", _bad_affine("nan"), "contains NaN"),
+    Row("pixdim 0 without sform/qform", _bad_affine("pixdim0"), "voxel size (pixdim 0"),
+    Row("folder given as image", _folder_as_image, "is a folder, not a NIfTI file"),
+    Row("malformed YAML --config", _config("unet: [channels: {4, 8\n"), "not valid YAML"),
+    Row("--folds 1", _folds_1, "at least 2 folds"),
+    Row("--stop-after bogus", _stop_after_bogus, "Invalid value for '--stop-after'", code=2),
+    Row("sample --stack empty folder", _stack_empty, "holds no NIfTI files"),
+    Row("model config.yaml malformed YAML", _model_bad_yaml, "not a valid config"),
+    Row("model segmenter.pt with a pickled object", _model_pickle, "refuses to load"),
+    Row(
+        "config n_samples 0",
+        _config("sampling:\n  n_samples: 0\n"),
+        "n_samples",
+        marks=(_xfail(run=False),),
+    ),
+    Row("phantom --cases 0", _phantom("--cases", "0"), "cases", marks=(_xfail(),)),
+    Row("phantom --cases -1", _phantom("--cases", "-1"), "cases", marks=(_xfail(),)),
+    Row("phantom --seed -1", _phantom("--seed", "-1"), "seed", marks=(_xfail(),)),
+    Row("phantom --spacing 0", _phantom("--spacing", "0"), "spacing", marks=(_xfail(False),)),
+    Row("phantom --spacing -4", _phantom("--spacing", "-4"), "spacing", marks=(_xfail(False),)),
+    Row(
+        "phantom --shape 0 10 10",
+        _phantom("--shape", "0", "10", "10"),
+        "shape",
+        marks=(_xfail(False),),
+    ),
+    Row(
+        "phantom --shape 4000^3",
+        _phantom("--shape", "4000", "4000", "4000"),
+        "memory",
+        marks=(_xfail(False),),
+    ),
+]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every file and folder under ``root``: its content digest ('dir' for folders)."""
+    snap = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        snap[rel] = "dir" if path.is_dir() else hashlib.sha1(path.read_bytes()).hexdigest()
+    return snap
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.name, marks=r.marks) for r in ROWS])
+def test_hostile_input(row: Row, tmp_path, monkeypatch):
+    args = row.setup(tmp_path)
+    if row.chdir:
+        monkeypatch.chdir(tmp_path / row.chdir)
+    before = _snapshot(tmp_path)
+    result = runner.invoke(app, args)
+    text = " ".join(result.output.split())
+    assert result.exit_code == row.code, text
+    assert row.fragment in text
+    assert "Traceback" not in text
+    assert "weights_only=False" not in text
+    assert _snapshot(tmp_path) == before  # nothing created, changed or removed
+
+
+def test_read_only_out_is_refused_before_any_work(tmp_path, monkeypatch):
+    import lesionuq.outputs
+
+    args = _predict(tmp_path, str(tmp_path / "ro" / "pred"))
+    (tmp_path / "ro").mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root ignores permission bits: deny as a read-only mount would
+        real = os.access
+        ro = (tmp_path / "ro").resolve()
+        monkeypatch.setattr(
+            lesionuq.outputs.os, "access", lambda p, m: Path(p) != ro and real(p, m)
+        )
+    before = _snapshot(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "is not writable" in " ".join(result.output.split())
+    assert _snapshot(tmp_path) == before
