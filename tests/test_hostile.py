@@ -26,15 +26,6 @@ from lesionuq.cli import app
 from lesionuq.config import ExperimentConfig
 
 runner = CliRunner()
-NEEDS_BRANCH = "needs config/phantom validation branch"
-
-
-def _xfail(run: bool = True):
-    """Rows that pass once the config/phantom validation branch is merged.
-
-    ``run=False`` for rows that would allocate huge grids or train on today's code.
-    """
-    return pytest.mark.xfail(reason=NEEDS_BRANCH, strict=False, run=run)
 
 
 # --------------------------------------------------------------------------- builders
@@ -275,7 +266,7 @@ ROWS = [
     Row("pixdim 0 without sform/qform", _bad_affine("pixdim0"), "voxel size (pixdim 0"),
     Row("folder given as image", _folder_as_image, "is a folder, not a NIfTI file"),
     Row("malformed YAML --config", _config("unet: [channels: {4, 8\n"), "not valid YAML"),
-    Row("--folds 1", _folds_1, "at least 2 folds"),
+    Row("--folds 1", _folds_1, "folds must be >= 2"),
     Row("--stop-after bogus", _stop_after_bogus, "Invalid value for '--stop-after'", code=2),
     Row("sample --stack empty folder", _stack_empty, "holds no NIfTI files"),
     Row("model config.yaml malformed YAML", _model_bad_yaml, "not a valid config"),
@@ -284,24 +275,21 @@ ROWS = [
         "config n_samples 0",
         _config("sampling:\n  n_samples: 0\n"),
         "n_samples",
-        marks=(_xfail(run=False),),
     ),
-    Row("phantom --cases 0", _phantom("--cases", "0"), "cases", marks=(_xfail(),)),
-    Row("phantom --cases -1", _phantom("--cases", "-1"), "cases", marks=(_xfail(),)),
-    Row("phantom --seed -1", _phantom("--seed", "-1"), "seed", marks=(_xfail(),)),
-    Row("phantom --spacing 0", _phantom("--spacing", "0"), "spacing", marks=(_xfail(False),)),
-    Row("phantom --spacing -4", _phantom("--spacing", "-4"), "spacing", marks=(_xfail(False),)),
+    Row("phantom --cases 0", _phantom("--cases", "0"), "cases"),
+    Row("phantom --cases -1", _phantom("--cases", "-1"), "cases"),
+    Row("phantom --seed -1", _phantom("--seed", "-1"), "seed"),
+    Row("phantom --spacing 0", _phantom("--spacing", "0"), "spacing"),
+    Row("phantom --spacing -4", _phantom("--spacing", "-4"), "spacing"),
     Row(
         "phantom --shape 0 10 10",
         _phantom("--shape", "0", "10", "10"),
         "shape",
-        marks=(_xfail(False),),
     ),
     Row(
         "phantom --shape 4000^3",
         _phantom("--shape", "4000", "4000", "4000"),
         "memory",
-        marks=(_xfail(False),),
     ),
 ]
 

@@ -136,7 +136,7 @@ class PhantomParams:
         Raises:
             ConfigError: Unknown key, wrong type or out-of-range value (one sentence).
         """
-        from lesionuq.config import ConfigError, _from_dict
+        from lesionuq.config import ConfigError, config_from_dict
 
         data = dict(data or {})
         where = "phantom.params"
@@ -151,7 +151,7 @@ class PhantomParams:
             if not isinstance(data["placement"], dict):
                 raise ConfigError(f"{where}.placement must map a lesion kind to a weight.")
             data["placement"] = {k: float(v) for k, v in data["placement"].items()}
-        return _from_dict(cls, data, where)
+        return config_from_dict(cls, data, where)
 
 
 DEFAULT_PARAMS = PhantomParams()
