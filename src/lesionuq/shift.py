@@ -10,8 +10,9 @@ change:
 - ``q01``, ``q05``, ``q95``, ``q99``: quantiles of the brain intensities of the original
   image divided by their median. Brain voxels are those above ``brain_threshold`` and
   above ``floor * (99th percentile of those)`` (``floor = 0.05``), which drops the dim
-  background noise and blur tails that a zero threshold lets in. MRI intensities have no absolute unit, so only the
-  shape of the histogram (contrast, noise, bias) is compared, not the scanner's gain.
+  background noise and blur tails that a zero threshold lets in. MRI intensities have
+  no absolute unit, so only the shape of the histogram (contrast, noise, bias) is
+  compared, not the scanner's gain.
 
 A :class:`ShiftReference` is fitted on the validation scans' profiles. For each feature
 the accepted range is the validation ``[min, max]`` widened on each side by
