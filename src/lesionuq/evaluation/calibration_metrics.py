@@ -1,0 +1,266 @@
+"""How well P(FP) values match the observed FP frequency on test lesions.
+
+- Reliability diagram: ``n_bins`` equal-width bins of P(FP) over [0, 1] (bin ``b`` holds
+  ``b/n_bins <= p < (b+1)/n_bins``, the last bin also holds ``p = 1``); per bin the count,
+  the mean predicted P(FP) and the observed FP frequency.
+- Expected calibration error (Guo et al. 2017), equal-width bins weighted by count:
+  ``ECE = sum_b (n_b / N) |freq_b - mean_b|``. It equals MONAI's
+  ``CalibrationErrorMetric(num_bins, calibration_reduction="expected")`` on one channel.
+- Brier score ``mean((p - y)^2)``; log loss ``-mean(y log p + (1 - y) log(1 - p))`` with
+  ``p`` clipped to ``[eps, 1 - eps]``; MAE ``mean|pred - target|`` (predicted IoU_adj).
+
+:func:`calibration_rows` builds the rows of ``results/calibration.csv`` and
+:func:`plot_reliability` draws before/after reliability diagrams with the bin counts
+(matplotlib's object API only: no pyplot state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+__all__ = [
+    "CALIBRATION_COLUMNS",
+    "Reliability",
+    "brier_score",
+    "calibration_rows",
+    "expected_calibration_error",
+    "log_loss",
+    "mean_absolute_error",
+    "plot_reliability",
+    "reliability_diagram",
+]
+
+CALIBRATION_COLUMNS: tuple[str, ...] = (
+    "fold",
+    "method",
+    "stage",
+    "ece",
+    "brier",
+    "log_loss",
+    "mae",
+    "n",
+)
+"""Columns of ``results/calibration.csv``; ``stage`` is ``before`` or ``after``."""
+
+
+def _prob_label(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(p, dtype=np.float64).reshape(-1)
+    y = np.asarray(y).reshape(-1)
+    if p.shape != y.shape:
+        raise ValueError(f"{p.size} probabilities for {y.size} labels.")
+    if np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError("probabilities must be finite and in [0, 1].")
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError("labels must be binary (0/1 or bool).")
+    return p, y.astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """Reliability diagram data.
+
+    Attributes:
+        edges: (B + 1,) bin edges, ``linspace(0, 1, B + 1)``.
+        counts: (B,) int lesions per bin.
+        mean_predicted: (B,) mean P(FP) per bin (NaN for empty bins).
+        observed: (B,) observed FP frequency per bin (NaN for empty bins).
+    """
+
+    edges: np.ndarray
+    counts: np.ndarray
+    mean_predicted: np.ndarray
+    observed: np.ndarray
+
+    @property
+    def ece(self) -> float:
+        """Count-weighted mean |observed - mean_predicted| (NaN without lesions)."""
+        n = int(self.counts.sum())
+        if n == 0:
+            return float("nan")
+        ok = self.counts > 0
+        gap = np.abs(self.observed[ok] - self.mean_predicted[ok])
+        return float(np.sum(self.counts[ok] * gap) / n)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per bin: lo, hi, count, mean_predicted, observed."""
+        return pd.DataFrame(
+            {
+                "lo": self.edges[:-1],
+                "hi": self.edges[1:],
+                "count": self.counts,
+                "mean_predicted": self.mean_predicted,
+                "observed": self.observed,
+            }
+        )
+
+
+def reliability_diagram(p: np.ndarray, y: np.ndarray, n_bins: int = 10) -> Reliability:
+    """Bin lesions by P(FP) into equal-width bins.
+
+    Args:
+        p: (N,) P(FP) in [0, 1].
+        y: (N,) 1 = FP lesion.
+        n_bins: Number of bins B.
+
+    Returns:
+        The :class:`Reliability` data.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}.")
+    p, y = _prob_label(p, y)
+    b = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    counts = np.bincount(b, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(b, weights=p, minlength=n_bins) / counts
+        freq = np.bincount(b, weights=y, minlength=n_bins) / counts
+    return Reliability(np.linspace(0.0, 1.0, n_bins + 1), counts, mean_p, freq)
+
+
+def expected_calibration_error(p: np.ndarray, y: np.ndarray, n_bins: int = 10) -> float:
+    """ECE with ``n_bins`` equal-width bins weighted by count (NaN without lesions)."""
+    return reliability_diagram(p, y, n_bins).ece
+
+
+def brier_score(p: np.ndarray, y: np.ndarray) -> float:
+    """Mean squared error of P(FP) against the 0/1 label (NaN without lesions)."""
+    p, y = _prob_label(p, y)
+    return float(np.mean((p - y) ** 2)) if p.size else float("nan")
+
+
+def log_loss(p: np.ndarray, y: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean negative log-likelihood, ``p`` clipped to ``[eps, 1 - eps]`` (NaN if empty)."""
+    p, y = _prob_label(p, y)
+    if not p.size:
+        return float("nan")
+    p = np.clip(p, eps, 1.0 - eps)
+    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
+
+
+def mean_absolute_error(pred: np.ndarray, target: np.ndarray) -> float:
+    """``mean|pred - target|`` over the finite pairs (NaN when none)."""
+    a = np.asarray(pred, dtype=np.float64).reshape(-1)
+    b = np.asarray(target, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"{a.size} predictions for {b.size} targets.")
+    ok = np.isfinite(a) & np.isfinite(b)
+    return float(np.mean(np.abs(a[ok] - b[ok]))) if ok.any() else float("nan")
+
+
+def _stage_row(
+    fold: int | str,
+    method: str,
+    stage: str,
+    p: np.ndarray | None,
+    is_fp: np.ndarray,
+    iou_pred: np.ndarray | None,
+    iou: np.ndarray | None,
+    n_bins: int,
+) -> dict[str, Any]:
+    nan = float("nan")
+    row: dict[str, Any] = {"fold": fold, "method": method, "stage": stage}
+    if p is None:
+        row |= {"ece": nan, "brier": nan, "log_loss": nan}
+    else:
+        row |= {
+            "ece": expected_calibration_error(p, is_fp, n_bins),
+            "brier": brier_score(p, is_fp),
+            "log_loss": log_loss(p, is_fp),
+        }
+    row["mae"] = mean_absolute_error(iou_pred, iou) if iou_pred is not None else nan
+    row["n"] = int(np.asarray(is_fp).size)
+    return row
+
+
+def calibration_rows(
+    fold: int | str,
+    method: str,
+    is_fp: np.ndarray,
+    p_before: np.ndarray | None,
+    p_after: np.ndarray | None,
+    iou: np.ndarray | None = None,
+    iou_pred_before: np.ndarray | None = None,
+    iou_pred_after: np.ndarray | None = None,
+    n_bins: int = 10,
+) -> list[dict[str, Any]]:
+    """The two rows (``before``, ``after``) of one method on one fold's test lesions.
+
+    Args:
+        fold: Fold index.
+        method: Method name (``gcnn_classif``, ...).
+        is_fp: (N,) 1 = FP test lesion.
+        p_before: (N,) the raw score read as P(FP) (clipped to [0, 1] by the caller for
+            regressors' ``1 - IoU_hat``), or None.
+        p_after: (N,) calibrated P(FP), or None.
+        iou: (N,) observed IoU_adj (regressors), or None.
+        iou_pred_before: (N,) predicted IoU_adj before the IoU recalibration
+            (regressors), or None (then ``mae`` is NaN).
+        iou_pred_after: (N,) the same after the recalibration, or None.
+        n_bins: Bins of the ECE.
+
+    Returns:
+        Two dicts with the :data:`CALIBRATION_COLUMNS`.
+    """
+    return [
+        _stage_row(fold, method, "before", p_before, is_fp, iou_pred_before, iou, n_bins),
+        _stage_row(fold, method, "after", p_after, is_fp, iou_pred_after, iou, n_bins),
+    ]
+
+
+def _draw(ax: Any, rel: Reliability, title: str) -> None:
+    centres = (rel.edges[:-1] + rel.edges[1:]) / 2
+    width = rel.edges[1] - rel.edges[0]
+    ok = rel.counts > 0
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect")
+    ax.bar(
+        centres[ok],
+        rel.observed[ok],
+        width=width * 0.9,
+        color="#4c72b0",
+        alpha=0.8,
+        label="observed FP frequency",
+    )
+    ax.plot(rel.mean_predicted[ok], rel.observed[ok], "o", color="#c44e52", ms=4,
+            label="mean P(FP) in bin")  # fmt: skip
+    for c, n, o in zip(centres[ok], rel.counts[ok], rel.observed[ok], strict=True):
+        ax.text(c, min(o + 0.02, 0.95), str(int(n)), ha="center", va="bottom", fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("predicted P(FP)")
+    ax.set_title(f"{title}\nECE {rel.ece:.3f}, n = {int(rel.counts.sum())}", fontsize=9)
+
+
+def plot_reliability(
+    curves: Mapping[str, tuple[Reliability, Reliability]],
+    title: str | None = None,
+) -> Figure:
+    """Reliability diagrams, one column per method, rows ``before`` / ``after``.
+
+    Args:
+        curves: ``{method: (before, after)}`` :class:`Reliability` pairs; bin counts are
+            written above each bar.
+        title: Figure title.
+
+    Returns:
+        A matplotlib ``Figure`` (not attached to pyplot; save with ``fig.savefig``).
+    """
+    items = list(curves.items())
+    if not items:
+        raise ValueError("plot_reliability needs at least one method.")
+    n = len(items)
+    fig = Figure(figsize=(3.0 * n, 6.0), layout="constrained")
+    axes = fig.subplots(2, n, squeeze=False, sharex=True, sharey=True)
+    for j, (method, (before, after)) in enumerate(items):
+        _draw(axes[0, j], before, f"{method}: before")
+        _draw(axes[1, j], after, f"{method}: after")
+    axes[0, 0].set_ylabel("observed FP frequency")
+    axes[1, 0].set_ylabel("observed FP frequency")
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    if title:
+        fig.suptitle(title)
+    return fig

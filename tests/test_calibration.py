@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lesionuq.calibration import (
+    IoURecalibrator,
+    IsotonicCalibrator,
+    PlattCalibrator,
+    calibrator_from_dict,
+    cross_fit,
+    inner_folds,
+    load_calibration,
+    make_calibrator,
+    save_calibration,
+)
+from lesionuq.evaluation.calibration_metrics import expected_calibration_error
+from lesionuq.evaluation.curves import ac_auc
+from lesionuq.io import InputError
+from lesionuq.lesions.dataset import LesionSet
+from lesionuq.scorers.baselines import MetaSegScorer
+
+
+def _overconfident(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Scores sigmoid(8 (p - 0.5)) of true P(FP) = p: ranked right, badly calibrated."""
+    rng = np.random.default_rng(seed)
+    p = rng.random(n)
+    is_fp = rng.random(n) < p
+    return 1.0 / (1.0 + np.exp(-8.0 * (p - 0.5))), is_fp
+
+
+def test_platt_recovers_a_known_logistic_map():
+    # labels drawn from sigmoid(2 * logit(s) - 1): Platt must find a ~ 2, b ~ -1
+    rng = np.random.default_rng(3)
+    s = rng.uniform(0.02, 0.98, 20000)
+    z = np.log(s / (1 - s))
+    y = rng.random(s.size) < 1 / (1 + np.exp(-(2 * z - 1)))
+    cal = PlattCalibrator().fit(s, y)
+    assert cal.a_ == pytest.approx(2.0, abs=0.1)
+    assert cal.b_ == pytest.approx(-1.0, abs=0.1)
+
+
+@pytest.mark.parametrize("kind", ["platt", "isotonic"])
+def test_calibration_improves_ece_and_keeps_the_auc(kind):
+    s, is_fp = _overconfident()
+    s_test, fp_test = _overconfident(seed=1)
+    s_test = np.round(s_test, 2)  # ties in the raw scores must stay ties, order kept
+    cal = make_calibrator(kind).fit(s, is_fp)
+    p = cal.predict(s_test)
+    assert np.all((p >= 0) & (p <= 1))
+    assert expected_calibration_error(p, fp_test) < expected_calibration_error(s_test, fp_test)
+    # strictly monotone: same order, same ties, so the same AUC (exactly)
+    order = np.argsort(s_test, kind="stable")
+    assert np.all(np.diff(p[order]) >= 0)
+    assert np.all((np.diff(p[order]) > 0) == (np.diff(s_test[order]) > 0))
+    assert ac_auc(p, ~fp_test) == ac_auc(s_test, ~fp_test)
+
+
+def test_isotonic_without_tiebreak_ties_lesions():
+    s, is_fp = _overconfident()
+    plain = IsotonicCalibrator(tiebreak=0.0).fit(s, is_fp).predict(s)
+    broken = IsotonicCalibrator().fit(s, is_fp).predict(s)
+    assert np.unique(plain).size < s.size  # flat steps
+    assert np.unique(broken).size == np.unique(s).size
+    assert np.max(np.abs(plain - broken)) < 1e-6
+
+
+def test_platt_slope_stays_positive_on_anticorrelated_scores():
+    s = np.linspace(0.05, 0.95, 50)
+    cal = PlattCalibrator().fit(s, s < 0.5)  # higher score = fewer FP
+    assert cal.a_ == pytest.approx(1e-6)
+    p = cal.predict(s)
+    assert np.all(np.diff(p) > 0)
+    assert p.mean() == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize("cal", [PlattCalibrator("identity"), IsotonicCalibrator()])
+def test_json_round_trip_is_exact(cal):
+    s, is_fp = _overconfident(200)
+    cal.fit(s, is_fp)
+    back = calibrator_from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert type(back) is type(cal)
+    np.testing.assert_array_equal(back.predict(s), cal.predict(s))
+
+
+def test_calibrator_errors():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        PlattCalibrator().predict(np.zeros(2))
+    with pytest.raises(ValueError, match="binary"):
+        PlattCalibrator().fit(np.zeros(2), np.array([0, 2]))
+    with pytest.raises(ValueError, match="unknown calibrator"):
+        make_calibrator("beta")
+    with pytest.raises(ValueError, match="unknown calibrator kind"):
+        calibrator_from_dict({"kind": "beta"})
+
+
+def test_iou_recalibrator_fixes_a_biased_regressor():
+    rng = np.random.default_rng(0)
+    iou = rng.random(400)
+    pred = 0.5 * iou + 0.4 + rng.normal(0, 0.02, iou.size)  # squeezed and shifted
+    for kind in ("isotonic", "linear"):
+        rec = IoURecalibrator(kind).fit(pred, iou)
+        assert rec.mae_after_ < 0.05 < rec.mae_before_
+        back = IoURecalibrator.from_dict(json.loads(json.dumps(rec.to_dict())))
+        np.testing.assert_array_equal(back.predict(pred), rec.predict(pred))
+
+
+def test_inner_folds_group_by_case_and_stratify():
+    is_tp = np.tile([True, True, False], 20)
+    cases = np.repeat([f"c{i}" for i in range(10)], 6)
+    fold = inner_folds(is_tp, cases, 5, seed=0)
+    assert set(fold) == set(range(5))
+    for c in np.unique(cases):  # a case never straddles two folds
+        assert np.unique(fold[cases == c]).size == 1
+    # too few cases: stratified over lesions instead, every fold has both classes
+    fold = inner_folds(is_tp, np.repeat(["a", "b"], 30), 5, seed=0)
+    for k in range(5):
+        assert 0 < is_tp[fold == k].sum() < (fold == k).sum()
+
+
+class _SpyScorer:
+    """Score = FP rate of its training lesions + a small column term; logs what it saw."""
+
+    log: ClassVar[list[_SpyScorer]] = []
+
+    def __init__(self) -> None:
+        self.trained: set[tuple[str, int]] = set()
+        self.scored: set[tuple[str, int]] = set()
+        _SpyScorer.log.append(self)
+
+    @staticmethod
+    def _keys(lesions: LesionSet) -> set[tuple[str, int]]:
+        t = lesions.table
+        return set(zip(t["case_id"], t["lesion_id"].astype(int), strict=True))
+
+    def fit(self, lesions: LesionSet, progress: bool = True) -> _SpyScorer:
+        self.trained |= self._keys(lesions)
+        self.rate_ = float(1 - lesions.is_tp.mean())
+        return self
+
+    def score(self, lesions: LesionSet) -> np.ndarray:
+        self.scored |= self._keys(lesions)
+        return self.rate_ + 0.1 * lesions.table["entropy_mean"].to_numpy()
+
+
+def _lesions(n_cases: int = 10, per_case: int = 8, seed: int = 0) -> LesionSet:
+    rng = np.random.default_rng(seed)
+    n = n_cases * per_case
+    ent = rng.random(n)
+    is_tp = rng.random(n) > ent  # uncertain lesions are more often FP
+    iou = np.where(is_tp, rng.uniform(0.1, 1, n), rng.uniform(0, 0.1, n))
+    table = pd.DataFrame(
+        {
+            "case_id": np.repeat([f"case_{i}" for i in range(n_cases)], per_case),
+            "lesion_id": np.tile(np.arange(1, per_case + 1), n_cases),
+            "n_voxels": rng.integers(3, 300, n),
+            "entropy_mean": ent,
+            "variance_mean": 0.2 * ent + 0.01 * rng.random(n),
+            "pcs_mean": 1 - ent / 2,
+            "iou_adj": iou,
+            "is_tp": is_tp,
+        }
+    )
+    return LesionSet(table)
+
+
+def test_cross_fit_calibrates_on_out_of_fold_scores_only():
+    lesions = _lesions()
+    _SpyScorer.log = []
+    fit = cross_fit(_SpyScorer, lesions, n_inner=5, seed=0, kind="platt")
+    inner, final = _SpyScorer.log[:-1], _SpyScorer.log[-1]
+    assert len(inner) == 5
+    everything = _SpyScorer._keys(lesions)
+    for spy in inner:  # no inner scorer scored a lesion it was trained on
+        assert spy.trained.isdisjoint(spy.scored)
+        assert spy.trained | spy.scored == everything
+    assert final.trained == everything and fit.scorer is final
+    # each OOF score came from the scorer of its own inner fold
+    for k, spy in enumerate(inner):
+        idx = np.flatnonzero(fit.inner_fold == k)
+        np.testing.assert_allclose(fit.oof_scores[idx], spy.score(lesions.subset(idx)))
+    # the calibrator is exactly the one fitted on the OOF scores
+    ref = PlattCalibrator().fit(fit.oof_scores, ~lesions.is_tp)
+    assert (fit.calibrator.a_, fit.calibrator.b_) == (ref.a_, ref.b_)
+    scorer, calibrator, oof = fit  # unpacks as the brief's triple
+    assert scorer is final and calibrator is fit.calibrator and oof is fit.oof_scores
+    assert fit.iou_calibrator is None
+
+
+def test_cross_fit_metaseg_regressor_gets_iou_recalibration():
+    lesions = _lesions(seed=1)
+    fit = cross_fit(lambda: MetaSegScorer("reg"), lesions, n_inner=5, seed=0)
+    assert fit.calibrator.transform == "identity" and fit.calibrator.a_ > 0
+    assert fit.iou_calibrator is not None
+    rec = fit.iou_calibrator
+    assert np.isfinite(rec.mae_before_) and np.isfinite(rec.mae_after_)
+    p = fit.calibrator.predict(fit.scorer.score(lesions))
+    assert np.all((p > 0) & (p < 1))
+    assert ac_auc(p, lesions.is_tp) == ac_auc(fit.scorer.score(lesions), lesions.is_tp)
+
+
+def test_save_and_load_calibration(tmp_path):
+    s, is_fp = _overconfident(100)
+    cal = PlattCalibrator().fit(s, is_fp)
+    rec = IoURecalibrator("linear").fit(s, 1 - s)
+    path = save_calibration(tmp_path / "calibration.json", cal, rec, {"operating_point": {"t": 1}})
+    back, back_rec, payload = load_calibration(path)
+    np.testing.assert_array_equal(back.predict(s), cal.predict(s))
+    np.testing.assert_array_equal(back_rec.predict(s), rec.predict(s))
+    assert payload["operating_point"] == {"t": 1}
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_calibration(tmp_path / "bad.json")
+    with pytest.raises(InputError, match="not found"):
+        load_calibration(tmp_path / "none.json")
