@@ -65,11 +65,22 @@ def print_tables(result: Any) -> None:
     t2.add_column("method")
     t2.add_column("AUC (%)", justify="right")
     t2.add_column("Spearman rho", justify="right")
+    ci = "auc_lo" in result.table2.columns
+    if ci:
+        t2.add_column("95 % CI", justify="right")
+        t2.add_column("vs gcnn_classif (95 % CI)", justify="right")
     best = result.table2["auc"].max()
     for row in result.table2.itertuples():
         auc = f"{100 * row.auc:.2f}"
         style = "bold green" if row.auc == best else None
-        t2.add_row(row.method, auc, f"{row.spearman_rho:.2f}", style=style)
+        cells = [row.method, auc, f"{row.spearman_rho:.2f}"]
+        if ci:
+            cells.append(f"{100 * row.auc_lo:.1f}-{100 * row.auc_hi:.1f}")
+            d, lo, hi = (
+                100 * getattr(row, c) for c in ("diff_vs_gcnn_classif", "diff_lo", "diff_hi")
+            )
+            cells.append(f"{d:+.1f} ({lo:+.1f}, {hi:+.1f})")
+        t2.add_row(*cells, style=style)
     console.print(t2)
     console.print(f"report: [link=file://{result.report}]{result.report}[/link]")
 
