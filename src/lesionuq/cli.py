@@ -218,6 +218,39 @@ def evaluate(run: RunOpt, quiet: QuietOpt = False) -> None:
     print_tables(stage_evaluate(run, progress=not quiet))
 
 
+@app.command("learning-curve")
+@_friendly
+def learning_curve_cmd(
+    run: RunOpt,
+    sizes: Annotated[
+        str, typer.Option(help="Training sizes (validation lesions), comma-separated; 'all'.")
+    ] = "25,50,100,200,400,all",
+    repeats: Annotated[int, typer.Option(help="Seeded subsamples per size.")] = 5,
+    method: Annotated[
+        list[str] | None, typer.Option(help="Only this learned method (repeatable).")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Refit the learned scorers on subsamples of the validation lesions (learning curve)."""
+    from lesionuq.learning_curve import learning_curve, summarize_learning_curve
+
+    curve = learning_curve(run, sizes, repeats, method, progress=not quiet)
+    summary = summarize_learning_curve(curve)
+    table = Table(title="Learning curve - test AUC (%) vs training lesions (mean over folds)")
+    for col in ("method", "size", "lesions", "AUC (%)", "SD over repeats"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in summary.itertuples():
+        table.add_row(
+            r.method,
+            str(r.size),
+            f"{r.n_train:.0f}",
+            f"{100 * r.auc_mean:.1f}",
+            f"{100 * r.auc_std:.1f}",
+        )
+    console.print(table)
+    console.print(f"wrote {Path(run) / 'results' / 'learning_curve.csv'} and learning_curve.png")
+
+
 @app.command()
 @_friendly
 def predict(

@@ -398,6 +398,37 @@ def _table2_html(t2: pd.DataFrame, per_fold: pd.DataFrame | None) -> str:
     return out
 
 
+def _learning_curve_html(run: Path) -> str:
+    """The learning-curve section (figure and table), empty when it was not computed."""
+    res = run / "results"
+    png, csv = res / "learning_curve.png", res / "learning_curve.csv"
+    if not png.is_file() or not csv.is_file():
+        return ""
+    from lesionuq.learning_curve import summarize_learning_curve
+
+    summary = summarize_learning_curve(pd.read_csv(csv))
+    table = summary.pivot_table(index="size", columns="method", values="auc_mean", sort=False)
+    n_train = summary.groupby("size", sort=False)["n_train"].mean()
+    rows = [
+        [_e(size), f"{n_train[size]:.0f}", *(_fmt(v, ".1f", 100) for v in table.loc[size])]
+        for size in table.index
+    ]
+    header = ["Size", "Training lesions", *(_e(_label(m)) for m in table.columns)]
+    return "\n".join(
+        [
+            "<h2>Learning curve: is the validation set large enough?</h2>",
+            _img(png.read_bytes(), "learning curve", "fig"),
+            _table(header, rows),
+            '<p class="note">Learned scorers refitted on stratified, seeded subsamples of each '
+            "fold's validation lesions (by case where possible), scoring the same test "
+            "lesions; test AUC (%) averaged over folds, then over repeats (band: &plusmn;1 SD "
+            "over repeats). Flat lines: untrained baselines. A curve still rising at the "
+            "full size means more validation scans would help; a learned method below the "
+            "best baseline at the full size is not worth training on this data.</p>",
+        ]
+    )
+
+
 def _epsilon(run: Path) -> str:
     """The TP threshold on IoU_adj from ``RUN/config.yaml`` (0.1 when unreadable)."""
     try:
@@ -572,6 +603,7 @@ def write_report(
     else:
         body.append(_missing(fig_path, run))
 
+    body.append(_learning_curve_html(run))
     body.append("<h2>Lesion gallery</h2>")
     gallery_method = _gallery_method(lesions, method) if lesions is not None else None
     if lesions is not None and len(lesions) and gallery_method is not None:
