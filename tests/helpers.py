@@ -4,7 +4,29 @@ from __future__ import annotations
 
 import numpy as np
 
+from lesionuq.config import (
+    ExperimentConfig,
+    GCNNConfig,
+    PhantomConfig,
+    PreprocessConfig,
+    SamplingConfig,
+    TrainConfig,
+    UNetConfig,
+)
 from lesionuq.uncertainty import VoxelMaps
+
+# the tiny end-to-end experiment shared by the tests (built once, see conftest.tiny_run)
+TINY = ExperimentConfig(
+    folds=2,
+    preprocess=PreprocessConfig(spacing=(4.0, 4.0, 4.0), shape=(40, 48, 40)),
+    unet=UNetConfig(channels=(4, 8)),
+    train=TrainConfig(
+        patch_size=(40, 48, 16), batch_size=2, lr=1e-2, max_epochs=2, steps_per_epoch=2
+    ),
+    sampling=SamplingConfig(n_samples=3, batch_size=3),
+    gcnn=GCNNConfig(epochs=2),
+    phantom=PhantomConfig(n_cases=6, seed=5, spacing=4.0),
+)
 
 
 def random_maps(shape: tuple[int, int, int], seed: int = 0) -> VoxelMaps:

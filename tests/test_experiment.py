@@ -7,41 +7,11 @@ import json
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import pytest
 
-from lesionuq.config import (
-    METHODS,
-    ExperimentConfig,
-    GCNNConfig,
-    PhantomConfig,
-    PreprocessConfig,
-    SamplingConfig,
-    TrainConfig,
-    UNetConfig,
-)
-from lesionuq.data.phantom import make_phantom_dataset
+from helpers import TINY
+from lesionuq.config import METHODS, ExperimentConfig, GCNNConfig
 from lesionuq.experiment import run_experiment, stage_fit
 from lesionuq.segmentation import sampling, train
-
-TINY = ExperimentConfig(
-    folds=2,
-    preprocess=PreprocessConfig(spacing=(4.0, 4.0, 4.0), shape=(40, 48, 40)),
-    unet=UNetConfig(channels=(4, 8)),
-    train=TrainConfig(
-        patch_size=(40, 48, 16), batch_size=2, lr=1e-2, max_epochs=2, steps_per_epoch=2
-    ),
-    sampling=SamplingConfig(n_samples=3, batch_size=3),
-    gcnn=GCNNConfig(epochs=2),
-    phantom=PhantomConfig(n_cases=6, seed=5, spacing=4.0),
-)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("exp")
-    csv = make_phantom_dataset(root / "data", TINY.phantom, progress=False)
-    result = run_experiment(csv, root / "run", TINY, progress=False)
-    return root, csv, result
 
 
 def test_contract_files(tiny_run):
@@ -81,8 +51,23 @@ def test_contract_files(tiny_run):
         "n_fp",
     ]
     table2 = pd.read_csv(run / "results/table2.csv")
-    assert list(table2.columns) == ["method", "auc", "spearman_rho"]
+    assert list(table2.columns) == [
+        "method",
+        "auc",
+        "spearman_rho",
+        "auc_lo",
+        "auc_hi",
+        "diff_vs_gcnn_classif",
+        "diff_lo",
+        "diff_hi",
+    ]
     assert list(table2.method) == list(METHODS)
+    defined = table2.dropna(subset=["auc"])
+    assert (defined.auc_lo <= defined.auc + 1e-12).all()
+    assert (defined.auc <= defined.auc_hi + 1e-12).all()
+    gcnn = table2.set_index("method").loc["gcnn_classif"]
+    diff = gcnn[["diff_vs_gcnn_classif", "diff_lo", "diff_hi"]].tolist()
+    assert diff == [0.0, 0.0, 0.0] if np.isfinite(gcnn.auc) else np.isnan(diff).all()
     assert (run / "results/figure2.png").stat().st_size > 1000
     html = (run / "results/report.html").read_text()
     assert "data:image/png;base64," in html

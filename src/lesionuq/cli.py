@@ -92,11 +92,22 @@ def print_tables(result: Any) -> None:
     t2.add_column("method")
     t2.add_column("AUC (%)", justify="right")
     t2.add_column("Spearman rho", justify="right")
+    ci = "auc_lo" in result.table2.columns
+    if ci:
+        t2.add_column("95 % CI", justify="right")
+        t2.add_column("vs gcnn_classif (95 % CI)", justify="right")
     best = result.table2["auc"].max()
     for row in result.table2.itertuples():
         auc = f"{100 * row.auc:.2f}"
         style = "bold green" if row.auc == best else None
-        t2.add_row(row.method, auc, f"{row.spearman_rho:.2f}", style=style)
+        cells = [row.method, auc, f"{row.spearman_rho:.2f}"]
+        if ci:
+            cells.append(f"{100 * row.auc_lo:.1f}-{100 * row.auc_hi:.1f}")
+            d, lo, hi = (
+                100 * getattr(row, c) for c in ("diff_vs_gcnn_classif", "diff_lo", "diff_hi")
+            )
+            cells.append(f"{d:+.1f} ({lo:+.1f}, {hi:+.1f})")
+        t2.add_row(*cells, style=style)
     console.print(t2)
     console.print(f"report: [link=file://{result.report}]{result.report}[/link]")
 
@@ -232,6 +243,39 @@ def evaluate(run: RunOpt, quiet: QuietOpt = False) -> None:
     from lesionuq.experiment import stage_evaluate
 
     print_tables(stage_evaluate(run, progress=not quiet))
+
+
+@app.command("learning-curve")
+@_friendly
+def learning_curve_cmd(
+    run: RunOpt,
+    sizes: Annotated[
+        str, typer.Option(help="Training sizes (validation lesions), comma-separated; 'all'.")
+    ] = "25,50,100,200,400,all",
+    repeats: Annotated[int, typer.Option(help="Seeded subsamples per size.")] = 5,
+    method: Annotated[
+        list[str] | None, typer.Option(help="Only this learned method (repeatable).")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Refit the learned scorers on subsamples of the validation lesions (learning curve)."""
+    from lesionuq.learning_curve import learning_curve, summarize_learning_curve
+
+    curve = learning_curve(run, sizes, repeats, method, progress=not quiet)
+    summary = summarize_learning_curve(curve)
+    table = Table(title="Learning curve - test AUC (%) vs training lesions (mean over folds)")
+    for col in ("method", "size", "lesions", "AUC (%)", "SD over repeats"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in summary.itertuples():
+        table.add_row(
+            r.method,
+            str(r.size),
+            f"{r.n_train:.0f}",
+            f"{100 * r.auc_mean:.1f}",
+            f"{100 * r.auc_std:.1f}",
+        )
+    console.print(table)
+    console.print(f"wrote {Path(run) / 'results' / 'learning_curve.csv'} and learning_curve.png")
 
 
 @app.command()

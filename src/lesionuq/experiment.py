@@ -79,7 +79,8 @@ class ExperimentResult:
     Attributes:
         run: The run directory.
         table1: Per fold: fold, dice, n_tp, n_fp.
-        table2: Per method: method, auc, spearman_rho (means over folds).
+        table2: Per method: method, auc, spearman_rho (means over folds), then the
+            bootstrap columns auc_lo, auc_hi, diff_vs_gcnn_classif, diff_lo, diff_hi.
         table2_folds: Per fold and method: fold, method, auc, spearman_rho.
         report: Path of ``report.html``.
         timings: Seconds spent per stage in this call (skipped stages are near 0).
@@ -407,6 +408,7 @@ def score_fold(run: Path, split: FoldSplit, methods: Sequence[str]) -> pd.DataFr
 @_locked
 def stage_evaluate(run: Path, progress: bool = True) -> ExperimentResult:
     """Score the test lesions of every fold and write the results (tables, figure, report)."""
+    from lesionuq.evaluation.bootstrap import auc_intervals
     from lesionuq.evaluation.metrics import table1, table2
     from lesionuq.evaluation.report import plot_accuracy_confidence, write_report
 
@@ -425,6 +427,7 @@ def stage_evaluate(run: Path, progress: bool = True) -> ExperimentResult:
     case_table = pd.concat(cases, ignore_index=True)
     t1 = table1(case_table)
     t2, t2_folds = table2(lesions, methods)
+    t2 = t2.merge(auc_intervals(lesions, methods, seed=cfg.seed), on="method", how="left")
     res = rd.results
     res.mkdir(parents=True, exist_ok=True)
     atomic_write_text(res / "lesions.csv", csv_text(lesions))

@@ -277,19 +277,83 @@ def _table2_html(t2: pd.DataFrame, per_fold: pd.DataFrame | None) -> str:
         pivot = per_fold.pivot(index="method", columns="fold", values="auc")
         folds = list(pivot.columns)
         fold_best = pivot.max(axis=0)
+    has_ci = {"auc_lo", "auc_hi"} <= set(t2.columns) and np.isfinite(best_auc)
+    diff = next((c for c in t2.columns if c.startswith("diff_vs_")), None)
+    if has_ci:  # the best method's interval, to mark the ones overlapping it
+        best_row = t2.loc[int(np.nanargmax(auc))]
     rows = []
     for r in t2.itertuples(index=False):
-        row = [
-            _e(_label(r.method)),
-            _bold_if(_fmt(r.auc, ".1f", 100), bool(np.isclose(r.auc, best_auc))),
-            _bold_if(_fmt(r.spearman_rho, ".2f"), bool(np.isclose(abs(r.spearman_rho), best_rho))),
-        ]
+        is_best = bool(np.isclose(r.auc, best_auc))
+        auc_text = _bold_if(_fmt(r.auc, ".1f", 100), is_best)
+        row = [_e(_label(r.method)), auc_text]
+        if has_ci:
+            overlaps = r.auc_hi >= best_row.auc_lo and r.auc_lo <= best_row.auc_hi
+            row[1] += " &#8776;" if overlaps and not is_best else ""
+            row.append(f"{_fmt(r.auc_lo, '.1f', 100)} &ndash; {_fmt(r.auc_hi, '.1f', 100)}")
+        if diff is not None:
+            d = getattr(r, diff)
+            row.append(
+                f"{_fmt(d, '+.1f', 100)} ({_fmt(r.diff_lo, '+.1f', 100)}, "
+                f"{_fmt(r.diff_hi, '+.1f', 100)})"
+                if np.isfinite(d)
+                else "n/a"
+            )
+        row.append(
+            _bold_if(_fmt(r.spearman_rho, ".2f"), bool(np.isclose(abs(r.spearman_rho), best_rho)))
+        )
         for f in folds:
             v = pivot.loc[r.method, f] if r.method in pivot.index else np.nan
             row.append(_bold_if(_fmt(v, ".1f", 100), bool(np.isclose(v, fold_best[f]))))
         rows.append(row)
-    header = ["Method", "AUC (%)", "Spearman &rho;", *[f"AUC fold {_e(f)}" for f in folds]]
-    return html_table(header, rows)
+    ref = _label(diff.removeprefix("diff_vs_")) if diff is not None else ""
+    header = [
+        "Method",
+        "AUC (%)",
+        *(["95 % CI"] if has_ci else []),
+        *([f"&Delta; vs {_e(ref)} (95 % CI)"] if diff is not None else []),
+        "Spearman &rho;",
+        *[f"AUC fold {_e(f)}" for f in folds],
+    ]
+    out = html_table(header, rows)
+    if has_ci:
+        out += (
+            '\n<p class="note">95 % CI: percentile bootstrap (test cases resampled within '
+            "each fold). &#8776;: the interval overlaps the best method's, so the data do not "
+            "separate the two. &Delta;: paired bootstrap difference of the AUC to "
+            f"{_e(ref)} (points); an interval excluding 0 is a clear difference.</p>"
+        )
+    return out
+
+
+def _learning_curve_html(run: Path) -> str:
+    """The learning-curve section (figure and table), empty when it was not computed."""
+    res = run / "results"
+    png, csv = res / "learning_curve.png", res / "learning_curve.csv"
+    if not png.is_file() or not csv.is_file():
+        return ""
+    from lesionuq.learning_curve import summarize_learning_curve
+
+    summary = summarize_learning_curve(pd.read_csv(csv))
+    table = summary.pivot_table(index="size", columns="method", values="auc_mean", sort=False)
+    n_train = summary.groupby("size", sort=False)["n_train"].mean()
+    rows = [
+        [_e(size), f"{n_train[size]:.0f}", *(_fmt(v, ".1f", 100) for v in table.loc[size])]
+        for size in table.index
+    ]
+    header = ["Size", "Training lesions", *(_e(_label(m)) for m in table.columns)]
+    return "\n".join(
+        [
+            "<h2>Learning curve: is the validation set large enough?</h2>",
+            img_tag(png.read_bytes(), "learning curve", "fig"),
+            html_table(header, rows),
+            '<p class="note">Learned scorers refitted on stratified, seeded subsamples of each '
+            "fold's validation lesions (by case where possible), scoring the same test "
+            "lesions; test AUC (%) averaged over folds, then over repeats (band: &plusmn;1 SD "
+            "over repeats). Flat lines: untrained baselines. A curve still rising at the "
+            "full size means more validation scans would help; a learned method below the "
+            "best baseline at the full size is not worth training on this data.</p>",
+        ]
+    )
 
 
 def _epsilon(run: Path) -> str:
@@ -466,6 +530,7 @@ def write_report(
     else:
         body.append(_missing(fig_path, run))
 
+    body.append(_learning_curve_html(run))
     body.append("<h2>Lesion gallery</h2>")
     gallery_method = _gallery_method(lesions, method) if lesions is not None else None
     if lesions is not None and len(lesions) and gallery_method is not None:

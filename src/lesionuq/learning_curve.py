@@ -1,0 +1,367 @@
+"""Learning curve: test AUC of the learned scorers against the number of training lesions.
+
+For each fold of a finished run, the learned scorers (both GCNNs and both MetaSeg
+models) are refitted on subsamples of that fold's *validation* lesions and score the same
+test lesions as Table 2. A subsample is
+
+- **stratified**: its TP / FP shares are those of the whole validation set;
+- **by case where possible**: cases are taken whole in a seeded random order, and only the
+  last case needed for each class is split (its lesions in a seeded random order);
+- **nested**: for one (fold, repeat), the smaller subsamples are contained in the larger
+  ones (the same random order is cut at different lengths), so the curve is smooth;
+- **seeded** by ``(cfg.seed, fold, repeat)``; repeat ``r`` also trains the GCNN with the
+  seed ``cfg.gcnn.seed + r``, so the band shows both sources of variation.
+
+It never touches a test lesion for fitting. The untrained baselines need no training, so
+they are flat lines at their Table-2 AUC.
+
+Outputs (``RUN/results``): ``learning_curve.csv`` (``fold, size, repeat, method, auc``
+then ``n_tp, n_fp, full``; ``size`` is the number of training lesions, ``full`` marks the
+whole validation set) and ``learning_curve.png``. Finished rows are kept when the command
+is run again with the same settings, so a killed run resumes.
+
+Example:
+    >>> curve = learning_curve("runs/x", sizes=[25, 50, 100, "all"], repeats=5)
+    >>> summarize_learning_curve(curve)  # method, size, n_train, auc_mean, auc_std, ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from lesionuq.config import ExperimentConfig
+from lesionuq.evaluation.curves import ac_auc
+from lesionuq.evaluation.metrics import table2
+from lesionuq.io import InputError, atomic_write_bytes, atomic_write_text
+from lesionuq.lesions.dataset import LesionSet
+from lesionuq.rundir import RunDir, digest_of
+from lesionuq.scorers.base import LesionScorer
+from lesionuq.utils import track
+
+__all__ = [
+    "LEARNED_METHODS",
+    "learning_curve",
+    "parse_sizes",
+    "plot_learning_curve",
+    "stratified_case_subsample",
+    "summarize_learning_curve",
+]
+
+LEARNED_METHODS = ("gcnn_classif", "gcnn_reg", "metaseg_classif", "metaseg_reg")
+DEFAULT_SIZES: tuple[int | str, ...] = (25, 50, 100, 200, 400, "all")
+CSV_COLUMNS = ("fold", "size", "repeat", "method", "auc", "n_tp", "n_fp", "full")
+_KEY = ["fold", "size", "repeat", "method"]
+
+
+def parse_sizes(text: str) -> list[int | str]:
+    """Parse ``"25,50,100,all"`` into ``[25, 50, 100, "all"]``.
+
+    Raises:
+        InputError: An entry is neither a positive integer nor ``all``.
+    """
+    sizes: list[int | str] = []
+    for part in str(text).split(","):
+        item = part.strip().lower()
+        if item == "all":
+            sizes.append("all")
+        elif item.isdigit() and int(item) > 0:
+            sizes.append(int(item))
+        else:
+            raise InputError(f"--sizes: {part.strip()!r} is not a positive integer or 'all'.")
+    return list(dict.fromkeys(sizes))
+
+
+def stratified_case_subsample(
+    case_id: Sequence[str] | np.ndarray,
+    is_tp: Sequence[bool] | np.ndarray,
+    size: int,
+    seed: int | Sequence[int],
+) -> np.ndarray:
+    """Indices of a stratified, seeded subsample of lesions, drawn by case where possible.
+
+    The cases are put in a random order, and the lesions in that case order (random order
+    inside a case). The subsample is the first ``n_tp`` TP and the first ``n_fp`` FP
+    lesions of that order, with ``n_tp = round(size * TP share)`` (at least one of each
+    class when both exist and ``size >= 2``) and ``n_fp = size - n_tp``. So whole cases
+    are taken first, at most one case per class is split, and for one seed a smaller
+    ``size`` gives a subset of a larger one.
+
+    Args:
+        case_id: (N,) case of each lesion.
+        is_tp: (N,) bool.
+        size: Number of lesions wanted (>= 1); ``size >= N`` returns all of them.
+        seed: Seed (an int or a sequence of ints, e.g. ``(seed, fold, repeat)``).
+
+    Returns:
+        (min(size, N),) int64 indices into the inputs, ascending.
+    """
+    cases = np.asarray(case_id).astype(str)
+    t = np.asarray(is_tp, dtype=bool)
+    if cases.shape != t.shape:
+        raise ValueError(f"case_id ({cases.size}) and is_tp ({t.size}) lengths differ.")
+    if size < 1:
+        raise ValueError(f"size must be at least 1, got {size}.")
+    n = t.size
+    if size >= n:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng(list(np.atleast_1d(seed)))
+    names, codes = np.unique(cases, return_inverse=True)
+    case_rank = np.empty(names.size, dtype=np.int64)
+    case_rank[rng.permutation(names.size)] = np.arange(names.size)
+    order = np.lexsort((rng.random(n), case_rank[codes]))  # by case, then random within
+    n_tp_all, n_fp_all = int(t.sum()), int((~t).sum())
+    both = n_tp_all > 0 and n_fp_all > 0 and size >= 2
+    lo = max(size - n_fp_all, 1 if both else 0)
+    hi = min(n_tp_all, size - (1 if both else 0))
+    n_tp = int(np.clip(round(size * n_tp_all / n), lo, hi))
+    chosen = np.concatenate([order[t[order]][:n_tp], order[~t[order]][: size - n_tp]])
+    return np.sort(chosen).astype(np.int64)
+
+
+def _fit_scorer(method: str, cfg: ExperimentConfig, lesions: LesionSet) -> LesionScorer:
+    """The one place that builds and fits a scorer (the registry's factory)."""
+    from lesionuq.scorers.base import make_scorer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # single-class subsamples: constant
+        return make_scorer(method, cfg).fit(lesions, progress=False)
+
+
+def _auc(u: np.ndarray, is_tp: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return ac_auc(u, is_tp)
+
+
+def _read_rows(csv: Path, stamp: Path, digest: str) -> pd.DataFrame:
+    """Rows of an earlier call with the same settings (else none)."""
+    try:
+        same = json.loads(stamp.read_text()).get("digest") == digest
+    except (OSError, ValueError):
+        same = False
+    if same and csv.is_file():
+        return pd.read_csv(csv)[list(CSV_COLUMNS)]
+    return pd.DataFrame(columns=list(CSV_COLUMNS))
+
+
+def learning_curve(
+    run: str | Path,
+    sizes: Sequence[int | str] | str = DEFAULT_SIZES,
+    repeats: int = 5,
+    methods: Sequence[str] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Refit the learned scorers on subsamples of each fold's validation lesions.
+
+    For every fold, size and repeat, a :func:`stratified_case_subsample` of the fold's
+    validation lesions trains each method, which then scores the fold's test lesions.
+    Sizes at or above the fold's number of validation lesions are skipped there (``all``
+    covers them). Writes ``RUN/results/learning_curve.csv`` after every subsample,
+    ``learning_curve.png`` at the end, and refreshes ``report.html``.
+
+    Args:
+        run: A run directory whose ``evaluate`` stage has finished.
+        sizes: Training-set sizes (lesions) and/or ``"all"``; or their text
+            ``"25,50,all"``.
+        repeats: Subsamples per size (>= 1).
+        methods: Learned methods to refit (default: those of :data:`LEARNED_METHODS`
+            in the run's config).
+        progress: Show a progress bar.
+
+    Returns:
+        The learning-curve table (all rows, also those of an earlier call).
+
+    Raises:
+        InputError: Not an evaluated run, a method that is not learned, bad sizes.
+    """
+    from lesionuq.evaluation.report import write_report
+    from lesionuq.experiment import _graphs_digest
+
+    rd = RunDir(Path(run))
+    cfg, _, splits = rd.read_plan()
+    if isinstance(sizes, str):
+        sizes = parse_sizes(sizes)
+    if repeats < 1:
+        raise InputError(f"--repeats must be at least 1, got {repeats}.")
+    methods = list(methods or [m for m in cfg.methods if m in LEARNED_METHODS])
+    bad = [m for m in methods if m not in LEARNED_METHODS]
+    if bad or not methods:
+        raise InputError(
+            f"the learning curve refits learned methods only ({', '.join(LEARNED_METHODS)}); "
+            f"got {', '.join(bad) or 'none'}."
+        )
+    lesions_csv = rd.results / "lesions.csv"
+    if not lesions_csv.is_file():
+        raise InputError(f"{lesions_csv}: file not found; run `lesionuq evaluate` first.")
+
+    csv, png = rd.results / "learning_curve.csv", rd.results / "learning_curve.png"
+    stamp = rd.results / "learning_curve.json"
+    digest = digest_of([_graphs_digest(cfg, s) for s in splits], cfg.gcnn, cfg.seed)
+    done = _read_rows(csv, stamp, digest)
+    atomic_write_text(stamp, json.dumps({"digest": digest}) + "\n")
+    finished = set(map(tuple, done[_KEY].itertuples(index=False)))
+
+    rows = [done] if len(done) else []
+    cache: dict[int, tuple[LesionSet, LesionSet]] = {}
+    tasks = [(s, size, r) for s in splits for size in sizes for r in range(repeats)]
+    for split, label, repeat in track(tasks, "learning curve", enabled=progress):
+        if split.fold not in cache:
+            cache = {
+                split.fold: (
+                    LesionSet.load(rd.lesion_set(split.fold, "val")),
+                    LesionSet.load(rd.lesion_set(split.fold, "test")),
+                )
+            }
+        val, test = cache[split.fold]
+        full = label == "all"
+        size = len(val) if full else int(label)
+        if size < 1 or (size >= len(val) and not full):
+            continue
+        todo = [m for m in methods if (split.fold, size, repeat, m) not in finished]
+        if not todo:
+            continue
+        index = stratified_case_subsample(
+            val.table["case_id"], val.is_tp, size, (cfg.seed, split.fold, repeat)
+        )
+        train = val.subset(index)
+        n_tp = int(train.is_tp.sum())
+        run_cfg = cfg.replace(gcnn=dataclasses.replace(cfg.gcnn, seed=cfg.gcnn.seed + repeat))
+        new = []
+        for method in todo:
+            u = _fit_scorer(method, run_cfg, train).score(test) if len(test) else np.zeros(0)
+            auc = _auc(u, test.is_tp)
+            new.append((split.fold, size, repeat, method, auc, n_tp, len(train) - n_tp, full))
+            finished.add((split.fold, size, repeat, method))
+        rows.append(pd.DataFrame(new, columns=list(CSV_COLUMNS)))
+        _write_csv(pd.concat(rows, ignore_index=True), csv)
+
+    empty = pd.DataFrame(columns=list(CSV_COLUMNS))
+    curve = _write_csv(pd.concat(rows, ignore_index=True) if rows else empty, csv)
+    lesions = pd.read_csv(lesions_csv, dtype={"case_id": str})
+    plot_learning_curve(curve, _baseline_aucs(lesions, cfg.methods), png)
+    write_report(rd.root)
+    return curve
+
+
+def _write_csv(curve: pd.DataFrame, path: Path) -> pd.DataFrame:
+    curve = curve.astype({"fold": int, "size": int, "repeat": int, "n_tp": int, "n_fp": int})
+    curve["full"] = curve["full"].astype(bool)
+    curve = curve.sort_values(_KEY, kind="stable").reset_index(drop=True)
+    atomic_write_text(path, curve.to_csv(index=False))
+    return curve
+
+
+def _baseline_aucs(lesions: pd.DataFrame, methods: Sequence[str]) -> dict[str, float]:
+    """Table-2 AUC (mean over folds) of the untrained methods present in ``lesions``."""
+    present = [m for m in methods if m in lesions.columns and m not in LEARNED_METHODS]
+    if not present:
+        return {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t2, _ = table2(lesions, present)
+    return dict(zip(t2["method"], t2["auc"], strict=True))
+
+
+def summarize_learning_curve(curve: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread of the learning curve per method and size.
+
+    For one repeat, the AUC is averaged over folds (as in Table 2); the table gives the
+    mean and the standard deviation of that fold mean over the repeats. A numeric size is
+    kept only where every fold has it (a fold with fewer validation lesions skips it);
+    ``all`` rows are the whole validation set of each fold.
+
+    Args:
+        curve: The ``learning_curve.csv`` frame.
+
+    Returns:
+        Columns ``method, size`` (an int, or ``"all"``), ``n_train`` (mean training
+        lesions), ``auc_mean``, ``auc_std`` (over repeats, population), ``repeats``;
+        sorted by method (first appearance) and ``n_train``.
+    """
+    columns = ["method", "size", "n_train", "auc_mean", "auc_std", "repeats"]
+    if curve.empty:
+        return pd.DataFrame(columns=columns)
+    n_folds = curve["fold"].nunique()
+    frame = curve.assign(
+        label=np.where(curve["full"].astype(bool), "all", curve["size"].astype(str))
+    )
+    by_repeat = frame.groupby(["method", "label", "repeat"], sort=False).agg(
+        auc=("auc", "mean"), n_train=("size", "mean"), folds=("fold", "nunique")
+    )
+    by_repeat = by_repeat[by_repeat["folds"] == n_folds].reset_index()
+    out = by_repeat.groupby(["method", "label"], sort=False).agg(
+        n_train=("n_train", "mean"),
+        auc_mean=("auc", "mean"),
+        auc_std=("auc", lambda a: float(np.std(a))),
+        repeats=("repeat", "nunique"),
+    )
+    out = out.reset_index().rename(columns={"label": "size"})
+    out["size"] = [s if s == "all" else int(s) for s in out["size"]]
+    order = {m: i for i, m in enumerate(dict.fromkeys(curve["method"]))}
+    out["rank"] = out["method"].map(order)
+    return out.sort_values(["rank", "n_train"])[columns].reset_index(drop=True)
+
+
+def plot_learning_curve(
+    curve: pd.DataFrame,
+    baselines: Mapping[str, float],
+    path: str | Path,
+    *,
+    dpi: int = 150,
+) -> Path:
+    """Mean test AUC (%) against the number of training lesions, log x, with a band.
+
+    Each learned method is a line through :func:`summarize_learning_curve`'s means with a
+    band of +- one standard deviation over repeats; each untrained baseline is a thin
+    horizontal line at its Table-2 AUC.
+
+    Args:
+        curve: The ``learning_curve.csv`` frame.
+        baselines: Untrained method -> AUC (fraction).
+        path: Output PNG (written atomically).
+        dpi: Resolution.
+
+    Returns:
+        The written path.
+    """
+    from lesionuq.evaluation.report import _label, _png_bytes, _style
+
+    summary = summarize_learning_curve(curve)
+    fig = Figure(figsize=(7.0, 5.0))
+    ax = fig.add_subplot(1, 1, 1)
+    for i, (method, part) in enumerate(summary.groupby("method", sort=False)):
+        colour, ls, lw = _style(method, i)
+        x = part["n_train"].to_numpy(dtype=float)
+        y = 100 * part["auc_mean"].to_numpy(dtype=float)
+        s = 100 * part["auc_std"].to_numpy(dtype=float)
+        ax.plot(x, y, color=colour, ls=ls, lw=max(lw, 1.8), marker="o", ms=4, label=_label(method))
+        ax.fill_between(x, y - s, y + s, color=colour, alpha=0.15, lw=0)
+    for i, (method, auc) in enumerate(sorted(baselines.items(), key=lambda kv: -kv[1])):
+        if np.isfinite(auc):
+            colour, ls, _ = _style(method, i)
+            ax.axhline(
+                100 * auc,
+                color=colour,
+                ls=ls,
+                lw=0.9,
+                alpha=0.8,
+                label=f"{_label(method)} (untrained)",
+            )
+    finite = np.isfinite(summary["auc_mean"].to_numpy(dtype=float)) if len(summary) else []
+    if np.any(finite):  # log axis only with something to draw on it
+        ax.set_xscale("log")
+    ax.grid(True, color="#e0e0e0", lw=0.6, which="both")
+    ax.set_xlabel("training (validation) lesions per fold")
+    ax.set_ylabel("test AUC (%), mean over folds")
+    ax.set_title("Learning curve: band = +-1 SD over repeated subsamples", fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    return atomic_write_bytes(Path(path), _png_bytes(fig, dpi))
