@@ -204,7 +204,7 @@ def write_bids_derivatives(
         f"{mask_stem}_mask",
         images["mask"],
         {
-            "Description": "Binary lesion segmentation (MC-dropout mean probability >= 0.5).",
+            "Description": "Binary lesion segmentation of the lesionuq MC-dropout U-Net.",
             "Type": "Lesion",
         },
     )
