@@ -5,9 +5,25 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench clean viewer-bundle
 
+NIIVUE_VERSION := 0.69.0
+NIIVUE_BUNDLE := src/lesionuq/export/_vendor/niivue.umd.js
+
+# The interactive report viewer needs the NiiVue bundle from npm (git-ignored); setup
+# fetches it only when npm exists, and reports keep static pictures without it.
 setup: $(STAMP)
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory viewer-bundle; \
+	else echo "npm not found: skipping the NiiVue viewer bundle (make viewer-bundle)"; fi
+
+viewer-bundle: $(NIIVUE_BUNDLE)
+
+$(NIIVUE_BUNDLE):
+	rm -rf .niivue-tmp && mkdir -p .niivue-tmp $(dir $(NIIVUE_BUNDLE))
+	cd .niivue-tmp && npm pack --silent @niivue/niivue@$(NIIVUE_VERSION) >/dev/null
+	tar -xzf .niivue-tmp/niivue-niivue-$(NIIVUE_VERSION).tgz -C .niivue-tmp package/dist/niivue.umd.js
+	cp .niivue-tmp/package/dist/niivue.umd.js $@
+	rm -rf .niivue-tmp
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

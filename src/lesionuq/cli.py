@@ -319,3 +319,24 @@ def predict(
             overwrite=overwrite,
         )
         console.print(f"wrote predictions to {out}")
+
+
+@app.command()
+@_friendly
+def manifest(
+    layout: Annotated[
+        str, typer.Option(help="msseg2016, mslub, isbi2015, shifts, wmh2017 or bids.")
+    ],
+    root: Annotated[Path, typer.Option(help="The data set's download folder.")],
+    out: Annotated[Path, typer.Option(help="The cases.csv to write.")] = Path("cases.csv"),
+    sequences: Annotated[str, typer.Option(help="Comma-separated, e.g. flair,t1.")] = "flair",
+    rater: Annotated[str, typer.Option(help="consensus or a rater number.")] = "consensus",
+) -> None:
+    """Write cases.csv for a public data set as distributed (paths relative to the CSV)."""
+    from lesionuq.datasets import build_manifest
+    from lesionuq.io import read_manifest
+
+    seqs = tuple(s.strip() for s in sequences.split(",") if s.strip())
+    path = build_manifest(layout, root, out, sequences=seqs, rater=rater)
+    n = len(read_manifest(path, seqs, require_mask=False))
+    console.print(f"wrote {n} case(s) to {path}")

@@ -1,0 +1,253 @@
+"""Predictions as a BIDS-derivatives data set.
+
+Follows BIDS 1.10 "Derivatives" (``dataset_description.json`` with ``DatasetType:
+derivative`` and ``GeneratedBy``) and "Common derivatives: segmentations": a binary
+``_mask``, a ``_probseg`` (probability of the ``label-lesion`` class) and a ``_dseg``
+whose ``dseg.tsv`` look-up table has the required ``index`` and ``name`` columns and,
+as the spec allows, extra columns described in the JSON sidecar (keys = column names).
+Files keep the source scan's entities (``sub``, ``ses``, ``acq``, ``run``...) and add
+``space-orig`` (the scan's own grid). Voxel-wise uncertainty maps have no standard
+suffix; they are written as ``..._space-orig_label-lesion_desc-<measure>_uncertainty``
+(BIDS-style name, ``desc-`` telling the measure) with a sidecar and a line in the
+data set's README.
+
+Per scan, in ``sub-<s>/[ses-<t>/]anat/``::
+
+    <ents>_space-orig_label-lesion_mask.nii.gz (+ .json)       binary segmentation
+    <ents>_space-orig_label-lesion_probseg.nii.gz (+ .json)    P(lesion), MC mean
+    <ents>_space-orig_desc-lesions_dseg.nii.gz                 lesion ids 1..N
+    <ents>_space-orig_desc-lesions_dseg.tsv                    index name p_fp volume_ml
+                                                               review color
+    <ents>_space-orig_desc-lesions_dseg.json                   columns described
+    <ents>_space-orig_label-lesion_desc-<m>_uncertainty.nii.gz (+ .json)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from lesionuq import __version__
+from lesionuq.export.labels import FLAGGED_RGB, KEPT_RGB
+from lesionuq.io import atomic_write_text, save_nifti
+
+__all__ = ["BIDS_VERSION", "MAP_DESCRIPTIONS", "bids_entities", "write_bids_derivatives"]
+
+BIDS_VERSION = "1.10.0"
+#: Entities in the order the BIDS entity table puts them (those lesionuq may meet).
+_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "run", "echo", "part", "space", "label", "desc")
+_LABEL = re.compile(r"[A-Za-z0-9]+")
+#: Sidecar descriptions of lesionuq's voxel maps (``lesionuq.uncertainty.VoxelMaps``).
+MAP_DESCRIPTIONS = {
+    "entropy": "Voxel-wise predictive entropy of the MC-dropout mean lesion probability (nats).",
+    "variance": "Voxel-wise variance of the lesion probability over the MC-dropout samples.",
+    "pcs": "Voxel-wise predicted class score max(p, 1 - p) of the MC-dropout mean probability.",
+    "prob": "Voxel-wise MC-dropout mean lesion probability.",
+}
+_TSV_COLUMNS = {
+    "index": {"Description": "Label value of the lesion in the _dseg image (1..N)."},
+    "name": {"Description": "Lesion name, lesion-<index>."},
+    "p_fp": {
+        "Description": "Predicted probability that the lesion is a false positive "
+        "(lesionuq graph network classifier).",
+        "Units": "arbitrary",
+    },
+    "volume_ml": {"Description": "Lesion volume.", "Units": "mL"},
+    "review": {
+        "Description": "Whether the lesion is flagged for review (p_fp at or above the threshold).",
+        "Levels": {"true": "flagged for review", "false": "kept"},
+    },
+    "color": {"Description": "Display colour: red flagged, green kept (hex RGB)."},
+}
+
+
+def bids_entities(name: str | Path) -> dict[str, str]:
+    """Entities of a BIDS file name or case id, in file order.
+
+    Args:
+        name: ``sub-01_ses-a_acq-3d_FLAIR.nii.gz``, a path to it, or a case id such as
+            ``sub-01_ses-a``.
+
+    Returns:
+        e.g. ``{"sub": "01", "ses": "a", "acq": "3d"}`` (the suffix is dropped).
+    """
+    stem = Path(name).name.split(".")[0]
+    out = {}
+    for part in stem.split("_"):
+        key, sep, value = part.partition("-")
+        if sep and key and value:
+            out[key] = value
+    if "sub" not in out:
+        raise ValueError(f"{name}: no sub-<label> entity.")
+    return out
+
+
+def _stem(entities: Mapping[str, str], **extra: str) -> str:
+    ents = {k: v for k, v in entities.items() if k not in ("space", "label", "desc")}
+    ents.update(extra)
+    for key, value in ents.items():
+        if not _LABEL.fullmatch(str(value)):
+            raise ValueError(f"BIDS entity {key}-{value}: labels must be alphanumeric.")
+    tail = ("space", "label", "desc")
+    keys = [k for k in _ORDER if k in ents and k not in tail]
+    keys += [k for k in ents if k not in _ORDER]  # unknown entities go before space
+    keys += [k for k in tail if k in ents]
+    return "_".join(f"{k}-{ents[k]}" for k in keys)
+
+
+def _json(path: Path, obj: Mapping[str, Any]) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _lesion_table(lesions: pd.DataFrame | Mapping[str, Any]) -> pd.DataFrame:
+    table = pd.DataFrame(lesions)
+    if "index" not in table and "lesion_id" in table:
+        table = table.rename(columns={"lesion_id": "index"})
+    missing = [c for c in ("index", "p_fp", "volume_ml", "review") if c not in table]
+    if missing:
+        raise ValueError(f"lesion table lacks column(s) {', '.join(missing)}.")
+    table = table.sort_values("index").reset_index(drop=True)
+    review = table["review"].astype(bool)
+    return pd.DataFrame(
+        {
+            "index": table["index"].astype(int),
+            "name": [f"lesion-{int(i)}" for i in table["index"]],
+            "p_fp": table["p_fp"].astype(float).round(6),
+            "volume_ml": table["volume_ml"].astype(float).round(6),
+            "review": np.where(review, "true", "false"),
+            "color": [
+                "#{:02x}{:02x}{:02x}".format(*(FLAGGED_RGB if r else KEPT_RGB)) for r in review
+            ],
+        }
+    )
+
+
+def write_bids_derivatives(
+    deriv_root: str | Path,
+    entities: Mapping[str, str],
+    images: Mapping[str, nib.Nifti1Image],
+    lesions: pd.DataFrame | Mapping[str, Any],
+    *,
+    sources: list[str] | None = None,
+    threshold: float | None = None,
+    source_datasets: list[dict[str, str]] | None = None,
+    name: str = "lesionuq",
+    version: str = __version__,
+) -> dict[str, Path]:
+    """Write one scan's predictions into a BIDS-derivatives data set.
+
+    Args:
+        deriv_root: The derivatives data set folder (created; e.g. ``ds/derivatives/lesionuq``).
+        entities: The source scan's entities, e.g. :func:`bids_entities` of its FLAIR;
+            must hold ``sub``.
+        images: ``mask`` (binary, (X, Y, Z)), ``probseg`` (float in [0, 1]), ``dseg``
+            (lesion ids 0..N), plus any voxel uncertainty maps keyed by measure name
+            (``entropy``, ``variance``, ``pcs``...; alphanumeric), all on the scan's grid.
+        lesions: One row per lesion: ``index`` (or ``lesion_id``), ``p_fp``,
+            ``volume_ml``, ``review`` (e.g. ``lesions.csv`` of ``predict``).
+        sources: BIDS URIs or paths of the input files (sidecar ``Sources``).
+        threshold: The review threshold on P(FP), recorded in the dseg sidecar.
+        source_datasets: ``SourceDatasets`` entries of ``dataset_description.json``.
+        name: ``GeneratedBy`` name.
+        version: ``GeneratedBy`` version.
+
+    Returns:
+        Written files by role: ``mask``, ``probseg``, ``dseg``, ``dseg_tsv``, each map
+        name, and ``dataset_description``.
+    """
+    for key in ("mask", "probseg", "dseg"):
+        if key not in images:
+            raise ValueError(f"images lacks {key!r}.")
+    root = Path(deriv_root)
+    description: dict[str, Any] = {
+        "Name": f"{name} lesion segmentation and lesion-wise uncertainty",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [
+            {
+                "Name": name,
+                "Version": version,
+                "Description": "MC-dropout 3D U-Net lesion segmentation with lesion-wise "
+                "false-positive probability from graph networks.",
+            }
+        ],
+    }
+    if source_datasets:
+        description["SourceDatasets"] = list(source_datasets)
+    written = {"dataset_description": _json(root / "dataset_description.json", description)}
+    _readme(root)
+    folder = root / f"sub-{entities['sub']}"
+    if "ses" in entities:
+        folder = folder / f"ses-{entities['ses']}"
+    folder = folder / "anat"
+    common = {"Sources": list(sources)} if sources else {}
+
+    def nifti(role: str, stem: str, img: nib.Nifti1Image, meta: dict[str, Any]) -> None:
+        data = np.asarray(img.dataobj)
+        if role in ("mask", "dseg"):
+            data = np.rint(data).astype(np.uint8 if data.max(initial=0) < 256 else np.int32)
+        else:
+            data = data.astype(np.float32)
+        written[role] = save_nifti(folder / f"{stem}.nii.gz", data, img.affine)
+        _json(folder / f"{stem}.json", {**meta, **common})
+
+    mask_stem = _stem(entities, space="orig", label="lesion")
+    nifti(
+        "mask",
+        f"{mask_stem}_mask",
+        images["mask"],
+        {
+            "Description": "Binary lesion segmentation of the lesionuq MC-dropout U-Net.",
+            "Type": "Lesion",
+        },
+    )
+    nifti(
+        "probseg",
+        f"{mask_stem}_probseg",
+        images["probseg"],
+        {"Description": "Probability of the lesion class: mean over MC-dropout samples."},
+    )
+    dseg_stem = _stem(entities, space="orig", desc="lesions") + "_dseg"
+    meta: dict[str, Any] = {
+        "Description": "Lesion label map: each connected lesion has its own index, "
+        "listed in the .tsv with its false-positive probability and review flag.",
+        **_TSV_COLUMNS,
+    }
+    if threshold is not None:
+        meta["ReviewThreshold"] = float(threshold)
+    nifti("dseg", dseg_stem, images["dseg"], meta)
+    table = _lesion_table(lesions)
+    written["dseg_tsv"] = atomic_write_text(
+        folder / f"{dseg_stem}.tsv", table.to_csv(sep="\t", index=False, lineterminator="\n")
+    )
+    for key, img in images.items():
+        if key in ("mask", "probseg", "dseg"):
+            continue
+        stem = _stem(entities, space="orig", label="lesion", desc=key) + "_uncertainty"
+        text = MAP_DESCRIPTIONS.get(key, f"Voxel-wise {key} uncertainty map.")
+        nifti(key, stem, img, {"Description": text})
+    return written
+
+
+def _readme(root: Path) -> None:
+    if (root / "README.md").exists():
+        return
+    atomic_write_text(
+        root / "README.md",
+        "# lesionuq derivatives\n\n"
+        "Per scan, in `sub-<s>/[ses-<t>/]anat/`, on the scan's own grid (`space-orig`):\n\n"
+        "- `*_label-lesion_mask.nii.gz`: binary lesion segmentation;\n"
+        "- `*_label-lesion_probseg.nii.gz`: lesion probability (MC-dropout mean);\n"
+        "- `*_desc-lesions_dseg.nii.gz` + `.tsv`: lesion ids with `p_fp` (probability that\n"
+        "  the lesion is a false positive), `volume_ml`, `review` and a display `color`;\n"
+        "  the `.json` sidecar describes the columns;\n"
+        "- `*_label-lesion_desc-<measure>_uncertainty.nii.gz`: voxel-wise uncertainty\n"
+        "  (`entropy`, `variance`, `pcs`); `uncertainty` is not a BIDS-standard suffix.\n",
+    )
