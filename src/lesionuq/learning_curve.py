@@ -128,7 +128,7 @@ def stratified_case_subsample(
 
 def _fit_scorer(method: str, cfg: ExperimentConfig, lesions: LesionSet) -> LesionScorer:
     """The one place that builds and fits a scorer (the registry's factory)."""
-    from lesionuq.scorers.base import make_scorer
+    from lesionuq.scorers import make_scorer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # single-class subsamples: constant
@@ -332,7 +332,8 @@ def plot_learning_curve(
     Returns:
         The written path.
     """
-    from lesionuq.evaluation.report import _label, _png_bytes, _style
+    from lesionuq.evaluation.render import png_bytes
+    from lesionuq.evaluation.report import _label, _style
 
     summary = summarize_learning_curve(curve)
     fig = Figure(figsize=(7.0, 5.0))
@@ -364,4 +365,4 @@ def plot_learning_curve(
     ax.set_title("Learning curve: band = +-1 SD over repeated subsamples", fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
-    return atomic_write_bytes(Path(path), _png_bytes(fig, dpi))
+    return atomic_write_bytes(Path(path), png_bytes(fig, dpi))
