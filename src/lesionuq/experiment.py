@@ -5,7 +5,7 @@ tests and :func:`run_experiment` call the same code. A stage skips every unit of
 (a case, a fold, a scorer) whose stamp matches the current settings, so a killed run
 resumes where it stopped.
 
-Data flow per fold K (see DESIGN.md for the files)::
+Data flow per fold K (see docs/DESIGN.md for the files)::
 
     preprocessed/CASE  --train-->  fold_K/segmenter.pt
                        --sample--> fold_K/{val,test}/CASE/{prob,seg,entropy,variance,pcs,gt,image}

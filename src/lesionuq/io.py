@@ -3,7 +3,7 @@
 Every problem with a user's data is reported as an :class:`InputError` whose message is
 one sentence naming the file and what is wrong; the CLI prints it and exits non-zero.
 
-The manifest (DESIGN.md) has a ``case_id`` column, one column per input sequence (named
+The manifest (docs/DESIGN.md) has a ``case_id`` column, one column per input sequence (named
 by the config's ``sequences``) and a ``mask`` column (ground truth; may be empty or absent
 for prediction-only data). Paths are relative to the CSV's folder.
 """

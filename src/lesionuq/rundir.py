@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md contract): paths, fold splits and stage stamps.
+"""The run directory (docs/DESIGN.md contract): paths, fold splits and stage stamps.
 
 A *stamp* is a small JSON file written last by a stage; it records the digest of every
 setting the stage's outputs depend on. A stage is skipped when its stamp exists and its
@@ -95,7 +95,7 @@ def make_folds(
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths of a run directory ``RUN`` (see DESIGN.md)."""
+    """Paths of a run directory ``RUN`` (see docs/DESIGN.md)."""
 
     root: Path
 

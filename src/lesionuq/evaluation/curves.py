@@ -1,4 +1,4 @@
-r"""Accuracy-confidence curves and their AUC (paper 3.3, DESIGN.md "Definitions").
+r"""Accuracy-confidence curves and their AUC (paper 3.3, docs/DESIGN.md "Definitions").
 
 Test lesions are sorted by uncertainty and the most uncertain ones are set aside first.
 For every fraction tau of lesions removed, the curve has the point

@@ -1,6 +1,6 @@
 """Figure 2 (accuracy-confidence curves) and the self-contained HTML report of a run.
 
-Both read only the run-directory contract (DESIGN.md): ``RUN/config.yaml``,
+Both read only the run-directory contract (docs/DESIGN.md): ``RUN/config.yaml``,
 ``RUN/results/{lesions,table1,table2}.csv``, ``RUN/results/figure2.png`` and, for the
 lesion gallery, ``RUN/fold_K/test/CASE/{image,lesions,gt}.nii.gz``. Matplotlib is used
 through the Agg canvas directly (no pyplot, no global backend state); the page is built

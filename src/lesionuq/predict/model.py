@@ -1,7 +1,7 @@
 """A fitted model folder, loaded: config, MC-dropout U-Net and lesion scorers.
 
 A model folder is a fold of a finished ``lesionuq experiment`` run, ``RUN/fold_K``, with
-``config.yaml``, ``segmenter.pt`` and ``scorers/METHOD/`` (see DESIGN.md). :func:`load_model`
+``config.yaml``, ``segmenter.pt`` and ``scorers/METHOD/`` (see docs/DESIGN.md). :func:`load_model`
 checks that it is complete and loads it once, so that a batch of scans shares it.
 
 Example:
