@@ -13,8 +13,12 @@ NIIVUE_BUNDLE := src/lesionuq/export/_vendor/niivue.umd.js
 # The interactive report viewer needs the NiiVue bundle from npm (git-ignored); setup
 # fetches it only when npm exists, and reports keep static pictures without it.
 setup: $(STAMP)
-	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory viewer-bundle; \
-	else echo "npm not found: skipping the NiiVue viewer bundle (make viewer-bundle)"; fi
+	@if ! command -v npm >/dev/null 2>&1; then \
+		echo "npm not found: skipping the NiiVue viewer bundle (make viewer-bundle)"; \
+	elif ! $(MAKE) --no-print-directory viewer-bundle; then \
+		rm -rf .niivue-tmp; \
+		echo "could not fetch the NiiVue viewer bundle (offline?): reports keep static pictures"; \
+	fi
 
 viewer-bundle: $(NIIVUE_BUNDLE)
 

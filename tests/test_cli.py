@@ -69,3 +69,14 @@ def test_predict_needs_image_or_cases(tmp_path):
     result = runner.invoke(app, ["predict", "--model", str(tmp_path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1
     assert "--image" in _text(result)
+
+
+def test_predict_bids_out_needs_a_bids_name(tmp_path):
+    scan = tmp_path / "scans" / "patient01_flair.nii.gz"
+    scan.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), str(scan))
+    args = ["predict", "--model", str(tmp_path), "--image", str(scan), "--out"]
+    result = runner.invoke(app, [*args, str(tmp_path / "o"), "--bids-out", str(tmp_path / "d")])
+    assert result.exit_code == 1
+    assert "is not a BIDS file name" in _text(result)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "d").exists()

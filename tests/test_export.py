@@ -7,6 +7,7 @@ import gzip
 import json
 import re
 import shlex
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -213,3 +214,20 @@ def test_viewer_fragment(tmp_path):
     assert rows == ["2", "1"]  # table order kept
     no_bundle = viewer_html(flair, images["dseg"], lesions, bundle=bundle, include_bundle=False)
     assert no_bundle.count("</script>") == 2
+
+
+def test_scan_report_shows_viewer_else_the_note():
+    import pandas as pd
+
+    from lesionuq.evaluation.scan_report import scan_report_html
+    from lesionuq.export.viewer import NO_VIEWER_NOTE
+
+    table = pd.DataFrame({"lesion_id": [1], "p_fp": [0.7], "review": [True]})
+    kw = {"case_id": "c", "images": [Path("f.nii.gz")], "model": Path("m")}
+    kw |= {"threshold": 0.5, "seconds": 1.0}
+    png = b"\x89PNG\r\n\x1a\n"
+    with_viewer = scan_report_html(table, png, viewer='<div id="v">VIEWER</div>', **kw)
+    assert '<div id="v">VIEWER</div>' in with_viewer and NO_VIEWER_NOTE not in with_viewer
+    without = scan_report_html(table, png, **kw)
+    assert "make viewer-bundle" in without and "VIEWER" not in without
+    assert without.count("data:image/png;base64,") == 1  # the static figure stays

@@ -489,3 +489,123 @@ def test_extra_scorer_that_fails_to_load_is_warned_about(model_dir, tmp_path):
     with pytest.warns(UserWarning, match="entropy_mean: skipped, cannot load"):
         loaded = load_model(model)
     assert "entropy_mean" not in loaded.scorers
+
+
+# --------------------------------------------------------------------------- issue 14 outputs
+
+
+def test_viewer_label_files_next_to_lesions(predicted):
+    res, out = predicted
+    table = res.table.set_index("lesion_id")
+    lines = (out / "label_description.txt").read_text().splitlines()
+    rows = [ln.split() for ln in lines if ln and not ln.startswith("#")]
+    by_id = {int(r[0]): r for r in rows if int(r[0]) > 0}
+    assert sorted(by_id) == [1, 2, 3]
+    for lid, r in by_id.items():
+        rgb = (230, 30, 30) if table.loc[lid, "review"] else (30, 190, 60)
+        assert tuple(int(v) for v in r[1:4]) == rgb
+        assert f'"lesion {lid} ' in " ".join(r)
+    lut = [ln.split() for ln in (out / "lesions.lut").read_text().splitlines()]
+    assert [int(r[0]) for r in lut] == [1, 2, 3]
+    for r in lut:
+        flagged = bool(table.loc[int(r[0]), "review"])
+        assert float(r[1]) == pytest.approx((230 if flagged else 30) / 255, abs=1e-4)
+        assert r[4:7] == ["lesion", r[0], "review" if flagged else "kept"]
+
+
+def test_report_has_viewer_or_says_how_to_get_it(predicted):
+    from lesionuq.export.viewer import NO_VIEWER_NOTE, find_niivue_bundle
+
+    _, out = predicted
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page  # the static figure is always there
+    if find_niivue_bundle() is None:
+        assert NO_VIEWER_NOTE in page and "lesionuq-viewer-canvas" not in page
+    else:
+        assert page.count('<canvas id="lesionuq-viewer-canvas"') == 1
+        assert NO_VIEWER_NOTE not in page and page.count("class Niivue") <= 1
+        # the table rows jump to the 3 lesions
+        assert all(f'data-lesion="{i}"' in page for i in (1, 2, 3))
+
+
+def _bids_tree(root, oblique):
+    """A BIDS data set: sub-01 with session a (oblique scan), sub-02 without (LPS scan)."""
+    (root / "dataset_description.json").parent.mkdir(parents=True)
+    (root / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.10.0"}')
+    a = root / "sub-01" / "ses-a" / "anat"
+    a.mkdir(parents=True)
+    shutil.copy(oblique, a / "sub-01_ses-a_FLAIR.nii.gz")
+    b = root / "sub-02" / "anat"
+    b.mkdir(parents=True)
+    affine, shape = lps_affine()
+    nib.save(brain_scan(affine, shape), str(b / "sub-02_FLAIR.nii.gz"))
+    return a / "sub-01_ses-a_FLAIR.nii.gz", b / "sub-02_FLAIR.nii.gz"
+
+
+def test_bids_out_batch_over_bids_manifest_is_indexed_by_pybids(model_dir, oblique, tmp_path):
+    bids = pytest.importorskip("bids")
+    from lesionuq.datasets import build_manifest
+
+    ds = tmp_path / "ds"
+    flair1, _ = _bids_tree(ds, oblique)
+    csv = build_manifest("bids", ds, tmp_path / "cases.csv")
+    deriv = ds / "derivatives" / "lesionuq"
+    model = load_model(model_dir, n_images=1)
+    res = predict_manifest(model, csv, tmp_path / "pred", progress=False, bids_out=deriv)
+    layout = bids.BIDSLayout(str(deriv), validate=False, is_derivative=True)
+    masks = layout.get(suffix="mask", label="lesion", space="orig", extension=".nii.gz")
+    assert sorted((f.entities["subject"], f.entities.get("session")) for f in masks) == [
+        ("01", "a"),
+        ("02", None),
+    ]
+    for sub, ses, cid in (("01", "a", "sub-01_ses-a"), ("02", None, "sub-02")):
+        query = {"subject": sub, "space": "orig"} | ({"session": ses} if ses else {})
+        probseg = layout.get(suffix="probseg", label="lesion", extension=".nii.gz", **query)
+        dseg = layout.get(suffix="dseg", desc="lesions", extension=".nii.gz", **query)
+        tsv = layout.get(suffix="dseg", desc="lesions", extension=".tsv", **query)
+        assert len(probseg) == len(dseg) == len(tsv) == 1
+        # the dseg is predict's lesions.nii.gz, its table the case's rows of lesions.csv
+        ours = nib.load(str(tmp_path / "pred" / cid / "lesions.nii.gz"))
+        np.testing.assert_array_equal(nib.load(dseg[0].path).get_fdata(), ours.get_fdata())
+        rows = pd.read_csv(tsv[0].path, sep="\t")
+        want = res.table[res.table.case_id == cid].sort_values("lesion_id")
+        assert rows["index"].tolist() == want["lesion_id"].tolist() == [1, 2, 3]
+        np.testing.assert_allclose(rows["p_fp"], want["p_fp"], atol=1e-6)
+        prob = nib.load(probseg[0].path).get_fdata()
+        core = ndimage.binary_erosion(ours.get_fdata() > 0)
+        assert prob.min() >= 0 and prob.max() <= 1 and prob[core].mean() > 0.9
+        assert prob[ours.get_fdata() == 0].mean() < 0.05
+    desc = (deriv / "dataset_description.json").read_text()
+    assert '"DatasetType": "derivative"' in desc and '"Name": "lesionuq"' in desc
+    meta = layout.get(suffix="mask", subject="01", extension=".nii.gz")[0].get_metadata()
+    assert meta["Sources"] == ["bids:raw:sub-01/ses-a/anat/sub-01_ses-a_FLAIR.nii.gz"]
+    # the same batch resumes; lesionuq's derivatives are not taken as ground truth
+    again = predict_manifest(model, csv, tmp_path / "pred", progress=False, bids_out=deriv)
+    assert all(r is None for r in again.results.values())
+    assert pd.read_csv(build_manifest("bids", ds, tmp_path / "c2.csv"))["mask"].isna().all()
+    # one scan again: refused without --overwrite, then replaced, sub-02 kept
+    with pytest.raises(InputError, match="already holds the derivatives of sub-01_ses-a"):
+        predict_scan(model, [flair1], tmp_path / "one", progress=False, bids_out=deriv)
+    assert not (tmp_path / "one").exists()
+    predict_scan(model, [flair1], tmp_path / "one", 0.9, progress=False, bids_out=deriv,
+                 overwrite=True)  # fmt: skip
+    layout = bids.BIDSLayout(str(deriv), validate=False, is_derivative=True)
+    assert len(layout.get(suffix="mask", extension=".nii.gz")) == 2
+    dseg_json = layout.get(suffix="dseg", subject="01", extension=".nii.gz")[0].get_metadata()
+    assert dseg_json["ReviewThreshold"] == 0.9
+
+
+def test_bids_out_refuses_non_bids_name_and_its_own_out(model_dir, oblique, tmp_path):
+    with pytest.raises(InputError, match="is not a BIDS file name"):
+        predict_scan(model_dir, [oblique], tmp_path / "o", progress=False, bids_out=tmp_path / "d")
+    with pytest.raises(InputError, match="apart from the --out folder"):
+        predict_scan(model_dir, [oblique], tmp_path / "o", progress=False, bids_out=tmp_path / "o")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "foreign.txt").write_text("x")
+    a = tmp_path / "ds" / "sub-1" / "anat"
+    a.mkdir(parents=True)
+    shutil.copy(oblique, a / "sub-1_FLAIR.nii.gz")
+    with pytest.raises(InputError, match="not written by lesionuq"):
+        predict_scan(model_dir, [a / "sub-1_FLAIR.nii.gz"], tmp_path / "o", progress=False,
+                     bids_out=tmp_path / "d")  # fmt: skip
+    assert not (tmp_path / "o").exists()

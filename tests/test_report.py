@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 
 import nibabel as nib
@@ -97,7 +98,17 @@ def test_render_lesion_crop_is_png():
         render_lesion_crop(np.ones(labels.shape), labels, 4)
 
 
-def test_write_report_self_contained(tmp_path):
+@pytest.fixture
+def no_bundle(monkeypatch, tmp_path):
+    """The NiiVue bundle absent, whether or not ``make viewer-bundle`` ran here."""
+    import lesionuq.export.viewer as viewer
+
+    monkeypatch.setattr(viewer, "_VENDOR", tmp_path / "absent" / "niivue.umd.js")
+
+
+def test_write_report_self_contained(tmp_path, no_bundle):
+    from lesionuq.export.viewer import NO_VIEWER_NOTE
+
     run = tmp_path / "run"
     make_fake_run(run)
     assert (run / "results/figure2.png").read_bytes().startswith(PNG_MAGIC)
@@ -123,9 +134,32 @@ def test_write_report_self_contained(tmp_path):
     # the config is shown, collapsed
     assert "<details>" in text and "n_samples" in text
     assert "at least 0.1, a" in text  # the TP threshold, read from config.yaml
+    assert text.count(NO_VIEWER_NOTE) == 1  # no viewer bundle: says how to get it
 
 
-def test_write_report_without_images(tmp_path):
+def test_gallery_viewer_for_the_top_case_with_bundle_once(tmp_path, monkeypatch):
+    import lesionuq.export.viewer as viewer
+
+    bundle = tmp_path / "niivue.umd.js"
+    bundle.write_text("/* FAKE-NIIVUE */ var niivue = {};")
+    monkeypatch.setattr(viewer, "_VENDOR", bundle)
+    run = tmp_path / "run"
+    make_fake_run(run)
+    text = write_report(run, n_gallery=2).read_text()
+    assert text.count("FAKE-NIIVUE") == 1 and viewer.NO_VIEWER_NOTE not in text
+    assert text.count('<canvas id="gallery-viewer-canvas"') == 1
+    # the most uncertain lesion (gcnn_classif 0.83) is lesion 3 of fold 0, case00
+    assert "Viewer: fold 0, case case00" in text
+    data = re.search(r'id="gallery-viewer-data">(.*?)</script>', text).group(1)
+    centroids = json.loads(data)["centroids"]
+    # cube of lesion 3: corner (5, 11, 10), side 4 -> centre (6.5, 12.5, 11.5) (identity affine)
+    assert centroids["3"] == [6.5, 12.5, 11.5]
+    rows = re.findall(r'<tr data-lesion="(\d)"', text)
+    assert rows == ["3", "2", "1"]  # by P(FP), most doubtful first
+    assert text.count(">review</td>") == 2 and text.count(">kept</td>") == 1  # FP, FP, TP
+
+
+def test_write_report_without_images(tmp_path, no_bundle):
     run = tmp_path / "run"
     make_fake_run(run, with_images=False)
     (run / "results/table1.csv").unlink()

@@ -289,6 +289,12 @@ def predict(
     cases: Annotated[Path | None, typer.Option(help="Or a cases.csv to predict in batch.")] = None,
     threshold: Annotated[float, typer.Option(help="P(FP) at or above which to review.")] = 0.5,
     maps: Annotated[bool, typer.Option(help="Also write prob/entropy/variance/pcs.")] = False,
+    bids_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also add each scan to this BIDS-derivatives folder (BIDS-named inputs)."
+        ),
+    ] = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -306,6 +312,7 @@ def predict(
             save_maps=maps,
             progress=not quiet,
             overwrite=overwrite,
+            bids_out=bids_out,
         )
         console.print(res.summary() if hasattr(res, "summary") else f"wrote {out}")
     else:
@@ -317,6 +324,7 @@ def predict(
             save_maps=maps,
             progress=not quiet,
             overwrite=overwrite,
+            bids_out=bids_out,
         )
         console.print(f"wrote predictions to {out}")
 

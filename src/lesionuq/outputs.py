@@ -67,6 +67,7 @@ KINDS = {
     "prediction": "prediction",
     "batch": "batch prediction",
     "maps": "set of voxel maps",
+    "bids": "BIDS-derivatives data set",
     "run": "run directory",
 }
 

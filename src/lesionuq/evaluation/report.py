@@ -372,6 +372,50 @@ def _gallery_method(lesions: pd.DataFrame, method: str | None) -> str | None:
     return "gcnn_classif" if "gcnn_classif" in methods else (methods[0] if methods else None)
 
 
+def _gallery_viewer(run: Path, lesions: pd.DataFrame, method: str, fold: int, case: str) -> str:
+    """The NiiVue viewer of one test case of the gallery, or the note how to get it.
+
+    Lesions are coloured by P(FP) for a classifier, else by the rank of their uncertainty
+    within the case (green least, red most uncertain).
+    """
+    from lesionuq.export.viewer import NO_VIEWER_NOTE, find_niivue_bundle, viewer_html
+
+    d = run / f"fold_{fold}" / "test" / case
+    if find_niivue_bundle() is None:
+        return f'<p class="note">{_e(NO_VIEWER_NOTE)}</p>'
+    if not ((d / "image.nii.gz").is_file() and (d / "lesions.nii.gz").is_file()):
+        return ""
+    rows = lesions[(lesions["fold"] == fold) & (lesions["case_id"].astype(str) == case)]
+    rows = rows.sort_values(method, ascending=False)
+    score = rows[method].to_numpy(dtype=float)
+    if method in _PROBABILITY_METHODS:
+        colour = np.clip(score, 0.0, 1.0)
+        scale = "P(FP)"
+    else:
+        ranks = pd.Series(score).rank(method="average").to_numpy()
+        colour = (ranks - 1) / max(len(ranks) - 1, 1)
+        scale = f"rank of {_label(method)} within the case"
+    image, labels = nib.load(str(d / "image.nii.gz")), nib.load(str(d / "lesions.nii.gz"))
+    voxel_ml = abs(float(np.linalg.det(labels.affine[:3, :3]))) / 1000.0
+    table = pd.DataFrame(
+        {
+            "lesion_id": rows["lesion_id"].to_numpy(dtype=int),
+            "p_fp": colour,
+            "volume_ml": rows["n_voxels"].to_numpy(dtype=float) * voxel_ml,
+            "review": ~as_bool(rows["is_tp"]),
+        }
+    )
+    fragment = viewer_html(image, labels, table, element_id="gallery-viewer")
+    if fragment is None:
+        return f'<p class="note">{_e(NO_VIEWER_NOTE)}</p>'
+    return (
+        f"<h3>Viewer: fold {fold}, case {_e(case)} (holds the most uncertain lesion)</h3>"
+        f'<p class="note">Lesions coloured by {_e(scale)}, green to red; the P(FP) column '
+        'shows that colour value, the status column the truth ("review" = FP, "kept" = '
+        "TP).</p>" + fragment
+    )
+
+
 def _gallery_html(run: Path, lesions: pd.DataFrame, method: str, n: int, margin: int) -> str:
     order = lesions.sort_values(
         [method, "fold", "case_id", "lesion_id"], ascending=[False, True, True, True]
@@ -420,6 +464,9 @@ def _gallery_html(run: Path, lesions: pd.DataFrame, method: str, n: int, margin:
         f"<h3>Least uncertain test lesions ({_e(_label(method))})</h3>",
         '<div class="gallery">' + "".join(tile(r) for _, r in least.iterrows()) + "</div>",
     ]
+    if len(most):  # one viewer (one bundle) for the case of the most uncertain lesion
+        top = most.iloc[0]
+        parts.append(_gallery_viewer(run, lesions, method, int(top["fold"]), str(top["case_id"])))
     return "\n".join(parts)
 
 

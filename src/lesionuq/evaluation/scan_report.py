@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from lesionuq import __version__
 from lesionuq.evaluation.render import escape, html_page, html_table, img_tag, png_bytes
+from lesionuq.export.viewer import NO_VIEWER_NOTE
 
 __all__ = ["scan_report_html", "summary_png"]
 
@@ -118,8 +119,9 @@ def scan_report_html(
     model: Path,
     threshold: float,
     seconds: float,
+    viewer: str | None = None,
 ) -> str:
-    """A self-contained HTML page: the summary figure (base64) and the lesion table.
+    """A self-contained HTML page: the viewer, the summary figure (base64), the lesion table.
 
     Args:
         table: The lesion rows to show, most doubtful first, with a boolean ``review``
@@ -130,6 +132,9 @@ def scan_report_html(
         model: The model folder (shown resolved).
         threshold: P(FP) at or above which a lesion is to review.
         seconds: Wall time of the prediction.
+        viewer: The interactive NiiVue viewer fragment
+            (:func:`lesionuq.export.viewer.viewer_html`); None shows
+            :data:`~lesionuq.export.viewer.NO_VIEWER_NOTE` instead, above the static figure.
 
     Returns:
         The page text.
@@ -155,6 +160,8 @@ def scan_report_html(
         f"(P(FP) &ge; {threshold:g}, highlighted)</td></tr>",
         f"<tr><td>lesionuq</td><td>{escape(__version__)}, {seconds:.1f} s</td></tr>",
         "</table>",
+        "<h2>Viewer</h2>",
+        viewer if viewer is not None else f'<p class="note">{escape(NO_VIEWER_NOTE)}</p>',
         f"<p>{img_tag(png, 'summary', 'wide')}</p>",
         "<h2>Lesions (sorted by P(FP), most doubtful first)</h2>",
         body,

@@ -25,8 +25,11 @@ Per scan, in ``sub-<s>/[ses-<t>/]anat/``::
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +39,20 @@ import pandas as pd
 
 from lesionuq import __version__
 from lesionuq.export.labels import FLAGGED_RGB, KEPT_RGB
-from lesionuq.io import atomic_write_text, save_nifti
+from lesionuq.io import InputError, atomic_write_text, save_nifti
+from lesionuq.outputs import TMP_PREFIX, add_written, check_output_dir, start_output
 
-__all__ = ["BIDS_VERSION", "MAP_DESCRIPTIONS", "bids_entities", "write_bids_derivatives"]
+__all__ = [
+    "BIDS_KEY",
+    "BIDS_VERSION",
+    "MAP_DESCRIPTIONS",
+    "bids_entities",
+    "bids_sources",
+    "check_bids_out",
+    "publish_bids_scan",
+    "scan_entities",
+    "write_bids_derivatives",
+]
 
 BIDS_VERSION = "1.10.0"
 #: Entities in the order the BIDS entity table puts them (those lesionuq may meet).
@@ -138,6 +152,7 @@ def write_bids_derivatives(
     sources: list[str] | None = None,
     threshold: float | None = None,
     source_datasets: list[dict[str, str]] | None = None,
+    dataset_links: dict[str, str] | None = None,
     name: str = "lesionuq",
     version: str = __version__,
 ) -> dict[str, Path]:
@@ -155,6 +170,8 @@ def write_bids_derivatives(
         sources: BIDS URIs or paths of the input files (sidecar ``Sources``).
         threshold: The review threshold on P(FP), recorded in the dseg sidecar.
         source_datasets: ``SourceDatasets`` entries of ``dataset_description.json``.
+        dataset_links: ``DatasetLinks`` of ``dataset_description.json`` (e.g.
+            ``{"raw": "file:///data/ds"}`` for ``bids:raw:`` URIs in ``sources``).
         name: ``GeneratedBy`` name.
         version: ``GeneratedBy`` version.
 
@@ -181,6 +198,8 @@ def write_bids_derivatives(
     }
     if source_datasets:
         description["SourceDatasets"] = list(source_datasets)
+    if dataset_links:
+        description["DatasetLinks"] = dict(dataset_links)
     written = {"dataset_description": _json(root / "dataset_description.json", description)}
     _readme(root)
     folder = root / f"sub-{entities['sub']}"
@@ -251,3 +270,160 @@ def _readme(root: Path) -> None:
         "- `*_label-lesion_desc-<measure>_uncertainty.nii.gz`: voxel-wise uncertainty\n"
         "  (`entropy`, `variance`, `pcs`); `uncertainty` is not a BIDS-standard suffix.\n",
     )
+
+
+#: Settings key of a lesionuq derivatives folder: constant, so that scans are added to it.
+BIDS_KEY = "bids-derivatives"
+
+
+def scan_entities(path: str | Path) -> dict[str, str]:
+    """Entities of an input scan for ``predict --bids-out``, or one sentence why not.
+
+    Args:
+        path: The scan (first image), e.g. ``ds/sub-01/ses-a/anat/sub-01_ses-a_FLAIR.nii.gz``.
+
+    Returns:
+        Its entities, e.g. ``{"sub": "01", "ses": "a"}``.
+
+    Raises:
+        InputError: The file name is not a BIDS name (no ``sub-<label>``) or has a
+            non-alphanumeric label.
+    """
+    try:
+        entities = bids_entities(path)
+        _stem(entities)
+    except ValueError:
+        raise InputError(
+            f"{path}: is not a BIDS file name (sub-<label>[_ses-<label>]_..._FLAIR.nii.gz with "
+            "alphanumeric labels), so --bids-out cannot name its outputs; rename the scan or "
+            "leave out --bids-out."
+        ) from None
+    return entities
+
+
+def _anat(root: Path, entities: Mapping[str, str]) -> Path:
+    folder = root / f"sub-{entities['sub']}"
+    if "ses" in entities:
+        folder = folder / f"ses-{entities['ses']}"
+    return folder / "anat"
+
+
+def _scan_files(root: Path, entities: Mapping[str, str]) -> list[Path]:
+    """Files of one scan already in the derivatives folder ``root``."""
+    folder = _anat(root, entities)
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob(f"{_stem(entities, space='orig')}_*"))
+
+
+def check_bids_out(
+    deriv_root: str | Path,
+    entity_sets: Sequence[Mapping[str, str]],
+    overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
+) -> Path:
+    """Check, before any computation, that scans may be added to ``deriv_root``.
+
+    ``deriv_root`` follows lesionuq's output-folder rule (:mod:`lesionuq.outputs`): new,
+    empty, or a derivatives folder lesionuq wrote before, to which scans are added. A
+    scan whose files are already there is replaced only with ``overwrite``.
+
+    Args:
+        deriv_root: The derivatives data set folder.
+        entity_sets: The entities of each scan to write (:func:`scan_entities`).
+        overwrite: Replace files of scans already in the folder.
+        inputs: Input files; ``deriv_root`` may neither be their folder nor hold them.
+
+    Returns:
+        ``deriv_root`` as a Path.
+
+    Raises:
+        InputError: The folder is refused, two scans have the same entities, or a scan
+            is already there without ``overwrite``.
+    """
+    root = check_output_dir(deriv_root, "bids", overwrite, inputs, key=BIDS_KEY)
+    seen: set[str] = set()
+    for entities in entity_sets:
+        stem = _stem(entities)
+        if stem in seen:
+            raise InputError(
+                f"--bids-out: two scans have the same BIDS entities {stem}; each scan needs "
+                "its own sub/ses/acq/run."
+            )
+        seen.add(stem)
+        if not overwrite and _scan_files(root, entities):
+            raise InputError(
+                f"{root}: already holds the derivatives of {stem}; add --overwrite to replace them."
+            )
+    return root
+
+
+def publish_bids_scan(
+    deriv_root: str | Path,
+    entities: Mapping[str, str],
+    images: Mapping[str, nib.Nifti1Image],
+    lesions: pd.DataFrame | Mapping[str, Any],
+    **kwargs: Any,
+) -> dict[str, Path]:
+    """Add one scan to a derivatives folder checked by :func:`check_bids_out`.
+
+    The files are built by :func:`write_bids_derivatives` in a temporary folder inside
+    ``deriv_root``, then moved into place and recorded in the folder's lesionuq marker;
+    the scan's earlier files are replaced and other scans are kept, as is an existing
+    ``README.md``.
+
+    Args:
+        deriv_root: The derivatives data set folder.
+        entities: The scan's entities.
+        images: See :func:`write_bids_derivatives`.
+        lesions: See :func:`write_bids_derivatives`.
+        **kwargs: Passed to :func:`write_bids_derivatives`.
+
+    Returns:
+        The published files by role (as :func:`write_bids_derivatives`).
+    """
+    root = Path(deriv_root)
+    start_output(root, "bids", BIDS_KEY)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=root))
+    try:
+        built = write_bids_derivatives(tmp, entities, images, lesions, **kwargs)
+        for old in _scan_files(root, entities):
+            old.unlink()
+        moved = []
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            rel = path.relative_to(tmp)
+            if rel.name == "README.md" and (root / rel).exists():
+                continue
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, root / rel)
+            moved.append(str(rel))
+        add_written(root, moved)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {role: root / p.relative_to(tmp) for role, p in built.items()}
+
+
+def bids_sources(path: str | Path) -> dict[str, Any]:
+    """Provenance arguments of :func:`write_bids_derivatives` for one input scan.
+
+    When the scan lies in a BIDS data set (a ``sub-<label>`` folder above it), its
+    ``Sources`` entry is a ``bids:raw:`` URI and ``DatasetLinks``/``SourceDatasets`` name
+    the data set's folder; otherwise ``Sources`` is the scan's absolute path.
+
+    Args:
+        path: The input scan.
+
+    Returns:
+        ``sources`` and, for a BIDS input, ``dataset_links`` and ``source_datasets``.
+    """
+    path = Path(path).resolve()
+    for parent in path.parents:
+        if parent.name.startswith("sub-"):
+            root = parent.parent
+            uri = root.as_uri()
+            return {
+                "sources": [f"bids:raw:{path.relative_to(root).as_posix()}"],
+                "dataset_links": {"raw": uri},
+                "source_datasets": [{"URL": uri}],
+            }
+    return {"sources": [str(path)]}

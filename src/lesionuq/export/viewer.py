@@ -108,9 +108,15 @@ def _nifti_b64(data: np.ndarray, affine: np.ndarray) -> str:
 
 
 def _flair_uint8(flair: np.ndarray) -> np.ndarray:
-    """FLAIR rescaled to 0..255 on its 0.5-99.5 percentiles of non-zero voxels."""
+    """FLAIR rescaled to 0..255, black at 0 and white at the 99.5 percentile.
+
+    Black is the 0.5 percentile of non-zero voxels instead when that is below 0
+    (z-scored images); a percentile as black would make a FLAIR's fairly uniform white
+    matter almost black.
+    """
     inside = flair[np.nonzero(flair)]
     lo, hi = np.percentile(inside, [0.5, 99.5]) if inside.size else (0.0, 1.0)
+    lo = min(float(lo), 0.0)
     scaled = (flair - lo) / max(float(hi - lo), 1e-6)
     return np.rint(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
 
@@ -228,6 +234,8 @@ _INIT_JS = """<script>
   const nv = new niivue.Niivue({
     backColor: [0, 0, 0, 1], show3Dcrosshair: false, isColorbar: false,
     crosshairColor: [0.2, 0.6, 1, 1], dragAndDropEnabled: false,
+    multiplanarLayout: 2, multiplanarShowRender: 0,  // 2x2 grid, no 3-D render tile
+    isSliceMM: true,  // world-space planes: an oblique scan shows true axial/coronal/sagittal
   });
   window.lesionuqViewers = window.lesionuqViewers || {};
   function record() {

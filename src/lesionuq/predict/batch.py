@@ -18,7 +18,15 @@ from pathlib import Path
 import pandas as pd
 
 from lesionuq.config import config_digest
-from lesionuq.io import Case, atomic_write_text, check_threshold, csv_text, load_case, read_manifest
+from lesionuq.io import (
+    Case,
+    InputError,
+    atomic_write_text,
+    check_threshold,
+    csv_text,
+    load_case,
+    read_manifest,
+)
 from lesionuq.outputs import add_written, check_output_dir, start_output
 from lesionuq.predict.model import FittedModel, load_model
 from lesionuq.predict.scan import PredictResult, empty_table, predict_scan
@@ -61,6 +69,7 @@ def predict_manifest(
     save_maps: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    bids_out: str | Path | None = None,
 ) -> BatchResult:
     """Predict every case of a ``cases.csv`` (the ``mask`` column is optional and unused).
 
@@ -78,7 +87,11 @@ def predict_manifest(
         save_maps: Also write the voxel maps of every case.
         progress: Show a progress bar over the cases.
         overwrite: Replace an earlier batch made with other settings (see
-            :mod:`lesionuq.outputs`); the same settings resume without it.
+            :mod:`lesionuq.outputs`); the same settings resume without it. Also replaces
+            scans already in ``bids_out``.
+        bids_out: A BIDS-derivatives folder to add every case to (new, empty, or one
+            lesionuq wrote), e.g. for a manifest of ``lesionuq manifest --layout bids``;
+            each case's first image must have a BIDS file name.
 
     Returns:
         The batch result.
@@ -94,20 +107,23 @@ def predict_manifest(
     check_output_dir(out, "batch", overwrite=overwrite, inputs=inputs, key=key)
     for case in track(cases, "checking inputs", enabled=progress):
         load_case(Case(case.case_id, case.images))
+    if bids_out is not None:
+        _check_bids(bids_out, out, cases, inputs, model_digest, threshold, save_maps, overwrite)
     start_output(out, "batch", key, dirs=[c.case_id for c in cases])
     results: dict[str, PredictResult | None] = {}
     tables = []
     for case in track(cases, "predict", enabled=progress):
         folder = out / case.case_id
-        done = _previous(folder, model_digest, case, threshold, save_maps)
+        done = _previous(folder, model_digest, case, threshold, save_maps, bids_out)
         if done is not None:
             results[case.case_id] = None
             table = done
         else:
             res = predict_scan(
-                model, case.images, folder, threshold, save_maps, False, case.case_id, True
-            )
-            _mark(folder, model_digest, case, threshold, save_maps)
+                model, case.images, folder, threshold, save_maps, False, case.case_id, True,
+                bids_out=bids_out,
+            )  # fmt: skip
+            _mark(folder, model_digest, case, threshold, save_maps, bids_out)
             results[case.case_id] = res
             table = res.table
         table = table.copy()
@@ -124,32 +140,77 @@ def predict_manifest(
     return BatchResult(out, table, results)
 
 
-def _batch_digest(model_digest: str, case: Case, threshold: float, save_maps: bool) -> str:
-    return config_digest(
-        {
-            "model": model_digest,
-            "images": [
-                [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in case.images
-            ],
-            "threshold": float(threshold),
-            "save_maps": bool(save_maps),
-        }
-    )
+def _check_bids(
+    bids_out: str | Path,
+    out: Path,
+    cases: list[Case],
+    inputs: list[Path],
+    model_digest: str,
+    threshold: float,
+    save_maps: bool,
+    overwrite: bool,
+) -> None:
+    """Check ``bids_out`` for the cases to compute (reused cases are already there)."""
+    from lesionuq.export.bids import check_bids_out, scan_entities
+
+    deriv, target = Path(bids_out).resolve(), out.resolve()
+    if deriv == target or target in deriv.parents or deriv in target.parents:
+        raise InputError(
+            f"{bids_out}: the --bids-out folder must be apart from the --out folder {out}."
+        )
+    entities = [scan_entities(c.images[0]) for c in cases]
+    todo = [
+        e
+        for c, e in zip(cases, entities, strict=True)
+        if _previous(out / c.case_id, model_digest, c, threshold, save_maps, bids_out) is None
+    ]
+    check_bids_out(bids_out, entities, overwrite=True, inputs=inputs)  # folder, duplicates
+    check_bids_out(bids_out, todo, overwrite=overwrite, inputs=inputs)
 
 
-def _mark(folder: Path, model_digest: str, case: Case, threshold: float, save_maps: bool) -> None:
-    digest = _batch_digest(model_digest, case, threshold, save_maps)
+def _batch_digest(
+    model_digest: str,
+    case: Case,
+    threshold: float,
+    save_maps: bool,
+    bids_out: str | Path | None = None,
+) -> str:
+    payload = {
+        "model": model_digest,
+        "images": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in case.images],
+        "threshold": float(threshold),
+        "save_maps": bool(save_maps),
+    }
+    if bids_out is not None:  # absent key: digests of batches without BIDS are unchanged
+        payload["bids_out"] = str(Path(bids_out).resolve())
+    return config_digest(payload)
+
+
+def _mark(
+    folder: Path,
+    model_digest: str,
+    case: Case,
+    threshold: float,
+    save_maps: bool,
+    bids_out: str | Path | None = None,
+) -> None:
+    digest = _batch_digest(model_digest, case, threshold, save_maps, bids_out)
     atomic_write_text(folder / _DIGEST, digest + "\n")
     add_written(folder, [_DIGEST])
 
 
 def _previous(
-    folder: Path, model_digest: str, case: Case, threshold: float, save_maps: bool
+    folder: Path,
+    model_digest: str,
+    case: Case,
+    threshold: float,
+    save_maps: bool,
+    bids_out: str | Path | None = None,
 ) -> pd.DataFrame | None:
     """The table of an identical earlier prediction in ``folder``, else None."""
     try:
         stored = (folder / _DIGEST).read_text().strip()
-        if stored != _batch_digest(model_digest, case, threshold, save_maps):
+        if stored != _batch_digest(model_digest, case, threshold, save_maps, bids_out):
             return None
         return pd.read_csv(folder / "lesions.csv")
     except (OSError, ValueError):

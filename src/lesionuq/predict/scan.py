@@ -256,6 +256,7 @@ def predict_scan(
     progress: bool = True,
     case_id: str | None = None,
     overwrite: bool = False,
+    bids_out: str | Path | None = None,
 ) -> PredictResult:
     """Segment one scan and score each lesion's uncertainty, in the scan's own space.
 
@@ -269,7 +270,15 @@ def predict_scan(
     - with ``save_maps``: the :data:`MAP_NAMES` maps (linear resampling).
     - ``lesions.csv``: :func:`lesion_rows`, then ``u_METHOD`` for any other fitted scorer
       of the model folder.
-    - ``summary.png``, ``report.html`` (self-contained) and ``prediction.json``.
+    - ``label_description.txt`` (ITK-SNAP) and ``lesions.lut`` (FSLeyes): the lesion ids
+      of ``lesions.nii.gz`` coloured by review status (red review, green kept).
+    - ``summary.png``, ``report.html`` (self-contained; with the interactive NiiVue
+      viewer when its bundle was fetched, see :mod:`lesionuq.export.viewer`) and
+      ``prediction.json``.
+
+    With ``bids_out``, the scan is also added to that BIDS-derivatives data set
+    (:func:`lesionuq.export.bids.write_bids_derivatives`, entities from the first
+    image's BIDS file name).
 
     Args:
         model: A model folder (``RUN/fold_K``) or a :class:`FittedModel`.
@@ -280,15 +289,18 @@ def predict_scan(
         save_maps: Also write the ``prob``, ``entropy``, ``variance`` and ``pcs`` maps.
         progress: Show a progress bar over the steps.
         case_id: Name used in the table and report (default: first image's file name).
-        overwrite: Replace an earlier prediction in ``out`` (see :mod:`lesionuq.outputs`).
+        overwrite: Replace an earlier prediction in ``out`` (see :mod:`lesionuq.outputs`)
+            and this scan's earlier files in ``bids_out``.
+        bids_out: A BIDS-derivatives folder to add this scan to (new, empty, or one
+            lesionuq wrote); the first image must have a BIDS file name.
 
     Returns:
         The result (its :meth:`PredictResult.summary` is what the CLI prints).
 
     Raises:
         InputError: Missing or unreadable file, empty, 4-D or non-finite image, images on
-            different grids, wrong image count, incomplete model folder. ``out`` is
-            then left untouched.
+            different grids, wrong image count, incomplete model folder, a non-BIDS
+            file name with ``bids_out``. ``out`` is then left untouched.
     """
     t0 = time.perf_counter()
     paths = _as_paths(images)
@@ -296,6 +308,7 @@ def predict_scan(
         raise InputError("no input image was given.")
     threshold = check_threshold(threshold)
     check_output_dir(out, "prediction", overwrite=overwrite, inputs=paths)
+    bids = _check_exports(bids_out, out, paths, overwrite)
     if not isinstance(model, FittedModel):
         model = load_model(model, n_images=len(paths))
     model.check_images(len(paths))
@@ -304,7 +317,9 @@ def predict_scan(
     with _Steps(_STEPS, progress, case_id).run() as step:
         grid = _infer(model, paths, case_id, step)
         step("write")
-        result = _write_outputs(out, grid, model, paths, case_id, threshold, save_maps, t0)
+        result = _write_outputs(
+            out, grid, model, paths, case_id, threshold, save_maps, t0, bids=bids
+        )
         step("done")
     return result
 
@@ -350,6 +365,7 @@ def _write_outputs(
     threshold: float,
     save_maps: bool,
     t0: float,
+    bids: tuple[Path, dict[str, str]] | None = None,
 ) -> PredictResult:
     """Bring the outputs onto the input grid and write the folder ``out`` atomically.
 
@@ -386,6 +402,7 @@ def _write_outputs(
         for name, vol in native_maps.items():
             save_nifti(tmp / f"{name}.nii.gz", vol, affine)
         atomic_write_text(tmp / "lesions.csv", csv_text(table))
+        viewer = _write_exports(tmp, bids, grid, paths, table, lab_native, native_maps, threshold)
         png = summary_png(grid.pre.image[0], grid.labels, scores["gcnn_classif"], table, case_id)
         (tmp / "summary.png").write_bytes(png)
         result.seconds = time.perf_counter() - t0
@@ -397,6 +414,7 @@ def _write_outputs(
             model=model.folder,
             threshold=result.threshold,
             seconds=result.seconds,
+            viewer=viewer,
         )
         atomic_write_text(tmp / "report.html", page)
         meta = {
@@ -414,6 +432,70 @@ def _write_outputs(
         }
         atomic_write_text(tmp / _STAMP, json.dumps(meta, indent=1) + "\n")
     return result
+
+
+# ------------------------------------------------ standard outputs (lesionuq.export)
+
+
+def _check_exports(
+    bids_out: str | Path | None, out: Path, paths: tuple[Path, ...], overwrite: bool
+) -> tuple[Path, dict[str, str]] | None:
+    """Check ``bids_out`` before any computation: the folder and the scan's entities."""
+    if bids_out is None:
+        return None
+    from lesionuq.export.bids import check_bids_out, scan_entities
+
+    deriv, target = Path(bids_out).resolve(), Path(out).resolve()
+    if deriv == target or target in deriv.parents or deriv in target.parents:
+        raise InputError(
+            f"{bids_out}: the --bids-out folder must be apart from the --out folder {out}."
+        )
+    entities = scan_entities(paths[0])
+    return check_bids_out(bids_out, [entities], overwrite, paths), entities
+
+
+def _write_exports(
+    tmp: Path,
+    bids: tuple[Path, dict[str, str]] | None,
+    grid: _OnGrid,
+    paths: tuple[Path, ...],
+    table: pd.DataFrame,
+    lab_native: np.ndarray,
+    native_maps: dict[str, np.ndarray],
+    threshold: float,
+) -> str | None:
+    """Viewer label files into ``tmp``, the scan into ``bids``, and the report's viewer.
+
+    Returns:
+        The NiiVue viewer fragment of ``report.html``, or None without the bundle.
+    """
+    import nibabel as nib
+
+    from lesionuq.export import viewer_html, write_fsleyes_lut, write_itksnap_labels
+    from lesionuq.export.bids import bids_sources, publish_bids_scan
+
+    affine = grid.native_affine
+    write_itksnap_labels(tmp / "label_description.txt", table)
+    write_fsleyes_lut(tmp / "lesions.lut", table)
+    labels_img = nib.Nifti1Image(lab_native.astype(np.int32), affine)
+    if bids is not None:
+        prob = native_maps.get("prob")
+        if prob is None:
+            prob = to_original(grid.maps.prob.astype(np.float32), grid.pre.transform, order=1)
+            prob = _check_shape(prob, grid.native_shape, "prob")
+        images = {
+            "mask": nib.Nifti1Image((lab_native > 0).astype(np.uint8), affine),
+            "probseg": nib.Nifti1Image(np.clip(prob, 0, 1).astype(np.float32), affine),
+            "dseg": labels_img,
+        }
+        for name in ("entropy", "variance", "pcs"):
+            if name in native_maps:
+                images[name] = nib.Nifti1Image(native_maps[name], affine)
+        publish_bids_scan(
+            bids[0], bids[1], images, table, threshold=threshold, **bids_sources(paths[0])
+        )
+    flair = nib.load(str(paths[0]))
+    return viewer_html(nib.Nifti1Image(np.asanyarray(flair.dataobj), affine), labels_img, table)
 
 
 def _score(model: FittedModel, lesions: LesionSet) -> dict[str, np.ndarray]:
