@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: setup
 	$(BIN)/lesionuq demo --out demo
 
 test: $(STAMP)
