@@ -45,7 +45,11 @@ __all__ = [
 SCORER_FILE = "scorer.json"
 _FORMAT = 1
 # Modules that define scorer classes; imported lazily by ``load`` (they import this one).
-_SCORER_MODULES = ("lesionuq.scorers.baselines", "lesionuq.scorers.gcnn")
+_SCORER_MODULES = (
+    "lesionuq.scorers.baselines",
+    "lesionuq.scorers.gcnn",
+    "lesionuq.scorers.gcnn_ens",
+)
 
 
 class LesionScorer(ABC):
@@ -234,6 +238,7 @@ REGISTRY: dict[str, Callable[[ExperimentConfig], LesionScorer]] = {
     "size": _size,
     "metaseg_classif": _metaseg("classif"),
     "metaseg_reg": _metaseg("reg"),
+    "gcnn_ens": lambda cfg: importlib.import_module("lesionuq.scorers.gcnn_ens").make_gcnn_ens(cfg),
 }
 """Method name (every name of ``config.METHODS``) -> factory of an unfitted scorer."""
 
