@@ -26,6 +26,7 @@ from lesionuq.config import ExperimentConfig, did_you_mean
 from lesionuq.scorers.base import SCORER_FILE, LesionScorer
 from lesionuq.scorers.baselines import ColumnScorer, MetaSegScorer, SizeScorer
 from lesionuq.scorers.gcnn import GCNNScorer
+from lesionuq.scorers.gcnn_ens import GCNNEnsembleScorer, make_gcnn_ens
 
 __all__ = ["REGISTRY", "ScorerSpec", "load_scorer", "make_scorer"]
 
@@ -93,6 +94,13 @@ REGISTRY: dict[str, ScorerSpec] = {
         MetaSegScorer, "MetaSeg classif", ("#8c564b", "-.", 1.4), _task("classif")
     ),
     "metaseg_reg": ScorerSpec(MetaSegScorer, "MetaSeg reg", ("#e377c2", "-.", 1.4), _task("reg")),
+    # beyond the paper: a seeded ensemble of hybrid lesion GCNNs (scorers/gcnn_ens.py)
+    "gcnn_ens": ScorerSpec(
+        GCNNEnsembleScorer,
+        "GCNN ensemble",
+        ("#17becf", "-", 2.6),
+        lambda cfg: {"cfg": make_gcnn_ens(cfg).cfg},
+    ),
 }
 """Method name -> :class:`ScorerSpec`; the default methods are ``config.METHODS``."""
 
