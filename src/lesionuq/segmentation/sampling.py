@@ -76,10 +76,6 @@ __all__ = [
 ]
 
 _CL = torch.channels_last_3d
-#: Per-sample channel subsets are padded up to a multiple of this many channels (with
-#: zero-weight extras), so the T samples reuse a few oneDNN kernels per layer instead of
-#: compiling one for every kept-channel count (see :meth:`_FastMC._channels`).
-CHANNEL_QUANTUM = 16
 
 
 def _conv3d(
@@ -330,8 +326,6 @@ class _FastMC:
         channels_last: Use the channels-last 3D memory layout.
         dtype: Activation dtype on CPU (float32 or bfloat16; weights stay float32 and
             are cast per convolution). Ignored on CUDA, where autocast decides.
-        quantum: Pad per-sample channel subsets to multiples of this (default
-            :data:`CHANNEL_QUANTUM`; 1 = no padding).
     """
 
     def __init__(
@@ -340,10 +334,8 @@ class _FastMC:
         per_sample: bool,
         channels_last: bool,
         dtype: torch.dtype = torch.float32,
-        quantum: int | None = None,
     ):
         self.model = model
-        self.quantum = CHANNEL_QUANTUM if quantum is None else quantum
         self.per_sample = per_sample
         self.cl = channels_last
         self._scratch: torch.Tensor | None = None
@@ -460,47 +452,18 @@ class _FastMC:
         return _conv3d(x, w, padding=w.shape[-1] // 2)
 
     def _kept_conv(
-        self,
-        x: torch.Tensor,
-        w: torch.Tensor,
-        kept: torch.Tensor,
-        transposed: bool = False,
-        gain: torch.Tensor | None = None,
+        self, x: torch.Tensor, w: torch.Tensor, kept: torch.Tensor, transposed: bool = False
     ) -> torch.Tensor | None:
         """Convolution (no bias) of a dropped tensor given as its kept channels only.
 
         x: (1, len(kept), ...) the kept channels; w: the full weight, (C_out, C, ...) or,
-        transposed, (C, C_out, ...). The kept weights are scaled by ``gain`` (default
-        1/(1-p)). None when nothing is kept (the result is zero).
+        transposed, (C, C_out, ...). The kept weights are scaled by 1/(1-p). None when
+        nothing is kept (the result is zero).
         """
         if kept.numel() == 0:
             return None
-        if gain is None:
-            ws = w.index_select(0 if transposed else 1, kept) * self.scale
-        else:
-            g = gain.view(-1, 1, 1, 1, 1) if transposed else gain.view(1, -1, 1, 1, 1)
-            ws = w.index_select(0 if transposed else 1, kept) * g
+        ws = w.index_select(0 if transposed else 1, kept) * self.scale
         return self._conv(x, self._fmt(ws), transposed)
-
-    def _channels(self, mask: torch.Tensor, kept: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """The kept (or dropped) channels of ``mask``, padded to a multiple of the quantum.
-
-        Padding channels come from the other set and get gain 0, so results are unchanged
-        while the convolution shapes take few distinct values over the T samples.
-
-        Returns:
-            Sorted channel indices and their gains (``mask`` value for kept sets; 1/(1-p)
-            for dropped sets), 0 for the padding channels.
-        """
-        sel = mask != 0 if kept else mask == 0
-        idx = torch.nonzero(sel).flatten()
-        n, q = idx.numel(), self.quantum
-        target = min(mask.numel(), -(-n // q) * q) if n and q > 1 else n
-        if target > n:
-            extra = torch.nonzero(~sel).flatten()[: target - n]
-            idx = torch.sort(torch.cat([idx, extra])).values
-        gain = mask[idx] if kept else (mask[idx] == 0).to(mask.dtype) * self.scale
-        return idx, gain
 
     def _shared_linear(
         self, full: torch.Tensor, x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor
@@ -510,18 +473,14 @@ class _FastMC:
         When at least half of the channels are dropped the kept ones are convolved
         directly instead (cheaper, and no cancellation).
         """
-        n_dropped = int((mask == 0).sum())
-        if n_dropped == 0:
+        dropped = torch.nonzero(mask == 0).flatten()
+        if dropped.numel() == 0:
             return full.clone(memory_format=torch.preserve_format)
-        if 2 * n_dropped >= mask.numel():
-            kept, gain = self._channels(mask)
-            out = (
-                self._kept_conv(self._select(x, kept), w, kept, gain=gain) if kept.numel() else None
-            )
+        if 2 * dropped.numel() >= mask.numel():
+            kept = torch.nonzero(mask).flatten()
+            out = self._kept_conv(self._select(x, kept), w, kept) if kept.numel() else None
             return out if out is not None else torch.zeros_like(full)
-        dropped, gain = self._channels(mask, kept=False)
-        ws = w.index_select(1, dropped) * gain.view(1, -1, 1, 1, 1)
-        part = self._conv(self._select(x, dropped), self._fmt(ws))
+        part = self._conv(self._select(x, dropped), self._fmt(w[:, dropped] * self.scale))
         return torch.sub(full, part, out=part)
 
     # -- the two phases ------------------------------------------------------------------
@@ -563,8 +522,7 @@ class _FastMC:
     def _one(self, ms: Sequence[torch.Tensor], s: dict[str, torch.Tensor]) -> torch.Tensor:
         """One sample; every block after the first keeps only its kept output channels."""
         levels, a0 = self.levels, s["a0"]
-        sets = [self._channels(m) for m in ms]  # padded kept channels and their gains
-        kept, gains = [k for k, _ in sets], [g for _, g in sets]
+        kept = [torch.nonzero(m).flatten() for m in ms]
         acts = [a0]  # a0 has all channels, acts[k >= 1] only kept[k]
         for k in range(1, levels):
             lay = self.enc[k]
@@ -573,8 +531,7 @@ class _FastMC:
             else:
                 prev = acts[k - 1]
                 if kept[k - 1].numel():
-                    pooled = F.max_pool3d(prev, 2)
-                    h = self._kept_conv(pooled, lay.w1, kept[k - 1], gain=gains[k - 1])
+                    h = self._kept_conv(F.max_pool3d(prev, 2), lay.w1, kept[k - 1])
                 else:  # every channel dropped: the convolution sees zeros
                     shape = [d // 2 for d in prev.shape[2:]]
                     h = self._fmt(prev.new_zeros(1, lay.w1.shape[0], *shape))
@@ -583,12 +540,11 @@ class _FastMC:
         for j in range(levels - 1):
             lay, (wc, wskip) = self.dec[j], self.up[j]
             level = levels - 2 - j
-            i = levels - 1 + j
-            h = self._kept_conv(d, wc, kept[i], transposed=True, gain=gains[i])
+            h = self._kept_conv(d, wc, kept[levels - 1 + j], transposed=True)
             if level == 0:
                 skip = self._shared_linear(s["skip0"], a0, wskip, ms[0])
             else:
-                skip = self._kept_conv(acts[level], wskip, kept[level], gain=gains[level])
+                skip = self._kept_conv(acts[level], wskip, kept[level])
             if h is None:
                 shape = acts[level].shape[2:]
                 h = skip if skip is not None else self._fmt(a0.new_zeros(1, wc.shape[1], *shape))
@@ -600,7 +556,7 @@ class _FastMC:
         if levels == 1:  # d = a0 holds every channel: mask the weights instead
             wd = wd * ms[-1].view(1, -1, 1, 1, 1)
         else:
-            wd = wd.index_select(1, kept[-1]) * gains[-1].view(1, -1, 1, 1, 1)
+            wd = wd.index_select(1, kept[-1]) * self.scale
         bd = None if self.bh is None else (self.bh[1] - self.bh[0]).view(1)
         if kept[-1].numel() == 0:
             logit = a0.new_full((1, 1, *a0.shape[2:]), 0.0 if bd is None else float(bd))
