@@ -24,7 +24,8 @@ timed) shows which convolutions run below the peak and how much time goes to the
 Columns: wall seconds, CPU seconds (all threads), peak RSS increase during the call
 (polled from /proc/self/statm), multiply-accumulates (MACs; convolutions only, counted
 with hooks / wrappers), achieved GFLOP/s (2 x executed MACs / wall seconds), max
-|difference| of the four maps vs naive.
+|difference| of the four maps vs naive. "ratio" is naive wall / method wall, "CPU r" the
+same in CPU seconds (steadier on a shared machine).
 
 Usage:
     python benchmarks/mc_sampling.py                  # full size, T=20
@@ -202,28 +203,30 @@ def layer_profile(model, image, cfg, masks, peak: float) -> list[str]:
 
     Returns the printed lines: per group calls, seconds, GFLOP/s, fraction of ``peak``.
     """
-    groups: dict[tuple, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    groups: dict[tuple, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0, 0, 0])
     conv3d, convt = sampling._conv3d, F.conv_transpose3d
 
-    def record(key, flops, fn):
+    def record(key, flops, c_in, c_out, fn):
         t = time.perf_counter()
         out = fn()
         g = groups[key]
         g[0] += 1
         g[1] += time.perf_counter() - t
         g[2] += flops
+        g[3] += int(c_in)
+        g[4] += int(c_out)
         return out
 
     def timed_conv(x, w, b=None, padding=0):
         n = x.shape[2] * x.shape[3] * x.shape[4]
-        key = ("conv", int(w.shape[-1]), tuple(x.shape[2:]), int(w.shape[0]))
+        key = ("conv", int(w.shape[-1]), tuple(x.shape[2:]))
         flops = 2.0 * n * w.shape[0] * w.shape[1] * int(np.prod(w.shape[2:]))
-        return record(key, flops, lambda: conv3d(x, w, b, padding))
+        return record(key, flops, w.shape[1], w.shape[0], lambda: conv3d(x, w, b, padding))
 
     def timed_convt(x, w, *args, **kw):
-        key = ("up-conv (composed 4^3)", int(w.shape[-1]), tuple(x.shape[2:]), int(w.shape[1]))
+        key = ("up-conv", int(w.shape[-1]), tuple(x.shape[2:]))
         flops = 2.0 * x.numel() * w.shape[1] * int(np.prod(w.shape[2:]))
-        return record(key, flops, lambda: convt(x, w, *args, **kw))
+        return record(key, flops, w.shape[0], w.shape[1], lambda: convt(x, w, *args, **kw))
 
     sampling._conv3d, F.conv_transpose3d = timed_conv, timed_convt
     try:
@@ -235,13 +238,14 @@ def layer_profile(model, image, cfg, masks, peak: float) -> list[str]:
     finally:
         sampling._conv3d, F.conv_transpose3d = conv3d, convt
     lines = [
-        f"{'layer (kind, kernel, input grid, C_out)':52s} {'calls':>5s} {'seconds':>8s} "
-        f"{'share':>6s} {'GFLOP/s':>8s} {'of peak':>7s}"
+        f"{'layer (kind kernel, input grid, mean C_in -> C_out)':52s} {'calls':>5s} "
+        f"{'seconds':>8s} {'share':>6s} {'GFLOP/s':>8s} {'of peak':>7s}"
     ]
     conv_s = 0.0
-    for key, (calls, secs, flops) in sorted(groups.items(), key=lambda kv: -kv[1][1]):
+    for key, (calls, secs, flops, cin, cout) in sorted(groups.items(), key=lambda kv: -kv[1][1]):
         conv_s += secs
-        name = f"{key[0]} {key[1]}^3 {'x'.join(map(str, key[2]))} -> {key[3]}"
+        grid = "x".join(map(str, key[2]))
+        name = f"{key[0]} {key[1]}^3, {grid}, {cin / calls:.0f} -> {cout / calls:.0f}"
         lines.append(
             f"{name:52s} {calls:5d} {secs:8.2f} {secs / total:6.1%} {flops / secs / 1e9:8.1f} "
             f"{flops / secs / 1e9 / peak:7.1%}"
@@ -313,6 +317,7 @@ def main() -> None:
         rows.append(("ours bf16", t_bf, c_bf, m_bf, macs_ours, bf))
 
     head = f"{'method':28s} {'seconds':>9s} {'CPU s':>8s} {'peak GiB':>9s} {'ratio':>6s} "
+    head += f"{'CPU r':>6s} "
     head += f"{'GMACs':>9s} {'GFLOP/s':>8s} {'of peak':>7s} {'max|diff|':>10s} {'seg diff':>9s}"
     print()
     print(head)
@@ -323,7 +328,8 @@ def main() -> None:
         gflops = 2 * macs / secs / 1e9
         frac = gflops / peak["bf16" if "bf16" in name else "fp32"]
         print(
-            f"{name:28s} {secs:9.2f} {cpu:8.1f} {mem:9.2f} {t_ref / secs:6.2f} {macs / 1e9:9.1f} "
+            f"{name:28s} {secs:9.2f} {cpu:8.1f} {mem:9.2f} {t_ref / secs:6.2f} {c_ref / cpu:6.2f} "
+            f"{macs / 1e9:9.1f} "
             f"{gflops:8.1f} {frac:7.1%} {diff:10.2e} {seg:9.2e}"
         )
     print()
@@ -340,7 +346,7 @@ def main() -> None:
     )
     print(f"RESULT mc_speedup {t_ref / t_ours:.2f}")
     if run_bf16:
-        print(f"RESULT bf16_vs_fp32_fast {t_ours / t_bf:.2f}")
+        print(f"RESULT bf16_vs_fp32_fast {t_ours / t_bf:.2f} (CPU seconds {c_ours / c_bf:.2f})")
         print(f"RESULT bf16_seg_diff {float(((bf.prob > 0.5) != (ours.prob > 0.5)).mean()):.2e}")
     if args.device == "cpu" and args.profile_samples > 0:
         tp = args.profile_samples
