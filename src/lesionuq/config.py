@@ -59,6 +59,7 @@ Device = Literal["auto", "cpu", "cuda"]
 Norm = Literal["instance", "batch"]
 Readout = Literal["mean", "max", "sum"]
 ExtraFeature = Literal["position", "border_distance"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 def one_of(value: Any, options: Iterable[str], where: str) -> None:
@@ -282,12 +283,18 @@ class SamplingConfig(_Section):
         seed: Seed of the dropout masks.
         roi_size: Sliding-window size for volumes larger than the network should see at
             once, or None to run on the whole volume.
+        precision: Arithmetic of the network passes. ``"auto"``: bfloat16 on a CPU with
+            native bf16 units (AVX512-BF16 or AMX), float32 on other CPUs, float16
+            autocast on CUDA; ``"fp32"``: float32 everywhere (the exact reference);
+            ``"bf16"``: bfloat16 on CPU (emulated, slow, where not native) and bfloat16
+            autocast on CUDA. Moments are always accumulated in float32.
     """
 
     n_samples: int = 20
     batch_size: int = 4
     seed: int = 0
     roi_size: tuple[int, int, int] | None = None
+    precision: Precision = "auto"
 
     def _check(self) -> None:
         _at_least(self, "n_samples", [self.n_samples], 1)

@@ -33,6 +33,12 @@ scalars:
    LeakyReLU, ``torch.inference_mode``. On CUDA: ``cfg.batch_size`` samples per
    batched pass (masks multiplied in, steps 1 and 4 only) under ``torch.autocast``
    (float16).
+7. Precision (``cfg.precision``): on a CPU with native bfloat16 units (AVX512-BF16 or
+   AMX, :func:`bf16_native`) ``"auto"`` runs the activations and convolutions in
+   bfloat16 (weights kept in float32 and cast per call, normalisation statistics
+   summed in float32, the 1-channel head in float32); float32 elsewhere. The float32
+   path is the exact reference; the bfloat16 maps differ from it by rounding (see
+   ``benchmarks/mc_sampling.py`` for the measured differences).
 
 Steps 2-3 differ per sample, so on CPU the samples run one after the other through the
 sample-dependent part (batching gives CPU convolutions nothing, skipping channels does);
@@ -45,7 +51,9 @@ channel counts to multiples of 8 on AVX2, so skipped channels save less time tha
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,7 +66,14 @@ from lesionuq.segmentation.unet import UNet3D
 from lesionuq.uncertainty import RunningMoments, VoxelMaps
 from lesionuq.utils import resolve_device
 
-__all__ = ["dropout_masks", "fg_prob", "mc_sample", "mc_sample_naive"]
+__all__ = [
+    "bf16_native",
+    "dropout_masks",
+    "fg_prob",
+    "mc_sample",
+    "mc_sample_naive",
+    "sampling_dtype",
+]
 
 _CL = torch.channels_last_3d
 
@@ -66,15 +81,63 @@ _CL = torch.channels_last_3d
 def _conv3d(
     x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, padding: int = 0
 ) -> torch.Tensor:
-    """``F.conv3d`` (stride 1), calling oneDNN directly for float32 on CPU.
+    """``F.conv3d`` (stride 1), calling oneDNN directly for float32/bfloat16 on CPU.
 
     PyTorch's dispatch heuristic (tuned for 2-D) sends 3-D convolutions with small
-    ``N * C * X * Y`` to a slow reference kernel; oneDNN is 2-4x faster for those.
+    ``N * C * X * Y`` to a slow reference kernel; oneDNN is 2-4x faster for those. The
+    weights (kept in float32) are cast to the activations' dtype.
     """
-    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+    w = w.to(x.dtype)
+    b = None if b is None else b.to(x.dtype)
+    cpu_dtype = x.dtype in (torch.float32, torch.bfloat16)
+    if x.device.type == "cpu" and cpu_dtype and torch.backends.mkldnn.is_available():
         pad, one = [padding] * 3, [1, 1, 1]
         return torch.ops.aten.mkldnn_convolution(x, w, b, pad, one, one, 1)
     return F.conv3d(x, w, b, padding=padding)
+
+
+@functools.cache
+def bf16_native() -> bool:
+    """Whether this CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX tiles).
+
+    Asks PyTorch's cpuinfo (``torch.cpu._is_avx512_bf16_supported`` /
+    ``_is_amx_tile_supported``), else the ``/proc/cpuinfo`` flags; False without oneDNN.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # older PyTorch: read the kernel's flags
+        try:
+            flags = Path("/proc/cpuinfo").read_text().split()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def sampling_dtype(precision: str, device: torch.device | str, amp: bool = True) -> torch.dtype:
+    """The dtype of the network passes for a ``SamplingConfig.precision`` on a device.
+
+    Args:
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
+        device: Where the passes run.
+        amp: On CUDA, whether reduced precision is allowed at all (False = float32).
+
+    Returns:
+        ``torch.float32``, ``torch.bfloat16`` or (CUDA, ``"auto"``) ``torch.float16``.
+    """
+    dev = torch.device(device)
+    if precision == "fp32":
+        return torch.float32
+    if precision not in ("auto", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}.")
+    if dev.type == "cuda":
+        if not amp:
+            return torch.float32
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if bf16_native() else torch.float32
 
 
 def dropout_masks(model: UNet3D, n_samples: int, seed: int) -> list[torch.Tensor]:
@@ -261,9 +324,17 @@ class _FastMC:
         per_sample: Run samples one by one with channel skipping (CPU) instead of as a
             batch with the masks multiplied in (CUDA).
         channels_last: Use the channels-last 3D memory layout.
+        dtype: Activation dtype on CPU (float32 or bfloat16; weights stay float32 and
+            are cast per convolution). Ignored on CUDA, where autocast decides.
     """
 
-    def __init__(self, model: UNet3D, per_sample: bool, channels_last: bool):
+    def __init__(
+        self,
+        model: UNet3D,
+        per_sample: bool,
+        channels_last: bool,
+        dtype: torch.dtype = torch.float32,
+    ):
         self.model = model
         self.per_sample = per_sample
         self.cl = channels_last
@@ -289,6 +360,7 @@ class _FastMC:
         self.fused = cpu and all(_fusable(lay) for lay in self.enc + self.dec)
         if per_sample and not self.fused:
             self.per_sample = False  # channel skipping needs the fused norms
+        self.dtype = dtype if (cpu and self.fused) else torch.float32
 
     # -- helpers ------------------------------------------------------------------------
     def _buffer(self, like: torch.Tensor) -> torch.Tensor:
@@ -321,13 +393,24 @@ class _FastMC:
         if not self.fused:
             return act(norm(h))
         b, c = h.shape[:2]
+        if isinstance(norm, nn.InstanceNorm3d) and b == 1 and h.dtype == torch.bfloat16:
+            # bf16, one sample: instance norm = batch norm with batch statistics; PyTorch's
+            # channels-last mixed-dtype kernel makes 2 passes over h, the code below 5
+            # (7x faster in bf16, 1 thread, 16x64^3). Not for fp32: 1.6x faster, but its
+            # statistics drift (maps 2.7e-5 off the reference at 80x96x80, vs 7e-7).
+            w, bias = (None, None) if not norm.affine else (norm.weight, norm.bias)
+            if idx is not None and w is not None:
+                w, bias = w[idx], bias[idx]
+            h = F.batch_norm(h, None, None, w, bias, training=True, eps=norm.eps)
+            return F.leaky_relu_(h, act.negative_slope)
         if isinstance(norm, nn.InstanceNorm3d):
             h = self._fmt(h)  # no-op unless a kernel returned another layout; v is a view
             v = h.permute(0, 2, 3, 4, 1).reshape(b, -1, c) if self.cl else h.view(b, c, -1)
             red = 1 if self.cl else 2
             n = v.shape[red]
-            v.sub_(v.sum(red, keepdim=True) / n)  # centre (exact two-pass variance)
-            var = torch.mul(v, v, out=self._buffer(v)).sum(red) / n  # (B, C)
+            f32 = torch.float32  # statistics summed in float32 whatever h's dtype
+            v.sub_((v.sum(red, keepdim=True, dtype=f32) / n).to(v.dtype))  # exact 2-pass
+            var = torch.mul(v, v, out=self._buffer(v)).sum(red, dtype=f32) / n  # (B, C)
             scale = (var + norm.eps).rsqrt()
             shift = torch.zeros_like(scale)
         else:  # BatchNorm3d in eval mode: running statistics
@@ -341,6 +424,7 @@ class _FastMC:
                 (norm.weight, norm.bias) if idx is None else (norm.weight[idx], norm.bias[idx])
             )
             scale, shift = scale * w, shift * w + bias
+        scale, shift = scale.to(h.dtype), shift.to(h.dtype)
         torch.addcmul(shift.view(b, c, 1, 1, 1), h, scale.view(b, c, 1, 1, 1), out=h)
         return F.leaky_relu_(h, act.negative_slope)
 
@@ -353,7 +437,7 @@ class _FastMC:
         keeps; the others are multiplied by zero everywhere they are used).
         """
         if lay.b1 is not None:
-            h = h + lay.b1.view(1, -1, 1, 1, 1)
+            h = h + lay.b1.view(1, -1, 1, 1, 1).to(h.dtype)
         h = self._norm_act(h, lay.norm1, lay.act)
         w2, b2 = lay.w2, lay.b2
         if out_idx is not None:
@@ -366,7 +450,7 @@ class _FastMC:
 
     def _conv(self, x: torch.Tensor, w: torch.Tensor, transposed: bool = False) -> torch.Tensor:
         if transposed:
-            return F.conv_transpose3d(x, w, stride=2, padding=1)
+            return F.conv_transpose3d(x, w.to(x.dtype), stride=2, padding=1)
         return _conv3d(x, w, padding=w.shape[-1] // 2)
 
     def _kept_conv(
@@ -408,7 +492,7 @@ class _FastMC:
         Args:
             x: (1, C_in, X, Y, Z), spatial sizes multiples of the network's divisor.
         """
-        x = self._fmt(x)
+        x = self._fmt(x.to(self.dtype))
         lay = self.enc[0]
         h = _conv3d(x, lay.w1, padding=1)
         a0 = self._block_rest(h, lay)
@@ -479,7 +563,7 @@ class _FastMC:
         if kept[-1].numel() == 0:
             logit = a0.new_full((1, 1, *a0.shape[2:]), 0.0 if bd is None else float(bd))
         else:
-            logit = _conv3d(d, self._fmt(wd), bd)
+            logit = _conv3d(d.float(), self._fmt(wd), bd)  # float32 head (1 channel)
         return torch.sigmoid_(logit[:, 0].float())
 
     def _batch(self, masks: Sequence[torch.Tensor], s: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -524,15 +608,18 @@ def mc_sample(
             from ``cfg.seed``, see :func:`dropout_masks`).
         image: (C, X, Y, Z) float32 preprocessed image.
         cfg: T = ``cfg.n_samples``, samples per batch on CUDA, seed, optional sliding
-            window ``cfg.roi_size`` (used when the image is larger than it).
+            window ``cfg.roi_size`` (used when the image is larger than it), precision
+            (:func:`sampling_dtype`: bfloat16 on CPUs with native bf16 units by default).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         masks: Optional explicit masks, one (T, C_k) tensor per dropout layer (tests,
             benchmarks); default ``dropout_masks(model, cfg.n_samples, cfg.seed)``.
-        amp: On CUDA, run the network under ``torch.autocast`` (float16).
+        amp: On CUDA, allow ``torch.autocast`` (float16, or bfloat16 when
+            ``cfg.precision == "bf16"``); False runs float32.
 
     Returns:
         prob, entropy, variance and PCS maps, each (X, Y, Z) float32; equal to
-        :func:`mc_sample_naive` with the same masks (within 1e-5 in float32).
+        :func:`mc_sample_naive` with the same masks (within 1e-5 in float32; bfloat16
+        differs by rounding).
     """
     dev = resolve_device(device)
     _check_model(model)
@@ -541,12 +628,15 @@ def mc_sample(
         masks = dropout_masks(model, cfg.n_samples, cfg.seed)
     n = int(masks[0].shape[0])
     cuda = dev.type == "cuda"
-    fast = _FastMC(model, per_sample=not cuda, channels_last=not cuda)
+    dtype = sampling_dtype(cfg.precision, dev, amp)
+    fast = _FastMC(model, per_sample=not cuda, channels_last=not cuda, dtype=dtype)
     x = torch.as_tensor(np.asarray(image, dtype=np.float32), device=dev)[None]
     window = _use_window(cfg, x)
     bsz = max(1, cfg.batch_size) if (cuda or window) else 1
     autocast = (
-        torch.autocast("cuda", dtype=torch.float16) if cuda and amp else contextlib.nullcontext()
+        torch.autocast("cuda", dtype=dtype)
+        if cuda and dtype != torch.float32
+        else contextlib.nullcontext()
     )
 
     def probs(xw: torch.Tensor, shared: dict | None, batch: list) -> torch.Tensor:

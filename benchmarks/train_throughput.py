@@ -1,0 +1,183 @@
+"""U-Net training throughput on CPU: patches/s and where a step's time goes.
+
+Replays ``lesionuq.segmentation.train``'s step (the same ``_PatchSampler``, MONAI
+``augmentation``, ``DiceCELoss`` and Adam) on phantoms at 2 mm (the demo's grid) and times
+each phase per step: data loading (patch sampling and copy), augmentation, forward (with
+the loss), backward plus the optimiser step. Variants, same run, same seeds:
+
+- fp32: exactly what ``train_segmenter`` does on a CPU today (the reference);
+- channels-last: model and batch in ``torch.channels_last_3d``;
+- bf16 autocast: ``torch.autocast("cpu", torch.bfloat16)`` around forward and loss (run
+  where the CPU has native bf16 units, or with --bf16);
+- channels-last + bf16.
+
+Then the expected augmentation cost per patch of each transform (its cost when applied
+times its probability), which says what a cheaper ordering could save.
+
+Usage:
+    python benchmarks/train_throughput.py                       # demo settings
+    python benchmarks/train_throughput.py --steps 4 --batch 4   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import time
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+
+from lesionuq.config import UNetConfig
+from lesionuq.data.phantom import generate_case
+from lesionuq.segmentation.sampling import bf16_native
+from lesionuq.segmentation.train import _PatchSampler, _plain, augmentation
+from lesionuq.segmentation.unet import UNet3D
+
+PHASES = ("load", "augment", "forward", "backward")
+
+
+def phantoms(n: int, spacing: float, shape: tuple[int, int, int]) -> list:
+    """``n`` phantom (z-scored image (1, X, Y, Z), mask (X, Y, Z)) pairs."""
+    pairs = []
+    for i in range(n):
+        case = generate_case(i, spacing, shape)
+        img = np.asarray(case.flair.dataobj, dtype=np.float32)
+        brain = img > 0
+        img = (img - img[brain].mean()) / (img[brain].std() + 1e-6) * brain
+        pairs.append((img[None].astype(np.float32), np.asarray(case.mask.dataobj, np.uint8)))
+    return pairs
+
+
+def run_variant(pairs, unet: UNetConfig, patch, batch, steps, cl: bool, bf16: bool) -> dict:
+    """Time ``steps`` training steps (after one warm-up step); seconds per phase."""
+    torch.manual_seed(0)
+    model = UNet3D(unet)
+    if cl:
+        model = model.to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    sampler = _PatchSampler(pairs, patch, 0.5)
+    rng = np.random.default_rng(0)
+    aug = augmentation(0)
+    model.train()
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    totals = dict.fromkeys(PHASES, 0.0)
+    cpu = 0.0
+    losses = []
+    for step in range(steps + 1):
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        items = []
+        for _ in range(batch):
+            image, mask = sampler.sample(rng)
+            items.append(
+                {
+                    "image": torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32)),
+                    "label": torch.as_tensor(np.ascontiguousarray(mask, dtype=np.float32))[None],
+                }
+            )
+        t1 = time.perf_counter()
+        items = [aug(it) for it in items]
+        x = torch.stack([_plain(it["image"]) for it in items])
+        y = torch.stack([_plain(it["label"]).round() for it in items])
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        t2 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with ctx:
+            loss = loss_fn(model(x), y)
+        t3 = time.perf_counter()
+        loss.backward()
+        opt.step()
+        t4 = time.perf_counter()
+        if step:  # step 0 warms up (allocations, oneDNN kernels)
+            for k, a, b in zip(PHASES, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
+                totals[k] += b - a
+            cpu += time.process_time() - c0
+            losses.append(float(loss.detach()))
+    totals["cpu"] = cpu
+    totals["loss"] = float(np.mean(losses))
+    return totals
+
+
+def augmentation_costs(pairs, patch, reps: int = 8) -> list[tuple[str, float, float]]:
+    """(transform, seconds when applied, probability) for each augmentation transform."""
+    sampler = _PatchSampler(pairs, patch, 0.5)
+    rng = np.random.default_rng(1)
+    items = []
+    for _ in range(reps):
+        image, mask = sampler.sample(rng)
+        items.append(
+            {
+                "image": torch.as_tensor(image.copy()),
+                "label": torch.as_tensor(mask[None].astype(np.float32)),
+            }
+        )
+    out = []
+    for t in augmentation(0).transforms:
+        prob = float(t.prob)
+        always = copy.deepcopy(t)
+        always.prob = 1.0
+        start = time.perf_counter()
+        for it in items:
+            always(dict(it))
+        out.append((type(t).__name__, (time.perf_counter() - start) / reps, prob))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--patch", type=int, nargs=3, default=(32, 32, 32))
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--channels", type=int, nargs="+", default=(8, 16, 32, 64))
+    ap.add_argument("--cases", type=int, default=3)
+    ap.add_argument("--bf16", action="store_true", help="time bf16 autocast even if emulated")
+    args = ap.parse_args()
+
+    native = bf16_native()
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"ISA {torch.backends.cpu.get_cpu_capability()}, native bf16 {native}"
+    )
+    pairs = phantoms(args.cases, 2.0, (80, 96, 80))
+    unet = UNetConfig(channels=tuple(args.channels))
+    patch, batch = tuple(args.patch), args.batch
+    print(f"U-Net channels {unet.channels}, patch {patch}, batch {batch}, {args.steps} steps")
+    variants = [("fp32 (train_segmenter)", False, False), ("channels-last", True, False)]
+    if native or args.bf16:
+        variants += [("bf16 autocast", False, True), ("channels-last + bf16", True, True)]
+    head = f"{'variant':24s} {'patches/s':>9s} {'CPU r':>6s} " + " ".join(
+        f"{k + ' ms':>11s}" for k in PHASES
+    )
+    head += f" {'mean loss':>9s}"
+    rows = [
+        (name, run_variant(pairs, unet, patch, batch, args.steps, cl, bf))
+        for name, cl, bf in variants
+    ]
+    print()
+    print(head)
+    print("-" * len(head))
+    ref = rows[0][1]
+    for name, r in rows:
+        wall = sum(r[k] for k in PHASES)
+        print(
+            f"{name:24s} {args.steps * batch / wall:9.2f} {ref['cpu'] / r['cpu']:6.2f} "
+            + " ".join(f"{1e3 * r[k] / args.steps:11.1f}" for k in PHASES)
+            + f" {r['loss']:9.4f}"
+        )
+    print()
+    print("augmentation, per patch:")
+    print(f"{'transform':28s} {'ms if applied':>13s} {'prob':>5s} {'expected ms':>11s}")
+    total = 0.0
+    for name, secs, prob in augmentation_costs(pairs, patch):
+        total += secs * prob
+        print(f"{name:28s} {1e3 * secs:13.2f} {prob:5.2f} {1e3 * secs * prob:11.2f}")
+    print(f"{'total expected':28s} {'':13s} {'':5s} {1e3 * total:11.2f}")
+
+
+if __name__ == "__main__":
+    main()
