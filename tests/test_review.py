@@ -23,7 +23,13 @@ from lesionuq.cli import app
 from lesionuq.config import METHODS, CalibrationConfig, ConfigError, ExperimentConfig
 from lesionuq.evaluation.calibration_metrics import CALIBRATION_COLUMNS
 from lesionuq.evaluation.curves import ac_auc
-from lesionuq.experiment import is_calibrated, run_experiment, score_fold, stage_fit
+from lesionuq.experiment import (
+    is_calibrated,
+    run_experiment,
+    score_fold,
+    stage_evaluate,
+    stage_fit,
+)
 from lesionuq.io import InputError
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.predict import load_model, predict_scan
@@ -147,9 +153,9 @@ def test_fit_cross_fits_on_validation_only_and_refits_only_calibrated(run_copy, 
 # --------------------------------------------------------------------------- evaluate
 
 
-def test_evaluate_writes_calibrated_columns_and_new_tables(tiny_run):
-    root, _, _ = tiny_run
-    run = root / "run"
+def test_evaluate_writes_calibrated_columns_and_new_tables(run_copy):
+    run, _ = run_copy  # other tests refit the shared tiny run's scorers: evaluate a copy
+    stage_evaluate(run, progress=False)
     rd = RunDir(run)
     _, _, splits = rd.read_plan()
     res = run / "results"

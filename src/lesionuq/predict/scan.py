@@ -405,7 +405,9 @@ def _review_warnings(
     return out
 
 
-def _write_review_json(folder: Path, model: FittedModel, rule: ReviewRule, warnings: list[str]):
+def _write_review_json(
+    folder: Path, model: FittedModel, rule: ReviewRule, warnings: list[str]
+) -> Path:
     """``lesions.json``, the companion of ``lesions.csv``: threshold, its origin, warnings."""
     payload = {
         "threshold": rule.threshold,
@@ -422,7 +424,7 @@ def _write_review_json(folder: Path, model: FittedModel, rule: ReviewRule, warni
         "calibration": model.calibrator.to_dict() if model.calibrator is not None else None,
         "warnings": list(warnings),
     }
-    atomic_write_text(folder / "lesions.json", json.dumps(payload, indent=1) + "\n")
+    return atomic_write_text(folder / "lesions.json", json.dumps(payload, indent=1) + "\n")
 
 
 def _write_outputs(
