@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lesionuq.config import (
+    CalibrationConfig,
     ExperimentConfig,
     GCNNConfig,
     PhantomConfig,
@@ -25,6 +26,7 @@ TINY = ExperimentConfig(
     ),
     sampling=SamplingConfig(n_samples=3, batch_size=3),
     gcnn=GCNNConfig(epochs=2),
+    calibration=CalibrationConfig(n_inner=2),  # cross-fitting: 3 fits per learned scorer
     phantom=PhantomConfig(n_cases=6, seed=5, spacing=4.0),
 )
 

@@ -44,11 +44,11 @@ def test_contract_files(tiny_run):
         *METHODS,
     ]
     np.testing.assert_allclose(lesions["size"], 1.0 / lesions["n_voxels"])
-    assert list(pd.read_csv(run / "results/table1.csv").columns) == [
-        "fold",
-        "dice",
-        "n_tp",
-        "n_fp",
+    t1_columns = list(pd.read_csv(run / "results/table1.csv").columns)
+    assert t1_columns[:4] == ["fold", "dice", "n_tp", "n_fp"]  # the contract, then issue 13's
+    assert t1_columns[4:] == [
+        "ndsc",
+        *(f"{r}_lesion_{s}" for r in ("iou", "overlap") for s in ("tpr", "ppv", "f1")),
     ]
     table2 = pd.read_csv(run / "results/table2.csv")
     assert list(table2.columns) == [

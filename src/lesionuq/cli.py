@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lesionuq.config import ConfigError
@@ -287,7 +288,18 @@ def predict(
         list[Path] | None, typer.Option(help="Input scan, one per sequence, in config order.")
     ] = None,
     cases: Annotated[Path | None, typer.Option(help="Or a cases.csv to predict in batch.")] = None,
-    threshold: Annotated[float, typer.Option(help="P(FP) at or above which to review.")] = 0.5,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="P(FP) at or above which to review (overrides --review-target)."),
+    ] = None,
+    review_target: Annotated[
+        str | None,
+        typer.Option(
+            help="Choose the review threshold on the validation lesions: tp:0.95 keeps 95 % "
+            "of true lesions unflagged, fp:0.5 flags half the false positives "
+            "(default: the model's stored operating point)."
+        ),
+    ] = None,
     maps: Annotated[bool, typer.Option(help="Also write prob/entropy/variance/pcs.")] = False,
     bids_out: Annotated[
         Path | None,
@@ -313,10 +325,13 @@ def predict(
             progress=not quiet,
             overwrite=overwrite,
             bids_out=bids_out,
+            review_target=review_target,
         )
+        for warning in getattr(res, "warnings", []):
+            console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
         console.print(res.summary() if hasattr(res, "summary") else f"wrote {out}")
     else:
-        predict_manifest(
+        res = predict_manifest(
             model,
             cases,
             out,
@@ -325,7 +340,11 @@ def predict(
             progress=not quiet,
             overwrite=overwrite,
             bids_out=bids_out,
+            review_target=review_target,
         )
+        for case_id, r in res.results.items():
+            for warning in getattr(r, "warnings", None) or []:
+                console.print(f"[yellow]warning ({escape(case_id)}): {escape(warning)}[/yellow]")
         console.print(f"wrote predictions to {out}")
 
 

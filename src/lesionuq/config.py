@@ -38,6 +38,7 @@ from lesionuq.errors import ConfigError
 
 __all__ = [
     "METHODS",
+    "CalibrationConfig",
     "ConfigError",
     "ExperimentConfig",
     "GCNNConfig",
@@ -60,6 +61,7 @@ Norm = Literal["instance", "batch"]
 Readout = Literal["mean", "max", "sum"]
 ExtraFeature = Literal["position", "border_distance"]
 Precision = Literal["auto", "fp32", "bf16"]
+CalibrationMethod = Literal["platt", "isotonic"]
 
 
 def one_of(value: Any, options: Iterable[str], where: str) -> None:
@@ -364,6 +366,33 @@ class GCNNConfig(_Section):
         _at_least(self, "seed", [self.seed], 0)
 
 
+@dataclass(frozen=True)
+class CalibrationConfig(_Section):
+    """Calibration of the learned scorers' P(FP) and the review threshold (issue 13).
+
+    Attributes:
+        method: ``"platt"`` (logistic on the logit of the score) or ``"isotonic"``.
+        n_inner: Inner folds of the cross-fitting inside each fold's validation lesions.
+        review_target: How ``predict`` chooses its review threshold on the validation
+            lesions: ``"tp:q"`` keeps at least a share ``q`` of the true lesions
+            unflagged, ``"fp:q"`` flags at least a share ``q`` of the false positives.
+    """
+
+    method: CalibrationMethod = "platt"
+    n_inner: int = 5
+    review_target: str = "tp:0.95"
+
+    def _check(self) -> None:
+        _at_least(self, "n_inner", [self.n_inner], 2)
+        from lesionuq.operating_point import parse_target
+
+        try:
+            parse_target(self.review_target)
+        except ValueError:
+            rule = "'tp:Q' or 'fp:Q' with Q in (0, 1]"
+            _require(False, self, "review_target", rule, self.review_target)
+
+
 METHODS: tuple[str, ...] = (
     "gcnn_classif",
     "gcnn_reg",
@@ -398,6 +427,7 @@ class ExperimentConfig(_Section):
         sampling: See :class:`SamplingConfig`.
         graphs: See :class:`GraphConfig`.
         gcnn: See :class:`GCNNConfig`.
+        calibration: See :class:`CalibrationConfig`.
         phantom: Used by ``lesionuq demo`` to generate its data.
     """
 
@@ -413,6 +443,7 @@ class ExperimentConfig(_Section):
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     graphs: GraphConfig = field(default_factory=GraphConfig)
     gcnn: GCNNConfig = field(default_factory=GCNNConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
 
     def _check(self) -> None:

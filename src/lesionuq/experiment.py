@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -53,9 +54,18 @@ from lesionuq.rundir import FoldSplit, RunDir, digest_of, make_folds, stamp_ok, 
 from lesionuq.uncertainty import VoxelMaps
 from lesionuq.utils import remove_pyg_codegen_files, track
 
+if TYPE_CHECKING:
+    from lesionuq.lesions.dataset import LesionSet
+    from lesionuq.scorers.base import LesionScorer
+
 __all__ = [
     "ExperimentResult",
+    "calibrate_fold",
+    "calibration_table",
+    "detection_cases",
+    "is_calibrated",
     "maps_from_stack",
+    "plot_calibration",
     "prepare_run",
     "run_experiment",
     "stage_evaluate",
@@ -69,6 +79,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Columns of ``results/operating_point.csv`` (see :func:`calibrate_fold`).
+OPERATING_POINT_COLUMNS = (
+    "fold", "method", "target", "threshold", "n", "n_tp", "n_fp", "n_flagged",
+    "fp_flagged", "tp_flagged", "precision_before", "precision_after",
+)  # fmt: skip
 STAGES = ("preprocess", "train", "sample", "graphs", "fit", "evaluate")
 
 
@@ -353,6 +368,116 @@ def stage_graphs(run: Path, folds: Sequence[int] | None = None, progress: bool =
                 write_stamp(tmp / "stamp.json", digest)
 
 
+def is_calibrated(method: str, cfg: ExperimentConfig) -> bool:
+    """Whether ``method`` is a learned scorer (GCNN or MetaSeg) that gets a P(FP) calibrator."""
+    from lesionuq.scorers.registry import REGISTRY
+
+    return "task" in REGISTRY[method].params(cfg)
+
+
+def _fit_digest(graphs_digest: str, method: str, cfg: ExperimentConfig) -> str:
+    """Digest of a fitted scorer (and, for learned ones, its calibrator).
+
+    The review target is not part of it: a new target only re-chooses the operating
+    point from the stored out-of-fold P(FP) (:func:`_update_operating_point`).
+    """
+    learned = cfg.gcnn if method.startswith("gcnn") else None
+    if not is_calibrated(method, cfg):
+        return digest_of(graphs_digest, learned, method)
+    cal = {"method": cfg.calibration.method, "n_inner": cfg.calibration.n_inner, "seed": cfg.seed}
+    return digest_of(graphs_digest, learned, method, cal)
+
+
+def _operating_point(p_fp: np.ndarray, is_tp: np.ndarray, target: str) -> dict | None:
+    """:meth:`OperatingPoint.choose` as a dict, or None when the target cannot be met."""
+    from lesionuq.operating_point import OperatingPoint
+
+    try:
+        return OperatingPoint.choose(p_fp, is_tp, target).to_dict()
+    except ValueError as err:  # e.g. no true lesion among the validation lesions
+        logger.warning("no operating point: %s", err)
+        return None
+
+
+def _fit_calibrated(
+    method: str, cfg: ExperimentConfig, val: LesionSet, folder: Path, progress: bool
+) -> LesionScorer:
+    """Cross-fit a learned scorer and write its ``calibration.json`` into ``folder``.
+
+    The calibrator sees only out-of-fold scores (:func:`lesionuq.calibration.cross_fit`);
+    the file also keeps those out-of-fold P(FP) with their labels, so that ``predict``
+    can choose another review target, and the operating point of the config's target.
+    """
+    from lesionuq.calibration import CALIBRATOR_FILE, cross_fit, save_calibration
+    from lesionuq.scorers import make_scorer
+
+    fit = cross_fit(
+        lambda: make_scorer(method, cfg),
+        val,
+        n_inner=cfg.calibration.n_inner,
+        seed=cfg.seed,
+        kind=cfg.calibration.method,
+        progress=progress,
+    )
+    p_oof = fit.calibrator.predict(fit.oof_scores)
+    is_tp = val.is_tp
+    extra = {
+        "method": cfg.calibration.method,
+        "n_inner": int(fit.inner_fold.max()) + 1,
+        "oof_p_fp": [float(v) for v in p_oof],
+        "oof_is_tp": [bool(v) for v in is_tp],
+        "operating_point": _operating_point(p_oof, is_tp, cfg.calibration.review_target),
+    }
+    save_calibration(folder / CALIBRATOR_FILE, fit.calibrator, fit.iou_calibrator, extra=extra)
+    return fit.scorer
+
+
+def _update_operating_point(folder: Path, target: str) -> None:
+    """Re-choose the stored operating point when the config's review target changed."""
+    from lesionuq.calibration import CALIBRATOR_FILE, load_calibration, save_calibration
+
+    path = folder / CALIBRATOR_FILE
+    if not path.is_file():
+        return
+    cal, iou_cal, payload = load_calibration(path)
+    op = payload.get("operating_point") or {}
+    if op.get("target") == target or "oof_p_fp" not in payload:
+        return
+    p = np.asarray(payload["oof_p_fp"], dtype=np.float64)
+    is_tp = np.asarray(payload["oof_is_tp"], dtype=bool)
+    extra = {
+        k: v for k, v in payload.items() if k not in ("format", "calibrator", "iou_calibrator")
+    }
+    extra["operating_point"] = _operating_point(p, is_tp, target)
+    save_calibration(path, cal, iou_cal, extra=extra)
+
+
+def _fit_shift_reference(rd: RunDir, cfg: ExperimentConfig, split: FoldSplit, data: Path) -> None:
+    """Profile the fold's validation scans and save ``fold_K/shift_reference.json``.
+
+    Each profile uses the original first-sequence image (voxel size, intensity
+    histogram) and the MC-dropout entropy over the brain on the preprocessed grid.
+    """
+    from lesionuq.shift import SHIFT_FILE, ShiftReference, scan_profile
+
+    fold_dir = rd.fold(split.fold)
+    digest = digest_of(_sample_digest(cfg, split), "shift", cfg.preprocess.brain_threshold)
+    if stamp_ok(fold_dir / "stamp_shift.json", digest) and (fold_dir / SHIFT_FILE).is_file():
+        return
+    cases = _cases_by_id(data, cfg)
+    profiles = []
+    for c in split.val:
+        case_dir = rd.case_dir(split.fold, "val", c)
+        entropy = np.asarray(nib.load(str(case_dir / "entropy.nii.gz")).dataobj, np.float32)
+        brain = np.asarray(nib.load(str(case_dir / "image.nii.gz")).dataobj) != 0
+        native = load_nifti(cases[c].images[0])
+        profiles.append(
+            scan_profile(native, entropy, brain, brain_threshold=cfg.preprocess.brain_threshold)
+        )
+    ShiftReference().fit(profiles).save(fold_dir / SHIFT_FILE)
+    write_stamp(fold_dir / "stamp_shift.json", digest, n_scans=len(profiles))
+
+
 @_locked
 def stage_fit(
     run: Path,
@@ -360,20 +485,28 @@ def stage_fit(
     methods: Sequence[str] | None = None,
     progress: bool = True,
 ) -> None:
-    """Fit every scorer on each fold's validation lesions (``fold_K/scorers/METHOD``)."""
+    """Fit every scorer on each fold's validation lesions (``fold_K/scorers/METHOD``).
+
+    Learned scorers (GCNN, MetaSeg) are cross-fitted: ``cfg.calibration.n_inner`` inner
+    folds give out-of-fold scores, on which the P(FP) calibrator is fitted
+    (``scorers/METHOD/calibration.json``, with the operating point of
+    ``cfg.calibration.review_target``); the scorer is then refitted on all the validation
+    lesions. The fold's validation scans also give the shift reference
+    (``fold_K/shift_reference.json``).
+    """
     from lesionuq.lesions.dataset import LesionSet
     from lesionuq.scorers import make_scorer
 
     rd = RunDir(Path(run))
-    cfg, _, splits = rd.read_plan()
+    cfg, data, splits = rd.read_plan()
     for split in _folds(splits, folds):
         graphs_digest = _graphs_digest(cfg, split)
         val = None
         for method in methods or cfg.methods:
-            learned = cfg.gcnn if method.startswith("gcnn") else None
-            digest = digest_of(graphs_digest, learned, method)
+            digest = _fit_digest(graphs_digest, method, cfg)
             folder = rd.scorer(split.fold, method)
             if stamp_ok(folder / "stamp.json", digest):
+                _update_operating_point(folder, cfg.calibration.review_target)
                 continue
             if val is None:
                 val = LesionSet.load(rd.lesion_set(split.fold, "val"))
@@ -381,11 +514,15 @@ def stage_fit(
                 "fold %d: fitting %s on %d validation lesions", split.fold, method, len(val)
             )
             t0 = time.perf_counter()
-            scorer = make_scorer(method, cfg).fit(val, progress=progress)
             with atomic_dir(folder) as tmp:
+                if is_calibrated(method, cfg) and len(val) >= 2:
+                    scorer = _fit_calibrated(method, cfg, val, tmp, progress)
+                else:
+                    scorer = make_scorer(method, cfg).fit(val, progress=progress)
                 scorer.save(tmp)
                 write_stamp(tmp / "stamp.json", digest, fit_seconds=time.perf_counter() - t0)
             remove_pyg_codegen_files()
+        _fit_shift_reference(rd, cfg, split, data)
         cfg.to_yaml(rd.fold(split.fold) / "config.yaml")
 
 
@@ -405,19 +542,172 @@ def score_fold(run: Path, split: FoldSplit, methods: Sequence[str]) -> pd.DataFr
     return frame
 
 
+def calibrate_fold(
+    run: Path, split: FoldSplit, raw: pd.DataFrame, methods: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Apply each learned scorer's stored calibrator to one fold's raw test scores.
+
+    Classifier columns (``gcnn_classif``, ``metaseg_classif``) are replaced by their
+    calibrated P(FP), a strictly increasing map of the raw score (ranking metrics are
+    unchanged). Regressor columns keep ``1 - IoU_hat`` (the paper's score); their
+    calibrated P(FP) appears only in the calibration rows. Scorers without a
+    ``calibration.json`` (an old run, a baseline) are left as they are.
+
+    Args:
+        run: The run directory.
+        split: The fold.
+        raw: :func:`score_fold` output (one row per test lesion, raw method columns).
+        methods: Method columns.
+
+    Returns:
+        ``lesions`` (the calibrated frame), ``long`` (one row per lesion and calibrated
+        method: ``fold, method, is_fp, p_before, p_after, iou, iou_before, iou_after``)
+        and ``op`` (per calibrated method with an operating point: its effect on the
+        test lesions, :func:`lesionuq.operating_point.operating_point_effect`).
+    """
+    from lesionuq.calibration import CALIBRATOR_FILE, load_calibration
+    from lesionuq.evaluation.metrics import as_bool
+    from lesionuq.operating_point import operating_point_effect
+
+    rd = RunDir(Path(run))
+    out = raw.copy()
+    is_tp = as_bool(raw["is_tp"]) if len(raw) else np.zeros(0, dtype=bool)
+    longs, ops = [], []
+    for m in methods:
+        path = rd.scorer(split.fold, m) / CALIBRATOR_FILE
+        if not path.is_file():
+            continue
+        cal, iou_cal, meta = load_calibration(path)
+        u = raw[m].to_numpy(dtype=np.float64)
+        p = cal.predict(u) if u.size else np.zeros(0)
+        part = pd.DataFrame(
+            {"fold": split.fold, "method": m, "is_fp": ~is_tp, "p_before": np.clip(u, 0, 1)}
+        )
+        part["p_after"] = p
+        if iou_cal is not None:
+            before = np.clip(1.0 - u, 0.0, 1.0)
+            part["iou"] = raw["iou_adj"].to_numpy(dtype=np.float64)
+            part["iou_before"] = before
+            part["iou_after"] = iou_cal.predict(before) if u.size else np.zeros(0)
+        else:
+            out[m] = p
+        longs.append(part)
+        op = meta.get("operating_point")
+        if op:
+            effect = operating_point_effect(p, is_tp, float(op["threshold"]))
+            ops.append({"fold": split.fold, "method": m, "target": op["target"], **effect})
+    long = pd.concat(longs, ignore_index=True) if longs else pd.DataFrame()
+    return out, long, pd.DataFrame(ops, columns=OPERATING_POINT_COLUMNS)
+
+
+def calibration_table(long: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
+    """``results/calibration.csv``: per fold and method, and pooled (``fold = "all"``).
+
+    Args:
+        long: The ``long`` frames of :func:`calibrate_fold`, concatenated.
+        n_bins: Bins of the expected calibration error.
+
+    Returns:
+        Two rows (``stage`` before / after) per fold and method with ``ece``, ``brier``,
+        ``log_loss``, ``mae`` (predicted IoU_adj, regressors) and ``n``.
+    """
+    from lesionuq.evaluation.calibration_metrics import CALIBRATION_COLUMNS, calibration_rows
+
+    rows: list[dict] = []
+    if long.empty:
+        return pd.DataFrame(rows, columns=list(CALIBRATION_COLUMNS))
+    groups = [(k, g) for k, g in long.groupby(["fold", "method"], sort=True)]
+    groups += [(("all", m), g) for m, g in long.groupby("method", sort=False)]
+    for (fold, method), g in groups:
+        if not len(g):
+            continue
+        reg = "iou" in g and g["iou"].notna().all()
+
+        def col(name: str, g: pd.DataFrame = g, reg: bool = reg) -> np.ndarray | None:
+            return g[name].to_numpy(dtype=np.float64) if reg else None
+
+        rows += calibration_rows(
+            fold,
+            method,
+            g["is_fp"].to_numpy(dtype=bool),
+            g["p_before"].to_numpy(dtype=np.float64),
+            g["p_after"].to_numpy(dtype=np.float64),
+            col("iou"),
+            col("iou_before"),
+            col("iou_after"),
+            n_bins=n_bins,
+        )
+    return pd.DataFrame(rows)
+
+
+def plot_calibration(long: pd.DataFrame, path: Path, n_bins: int = 10) -> Path | None:
+    """Reliability diagrams (test lesions of all folds pooled) to ``path``; None if empty."""
+    from lesionuq.evaluation.calibration_metrics import plot_reliability, reliability_diagram
+
+    if long.empty:
+        return None
+    curves = {}
+    for m, g in long.groupby("method", sort=False):
+        y = g["is_fp"].to_numpy(dtype=bool)
+        if not y.size:
+            continue
+        curves[str(m)] = (
+            reliability_diagram(g["p_before"].to_numpy(dtype=np.float64), y, n_bins),
+            reliability_diagram(g["p_after"].to_numpy(dtype=np.float64), y, n_bins),
+        )
+    if not curves:
+        return None
+    fig = plot_reliability(curves, title="Reliability of P(FP) on the test lesions")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def detection_cases(run: Path, split: FoldSplit) -> pd.DataFrame:
+    """:func:`~lesionuq.evaluation.detection.case_detection_row` of every test case of a fold.
+
+    Cases without a ground truth (no ``gt.nii.gz``) are left out.
+    """
+    from lesionuq.evaluation.detection import case_detection_row
+
+    rd = RunDir(Path(run))
+    rows = []
+    for c in split.test:
+        case_dir = rd.case_dir(split.fold, "test", c)
+        if not (case_dir / "gt.nii.gz").is_file():
+            continue
+        seg = load_maps(case_dir).seg
+        gt = np.asarray(nib.load(str(case_dir / "gt.nii.gz")).dataobj) > 0
+        rows.append({"fold": split.fold, "case_id": c, **case_detection_row(seg, gt)})
+    return pd.DataFrame(rows)
+
+
 @_locked
 def stage_evaluate(run: Path, progress: bool = True) -> ExperimentResult:
-    """Score the test lesions of every fold and write the results (tables, figure, report)."""
+    """Score the test lesions of every fold and write the results (tables, figures, report).
+
+    Besides the paper's files (``lesions.csv`` with calibrated P(FP) in the learned
+    classifiers' columns, ``table1.csv`` extended with the lesion-level detection
+    metrics, ``table2.csv``, ``figure2.png``) it writes ``calibration.csv`` and
+    ``calibration.png`` (before / after calibration), ``operating_point.csv`` (what the
+    stored review threshold does on the test lesions) and ``retention.csv`` (area of the
+    lesion-F1 retention curve per fold and method).
+    """
     from lesionuq.evaluation.bootstrap import auc_intervals
+    from lesionuq.evaluation.detection import fold_detection_rows, retention_rows
     from lesionuq.evaluation.metrics import table1, table2
     from lesionuq.evaluation.report import plot_accuracy_confidence, write_report
 
     rd = RunDir(Path(run))
     cfg, _, splits = rd.read_plan()
     methods = list(cfg.methods)
-    frames, cases = [], []
+    frames, cases, longs, ops, dets = [], [], [], [], []
     for split in track(splits, "scoring test lesions", enabled=progress):
-        frames.append(score_fold(run, split, methods))
+        calibrated, long, op = calibrate_fold(run, split, score_fold(run, split, methods), methods)
+        frames.append(calibrated)
+        longs.append(long)
+        ops.append(op)
+        dets.append(detection_cases(run, split))
         per_case = pd.read_csv(
             rd.lesion_set(split.fold, "test") / "cases.csv", dtype={"case_id": str}
         )
@@ -425,7 +715,14 @@ def stage_evaluate(run: Path, progress: bool = True) -> ExperimentResult:
         cases.append(per_case)
     lesions = pd.concat(frames, ignore_index=True)
     case_table = pd.concat(cases, ignore_index=True)
+    det = pd.concat(dets, ignore_index=True)
     t1 = table1(case_table)
+    if len(det):
+        t1 = t1.merge(fold_detection_rows(det), on="fold", how="left")
+        extra = det.drop(columns=["fold", "case_id"]).add_prefix("det_")
+        case_table = case_table.merge(
+            pd.concat([det[["fold", "case_id"]], extra], axis=1), on=["fold", "case_id"], how="left"
+        )
     t2, t2_folds = table2(lesions, methods)
     t2 = t2.merge(auc_intervals(lesions, methods, seed=cfg.seed), on="method", how="left")
     res = rd.results
@@ -435,6 +732,17 @@ def stage_evaluate(run: Path, progress: bool = True) -> ExperimentResult:
     atomic_write_text(res / "table1.csv", csv_text(t1))
     atomic_write_text(res / "table2.csv", csv_text(t2))
     atomic_write_text(res / "table2_folds.csv", csv_text(t2_folds))
+    long = pd.concat(longs, ignore_index=True)
+    atomic_write_text(res / "calibration.csv", csv_text(calibration_table(long)))
+    (res / "calibration.png").unlink(missing_ok=True)
+    plot_calibration(long, res / "calibration.png")
+    atomic_write_text(res / "operating_point.csv", csv_text(pd.concat(ops, ignore_index=True)))
+    n_fn = (
+        {int(k): int(v) for k, v in det.groupby("fold")["overlap_fn"].sum().items()}
+        if len(det)
+        else {}
+    )  # is_tp (IoU_adj >= epsilon) is closest to the overlap rule: use its misses
+    atomic_write_text(res / "retention.csv", csv_text(retention_rows(lesions, methods, n_fn)))
     plot_accuracy_confidence(lesions, methods, res / "figure2.png")
     report = write_report(rd.root)
     return ExperimentResult(rd.root, t1, t2, t2_folds, report)

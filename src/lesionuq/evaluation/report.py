@@ -44,6 +44,8 @@ STYLES = {name: spec.style for name, spec in REGISTRY.items()}
 _FALLBACK_COLOURS = ("#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#843c39")
 _FALLBACK_LINES = ("-", "--", "-.", ":")
 
+TABLE1_BASE = ("fold", "dice", "n_tp", "n_fp")
+
 # classification scorers output P(FP); the others an uncertainty score
 _PROBABILITY_METHODS = ("gcnn_classif", "metaseg_classif")
 
@@ -325,6 +327,117 @@ def _table2_html(t2: pd.DataFrame, per_fold: pd.DataFrame | None) -> str:
     return out
 
 
+def _mean_table(frame: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
+    """Mean of ``values`` over folds per ``keys`` (rows of a pooled ``fold == "all"`` dropped)."""
+    per_fold = frame[frame["fold"].astype(str) != "all"]
+    return per_fold.groupby(list(keys), sort=False)[list(values)].mean().reset_index()
+
+
+def _calibration_html(run: Path) -> str:
+    """Calibration section: ECE / Brier / log loss before and after, and the diagrams."""
+    res = run / "results"
+    cal = _read_csv(res / "calibration.csv")
+    out = ["<h2>Calibration of P(FP)</h2>"]
+    if cal is None or not len(cal):
+        out.append('<p class="missing">No calibrated scorer in this run.</p>')
+        return "\n".join(out)
+    out.append(
+        '<p class="note">How to read: a calibrated P(FP) of 0.3 means that about 30 % of the '
+        "lesions given that value are false positives. Each learned scorer's calibrator "
+        "is fitted on its fold's validation lesions only, on out-of-fold scores (inner "
+        "cross-fitting); these rows measure it on the test lesions. ECE: expected "
+        "calibration error (10 bins, 0 = perfect); Brier: mean squared error of P(FP); "
+        "MAE: mean absolute error of the predicted IoU_adj (regressors). Means over "
+        "folds; the calibration is a strictly increasing map, so the AUCs of Table 2 do "
+        "not change.</p>"
+    )
+    mean = _mean_table(cal, ["method", "stage"], ["ece", "brier", "log_loss", "mae"])
+    rows = []
+    for method, grp in mean.groupby("method", sort=False):
+        b = grp[grp.stage == "before"].iloc[0]
+        a = grp[grp.stage == "after"].iloc[0]
+        rows.append(
+            [_e(_label(str(method)))]
+            + [f"{_fmt(b[c], '.3f')} &rarr; {_fmt(a[c], '.3f')}" for c in ("ece", "brier")]
+            + [f"{_fmt(b['log_loss'], '.2f')} &rarr; {_fmt(a['log_loss'], '.2f')}"]
+            + [f"{_fmt(b['mae'], '.3f')} &rarr; {_fmt(a['mae'], '.3f')}"]
+        )
+    header = ["Method", "ECE (before &rarr; after)", "Brier", "Log loss", "MAE of IoU_adj"]
+    out.append(html_table(header, rows))
+    png = res / "calibration.png"
+    if png.is_file():
+        out.append(img_tag(png.read_bytes(), "reliability diagrams", "fig"))
+        out.append(
+            '<p class="note">Reliability diagrams (test lesions of all folds): bars are the '
+            "observed share of FP lesions per P(FP) bin, numbers the lesions in the bin; "
+            "a calibrated scorer follows the dashed diagonal.</p>"
+        )
+    return "\n".join(out)
+
+
+def _operating_point_html(run: Path) -> str:
+    """What the stored review threshold did on the test lesions."""
+    op = _read_csv(run / "results" / "operating_point.csv")
+    out = ["<h2>Operating point: the review threshold on the test lesions</h2>"]
+    if op is None or not len(op):
+        out.append(
+            '<p class="missing">No operating point was stored (the validation lesions '
+            "could not meet the review target, or nothing is calibrated).</p>"
+        )
+        return "\n".join(out)
+    out.append(
+        '<p class="note">How to read: <code>predict</code> flags a lesion for review when its '
+        "P(FP) reaches a threshold chosen on the validation lesions for the target shown "
+        "(tp:0.95 = keep at least 95 % of the true lesions unflagged). These rows say what "
+        "that threshold did on the test lesions (means over folds): the share of FP and "
+        "of TP lesions flagged, and the lesion precision before and after removing the "
+        "flagged lesions.</p>"
+    )
+    cols = ["threshold", "fp_flagged", "tp_flagged", "precision_before", "precision_after"]
+    mean = _mean_table(op, ["method", "target"], cols)
+    rows = [
+        [_e(_label(str(r.method))), _e(r.target), _fmt(r.threshold, ".3g")]
+        + [_fmt(getattr(r, c), ".1f", 100) for c in cols[1:]]
+        for r in mean.itertuples(index=False)
+    ]
+    header = ["Method", "Target", "Threshold", "FP flagged (%)", "TP flagged (%)",
+              "Precision before (%)", "Precision after (%)"]  # fmt: skip
+    out.append(html_table(header, rows))
+    return "\n".join(out)
+
+
+def _detection_html(run: Path, t1: pd.DataFrame | None) -> str:
+    """Lesion-level detection metrics (Table 1's extra columns) and F1-retention areas."""
+    out = ["<h2>Lesion-level detection</h2>"]
+    extra = [c for c in (t1.columns if t1 is not None else []) if c not in TABLE1_BASE]
+    if not extra:
+        out.append('<p class="missing">Not computed for this run.</p>')
+        return "\n".join(out)
+    out.append(
+        '<p class="note">How to read: lesion TPR = detected ground-truth lesions / all '
+        "ground-truth lesions; PPV = matching predicted lesions / all predicted lesions; "
+        "F1 = TP / (TP + (FP + FN) / 2) (Shifts). Two matching rules: <b>IoU</b>, a "
+        "predicted and a true lesion match at IoU &ge; 0.25 (Shifts); <b>overlap</b>, any "
+        "shared voxel (WMH challenge). nDSC: Dice normalised to a 0.1 % lesion load "
+        "(Shifts), mean over test scans.</p>"
+    )
+    rows = [[_e(r["fold"])] + [_fmt(r[c], ".3f") for c in extra] for _, r in t1.iterrows()]
+    out.append(html_table(["Fold", *(_e(c) for c in extra)], rows))
+    ret = _read_csv(run / "results" / "retention.csv")
+    if ret is not None and len(ret):
+        out.append(
+            '<p class="note">Lesion-F1 retention: remove the most uncertain lesions first '
+            "(a removed lesion is handed to a reader); the area under F1 vs retained "
+            "fraction is higher when a method puts the false positives first. Mean over "
+            "folds.</p>"
+        )
+        mean = ret.groupby("method", sort=False)["f1_retention_auc"].mean()
+        mean = mean.sort_values(ascending=False)
+        rows = [[_e(_label(str(m))), _fmt(v, ".3f")] for m, v in mean.items()]
+        out.append(html_table(["Method", "F1-retention AUC"], rows))
+    return "\n".join(out)
+
+
 def _learning_curve_html(run: Path) -> str:
     """The learning-curve section (figure and table), empty when it was not computed."""
     res = run / "results"
@@ -502,7 +615,10 @@ def write_report(
     """Write ``RUN/results/report.html``: a self-contained summary of a finished run.
 
     Contents: a short guide, Table 1 (Dice, TP/FP counts per fold), Table 2 (AUC in %,
-    Spearman rho, per-fold AUC; best values in bold), Figure 2 and a gallery of the
+    Spearman rho, per-fold AUC; best values in bold), Figure 2, the calibration of P(FP)
+    (``calibration.csv`` / ``.png``), the operating point's effect on the test lesions
+    (``operating_point.csv``), the lesion-level detection metrics (Table 1's extra
+    columns, ``retention.csv``) and a gallery of the
     ``n_gallery`` most and least uncertain test lesions (all folds together) by
     ``method`` (default ``gcnn_classif``, else the first method column): an axial FLAIR
     crop with the lesion contour, its score, its true label, IoU_adj and size. The run's
@@ -577,6 +693,9 @@ def write_report(
     else:
         body.append(_missing(fig_path, run))
 
+    body.append(_calibration_html(run))
+    body.append(_operating_point_html(run))
+    body.append(_detection_html(run, t1))
     body.append(_learning_curve_html(run))
     body.append("<h2>Lesion gallery</h2>")
     gallery_method = _gallery_method(lesions, method) if lesions is not None else None

@@ -27,7 +27,7 @@ from lesionuq import __version__
 from lesionuq.evaluation.render import escape, html_page, html_table, img_tag, png_bytes
 from lesionuq.export.viewer import NO_VIEWER_NOTE
 
-__all__ = ["scan_report_html", "summary_png"]
+__all__ = ["scan_report_html", "summary_png", "warnings_html"]
 
 
 def summary_png(
@@ -120,6 +120,8 @@ def scan_report_html(
     threshold: float,
     seconds: float,
     viewer: str | None = None,
+    warnings: Sequence[str] = (),
+    threshold_note: str | None = None,
 ) -> str:
     """A self-contained HTML page: the viewer, the summary figure (base64), the lesion table.
 
@@ -135,6 +137,8 @@ def scan_report_html(
         viewer: The interactive NiiVue viewer fragment
             (:func:`lesionuq.export.viewer.viewer_html`); None shows
             :data:`~lesionuq.export.viewer.NO_VIEWER_NOTE` instead, above the static figure.
+        warnings: Sentences shown in a box at the top (:func:`warnings_html`).
+        threshold_note: How the review threshold was chosen, shown under the counts.
 
     Returns:
         The page text.
@@ -153,11 +157,13 @@ def scan_report_html(
     scans = "<br>".join(escape(Path(p).resolve()) for p in images)
     parts = [
         f"<h1>Lesion-wise uncertainty: {escape(case_id)}</h1>",
+        warnings_html(warnings),
         '<table class="meta">',
         f"<tr><td>scan</td><td>{scans}</td></tr>",
         f"<tr><td>model</td><td>{escape(Path(model).resolve())}</td></tr>",
         f"<tr><td>lesions</td><td>{len(table)}, of which {n_review} to review "
         f"(P(FP) &ge; {threshold:g}, highlighted)</td></tr>",
+        f"<tr><td>review rule</td><td>{escape(threshold_note)}</td></tr>" if threshold_note else "",
         f"<tr><td>lesionuq</td><td>{escape(__version__)}, {seconds:.1f} s</td></tr>",
         "</table>",
         "<h2>Viewer</h2>",
@@ -171,3 +177,14 @@ def scan_report_html(
         "lesion; volume and centroid (world mm) on the input scan's grid.</p>",
     ]
     return html_page(f"lesionuq: {case_id}", parts)
+
+
+def warnings_html(warnings: Sequence[str]) -> str:
+    """A highlighted box with one paragraph per warning ('' when there is none)."""
+    if not warnings:
+        return ""
+    items = "".join(f"<p><b>Warning:</b> {escape(w)}</p>" for w in warnings)
+    return (
+        '<div class="warning" style="background:#fff3cd;border:1px solid #e0b000;'
+        f'padding:0.4em 0.8em;margin:0.8em 0">{items}</div>'
+    )

@@ -65,11 +65,12 @@ def predict_manifest(
     model: str | Path | FittedModel,
     cases_csv: str | Path,
     out: str | Path,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     save_maps: bool = False,
     progress: bool = True,
     overwrite: bool = False,
     bids_out: str | Path | None = None,
+    review_target: str | None = None,
 ) -> BatchResult:
     """Predict every case of a ``cases.csv`` (the ``mask`` column is optional and unused).
 
@@ -83,7 +84,7 @@ def predict_manifest(
         model: A model folder or a :class:`FittedModel`.
         cases_csv: The manifest (``case_id`` and one column per model sequence).
         out: Output folder.
-        threshold: ``review`` is ``p_fp >= threshold``.
+        threshold: ``review`` is ``p_fp >= threshold``; overrides ``review_target``.
         save_maps: Also write the voxel maps of every case.
         progress: Show a progress bar over the cases.
         overwrite: Replace an earlier batch made with other settings (see
@@ -92,13 +93,18 @@ def predict_manifest(
         bids_out: A BIDS-derivatives folder to add every case to (new, empty, or one
             lesionuq wrote), e.g. for a manifest of ``lesionuq manifest --layout bids``;
             each case's first image must have a BIDS file name.
+        review_target: Choose the threshold for this target on the validation lesions
+            (see :meth:`FittedModel.review_rule`); default the stored operating point.
 
     Returns:
         The batch result.
     """
-    threshold = check_threshold(threshold)
+    if threshold is not None:
+        threshold = check_threshold(threshold)
     if not isinstance(model, FittedModel):
         model = load_model(model)
+    given = threshold
+    threshold = model.review_rule(threshold, review_target).threshold
     cases = read_manifest(cases_csv, model.sequences, require_mask=False)
     inputs = [Path(cases_csv), *(p for c in cases for p in c.images)]
     out = Path(out)
@@ -120,9 +126,17 @@ def predict_manifest(
             table = done
         else:
             res = predict_scan(
-                model, case.images, folder, threshold, save_maps, False, case.case_id, True,
+                model,
+                case.images,
+                folder,
+                given,
+                save_maps,
+                False,
+                case.case_id,
+                True,
+                review_target=review_target,
                 bids_out=bids_out,
-            )  # fmt: skip
+            )
             _mark(folder, model_digest, case, threshold, save_maps, bids_out)
             results[case.case_id] = res
             table = res.table

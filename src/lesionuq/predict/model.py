@@ -4,6 +4,12 @@ A model folder is a fold of a finished ``lesionuq experiment`` run, ``RUN/fold_K
 ``config.yaml``, ``segmenter.pt`` and ``scorers/METHOD/`` (see docs/DESIGN.md). :func:`load_model`
 checks that it is complete and loads it once, so that a batch of scans shares it.
 
+A model folder fitted since issue 13 also holds ``scorers/gcnn_classif/calibration.json``
+(the P(FP) calibrator, the validation lesions' out-of-fold P(FP) and the stored operating
+point), ``scorers/gcnn_reg/calibration.json`` (the IoU recalibration) and
+``shift_reference.json`` (the validation scans' profiles). An older folder without them
+still loads: P(FP) is then the raw GCNN output and the review threshold 0.5.
+
 Example:
     >>> model = load_model("runs/demo/fold_0", n_images=1)
     >>> model.sequences
@@ -13,15 +19,62 @@ Example:
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from lesionuq.calibration import CALIBRATOR_FILE, Calibrator, IoURecalibrator, load_calibration
 from lesionuq.config import ExperimentConfig, config_digest
 from lesionuq.io import InputError, describe_load_error
+from lesionuq.operating_point import choose_threshold, parse_target
+from lesionuq.shift import SHIFT_FILE, ShiftReference
 from lesionuq.utils import remove_pyg_codegen_files
 
-__all__ = ["REQUIRED_SCORERS", "FittedModel", "load_model"]
+__all__ = ["DEFAULT_THRESHOLD", "REQUIRED_SCORERS", "FittedModel", "ReviewRule", "load_model"]
+
+#: Review threshold of a model folder without a calibrator (an old run).
+DEFAULT_THRESHOLD = 0.5
+UNCALIBRATED_NOTE = (
+    "this model folder has no P(FP) calibrator (fitted before lesionuq 0.2?): P(FP) is the "
+    "raw GCNN output and the review threshold 0.5; refit with `lesionuq fit` to calibrate."
+)
+
+
+@dataclass(frozen=True)
+class ReviewRule:
+    """The review threshold of a prediction and how it was chosen.
+
+    Attributes:
+        threshold: Lesions with ``p_fp >= threshold`` are flagged for review.
+        source: ``"--threshold"`` (given), ``"review target"`` (chosen at predict time on
+            the validation lesions' out-of-fold P(FP)), ``"stored operating point"`` or
+            ``"default (uncalibrated model)"``.
+        target: The review target (``"tp:0.95"``), or None.
+        validation: What the threshold did on the validation lesions (``n_tp``,
+            ``tp_flagged``, ``fp_flagged``, ...), or None.
+    """
+
+    threshold: float
+    source: str
+    target: str | None = None
+    validation: dict[str, Any] | None = None
+
+    def describe(self) -> str:
+        """One sentence for reports: the threshold and its meaning."""
+        text = f"P(FP) >= {self.threshold:.3g} ({self.source}"
+        text += f", target {self.target})" if self.target else ")"
+        v = self.validation
+        if v and v.get("n_tp"):
+            text += (
+                f"; on the validation lesions it flagged {100 * v['tp_flagged']:.0f} % of the "
+                f"true lesions and {100 * v['fp_flagged']:.0f} % of the false positives"
+                if v.get("n_fp")
+                else f"; it flagged {100 * v['tp_flagged']:.0f} % of the validation true lesions"
+            )
+        return text + "."
+
 
 #: Scorers a model folder must hold: P(FP) and the predicted IoU_adj.
 REQUIRED_SCORERS = ("gcnn_classif", "gcnn_reg")
@@ -37,6 +90,11 @@ class FittedModel:
         segmenter: The U-Net (``lesionuq.segmentation.unet.UNet3D``).
         scorers: Fitted scorers by method name; always holds :data:`REQUIRED_SCORERS`.
         device: Device of the U-Net (``"auto"``, ``"cpu"`` or ``"cuda"``).
+        calibrator: ``gcnn_classif``'s raw score -> P(FP), or None (old model folder).
+        iou_calibrator: ``gcnn_reg``'s predicted IoU_adj -> recalibrated IoU_adj, or None.
+        calibration: The whole ``gcnn_classif/calibration.json`` (operating point,
+            out-of-fold P(FP) of the validation lesions); empty when absent.
+        shift: The validation scans' :class:`~lesionuq.shift.ShiftReference`, or None.
     """
 
     folder: Path
@@ -44,6 +102,71 @@ class FittedModel:
     segmenter: Any
     scorers: dict[str, Any]
     device: str = "auto"
+    calibrator: Calibrator | None = None
+    iou_calibrator: IoURecalibrator | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
+    shift: ShiftReference | None = None
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether P(FP) is calibrated (the folder holds ``gcnn_classif``'s calibrator)."""
+        return self.calibrator is not None
+
+    def p_fp(self, raw: np.ndarray) -> np.ndarray:
+        """(N,) P(FP) from ``gcnn_classif``'s (N,) raw scores (unchanged when uncalibrated)."""
+        raw = np.clip(np.asarray(raw, dtype=np.float64), 0.0, 1.0)
+        if self.calibrator is None or raw.size == 0:
+            return raw
+        return np.clip(self.calibrator.predict(raw), 0.0, 1.0)
+
+    def iou_pred(self, raw_u: np.ndarray) -> np.ndarray:
+        """(N,) predicted IoU_adj from ``gcnn_reg``'s (N,) scores ``u = 1 - IoU_hat``."""
+        pred = np.clip(1.0 - np.asarray(raw_u, dtype=np.float64), 0.0, 1.0)
+        if self.iou_calibrator is None or pred.size == 0:
+            return pred
+        return self.iou_calibrator.predict(pred)
+
+    def review_rule(
+        self, threshold: float | None = None, review_target: str | None = None
+    ) -> ReviewRule:
+        """The review threshold and how it was chosen.
+
+        ``threshold`` if given, else ``review_target`` chosen on the stored out-of-fold
+        P(FP) of the validation lesions, else the stored operating point, else 0.5.
+
+        Raises:
+            InputError: A malformed ``review_target``, or one given to a model folder
+                without a calibrator, or one that cannot be met.
+        """
+        if threshold is not None:
+            return ReviewRule(float(threshold), "--threshold")
+        if review_target is not None:
+            try:
+                parse_target(review_target)
+            except ValueError as err:
+                raise InputError(str(err)) from None
+            if "oof_p_fp" not in self.calibration:
+                raise InputError(
+                    f"{self.folder}: --review-target needs a calibrated model folder "
+                    "(refit it with `lesionuq fit`), or give --threshold."
+                )
+            from lesionuq.operating_point import operating_point_effect
+
+            p = np.asarray(self.calibration["oof_p_fp"], dtype=np.float64)
+            tp = np.asarray(self.calibration["oof_is_tp"], dtype=bool)
+            try:
+                t = choose_threshold(p, tp, review_target)
+            except ValueError as err:
+                raise InputError(f"{self.folder}: {err}") from None
+            return ReviewRule(t, "review target", review_target, operating_point_effect(p, tp, t))
+        op = self.calibration.get("operating_point")
+        if op:
+            return ReviewRule(
+                float(op["threshold"]), "stored operating point", op["target"], op["validation"]
+            )
+        if self.calibrated:
+            return ReviewRule(DEFAULT_THRESHOLD, "default (no operating point was stored)")
+        return ReviewRule(DEFAULT_THRESHOLD, "default (uncalibrated model)")
 
     @property
     def sequences(self) -> tuple[str, ...]:
@@ -152,4 +275,19 @@ def load_model(
                 stacklevel=2,
             )
     remove_pyg_codegen_files()
+    _load_calibration(model)
     return model
+
+
+def _load_calibration(model: FittedModel) -> None:
+    """Attach the calibrators and the shift reference when the folder has them."""
+    root = model.folder / "scorers"
+    path = root / "gcnn_classif" / CALIBRATOR_FILE
+    if path.is_file():
+        model.calibrator, _, model.calibration = load_calibration(path)
+    path = root / "gcnn_reg" / CALIBRATOR_FILE
+    if path.is_file():
+        model.iou_calibrator = load_calibration(path)[1]
+    path = model.folder / SHIFT_FILE
+    if path.is_file():
+        model.shift = ShiftReference.load(path)

@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,10 +42,18 @@ from lesionuq.io import (
     save_nifti,
 )
 from lesionuq.outputs import check_output_dir, output_dir
-from lesionuq.predict.model import REQUIRED_SCORERS, FittedModel, load_model
+from lesionuq.predict.model import (
+    REQUIRED_SCORERS,
+    UNCALIBRATED_NOTE,
+    FittedModel,
+    ReviewRule,
+    load_model,
+)
 from lesionuq.utils import make_progress
 
 if TYPE_CHECKING:
+    import nibabel as nib
+
     from lesionuq.lesions.dataset import LesionSet
     from lesionuq.uncertainty import VoxelMaps
 
@@ -90,6 +98,9 @@ class PredictResult:
         images: The input scans.
         case_id: Name of the case (default: the first image's file name).
         seconds: Wall time of the prediction.
+        warnings: Sentences for the user: the shift warning (the scan is unlike the
+            validation scans) and the note of an uncalibrated model folder.
+        rule: How the review threshold was chosen.
     """
 
     out: Path
@@ -99,6 +110,8 @@ class PredictResult:
     images: tuple[Path, ...]
     case_id: str
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    rule: ReviewRule | None = None
 
     @property
     def n_lesions(self) -> int:
@@ -237,6 +250,7 @@ class _OnGrid:
         scores: Each scorer's (N,) uncertainty of lesions 1..N.
         native_affine: (4, 4) affine of the input scan.
         native_shape: (X', Y', Z') shape of the input scan.
+        warnings: Shift warning and calibration note (:func:`_review_warnings`).
     """
 
     pre: Preprocessed
@@ -245,18 +259,20 @@ class _OnGrid:
     scores: dict[str, np.ndarray]
     native_affine: np.ndarray
     native_shape: tuple[int, ...]
+    warnings: list[str] = field(default_factory=list)
 
 
 def predict_scan(
     model: str | Path | FittedModel,
     images: str | Path | Sequence[str | Path],
     out: str | Path,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     save_maps: bool = False,
     progress: bool = True,
     case_id: str | None = None,
     overwrite: bool = False,
     bids_out: str | Path | None = None,
+    review_target: str | None = None,
 ) -> PredictResult:
     """Segment one scan and score each lesion's uncertainty, in the scan's own space.
 
@@ -270,6 +286,8 @@ def predict_scan(
     - with ``save_maps``: the :data:`MAP_NAMES` maps (linear resampling).
     - ``lesions.csv``: :func:`lesion_rows`, then ``u_METHOD`` for any other fitted scorer
       of the model folder.
+    - ``lesions.json``: the companion of ``lesions.csv``: the review threshold, how it
+      was chosen, the calibration and the warnings.
     - ``label_description.txt`` (ITK-SNAP) and ``lesions.lut`` (FSLeyes): the lesion ids
       of ``lesions.nii.gz`` coloured by review status (red review, green kept).
     - ``summary.png``, ``report.html`` (self-contained; with the interactive NiiVue
@@ -280,12 +298,18 @@ def predict_scan(
     (:func:`lesionuq.export.bids.write_bids_derivatives`, entities from the first
     image's BIDS file name).
 
+    ``p_fp`` is the calibrated P(FP) of ``gcnn_classif`` and ``iou_pred`` the recalibrated
+    IoU_adj of ``gcnn_reg`` (raw outputs for a model folder fitted before calibration).
+    When the scan is unlike the model's validation scans (:mod:`lesionuq.shift`) a
+    warning goes to :attr:`PredictResult.warnings`, ``prediction.json``, ``lesions.json``
+    and the top of ``report.html``.
+
     Args:
         model: A model folder (``RUN/fold_K``) or a :class:`FittedModel`.
         images: One scan per model sequence, in the config's order, on the same grid
             (any orientation, voxel size and field of view).
         out: Output folder ``DIR`` (replaced as a whole on success).
-        threshold: ``review`` is ``p_fp >= threshold``.
+        threshold: ``review`` is ``p_fp >= threshold``; overrides ``review_target``.
         save_maps: Also write the ``prob``, ``entropy``, ``variance`` and ``pcs`` maps.
         progress: Show a progress bar over the steps.
         case_id: Name used in the table and report (default: first image's file name).
@@ -293,6 +317,9 @@ def predict_scan(
             and this scan's earlier files in ``bids_out``.
         bids_out: A BIDS-derivatives folder to add this scan to (new, empty, or one
             lesionuq wrote); the first image must have a BIDS file name.
+        review_target: Choose the threshold for this target (``"tp:0.95"``, ``"fp:0.5"``)
+            on the model's validation lesions; default: the stored operating point
+            (:meth:`FittedModel.review_rule`).
 
     Returns:
         The result (its :meth:`PredictResult.summary` is what the CLI prints).
@@ -306,19 +333,21 @@ def predict_scan(
     paths = _as_paths(images)
     if not paths:
         raise InputError("no input image was given.")
-    threshold = check_threshold(threshold)
+    if threshold is not None:
+        threshold = check_threshold(threshold)
     check_output_dir(out, "prediction", overwrite=overwrite, inputs=paths)
     bids = _check_exports(bids_out, out, paths, overwrite)
     if not isinstance(model, FittedModel):
         model = load_model(model, n_images=len(paths))
     model.check_images(len(paths))
+    rule = model.review_rule(threshold, review_target)
     case_id = case_id or _case_name(paths[0])
     out = Path(out)
     with _Steps(_STEPS, progress, case_id).run() as step:
         grid = _infer(model, paths, case_id, step)
         step("write")
         result = _write_outputs(
-            out, grid, model, paths, case_id, threshold, save_maps, t0, bids=bids
+            out, grid, model, paths, case_id, rule.threshold, save_maps, t0, bids=bids, rule=rule
         )
         step("done")
     return result
@@ -345,7 +374,7 @@ def _infer(
     if int(labels.max(initial=0)) != n:
         raise RuntimeError(f"case_lesions returned {n} lesions but labels up to {labels.max()}.")
     step("scores")
-    scores = _score(model, lesions)
+    scores = _calibrate(model, _score(model, lesions))
     return _OnGrid(
         pre,
         maps,
@@ -353,7 +382,62 @@ def _infer(
         scores,
         np.asarray(native.affine, dtype=np.float64),
         tuple(native.shape[:3]),
+        _review_warnings(model, native, maps, pre),
     )
+
+
+def _calibrate(model: FittedModel, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """P(FP) and predicted IoU through the model's calibrators (raw without them).
+
+    ``scores["gcnn_classif"]`` becomes the calibrated P(FP) and ``scores["gcnn_reg"]``
+    ``1 -`` the recalibrated IoU_adj; the other scorers keep their raw uncertainty.
+    """
+    out = dict(scores)
+    out["gcnn_classif"] = model.p_fp(scores["gcnn_classif"])
+    out["gcnn_reg"] = 1.0 - model.iou_pred(scores["gcnn_reg"])
+    return out
+
+
+def _review_warnings(
+    model: FittedModel, native: nib.Nifti1Image, maps: VoxelMaps, pre: Preprocessed
+) -> list[str]:
+    """The shift warning (:mod:`lesionuq.shift`) and the note of an uncalibrated model."""
+    from lesionuq.shift import scan_profile, warning_sentence
+
+    out = []
+    if model.shift is not None:
+        brain = pre.image[0] != 0
+        profile = scan_profile(
+            native, maps.entropy, brain, brain_threshold=model.cfg.preprocess.brain_threshold
+        )
+        sentence = warning_sentence(model.shift.check(profile))
+        if sentence:
+            out.append(sentence[0].upper() + sentence[1:])
+    if not model.calibrated:
+        out.append(UNCALIBRATED_NOTE[0].upper() + UNCALIBRATED_NOTE[1:])
+    return out
+
+
+def _write_review_json(
+    folder: Path, model: FittedModel, rule: ReviewRule, warnings: list[str]
+) -> Path:
+    """``lesions.json``, the companion of ``lesions.csv``: threshold, its origin, warnings."""
+    payload = {
+        "threshold": rule.threshold,
+        "threshold_source": rule.source,
+        "review_target": rule.target,
+        "threshold_meaning": rule.describe(),
+        "validation_effect": rule.validation,
+        "p_fp": (
+            f"calibrated ({model.calibrator.kind}) probability that the lesion is a false "
+            "positive, fitted on out-of-fold validation lesions"
+            if model.calibrator is not None
+            else "raw gcnn_classif output (uncalibrated model folder)"
+        ),
+        "calibration": model.calibrator.to_dict() if model.calibrator is not None else None,
+        "warnings": list(warnings),
+    }
+    return atomic_write_text(folder / "lesions.json", json.dumps(payload, indent=1) + "\n")
 
 
 def _write_outputs(
@@ -366,6 +450,7 @@ def _write_outputs(
     save_maps: bool,
     t0: float,
     bids: tuple[Path, dict[str, str]] | None = None,
+    rule: ReviewRule | None = None,
 ) -> PredictResult:
     """Bring the outputs onto the input grid and write the folder ``out`` atomically.
 
@@ -392,7 +477,10 @@ def _write_outputs(
             vol = to_original(vol, grid.pre.transform, order=1)
             native_maps[name] = _check_shape(vol, shape, name).astype(np.float32)
 
-    result = PredictResult(out, table, float(threshold), model.folder, paths, case_id)
+    rule = rule or ReviewRule(float(threshold), "--threshold")
+    result = PredictResult(
+        out, table, float(threshold), model.folder, paths, case_id, 0.0, grid.warnings, rule
+    )
     with output_dir(out, "prediction") as tmp:
         save_nifti(tmp / "seg.nii.gz", (lab_native > 0).astype(np.uint8), affine)
         save_nifti(
@@ -403,6 +491,7 @@ def _write_outputs(
             save_nifti(tmp / f"{name}.nii.gz", vol, affine)
         atomic_write_text(tmp / "lesions.csv", csv_text(table))
         viewer = _write_exports(tmp, bids, grid, paths, table, lab_native, native_maps, threshold)
+        _write_review_json(tmp, model, rule, grid.warnings)
         png = summary_png(grid.pre.image[0], grid.labels, scores["gcnn_classif"], table, case_id)
         (tmp / "summary.png").write_bytes(png)
         result.seconds = time.perf_counter() - t0
@@ -415,6 +504,8 @@ def _write_outputs(
             threshold=result.threshold,
             seconds=result.seconds,
             viewer=viewer,
+            warnings=grid.warnings,
+            threshold_note=rule.describe(),
         )
         atomic_write_text(tmp / "report.html", page)
         meta = {
@@ -423,6 +514,10 @@ def _write_outputs(
             "model": str(model.folder.resolve()),
             "images": [str(p.resolve()) for p in paths],
             "threshold": float(threshold),
+            "threshold_source": rule.source,
+            "review_target": rule.target,
+            "calibrated": model.calibrated,
+            "warnings": list(grid.warnings),
             "save_maps": bool(save_maps),
             "n_lesions": n,
             "n_review": result.n_review,

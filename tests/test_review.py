@@ -1,0 +1,309 @@
+"""Issue 13 wired end to end: calibrated P(FP), operating point, detection metrics, shift.
+
+The tiny run's lesions may all be false positives, so its outputs are checked for
+structure and invariants; values are checked on constructed cases.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+from typer.testing import CliRunner
+
+from helpers import TINY
+from lesionuq import calibration
+from lesionuq.calibration import CALIBRATOR_FILE, PlattCalibrator, load_calibration
+from lesionuq.cli import app
+from lesionuq.config import METHODS, CalibrationConfig, ConfigError, ExperimentConfig
+from lesionuq.evaluation.calibration_metrics import CALIBRATION_COLUMNS
+from lesionuq.evaluation.curves import ac_auc
+from lesionuq.experiment import (
+    is_calibrated,
+    run_experiment,
+    score_fold,
+    stage_evaluate,
+    stage_fit,
+)
+from lesionuq.io import InputError
+from lesionuq.lesions.dataset import LesionSet
+from lesionuq.predict import load_model, predict_scan
+from lesionuq.predict.model import UNCALIBRATED_NOTE, FittedModel
+from lesionuq.rundir import RunDir
+from lesionuq.shift import SHIFT_FILE
+
+LEARNED = [m for m in METHODS if is_calibrated(m, TINY)]
+
+
+def _stamps(run):
+    return {p: p.stat().st_mtime_ns for p in run.glob("fold_*/scorers/*/stamp.json")}
+
+
+@pytest.fixture(scope="module")
+def run_copy(tiny_run, tmp_path_factory):
+    root, csv, _ = tiny_run
+    dst = tmp_path_factory.mktemp("review") / "run"
+    shutil.copytree(root / "run", dst)
+    return dst, csv
+
+
+def _thick_lps(img: nib.Nifti1Image) -> nib.Nifti1Image:
+    """Resample onto a 0.9 x 0.9 x 3 mm grid in LPS orientation (linear), same field of view."""
+    zooms = np.array([0.9, 0.9, 3.0])
+    src_zooms = np.asarray(img.header.get_zooms()[:3])
+    extent = np.asarray(img.shape) * src_zooms
+    shape = np.ceil(extent / zooms).astype(int)
+    origin = img.affine[:3, :3] @ (np.asarray(img.shape) - 1) * [1, 1, 0] + img.affine[:3, 3]
+    target = np.diag([-0.9, -0.9, 3.0, 1.0])
+    target[:3, 3] = origin
+    m = np.linalg.solve(img.affine, target)
+    data = ndimage.affine_transform(
+        np.asarray(img.dataobj, dtype=np.float32), m[:3, :3], m[:3, 3], output_shape=tuple(shape)
+    )
+    return nib.Nifti1Image(data.astype(np.float32), target)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_calibration_config_is_checked():
+    cfg = ExperimentConfig.from_dict({"calibration": {"review_target": "fp:0.5"}})
+    assert cfg.calibration == CalibrationConfig(review_target="fp:0.5")
+    with pytest.raises(ConfigError, match=r"config\.calibration\.review_target"):
+        ExperimentConfig.from_dict({"calibration": {"review_target": "tp:1.5"}})
+    with pytest.raises(ConfigError, match="did you mean 'isotonic'"):
+        ExperimentConfig.from_dict({"calibration": {"method": "isotonc"}})
+    with pytest.raises(ConfigError, match="n_inner"):
+        ExperimentConfig.from_dict({"calibration": {"n_inner": 1}})
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def test_fit_stores_calibration_from_validation_lesions(tiny_run):
+    root, _, _ = tiny_run
+    rd = RunDir(root / "run")
+    _, _, splits = rd.read_plan()
+    for split in splits:
+        val = LesionSet.load(rd.lesion_set(split.fold, "val"))
+        for m in METHODS:
+            path = rd.scorer(split.fold, m) / CALIBRATOR_FILE
+            assert path.is_file() == (m in LEARNED)
+            if m not in LEARNED:
+                continue
+            cal, iou_cal, meta = load_calibration(path)
+            assert cal.n_ == len(val)  # fitted on one out-of-fold score per validation lesion
+            assert meta["oof_is_tp"] == val.is_tp.tolist()
+            assert len(meta["oof_p_fp"]) == len(val)
+            assert (iou_cal is not None) == m.endswith("_reg")
+        ref = json.loads((rd.fold(split.fold) / SHIFT_FILE).read_text())
+        assert ref["n"] == len(split.val)
+        assert {"slice_thickness", "in_plane", "mean_entropy", "q99"} <= set(ref["features"])
+
+
+def test_fit_cross_fits_on_validation_only_and_refits_only_calibrated(run_copy, monkeypatch):
+    run, csv = run_copy
+    rd = RunDir(run)
+    _, _, splits = rd.read_plan()
+    seen = []
+    real = calibration.cross_fit
+
+    def spy(factory, lesions, **kwargs):
+        seen.append((set(lesions.table["case_id"].astype(str)), len(lesions)))
+        return real(factory, lesions, **kwargs)
+
+    monkeypatch.setattr(calibration, "cross_fit", spy)
+    before = _stamps(run)
+    cfg = TINY.replace(calibration=CalibrationConfig(method="isotonic", n_inner=2))
+    run_experiment(csv, run, cfg, progress=False, stop_after="graphs")
+    stage_fit(run, progress=False)
+    changed = {p.parent.name for p in before if p.stat().st_mtime_ns != before[p]}
+    assert changed == set(LEARNED)
+    assert len(seen) == len(LEARNED) * len(splits)
+    for split in splits:
+        n_val = len(LesionSet.load(rd.lesion_set(split.fold, "val")))
+        calls = [s for s in seen if s[1] == n_val and s[0] <= set(split.val)]
+        assert calls, f"fold {split.fold}: no cross-fit on its validation lesions"
+    for split in splits:
+        cal, _, _ = load_calibration(rd.scorer(split.fold, "gcnn_classif") / CALIBRATOR_FILE)
+        assert cal.kind == "isotonic"
+
+    # a new review target only re-chooses the operating point from the stored P(FP)
+    before = _stamps(run)
+    cfg = cfg.replace(calibration=CalibrationConfig("isotonic", 2, review_target="fp:0.5"))
+    run_experiment(csv, run, cfg, progress=False, stop_after="graphs")
+    stage_fit(run, progress=False)
+    assert _stamps(run) == before
+    for split in splits:
+        _, _, meta = load_calibration(rd.scorer(split.fold, "gcnn_classif") / CALIBRATOR_FILE)
+        p, tp = np.array(meta["oof_p_fp"]), np.array(meta["oof_is_tp"])
+        op = meta["operating_point"]
+        if (~tp).sum() == 0:
+            assert op is None
+            continue
+        assert op["target"] == "fp:0.5"
+        assert (p[~tp] >= op["threshold"]).mean() >= 0.5  # the target holds on validation
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_writes_calibrated_columns_and_new_tables(run_copy):
+    run, _ = run_copy  # other tests refit the shared tiny run's scorers: evaluate a copy
+    stage_evaluate(run, progress=False)
+    rd = RunDir(run)
+    _, _, splits = rd.read_plan()
+    res = run / "results"
+    lesions = pd.read_csv(res / "lesions.csv", dtype={"case_id": str})
+    for split in splits:
+        raw = score_fold(run, split, METHODS)
+        got = lesions[lesions.fold == split.fold].reset_index(drop=True)
+        for m in METHODS:
+            path = rd.scorer(split.fold, m) / CALIBRATOR_FILE
+            if m in ("gcnn_classif", "metaseg_classif"):
+                cal = load_calibration(path)[0]
+                want = cal.predict(raw[m].to_numpy()) if len(raw) else np.zeros(0)
+            else:  # baselines and regressors keep their raw score (1 - IoU_hat)
+                want = raw[m].to_numpy()
+            np.testing.assert_allclose(got[m].to_numpy(), want, rtol=1e-6, atol=1e-12)
+            # strictly increasing map: the ranking (hence every AUC) is the raw one
+            assert (np.argsort(got[m], kind="stable") == np.argsort(want, kind="stable")).all()
+
+    cal = pd.read_csv(res / "calibration.csv")
+    assert list(cal.columns) == list(CALIBRATION_COLUMNS)
+    if len(lesions):
+        assert set(cal["method"]) == set(LEARNED)
+        assert set(cal["stage"]) == {"before", "after"}
+        assert set(cal["fold"].astype(str)) == {"all"} | {str(s.fold) for s in splits}
+        assert cal["ece"].between(0, 1).all() and cal["brier"].between(0, 1).all()
+        assert cal.loc[cal.method == "gcnn_classif", "mae"].isna().all()
+        assert cal.loc[cal.method == "gcnn_reg", "mae"].notna().all()
+        assert (res / "calibration.png").is_file()
+    op = pd.read_csv(res / "operating_point.csv")
+    assert {"fold", "method", "target", "threshold", "fp_flagged", "tp_flagged"} <= set(op)
+
+    t1 = pd.read_csv(res / "table1.csv")
+    assert list(t1.columns[:4]) == ["fold", "dice", "n_tp", "n_fp"]
+    # the overlap rule is looser than IoU >= 0.25: never fewer detections
+    assert (t1["overlap_lesion_tpr"] >= t1["iou_lesion_tpr"] - 1e-12).all()
+    assert t1["ndsc"].between(0, 1).all()
+    ret = pd.read_csv(res / "retention.csv")
+    assert len(ret) == len(splits) * len(METHODS)
+    assert ret["f1_retention_auc"].between(0, 1).all()
+    page = (res / "report.html").read_text()
+    for title in ("Calibration of P(FP)", "Operating point", "Lesion-level detection"):
+        assert title in page
+
+
+def test_calibration_keeps_the_auc_on_a_constructed_case():
+    rng = np.random.default_rng(0)
+    is_tp = rng.random(200) < 0.6
+    raw = np.clip(np.where(is_tp, 0.1, 0.9) + rng.normal(0, 0.3, 200), 1e-9, 1 - 1e-9)
+    raw[:5] = [1e-9, 1e-9, 0.998, 0.998, 0.5]  # saturated and tied values
+    cal = PlattCalibrator().fit(raw, ~is_tp)
+    assert ac_auc(cal.predict(raw), is_tp) == pytest.approx(ac_auc(raw, is_tp), abs=1e-12)
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def _model_with_calibration(folder, p_oof, is_tp, target="tp:0.95"):
+    from lesionuq.operating_point import OperatingPoint
+
+    cal = PlattCalibrator().fit(p_oof, ~is_tp)
+    op = OperatingPoint.choose(p_oof, is_tp, target).to_dict()
+    meta = {"oof_p_fp": p_oof.tolist(), "oof_is_tp": is_tp.tolist(), "operating_point": op}
+    return FittedModel(folder, TINY, None, {}, calibrator=cal, calibration=meta)
+
+
+def test_review_rule_order_and_target_met(tmp_path):
+    rng = np.random.default_rng(1)
+    is_tp = rng.random(60) < 0.5
+    p = np.where(is_tp, rng.uniform(0, 0.6, 60), rng.uniform(0.3, 1.0, 60))
+    model = _model_with_calibration(tmp_path, p, is_tp)
+    assert model.review_rule(0.7).threshold == 0.7  # --threshold overrides everything
+    stored = model.review_rule()
+    assert stored.source == "stored operating point" and stored.target == "tp:0.95"
+    assert (p[is_tp] >= stored.threshold).mean() <= 0.05
+    fp = model.review_rule(review_target="fp:0.5")
+    assert fp.source == "review target" and (p[~is_tp] >= fp.threshold).mean() >= 0.5
+    assert "validation lesions" in fp.describe()
+    with pytest.raises(InputError, match=r"tp:0\.95"):
+        model.review_rule(review_target="half")
+    old = FittedModel(tmp_path, TINY, None, {})
+    assert old.review_rule().threshold == 0.5 and not old.calibrated
+    np.testing.assert_array_equal(old.p_fp(np.array([0.2, 0.9])), [0.2, 0.9])
+    with pytest.raises(InputError, match="calibrated model folder"):
+        old.review_rule(review_target="tp:0.9")
+
+
+@pytest.fixture(scope="module")
+def scans(tiny_run, tmp_path_factory):
+    """(fold_0 folder, an in-distribution scan, its 0.9 x 0.9 x 3 mm LPS resampling).
+
+    The tiny run has one validation scan per fold, so its reference is that scan's
+    profile: the in-distribution scan is that validation scan (a test scan may differ in
+    mean entropy by more than the 10 % tolerance of a single-scan reference).
+    """
+    root, csv, _ = tiny_run
+    rd = RunDir(root / "run")
+    split = rd.read_plan()[2][0]
+    cases = pd.read_csv(csv, dtype={"case_id": str}).set_index("case_id")
+    image = csv.parent / cases.loc[split.val[0], "flair"]
+    thick = tmp_path_factory.mktemp("thick") / "thick_lps.nii.gz"
+    nib.save(_thick_lps(nib.load(str(image))), str(thick))
+    return rd.fold(0), image, thick
+
+
+def test_predict_in_distribution_does_not_warn(scans, tmp_path):
+    folder, image, _ = scans
+    res = predict_scan(folder, [image], tmp_path / "out", progress=False)
+    assert res.warnings == []
+    meta = json.loads((tmp_path / "out" / "prediction.json").read_text())
+    assert meta["warnings"] == [] and meta["calibrated"] is True
+    side = json.loads((tmp_path / "out" / "lesions.json").read_text())
+    assert side["threshold"] == res.threshold and side["calibration"]["kind"] == "platt"
+    model = load_model(folder)
+    assert res.threshold == model.review_rule().threshold
+    # P(FP) in lesions.csv is the calibrated map of the raw GCNN output
+    assert res.table["p_fp"].between(0, 1).all()
+
+
+def test_thick_slice_lps_scan_warns_everywhere(scans, tmp_path):
+    folder, _, thick = scans
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        ["predict", "--model", str(folder), "--out", str(out), "--image", str(thick), "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "warning: This scan is unlike the scans this model was validated on" in text
+    assert "P(FP) values may be unreliable" in text
+    meta = json.loads((out / "prediction.json").read_text())
+    (warning,) = meta["warnings"]
+    assert "in-plane voxel size 0.9 mm vs 4 mm" in warning
+    assert json.loads((out / "lesions.json").read_text())["warnings"] == [warning]
+    page = (out / "report.html").read_text()
+    assert page.index("validated on") < page.index("<table")  # at the top
+
+
+def test_old_model_folder_still_predicts(scans, tmp_path):
+    folder, image, _ = scans
+    old = tmp_path / "fold_0"
+    shutil.copytree(folder, old, ignore=shutil.ignore_patterns("*test", "*val", "graphs"))
+    for p in [*old.glob(f"scorers/*/{CALIBRATOR_FILE}"), old / SHIFT_FILE]:
+        p.unlink()
+    res = predict_scan(old, [image], tmp_path / "out", progress=False)
+    assert res.threshold == 0.5
+    assert res.warnings == [UNCALIBRATED_NOTE[0].upper() + UNCALIBRATED_NOTE[1:]]
+    side = json.loads((tmp_path / "out" / "lesions.json").read_text())
+    assert side["threshold_source"] == "default (uncalibrated model)"
+    assert side["calibration"] is None
+    with pytest.raises(InputError, match="calibrated model folder"):
+        predict_scan(old, [image], tmp_path / "o2", progress=False, review_target="tp:0.9")
