@@ -65,6 +65,8 @@ def test_calibration_rows_and_figure():
     assert rows[0]["n"] == 50
     none = calibration_rows(1, "size", is_fp, None, None)
     assert np.isnan(none[0]["ece"]) and np.isnan(none[1]["mae"])
+    no_truth = calibration_rows(2, "gcnn_reg", is_fp, None, None, None, iou, iou)
+    assert np.isnan(no_truth[0]["mae"]) and np.isnan(no_truth[1]["mae"])
     rel = reliability_diagram(1 - iou, is_fp)
     fig = plot_reliability({"gcnn_reg": (rel, rel), "other": (rel, rel)}, title="fold 0")
     assert isinstance(fig, Figure) and len(fig.axes) == 4

@@ -79,6 +79,10 @@ def test_label_empty_and_bad_input():
         label_lesions(np.zeros((4, 4)))
     with pytest.raises(ValueError, match="connectivity"):
         label_lesions(np.zeros((4, 4, 4)), connectivity=8)
+    one = np.zeros((4, 4, 4), dtype=np.int32)
+    one[1, 1, 1] = 1
+    with pytest.raises(ValueError, match="connectivity must be 6, 18 or 26, got 4"):
+        adjusted_iou(one, 1, one, connectivity=4)
 
 
 # ---------------------------------------------------------------- adjusted IoU

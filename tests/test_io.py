@@ -72,6 +72,17 @@ def test_corrupt_file(tmp_path):
     _one_sentence(str(err.value), path)
 
 
+def test_non_nifti_image_is_refused_and_nifti2_accepted(tmp_path):
+    mgh = tmp_path / "flair.mgz"
+    nib.save(nib.MGHImage(_image(), AFFINE), str(mgh))
+    with pytest.raises(InputError) as err:
+        load_nifti(mgh)
+    assert str(err.value) == f"{mgh}: is not a NIfTI image (nibabel reads a MGHImage)."
+    nii2 = tmp_path / "flair2.nii.gz"
+    nib.save(nib.Nifti2Image(_image(), AFFINE), str(nii2))
+    assert load_nifti(nii2).shape == (8, 8, 8)
+
+
 def test_truncated_file(tmp_path):
     path = _write(tmp_path / "trunc.nii", _image((16, 16, 16)))
     path.write_bytes(path.read_bytes()[:1000])  # header intact, data cut

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from lesionuq.errors import InputError
@@ -91,11 +92,14 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
         raise InputError(f"{path}: file not found.")
     try:
         img = nib.load(str(path))
-        img.get_fdata(dtype=np.float32)  # force a read so that corruption shows here
+        if isinstance(img, nib.Nifti1Image):  # also NIfTI-2, a subclass
+            img.get_fdata(dtype=np.float32)  # force a read so that corruption shows here
     except Exception as exc:  # nibabel raises many types for bad files
         raise InputError(
             f"{path}: cannot be read as NIfTI ({exc.__class__.__name__}: {exc})."
         ) from None
+    if not isinstance(img, nib.Nifti1Image):
+        raise InputError(f"{path}: is not a NIfTI image (nibabel reads a {type(img).__name__}).")
     check_affine(img, path)
     return img
 
@@ -217,7 +221,7 @@ def load_case(case: Case) -> tuple[list[nib.Nifti1Image], nib.Nifti1Image | None
         The images (one per sequence) and the mask image (None when the case has none).
         Data are validated: 3-D, finite, non-empty, same grid; the mask binary.
     """
-    images = []
+    images: list[nib.Nifti1Image] = []
     for path in case.images:
         img = load_nifti(path)
         check_image(img, path)
@@ -417,16 +421,16 @@ def write_manifest(
 
 def save_nifti(
     path: str | Path,
-    data: np.ndarray,
+    data: npt.ArrayLike,
     affine: np.ndarray,
     header: nib.Nifti1Header | None = None,
-    dtype: type | str | None = None,
+    dtype: npt.DTypeLike | None = None,
 ) -> Path:
     """Write a 3-D array as NIfTI atomically (temporary file, then rename).
 
     Args:
         path: Destination, ``.nii.gz`` compresses.
-        data: Array, shape (X, Y, Z).
+        data: Array (or array-like, e.g. an image's ``dataobj``), shape (X, Y, Z).
         affine: 4x4 voxel-to-world (RAS mm) matrix.
         header: Optional header to copy (spacing units, description).
         dtype: On-disk data type; default float32 for floats, uint8/int16/int32 for labels.

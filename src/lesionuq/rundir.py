@@ -200,5 +200,8 @@ def digest_of(*parts: Any) -> str:
     """Digest of several config parts (dataclasses, dicts, lists, strings)."""
     import dataclasses
 
-    plain = [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    plain = [
+        dataclasses.asdict(p) if dataclasses.is_dataclass(p) and not isinstance(p, type) else p
+        for p in parts
+    ]
     return config_digest({"parts": plain})

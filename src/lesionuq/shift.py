@@ -96,7 +96,8 @@ class ScanProfile:
     def from_dict(cls, d: dict[str, Any]) -> ScanProfile:
         """Rebuild from :meth:`to_dict` output."""
         vals = {f.name: d.get(f.name) for f in fields(cls)}
-        return cls(**{k: (None if v is None else float(v)) for k, v in vals.items()})
+        kwargs: dict[str, Any] = {k: (None if v is None else float(v)) for k, v in vals.items()}
+        return cls(**kwargs)
 
 
 def scan_profile(

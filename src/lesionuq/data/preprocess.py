@@ -35,7 +35,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,9 +95,9 @@ class GridTransform:
         """Inverse of :meth:`to_dict`."""
         return cls(
             original_affine=np.asarray(d["original_affine"], dtype=np.float64),
-            original_shape=tuple(int(v) for v in d["original_shape"]),
+            original_shape=_shape3(d["original_shape"]),
             affine=np.asarray(d["affine"], dtype=np.float64),
-            shape=tuple(int(v) for v in d["shape"]),
+            shape=_shape3(d["shape"]),
             mean=tuple(float(v) for v in d.get("mean", ())),
             std=tuple(float(v) for v in d.get("std", ())),
         )
@@ -129,6 +129,12 @@ class Preprocessed:
     mask: np.ndarray | None
     affine: np.ndarray
     transform: GridTransform
+
+
+def _shape3(values: Iterable[Any]) -> tuple[int, int, int]:
+    """Three sizes as an (X, Y, Z) int tuple; ValueError if there are not three."""
+    x, y, z = (int(v) for v in values)
+    return x, y, z
 
 
 def _voxel_map(source_affine: np.ndarray, target_affine: np.ndarray) -> np.ndarray:
@@ -250,7 +256,7 @@ def preprocess(
         )
     affine0 = np.asarray(first.affine, dtype=np.float64)
     target, _ = target_grid(brain0, affine0, cfg)
-    shape = tuple(int(s) for s in cfg.shape)
+    shape = _shape3(cfg.shape)
 
     channels = []
     for i, img in enumerate(images):
@@ -290,7 +296,7 @@ def preprocess(
 
     transform = GridTransform(
         original_affine=affine0,
-        original_shape=tuple(int(s) for s in data0.shape),
+        original_shape=_shape3(data0.shape),
         affine=target,
         shape=shape,
         mean=tuple(means),

@@ -336,6 +336,7 @@ def wmh2017(
     derived = Path(derived_dir) if derived_dir is not None else root.parent / "wmh2017_derived"
     out = []
     for case in cases:
+        assert case.mask is not None  # _collect gives masks for all cases or for none
         img = load_nifti(case.mask)
         data = np.asarray(img.dataobj)
         binary = (np.rint(data) == 1).astype(np.uint8)

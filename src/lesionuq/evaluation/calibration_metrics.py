@@ -172,7 +172,9 @@ def _stage_row(
             "brier": brier_score(p, is_fp),
             "log_loss": log_loss(p, is_fp),
         }
-    row["mae"] = mean_absolute_error(iou_pred, iou) if iou_pred is not None else nan
+    row["mae"] = (
+        mean_absolute_error(iou_pred, iou) if iou_pred is not None and iou is not None else nan
+    )
     row["n"] = int(np.asarray(is_fp).size)
     return row
 

@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import cc3d
 import numpy as np
@@ -50,7 +50,16 @@ LESION_TABLE_COLUMNS: tuple[str, ...] = (
 )
 """Columns of :func:`lesion_table`, in order."""
 
-_CONNECTIVITIES = (6, 18, 26)
+_Connectivity = Literal[6, 18, 26]
+_CONNECTIVITIES: tuple[_Connectivity, ...] = (6, 18, 26)
+
+
+def _checked_connectivity(connectivity: int) -> _Connectivity:
+    """``connectivity`` as cc3d's literal type; ValueError unless it is 6, 18 or 26."""
+    for allowed in _CONNECTIVITIES:
+        if connectivity == allowed:
+            return allowed
+    raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}.")
 
 
 def label_lesions(seg: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, int]:
@@ -73,10 +82,9 @@ def label_lesions(seg: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, 
     seg = np.asarray(seg)
     if seg.ndim != 3:
         raise ValueError(f"seg must be 3-D (X, Y, Z), got shape {seg.shape}.")
-    if connectivity not in _CONNECTIVITIES:
-        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}.")
+    cc_connectivity = _checked_connectivity(connectivity)
     raw, n = cc3d.connected_components(
-        np.ascontiguousarray(seg != 0), connectivity=connectivity, return_N=True
+        np.ascontiguousarray(seg != 0), connectivity=cc_connectivity, return_N=True
     )
     n = int(n)
     labels = np.zeros(seg.shape, dtype=np.int32)
@@ -134,7 +142,9 @@ def adjusted_iou(labels: np.ndarray, n: int, gt: np.ndarray, connectivity: int =
     if n == 0:
         return np.zeros(0, dtype=np.float64)
     g_lab, m = cc3d.connected_components(
-        np.ascontiguousarray(gt != 0), connectivity=connectivity, return_N=True
+        np.ascontiguousarray(gt != 0),
+        connectivity=_checked_connectivity(connectivity),
+        return_N=True,
     )
     m = int(m)
     if m == 0:

@@ -32,7 +32,7 @@ import types
 import typing
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 import pandas as pd
@@ -62,6 +62,12 @@ class LesionScorer(ABC):
 
     name: str
     requires_fit: ClassVar[bool] = True
+
+    if TYPE_CHECKING:
+        # The constructor contract of every concrete scorer: it takes the method name as
+        # the keyword ``name`` (the registry's factory relies on it). Not defined at run
+        # time, so that ``get_params`` reads each subclass's own signature.
+        def __init__(self, *args: Any, name: str | None = ..., **kwargs: Any) -> None: ...
 
     @abstractmethod
     def fit(self, lesions: LesionSet, progress: bool = True) -> Self:
@@ -203,7 +209,7 @@ def table_column(table: pd.DataFrame, column: str, scorer: str) -> np.ndarray:
 
 
 @functools.cache
-def _init_hints(cls: type) -> dict[str, Any]:
+def _init_hints(cls: type[LesionScorer]) -> dict[str, Any]:
     """Constructor parameter name -> resolved type hint (``Any`` when unannotated)."""
     hints = typing.get_type_hints(cls.__init__)
     return {
@@ -216,14 +222,17 @@ def _init_hints(cls: type) -> dict[str, Any]:
 def _dataclass_in(tp: Any) -> type | None:
     """The dataclass in ``X`` or ``X | None``, else None."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        found = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        found = [
+            a for a in typing.get_args(tp) if isinstance(a, type) and dataclasses.is_dataclass(a)
+        ]
         return found[0] if found else None
     return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
 
 
 def _concrete(base: type) -> list[type]:
-    out = []
-    for sub in base.__subclasses__():
+    out: list[type] = []
+    subs: list[type] = base.__subclasses__()
+    for sub in subs:
         if not inspect.isabstract(sub):
             out.append(sub)
         out.extend(_concrete(sub))
@@ -232,7 +241,7 @@ def _concrete(base: type) -> list[type]:
 
 def _subclass(base: type, name: str) -> type[LesionScorer] | None:
     for sub in _concrete(base):
-        if sub.__name__ == name:
+        if sub.__name__ == name and issubclass(sub, LesionScorer):
             return sub
     return None
 

@@ -26,6 +26,7 @@ from typing import Any, Self
 
 import numpy as np
 import torch
+from rich.progress import TaskID
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
@@ -144,6 +145,14 @@ class GCNNScorer(LesionScorer):
         constant_: The constant uncertainty of a degenerate fit, else None.
     """
 
+    # Learned state, set by ``fit`` / ``load`` (declared here for the type checker only).
+    model_: LesionGCN | None
+    constant_: float | None
+    in_features_: int | None
+    best_epoch_: int | None
+    history_: list[dict[str, Any]]
+    class_weight_: list[float] | None
+
     def __init__(
         self,
         task: str = "classif",
@@ -199,6 +208,7 @@ class GCNNScorer(LesionScorer):
                 stacklevel=3,
             )
             return self
+        assert n_feat is not None  # there are lesions, so _check_graphs read F
 
         train_idx, val_idx = split_train_val(y_fp, cfg.val_fraction, cfg.seed)
         x_train = torch.cat([lesions.graphs[i].x for i in train_idx]).double()
@@ -265,20 +275,20 @@ class GCNNScorer(LesionScorer):
         if best_state is None:  # validation loss never finite: keep the last epoch
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             self.best_epoch_ = cfg.epochs
-        self.model_ = self._new_model(n_feat)
-        self.model_.load_state_dict(best_state)
-        self.model_.eval()
+        best_model = self._new_model(n_feat)
+        best_model.load_state_dict(best_state)
+        self.model_ = best_model.eval()
         self.fit_seconds_ = time.perf_counter() - start
         self.n_train_, self.n_val_ = len(train), len(val)
         return self
 
     def _reset(self) -> None:
-        self.model_: LesionGCN | None = None
-        self.constant_: float | None = None
-        self.in_features_: int | None = None
-        self.best_epoch_: int | None = None
-        self.history_: list[dict[str, Any]] = []
-        self.class_weight_: list[float] | None = None
+        self.model_ = None
+        self.constant_ = None
+        self.in_features_ = None
+        self.best_epoch_ = None
+        self.history_ = []
+        self.class_weight_ = None
         self.fit_seconds_ = 0.0
         self.n_train_ = self.n_val_ = 0
 
@@ -462,8 +472,8 @@ class _NullProgress:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def add_task(self, *args: Any, **kwargs: Any) -> int:
-        return 0
+    def add_task(self, *args: Any, **kwargs: Any) -> TaskID:
+        return TaskID(0)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         return None

@@ -164,8 +164,10 @@ def output_grid(
     n_t = np.array(t.gm.shape)
     centre = t.origin + (n_t - 1) / 2.0
     if shape is None:
-        shape = tuple(math.floor(n / spacing + 0.5) for n in n_t)
-    shape = tuple(int(s) for s in shape)
+        nx, ny, nz = (math.floor(n / spacing + 0.5) for n in n_t)
+    else:
+        nx, ny, nz = shape
+    shape = (int(nx), int(ny), int(nz))
     affine = np.eye(4)
     affine[:3, :3] *= spacing
     affine[:3, 3] = centre - spacing * (np.array(shape) - 1) / 2.0

@@ -61,12 +61,13 @@ def estimate_case_memory(spacing: float, shape: tuple[int, int, int] | None = No
     Returns:
         Estimated bytes.
     """
-    if shape is None:
-        shape = tuple(math.floor(n / spacing + 0.5) for n in TEMPLATE_FOV_MM)
-    n_out = math.prod(int(s) for s in shape)
+    dims: tuple[int, ...] = (
+        tuple(math.floor(n / spacing + 0.5) for n in TEMPLATE_FOV_MM) if shape is None else shape
+    )
+    n_out = math.prod(int(s) for s in dims)
     n_box = math.prod(
         min(int(s), math.ceil((n + 50) / spacing))
-        for s, n in zip(shape, TEMPLATE_FOV_MM, strict=True)
+        for s, n in zip(dims, TEMPLATE_FOV_MM, strict=True)
     )
     return _TEMPLATE_BYTES + _BYTES_PER_OUTPUT_VOXEL * n_out + _BYTES_PER_BOX_VOXEL * n_box
 

@@ -193,7 +193,7 @@ def draw_case(
     bias = rng.uniform(*p.bias)
     noise = rng.uniform(*p.noise)
     gain = p.wm_level / contrast.signal["wm"] * rng.uniform(*p.gain)
-    field_state = rng.bit_generator.state
+    field_state = dict(rng.bit_generator.state)
     return CaseDraw(
         params=p,
         seed=seed,

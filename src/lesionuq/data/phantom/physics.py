@@ -75,7 +75,7 @@ class Contrast:
         s = np.linspace(0.0, 1.0, 201)
         line = wm[None] + s[:, None] * (lesion - wm)[None]  # (201, 3) (T1, T2, PD)
         ratio = flair_signal(line[:, 0], line[:, 1], line[:, 2], params.tr_ms, params.te_ms, ti)
-        ratio = ratio / self.signal["wm"]
+        ratio = np.asarray(ratio) / self.signal["wm"]  # (201,): array in, array out
         stop = int(np.argmax(ratio)) + 1  # monotone part of the white-matter -> lesion line
         self._ratio, self._signal = ratio[:stop], ratio[:stop] * self.signal["wm"]
 

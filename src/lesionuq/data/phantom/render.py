@@ -224,7 +224,7 @@ def render_case(
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo_i, hi_i, strict=True))
     axes_w = [out_affine[a, 3] + spacing * np.arange(lo_i[a], hi_i[a]) for a in range(3)]
     start = np.array([ax[0] if len(ax) else 0.0 for ax in axes_w])
-    box_shape = tuple(len(a) for a in axes_w)
+    box_shape = (len(axes_w[0]), len(axes_w[1]), len(axes_w[2]))
 
     # ---- deformation: template index P(x) = linear (x - c) + c + u(x) - origin
     displacement = rbf_field(rng, axes_w, bounds, p.deform_length_mm, 3)
