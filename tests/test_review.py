@@ -307,3 +307,9 @@ def test_old_model_folder_still_predicts(scans, tmp_path):
     assert side["calibration"] is None
     with pytest.raises(InputError, match="calibrated model folder"):
         predict_scan(old, [image], tmp_path / "o2", progress=False, review_target="tp:0.9")
+
+
+def test_every_learned_scorer_is_calibrated_and_no_fixed_one() -> None:
+    assert set(LEARNED) == {"gcnn_classif", "gcnn_reg", "metaseg_classif", "metaseg_reg"}
+    assert is_calibrated("gcnn_ens", TINY)  # a registered learned method beyond the paper
+    assert not any(is_calibrated(m, TINY) for m in ("size", "entropy_mean", "pcs_logsum"))

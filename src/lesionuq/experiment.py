@@ -369,10 +369,14 @@ def stage_graphs(run: Path, folds: Sequence[int] | None = None, progress: bool =
 
 
 def is_calibrated(method: str, cfg: ExperimentConfig) -> bool:
-    """Whether ``method`` is a learned scorer (GCNN or MetaSeg) that gets a P(FP) calibrator."""
+    """Whether ``method`` is a learned scorer (GCNNs, MetaSeg, ...) that gets a P(FP) calibrator.
+
+    Every scorer that learns from the validation lesions (``requires_fit``) is cross-fitted
+    and calibrated; the fixed voxel aggregates and ``size`` are not.
+    """
     from lesionuq.scorers.registry import REGISTRY
 
-    return "task" in REGISTRY[method].params(cfg)
+    return bool(REGISTRY[method].cls.requires_fit)
 
 
 def _fit_digest(graphs_digest: str, method: str, cfg: ExperimentConfig) -> str:
