@@ -180,3 +180,16 @@ def test_cropped_brain_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 20 -> 20 voxels along x: nothing cut, no warning
         preprocess([img], None, PreprocessConfig((1, 1, 1), (20, 30, 30)))
+
+
+def test_data_package_exports_lazily() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lesionuq.data as d; assert 'lesionuq.data.phantom' not in sys.modules; "
+        "from lesionuq.data.phantom import generate_case as g; assert d.generate_case is g; "
+        "print(sorted(d.__all__) == sorted(set(d.__all__)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
