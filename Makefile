@@ -42,6 +42,7 @@ demo: setup
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -57,4 +58,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/phantom.py
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache

@@ -330,8 +330,8 @@ def predict(
         for warning in getattr(res, "warnings", []):
             console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
         console.print(res.summary() if hasattr(res, "summary") else f"wrote {out}")
-    else:
-        res = predict_manifest(
+    elif cases is not None:
+        batch = predict_manifest(
             model,
             cases,
             out,
@@ -342,7 +342,7 @@ def predict(
             bids_out=bids_out,
             review_target=review_target,
         )
-        for case_id, r in res.results.items():
+        for case_id, r in batch.results.items():
             for warning in getattr(r, "warnings", None) or []:
                 console.print(f"[yellow]warning ({escape(case_id)}): {escape(warning)}[/yellow]")
         console.print(f"wrote predictions to {out}")

@@ -132,7 +132,8 @@ class _Section:
     """
 
     def __post_init__(self) -> None:
-        for name, options in _literal_fields(type(self)).items():
+        cls: type = type(self)
+        for name, options in _literal_fields(cls).items():
             value = getattr(self, name)
             items = value if isinstance(value, tuple) else (value,)
             for item in items:
@@ -518,7 +519,8 @@ def config_digest(obj: Any) -> str:
     Returns:
         The first 16 hex digits of the SHA-256 of its canonical JSON.
     """
-    data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    is_instance = dataclasses.is_dataclass(obj) and not isinstance(obj, type)
+    data = dataclasses.asdict(obj) if is_instance else obj
     text = json.dumps(_to_plain(data), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -574,7 +576,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return config_from_dict(tp, value or {}, where)  # type: ignore[arg-type]
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        args = tuple(a for a in typing.get_args(tp) if a is not type(None))
         if value is None:
             return None
         return _coerce(args[0], value, where)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import nibabel as nib
 import numpy as np
@@ -218,13 +218,16 @@ def load_preprocessed(
         image (C, X, Y, Z) float32, mask (X, Y, Z) uint8 or None, affine (4, 4).
     """
     folder = RunDir(Path(run)).preprocessed / case_id
-    imgs = [nib.load(str(folder / f"{s}.nii.gz")) for s in sequences]
+    imgs = [_nii(folder / f"{s}.nii.gz") for s in sequences]
     image = np.stack([np.asarray(i.dataobj, dtype=np.float32) for i in imgs])
     mask_path = folder / "mask.nii.gz"
-    mask = (
-        np.asarray(nib.load(str(mask_path)).dataobj, dtype=np.uint8) if mask_path.exists() else None
-    )
+    mask = np.asarray(_nii(mask_path).dataobj, dtype=np.uint8) if mask_path.exists() else None
     return image, mask, imgs[0].affine
+
+
+def _nii(path: Path) -> nib.Nifti1Image:
+    """``nib.load`` of a NIfTI file of the run directory (data loaded lazily)."""
+    return cast(nib.Nifti1Image, nib.load(str(path)))
 
 
 def _train_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
@@ -321,7 +324,7 @@ def load_maps(case_dir: Path) -> VoxelMaps:
     """The voxel maps written by :func:`stage_sample` for one case."""
 
     def read(name: str) -> np.ndarray:
-        return np.asarray(nib.load(str(case_dir / f"{name}.nii.gz")).dataobj, dtype=np.float32)
+        return np.asarray(_nii(case_dir / f"{name}.nii.gz").dataobj, dtype=np.float32)
 
     return VoxelMaps(
         prob=read("prob"), entropy=read("entropy"), variance=read("variance"), pcs=read("pcs")
@@ -472,8 +475,8 @@ def _fit_shift_reference(rd: RunDir, cfg: ExperimentConfig, split: FoldSplit, da
     profiles = []
     for c in split.val:
         case_dir = rd.case_dir(split.fold, "val", c)
-        entropy = np.asarray(nib.load(str(case_dir / "entropy.nii.gz")).dataobj, np.float32)
-        brain = np.asarray(nib.load(str(case_dir / "image.nii.gz")).dataobj) != 0
+        entropy = np.asarray(_nii(case_dir / "entropy.nii.gz").dataobj, np.float32)
+        brain = np.asarray(_nii(case_dir / "image.nii.gz").dataobj) != 0
         native = load_nifti(cases[c].images[0])
         profiles.append(
             scan_profile(native, entropy, brain, brain_threshold=cfg.preprocess.brain_threshold)
@@ -681,7 +684,7 @@ def detection_cases(run: Path, split: FoldSplit) -> pd.DataFrame:
         if not (case_dir / "gt.nii.gz").is_file():
             continue
         seg = load_maps(case_dir).seg
-        gt = np.asarray(nib.load(str(case_dir / "gt.nii.gz")).dataobj) > 0
+        gt = np.asarray(_nii(case_dir / "gt.nii.gz").dataobj) > 0
         rows.append({"fold": split.fold, "case_id": c, **case_detection_row(seg, gt)})
     return pd.DataFrame(rows)
 

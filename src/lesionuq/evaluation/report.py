@@ -20,6 +20,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -238,6 +239,11 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path, dtype={"case_id": str})
 
 
+def _nii(path: Path) -> nib.Nifti1Image:
+    """``nib.load`` of a NIfTI file of the run directory (data loaded lazily)."""
+    return cast(nib.Nifti1Image, nib.load(str(path)))
+
+
 def _missing(path: Path, root: Path) -> str:
     return f'<p class="missing">Not available: {_e(path.relative_to(root))}.</p>'
 
@@ -274,7 +280,7 @@ def _table2_html(t2: pd.DataFrame, per_fold: pd.DataFrame | None) -> str:
     best_auc = np.nanmax(auc) if np.isfinite(auc).any() else np.nan
     best_rho = np.nanmin(rho) if np.isfinite(rho).any() else np.nan
     folds: list = []
-    pivot = None
+    pivot = pd.DataFrame()  # no per-fold AUCs: no fold columns
     if per_fold is not None and len(per_fold):
         pivot = per_fold.pivot(index="method", columns="fold", values="auc")
         folds = list(pivot.columns)
@@ -410,7 +416,7 @@ def _detection_html(run: Path, t1: pd.DataFrame | None) -> str:
     """Lesion-level detection metrics (Table 1's extra columns) and F1-retention areas."""
     out = ["<h2>Lesion-level detection</h2>"]
     extra = [c for c in (t1.columns if t1 is not None else []) if c not in TABLE1_BASE]
-    if not extra:
+    if t1 is None or not extra:
         out.append('<p class="missing">Not computed for this run.</p>')
         return "\n".join(out)
     out.append(
@@ -508,7 +514,7 @@ def _gallery_viewer(run: Path, lesions: pd.DataFrame, method: str, fold: int, ca
         ranks = pd.Series(score).rank(method="average").to_numpy()
         colour = (ranks - 1) / max(len(ranks) - 1, 1)
         scale = f"rank of {_label(method)} within the case"
-    image, labels = nib.load(str(d / "image.nii.gz")), nib.load(str(d / "lesions.nii.gz"))
+    image, labels = _nii(d / "image.nii.gz"), _nii(d / "lesions.nii.gz")
     voxel_ml = abs(float(np.linalg.det(labels.affine[:3, :3]))) / 1000.0
     table = pd.DataFrame(
         {
@@ -544,7 +550,7 @@ def _gallery_html(run: Path, lesions: pd.DataFrame, method: str, n: int, margin:
             arrays = []
             for name in ("image", "lesions", "gt"):
                 p = d / f"{name}.nii.gz"
-                arrays.append(np.asarray(nib.load(str(p)).dataobj) if p.is_file() else None)
+                arrays.append(np.asarray(_nii(p).dataobj) if p.is_file() else None)
             volumes[key] = tuple(arrays)
         return volumes[key]
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -533,7 +533,7 @@ def _write_outputs(
 
 
 def _check_exports(
-    bids_out: str | Path | None, out: Path, paths: tuple[Path, ...], overwrite: bool
+    bids_out: str | Path | None, out: str | Path, paths: tuple[Path, ...], overwrite: bool
 ) -> tuple[Path, dict[str, str]] | None:
     """Check ``bids_out`` before any computation: the folder and the scan's entities."""
     if bids_out is None:
@@ -589,7 +589,7 @@ def _write_exports(
         publish_bids_scan(
             bids[0], bids[1], images, table, threshold=threshold, **bids_sources(paths[0])
         )
-    flair = nib.load(str(paths[0]))
+    flair = cast(nib.Nifti1Image, nib.load(str(paths[0])))
     return viewer_html(nib.Nifti1Image(np.asanyarray(flair.dataobj), affine), labels_img, table)
 
 

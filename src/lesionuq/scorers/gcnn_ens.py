@@ -43,6 +43,7 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 import torch
+from rich.progress import TaskID
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
@@ -259,6 +260,10 @@ class GCNNEnsembleScorer(LesionScorer):
         constant_: The constant uncertainty of a degenerate fit, else None.
     """
 
+    models_: list[HybridLesionGCN]
+    constant_: float | None
+    in_features_: int | None
+
     def __init__(
         self, cfg: GCNNEnsConfig | None = None, name: str = "gcnn_ens", num_threads: int | None = 1
     ) -> None:
@@ -283,6 +288,8 @@ class GCNNEnsembleScorer(LesionScorer):
 
     def _new_model(self) -> HybridLesionGCN:
         c = self.cfg
+        if self.in_features_ is None:
+            raise TypeError(f"{self.name}: the node feature count is unknown (not fitted).")
         return HybridLesionGCN(
             int(self.in_features_), self.n_lesion_, c.hidden, c.layers, c.readout, c.dropout
         )
@@ -404,9 +411,9 @@ class GCNNEnsembleScorer(LesionScorer):
         return model.eval(), best_epoch, history
 
     def _reset(self) -> None:
-        self.models_: list[HybridLesionGCN] = []
-        self.constant_: float | None = None
-        self.in_features_: int | None = None
+        self.models_ = []
+        self.constant_ = None
+        self.in_features_ = None
         self.n_lesion_ = 0
         self.node_mean_ = self.node_std_ = torch.zeros(0)
         self.lesion_mean_ = self.lesion_std_ = torch.zeros(0)
@@ -555,8 +562,8 @@ class _Quiet:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def add_task(self, *args: Any, **kwargs: Any) -> int:
-        return 0
+    def add_task(self, *args: Any, **kwargs: Any) -> TaskID:
+        return TaskID(0)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         return None

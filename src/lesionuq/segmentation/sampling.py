@@ -54,6 +54,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -228,10 +229,8 @@ def mc_sample_naive(
         with torch.inference_mode():
             for t in range(cfg.n_samples):
                 current[:] = [m[t].to(dev) for m in masks]
-                if _use_window(cfg, x):
-                    p = sliding_window_inference(
-                        x, cfg.roi_size, 1, lambda w: fg_prob(model(w))[:, None], overlap=0.25
-                    )[:, 0]
+                if (roi := _window(cfg, x)) is not None:
+                    p = _sliding(x, roi, lambda w: fg_prob(model(w))[:, None])[:, 0]
                 else:
                     p = fg_prob(model(x))
                 rm.update(torch.as_tensor(p))
@@ -248,10 +247,21 @@ def _check_model(model: nn.Module) -> None:
         raise ValueError("MC sampling needs a 2-class (background, lesion) network.")
 
 
-def _use_window(cfg: SamplingConfig, x: torch.Tensor) -> bool:
-    return cfg.roi_size is not None and any(
-        s > r for s, r in zip(x.shape[2:], cfg.roi_size, strict=True)
+def _window(cfg: SamplingConfig, x: torch.Tensor) -> tuple[int, int, int] | None:
+    """The sliding-window size ``cfg.roi_size`` when (1, C, X, Y, Z) x exceeds it, else None."""
+    roi = cfg.roi_size
+    return (
+        roi
+        if roi is not None and any(s > r for s, r in zip(x.shape[2:], roi, strict=True))
+        else None
     )
+
+
+def _sliding(
+    x: torch.Tensor, roi: tuple[int, int, int], fn: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """MONAI sliding-window inference of ``fn`` over (1, C, X, Y, Z) x (1 window per call)."""
+    return cast(torch.Tensor, sliding_window_inference(x, roi, 1, fn, overlap=0.25))
 
 
 # ----------------------------------------------------------------------------- fast path
@@ -295,15 +305,29 @@ class _Layer:
     """Conv weights of one UnetBasicBlock (plus its norms/activation) ready for the fast path."""
 
     def __init__(self, block: nn.Module, prep: Callable[[torch.Tensor], torch.Tensor]):
-        self.w1 = prep(block.conv1.conv.weight.detach())
-        self.b1 = _bias(block.conv1.conv)
-        self.w2 = prep(block.conv2.conv.weight.detach())
-        self.b2 = _bias(block.conv2.conv)
-        self.norm1, self.norm2, self.act = block.norm1, block.norm2, block.lrelu
+        conv1 = cast(nn.Conv3d, block.get_submodule("conv1.conv"))
+        conv2 = cast(nn.Conv3d, block.get_submodule("conv2.conv"))
+        self.w1 = prep(conv1.weight.detach())
+        self.b1 = _bias(conv1)
+        self.w2 = prep(conv2.weight.detach())
+        self.b2 = _bias(conv2)
+        self.norm1 = block.get_submodule("norm1")
+        self.norm2 = block.get_submodule("norm2")
+        self.act = block.get_submodule("lrelu")
 
 
-def _bias(conv: nn.Module) -> torch.Tensor | None:
+def _bias(conv: nn.Conv3d) -> torch.Tensor | None:
     return None if conv.bias is None else conv.bias.detach()
+
+
+def _affine(
+    norm: nn.InstanceNorm3d | nn.BatchNorm3d, idx: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(weight, bias), each (C,) or channels ``idx`` only, of an affine norm; else None."""
+    if not norm.affine:
+        return None
+    w, bias = cast(torch.Tensor, norm.weight), cast(torch.Tensor, norm.bias)
+    return (w, bias) if idx is None else (w[idx], bias[idx])
 
 
 def _fusable(lay: _Layer) -> bool:
@@ -342,18 +366,19 @@ class _FastMC:
         self.levels = len(model.cfg.channels)
         p = float(model.cfg.dropout)
         self.scale = 1.0 / (1.0 - p)
-        self.enc = [_Layer(e.body, self._fmt) for e in model.encoders]
-        self.dec = [_Layer(d.body.conv_block, self._fmt) for d in model.decoders]
+        self.enc = [_Layer(e.get_submodule("body"), self._fmt) for e in model.encoders]
+        self.dec = [_Layer(d.get_submodule("body.conv_block"), self._fmt) for d in model.decoders]
         self.up: list[tuple[torch.Tensor, torch.Tensor]] = []
         for d in model.decoders:
-            tconv = d.body.transp_conv.conv
+            tconv = cast(nn.ConvTranspose3d, d.get_submodule("body.transp_conv.conv"))
             if tconv.bias is not None:
                 raise ValueError("the fast path needs bias-free transposed convolutions.")
             cout = tconv.weight.shape[1]
-            w1 = d.body.conv_block.conv1.conv.weight.detach()
+            conv1 = cast(nn.Conv3d, d.get_submodule("body.conv_block.conv1.conv"))
+            w1 = conv1.weight.detach()
             wc = _compose_up_kernel(tconv.weight.detach(), w1[:, :cout])
             self.up.append((self._fmt(wc), self._fmt(w1[:, cout:].contiguous())))
-        head = model.head.conv.conv
+        head = cast(nn.Conv3d, model.head.get_submodule("conv.conv"))
         self.wh = head.weight.detach()
         self.bh = _bias(head)
         cpu = head.weight.device.type == "cpu"
@@ -392,17 +417,18 @@ class _FastMC:
         """
         if not self.fused:
             return act(norm(h))
+        # fused: every norm is one of these and act a LeakyReLU (see _fusable)
+        norm = cast(nn.InstanceNorm3d | nn.BatchNorm3d, norm)
+        slope = cast(nn.LeakyReLU, act).negative_slope
         b, c = h.shape[:2]
         if isinstance(norm, nn.InstanceNorm3d) and b == 1 and h.dtype == torch.bfloat16:
             # bf16, one sample: instance norm = batch norm with batch statistics; PyTorch's
             # channels-last mixed-dtype kernel makes 2 passes over h, the code below 5
             # (7x faster in bf16, 1 thread, 16x64^3). Not for fp32: 1.6x faster, but its
             # statistics drift (maps 2.7e-5 off the reference at 80x96x80, vs 7e-7).
-            w, bias = (None, None) if not norm.affine else (norm.weight, norm.bias)
-            if idx is not None and w is not None:
-                w, bias = w[idx], bias[idx]
+            w, bias = _affine(norm, idx) or (None, None)
             h = F.batch_norm(h, None, None, w, bias, training=True, eps=norm.eps)
-            return F.leaky_relu_(h, act.negative_slope)
+            return F.leaky_relu_(h, slope)
         if isinstance(norm, nn.InstanceNorm3d):
             h = self._fmt(h)  # no-op unless a kernel returned another layout; v is a view
             v = h.permute(0, 2, 3, 4, 1).reshape(b, -1, c) if self.cl else h.view(b, c, -1)
@@ -414,19 +440,18 @@ class _FastMC:
             scale = (var + norm.eps).rsqrt()
             shift = torch.zeros_like(scale)
         else:  # BatchNorm3d in eval mode: running statistics
-            rv, rm = norm.running_var, norm.running_mean
+            rv = cast(torch.Tensor, norm.running_var)  # eval mode: tracked
+            rm = cast(torch.Tensor, norm.running_mean)
             if idx is not None:
                 rv, rm = rv[idx], rm[idx]
             scale = (rv + norm.eps).rsqrt().expand(b, c)
             shift = -rm * scale
-        if norm.affine:
-            w, bias = (
-                (norm.weight, norm.bias) if idx is None else (norm.weight[idx], norm.bias[idx])
-            )
+        if (aff := _affine(norm, idx)) is not None:
+            w, bias = aff
             scale, shift = scale * w, shift * w + bias
         scale, shift = scale.to(h.dtype), shift.to(h.dtype)
         torch.addcmul(shift.view(b, c, 1, 1, 1), h, scale.view(b, c, 1, 1, 1), out=h)
-        return F.leaky_relu_(h, act.negative_slope)
+        return F.leaky_relu_(h, slope)
 
     def _block_rest(
         self, h: torch.Tensor, lay: _Layer, out_idx: torch.Tensor | None = None
@@ -532,8 +557,10 @@ class _FastMC:
                 h = self._shared_linear(s["enc1"], s["p0"], lay.w1, ms[0])
             else:
                 prev = acts[k - 1]
-                if kept[k - 1].numel():
-                    h = self._kept_conv(F.max_pool3d(prev, 2), lay.w1, kept[k - 1])
+                if kept[k - 1].numel():  # some channel kept: not None
+                    h = cast(
+                        torch.Tensor, self._kept_conv(F.max_pool3d(prev, 2), lay.w1, kept[k - 1])
+                    )
                 else:  # every channel dropped: the convolution sees zeros
                     shape = [d // 2 for d in prev.shape[2:]]
                     h = self._fmt(prev.new_zeros(1, lay.w1.shape[0], *shape))
@@ -542,16 +569,19 @@ class _FastMC:
         for j in range(levels - 1):
             lay, (wc, wskip) = self.dec[j], self.up[j]
             level = levels - 2 - j
-            h = self._kept_conv(d, wc, kept[levels - 1 + j], transposed=True)
+            up = self._kept_conv(d, wc, kept[levels - 1 + j], transposed=True)
+            skip: torch.Tensor | None
             if level == 0:
                 skip = self._shared_linear(s["skip0"], a0, wskip, ms[0])
             else:
                 skip = self._kept_conv(acts[level], wskip, kept[level])
-            if h is None:
-                shape = acts[level].shape[2:]
-                h = skip if skip is not None else self._fmt(a0.new_zeros(1, wc.shape[1], *shape))
-            elif skip is not None:
-                h.add_(skip)
+            if up is None:
+                size = acts[level].shape[2:]
+                h = skip if skip is not None else self._fmt(a0.new_zeros(1, wc.shape[1], *size))
+            else:
+                h = up
+                if skip is not None:
+                    h.add_(skip)
             d = self._block_rest(h, lay, kept[levels + j])
         # p(1|v) = sigmoid(l1 - l0): one output channel for the logit difference
         wd = (self.wh[1] - self.wh[0])[None]
@@ -575,10 +605,12 @@ class _FastMC:
             return x * m.view(m.shape[0], -1, 1, 1, 1).to(x.dtype)
 
         dropped = [drop(a0.expand(bsz, *a0.shape[1:]), masks[0])]
-        pooled = F.max_pool3d(a0, 2).expand(bsz, -1, -1, -1, -1) if levels > 1 else None
         for k in range(1, levels):
             lay = self.enc[k]
-            x = drop(pooled, masks[0]) if k == 1 else F.max_pool3d(dropped[k - 1], 2)
+            if k == 1:
+                x = drop(F.max_pool3d(a0, 2).expand(bsz, -1, -1, -1, -1), masks[0])
+            else:
+                x = F.max_pool3d(dropped[k - 1], 2)
             h = _conv3d(x, lay.w1, padding=1)
             dropped.append(drop(self._block_rest(h, lay), masks[k]))
         d = dropped[-1]
@@ -631,7 +663,8 @@ def mc_sample(
     dtype = sampling_dtype(cfg.precision, dev, amp)
     fast = _FastMC(model, per_sample=not cuda, channels_last=not cuda, dtype=dtype)
     x = torch.as_tensor(np.asarray(image, dtype=np.float32), device=dev)[None]
-    window = _use_window(cfg, x)
+    roi = _window(cfg, x)
+    window = roi is not None
     bsz = max(1, cfg.batch_size) if (cuda or window) else 1
     autocast = (
         torch.autocast("cuda", dtype=dtype)
@@ -649,10 +682,12 @@ def mc_sample(
         shared = None if window else fast.shared(model.pad(x)[0])
         for start in range(0, n, bsz):
             batch = [m[start : start + bsz].to(dev) for m in masks]
-            if window:  # the shared part is recomputed per window and batch
-                p = sliding_window_inference(
-                    x, cfg.roi_size, 1, lambda w, b=batch: probs(w, None, b)[None], overlap=0.25
-                )[0]
+            if roi is not None:  # the shared part is recomputed per window and batch
+
+                def window_probs(w: torch.Tensor, b: list = batch) -> torch.Tensor:
+                    return probs(w, None, b)[None]
+
+                p = _sliding(x, roi, window_probs)[0]
             else:
                 p = probs(x, shared, batch)
             rm.update(p.float())

@@ -284,7 +284,8 @@ def train_segmenter(
     torch.manual_seed(cfg.seed)
     model = UNet3D(unet_cfg).to(dev)
     if _channels_last(dev):
-        model = model.to(memory_format=torch.channels_last_3d)
+        # torch's Module.to overloads omit the memory_format keyword it accepts
+        model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     # Batch Dice over the lesion channel (nnU-Net style): patches without lesion do not
@@ -331,7 +332,7 @@ def train_segmenter(
             last.update(bad_epochs=state["bad_epochs"], history=state["history"])
             last.update(best_epoch=state["best_epoch"])
             atomic_torch_save(last, out_dir / LAST_NAME)
-            if bar:
+            if bar and task is not None:
                 bar.update(
                     task,
                     info=f"loss {loss:.4f} | val Dice {dice:.3f} "

@@ -23,6 +23,7 @@ Inputs of any spatial size are accepted: they are zero-padded up to a multiple o
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -133,7 +134,8 @@ class UNet3D(nn.Module):
 
     def dropout_layers(self) -> list[nn.Dropout3d]:
         """The ``Dropout3d`` modules in execution order (encoders, then decoders)."""
-        return [b.dropout for b in self.encoders] + [b.dropout for b in self.decoders]
+        enc = [cast(EncoderBlock, b).dropout for b in self.encoders]
+        return enc + [cast(DecoderBlock, b).dropout for b in self.decoders]
 
     def pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """Zero-pad (B, C, X, Y, Z) at the far end to multiples of :attr:`divisor`.
