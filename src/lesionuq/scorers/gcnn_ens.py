@@ -43,7 +43,6 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 import torch
-from rich.progress import TaskID
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
@@ -55,7 +54,7 @@ from lesionuq.config import ExperimentConfig
 from lesionuq.io import InputError, atomic_torch_save
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.scorers.base import LesionScorer, check_is_fitted, table_column
-from lesionuq.scorers.gcnn import _torch_threads, split_train_val
+from lesionuq.scorers.gcnn import _NullProgress, _torch_threads, split_train_val
 from lesionuq.utils import make_progress
 
 __all__ = [
@@ -343,7 +342,7 @@ class GCNNEnsembleScorer(LesionScorer):
             self.lesion_std_ = torch.tensor(np.where(sd > 1e-8, sd, 1.0), dtype=torch.float32)
         data = self._to_data(lesions, y_fp)
         start = time.perf_counter()
-        with make_progress() if progress else _Quiet() as bar:
+        with make_progress() if progress else _NullProgress() as bar:
             task = bar.add_task(self.name, total=cfg.n_models * cfg.epochs, info="")
             for m in range(cfg.n_models):
                 model, best, history = self._fit_member(
@@ -551,22 +550,6 @@ def _check_graphs(lesions: LesionSet, expected: int | None, name: str) -> int | 
         if not torch.isfinite(g.x).all():
             raise ValueError(f"scorer '{name}': graph {i} has NaN/inf node features.")
     return n_feat
-
-
-class _Quiet:
-    """Stand-in for a Rich progress bar when ``progress=False``."""
-
-    def __enter__(self) -> _Quiet:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def add_task(self, *args: Any, **kwargs: Any) -> TaskID:
-        return TaskID(0)
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 def make_gcnn_ens(cfg: ExperimentConfig) -> GCNNEnsembleScorer:
