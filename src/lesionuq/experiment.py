@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from lesionuq.config import ExperimentConfig, UNetConfig
+from lesionuq.evaluation.calibration_metrics import calibration_table, plot_calibration
 from lesionuq.io import (
     Case,
     InputError,
@@ -605,69 +606,6 @@ def calibrate_fold(
             ops.append({"fold": split.fold, "method": m, "target": op["target"], **effect})
     long = pd.concat(longs, ignore_index=True) if longs else pd.DataFrame()
     return out, long, pd.DataFrame(ops, columns=OPERATING_POINT_COLUMNS)
-
-
-def calibration_table(long: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
-    """``results/calibration.csv``: per fold and method, and pooled (``fold = "all"``).
-
-    Args:
-        long: The ``long`` frames of :func:`calibrate_fold`, concatenated.
-        n_bins: Bins of the expected calibration error.
-
-    Returns:
-        Two rows (``stage`` before / after) per fold and method with ``ece``, ``brier``,
-        ``log_loss``, ``mae`` (predicted IoU_adj, regressors) and ``n``.
-    """
-    from lesionuq.evaluation.calibration_metrics import CALIBRATION_COLUMNS, calibration_rows
-
-    rows: list[dict] = []
-    if long.empty:
-        return pd.DataFrame(rows, columns=list(CALIBRATION_COLUMNS))
-    groups = [(k, g) for k, g in long.groupby(["fold", "method"], sort=True)]
-    groups += [(("all", m), g) for m, g in long.groupby("method", sort=False)]
-    for (fold, method), g in groups:
-        if not len(g):
-            continue
-        reg = "iou" in g and g["iou"].notna().all()
-
-        def col(name: str, g: pd.DataFrame = g, reg: bool = reg) -> np.ndarray | None:
-            return g[name].to_numpy(dtype=np.float64) if reg else None
-
-        rows += calibration_rows(
-            fold,
-            method,
-            g["is_fp"].to_numpy(dtype=bool),
-            g["p_before"].to_numpy(dtype=np.float64),
-            g["p_after"].to_numpy(dtype=np.float64),
-            col("iou"),
-            col("iou_before"),
-            col("iou_after"),
-            n_bins=n_bins,
-        )
-    return pd.DataFrame(rows)
-
-
-def plot_calibration(long: pd.DataFrame, path: Path, n_bins: int = 10) -> Path | None:
-    """Reliability diagrams (test lesions of all folds pooled) to ``path``; None if empty."""
-    from lesionuq.evaluation.calibration_metrics import plot_reliability, reliability_diagram
-
-    if long.empty:
-        return None
-    curves = {}
-    for m, g in long.groupby("method", sort=False):
-        y = g["is_fp"].to_numpy(dtype=bool)
-        if not y.size:
-            continue
-        curves[str(m)] = (
-            reliability_diagram(g["p_before"].to_numpy(dtype=np.float64), y, n_bins),
-            reliability_diagram(g["p_after"].to_numpy(dtype=np.float64), y, n_bins),
-        )
-    if not curves:
-        return None
-    fig = plot_reliability(curves, title="Reliability of P(FP) on the test lesions")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
 
 
 def detection_cases(run: Path, split: FoldSplit) -> pd.DataFrame:

@@ -18,20 +18,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from lesionuq.evaluation.render import png_bytes
+from lesionuq.io import atomic_write_bytes
+
 __all__ = [
     "CALIBRATION_COLUMNS",
     "Reliability",
     "brier_score",
     "calibration_rows",
+    "calibration_table",
     "expected_calibration_error",
     "log_loss",
     "mean_absolute_error",
+    "plot_calibration",
     "plot_reliability",
     "reliability_diagram",
 ]
@@ -266,3 +272,62 @@ def plot_reliability(
     if title:
         fig.suptitle(title)
     return fig
+
+
+def calibration_table(long: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
+    """``results/calibration.csv``: per fold and method, and pooled (``fold = "all"``).
+
+    Args:
+        long: One row per (fold, method, test lesion): ``fold, method, is_fp, p_before,
+            p_after`` and, for regressors, ``iou, iou_before, iou_after`` (the ``long``
+            frames of :func:`lesionuq.experiment.calibrate_fold`, concatenated).
+        n_bins: Bins of the expected calibration error.
+
+    Returns:
+        Two rows (``stage`` before / after) per fold and method with ``ece``, ``brier``,
+        ``log_loss``, ``mae`` (predicted IoU_adj, regressors) and ``n``.
+    """
+    rows: list[dict] = []
+    if long.empty:
+        return pd.DataFrame(rows, columns=list(CALIBRATION_COLUMNS))
+    groups = [(k, g) for k, g in long.groupby(["fold", "method"], sort=True)]
+    groups += [(("all", m), g) for m, g in long.groupby("method", sort=False)]
+    for (fold, method), g in groups:
+        if not len(g):
+            continue
+        reg = "iou" in g and g["iou"].notna().all()
+
+        def col(name: str, g: pd.DataFrame = g, reg: bool = reg) -> np.ndarray | None:
+            return g[name].to_numpy(dtype=np.float64) if reg else None
+
+        rows += calibration_rows(
+            fold,
+            method,
+            g["is_fp"].to_numpy(dtype=bool),
+            g["p_before"].to_numpy(dtype=np.float64),
+            g["p_after"].to_numpy(dtype=np.float64),
+            col("iou"),
+            col("iou_before"),
+            col("iou_after"),
+            n_bins=n_bins,
+        )
+    return pd.DataFrame(rows)
+
+
+def plot_calibration(long: pd.DataFrame, path: Path, n_bins: int = 10) -> Path | None:
+    """Reliability diagrams (test lesions of all folds pooled) to ``path``; None if empty."""
+    if long.empty:
+        return None
+    curves = {}
+    for m, g in long.groupby("method", sort=False):
+        y = g["is_fp"].to_numpy(dtype=bool)
+        if not y.size:
+            continue
+        curves[str(m)] = (
+            reliability_diagram(g["p_before"].to_numpy(dtype=np.float64), y, n_bins),
+            reliability_diagram(g["p_after"].to_numpy(dtype=np.float64), y, n_bins),
+        )
+    if not curves:
+        return None
+    fig = plot_reliability(curves, title="Reliability of P(FP) on the test lesions")
+    return atomic_write_bytes(Path(path), png_bytes(fig, 110))
