@@ -38,9 +38,9 @@ from lesionuq.config import METHODS, ExperimentConfig
 from lesionuq.evaluation.curves import ac_auc
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.rundir import RunDir
-from lesionuq.scorers.base import LesionScorer, make_scorer
+from lesionuq.scorers import LesionScorer, make_scorer
 from lesionuq.scorers.gcnn import GCNNScorer
-from lesionuq.scorers.gcnn_ens import GCNNEnsConfig, GCNNEnsembleScorer
+from lesionuq.scorers.gcnn_ens import GCNNEnsConfig, GCNNEnsembleScorer, make_gcnn_ens
 
 Factory = Callable[[], LesionScorer]
 # A variant: a scorer factory and the lesion-set transform it needs ("" = the run's graphs).
@@ -49,22 +49,15 @@ Variant = tuple[Factory, str]
 
 def plain_config(cfg: ExperimentConfig, **changes: object) -> GCNNEnsConfig:
     """The paper's model in :class:`HybridLesionGCN` form, with ``changes`` applied."""
-    g = cfg.gcnn
-    base = GCNNEnsConfig(
+    # the registered gcnn_ens settings (training from cfg.gcnn), reduced to one plain GCN
+    base = dataclasses.replace(
+        make_gcnn_ens(cfg).cfg,
         n_models=1,
-        hidden=g.hidden,
         layers=2,
-        readout=g.readout,
+        readout=cfg.gcnn.readout,
         lesion_features=False,
         dropout=0.0,
         weight_decay=0.0,
-        lr=g.lr,
-        lr_min=g.lr_min,
-        epochs=g.epochs,
-        batch_size=g.batch_size,
-        val_fraction=g.val_fraction,
-        class_weight=g.class_weight,
-        seed=g.seed,
     )
     return dataclasses.replace(base, **changes)
 

@@ -327,9 +327,9 @@ def predict(
             bids_out=bids_out,
             review_target=review_target,
         )
-        for warning in getattr(res, "warnings", []):
+        for warning in res.warnings:
             console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
-        console.print(res.summary() if hasattr(res, "summary") else f"wrote {out}")
+        console.print(res.summary())
     elif cases is not None:
         batch = predict_manifest(
             model,
@@ -343,7 +343,7 @@ def predict(
             review_target=review_target,
         )
         for case_id, r in batch.results.items():
-            for warning in getattr(r, "warnings", None) or []:
+            for warning in r.warnings if r is not None else []:
                 console.print(f"[yellow]warning ({escape(case_id)}): {escape(warning)}[/yellow]")
         console.print(f"wrote predictions to {out}")
 
