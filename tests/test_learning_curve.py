@@ -148,3 +148,11 @@ def test_learning_curve_command_writes_files_and_resumes(lc_run):
 def test_learning_curve_rejects_untrained_method(lc_run):
     with pytest.raises(InputError, match="learned methods only"):
         learning_curve(lc_run, methods=["size"], progress=False)
+
+
+def test_learned_methods_are_the_registry_methods_that_fit():
+    from lesionuq.scorers.registry import REGISTRY
+
+    fitted = {name for name, spec in REGISTRY.items() if spec.cls.requires_fit}
+    assert set(lc.LEARNED_METHODS) == fitted
+    assert "gcnn_ens" in fitted and "entropy_mean" not in fitted

@@ -1,8 +1,8 @@
 """Learning curve: test AUC of the learned scorers against the number of training lesions.
 
-For each fold of a finished run, the learned scorers (both GCNNs and both MetaSeg
-models) are refitted on subsamples of that fold's *validation* lesions and score the same
-test lesions as Table 2. A subsample is
+For each fold of a finished run, the learned scorers (both GCNNs, both MetaSeg
+models and the GCNN ensemble) are refitted on subsamples of that fold's *validation*
+lesions and score the same test lesions as Table 2. A subsample is
 
 - **stratified**: its TP / FP shares are those of the whole validation set;
 - **by case where possible**: cases are taken whole in a seeded random order, and only the
@@ -55,7 +55,9 @@ __all__ = [
     "summarize_learning_curve",
 ]
 
-LEARNED_METHODS = ("gcnn_classif", "gcnn_reg", "metaseg_classif", "metaseg_reg")
+LEARNED_METHODS = ("gcnn_classif", "gcnn_reg", "metaseg_classif", "metaseg_reg", "gcnn_ens")
+"""The registered methods that learn from validation lesions (``requires_fit``); a test
+keeps this tuple equal to the registry's."""
 DEFAULT_SIZES: tuple[int | str, ...] = (25, 50, 100, 200, 400, "all")
 CSV_COLUMNS = ("fold", "size", "repeat", "method", "auc", "n_tp", "n_fp", "full")
 _KEY = ["fold", "size", "repeat", "method"]
