@@ -20,6 +20,7 @@ Then ``train_segmenter`` itself for the same number of steps with ``precision`` 
 auto (end to end: first-step set-up and the checkpoint writes included), so the numbers
 above are checked against the real code path.
 
+The augmentation runs on one thread (see :func:`~lesionuq.segmentation.train.augmentation`).
 Then the expected augmentation cost per patch of each transform (its cost when applied
 times its probability), which says what a cheaper ordering could save.
 
@@ -47,6 +48,7 @@ from lesionuq.segmentation.sampling import bf16_native
 from lesionuq.segmentation.train import (
     _PatchSampler,
     _plain,
+    _torch_threads,
     augmentation,
     train_segmenter,
     training_dtype,
@@ -140,8 +142,9 @@ def end_to_end(pairs, unet: UNetConfig, patch, batch, steps, precision: str) -> 
         return steps * batch / (time.perf_counter() - start)
 
 
-def augmentation_costs(pairs, patch, reps: int = 8) -> list[tuple[str, float, float]]:
-    """(transform, seconds when applied, probability) for each augmentation transform."""
+def augmentation_costs(pairs, patch, reps: int = 8) -> list[tuple[str, float, float, float]]:
+    """(transform, seconds when applied on 1 thread (as ``augmentation`` runs it), the same on
+    the process's threads, probability) for each augmentation transform."""
     sampler = _PatchSampler(pairs, patch, 0.5)
     rng = np.random.default_rng(1)
     items = []
@@ -158,10 +161,14 @@ def augmentation_costs(pairs, patch, reps: int = 8) -> list[tuple[str, float, fl
         prob = float(t.prob)
         always = copy.deepcopy(t)
         always.prob = 1.0
-        start = time.perf_counter()
-        for it in items:
-            always(dict(it))
-        out.append((type(t).__name__, (time.perf_counter() - start) / reps, prob))
+        secs = []
+        for n in (1, torch.get_num_threads()):
+            with _torch_threads(n):
+                start = time.perf_counter()
+                for it in items:
+                    always(dict(it))
+                secs.append((time.perf_counter() - start) / reps)
+        out.append((type(t).__name__, secs[0], secs[1], prob))
     return out
 
 
@@ -173,7 +180,10 @@ def main() -> None:
     ap.add_argument("--channels", type=int, nargs="+", default=(8, 16, 32, 64))
     ap.add_argument("--cases", type=int, default=3)
     ap.add_argument("--bf16", action="store_true", help="time bf16 autocast even if emulated")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     native = bf16_native()
     print(
@@ -218,13 +228,22 @@ def main() -> None:
         rate = end_to_end(pairs, unet, patch, batch, args.steps, precision)
         print(f"  precision={precision:5s} {rate:9.2f}")
     print()
-    print("augmentation, per patch:")
-    print(f"{'transform':28s} {'ms if applied':>13s} {'prob':>5s} {'expected ms':>11s}")
-    total = 0.0
-    for name, secs, prob in augmentation_costs(pairs, patch):
+    n = torch.get_num_threads()
+    print(f"augmentation, ms per patch (train runs it on 1 thread; {n} threads for comparison):")
+    print(
+        f"{'transform':28s} {'if applied':>13s} {f'({n} threads)':>13s} {'prob':>5s} "
+        f"{'expected':>11s} {f'({n} threads)':>11s}"
+    )
+    total = total_n = 0.0
+    for name, secs, secs_n, prob in augmentation_costs(pairs, patch):
         total += secs * prob
-        print(f"{name:28s} {1e3 * secs:13.2f} {prob:5.2f} {1e3 * secs * prob:11.2f}")
-    print(f"{'total expected':28s} {'':13s} {'':5s} {1e3 * total:11.2f}")
+        total_n += secs_n * prob
+        print(
+            f"{name:28s} {1e3 * secs:13.2f} {1e3 * secs_n:13.2f} {prob:5.2f} "
+            f"{1e3 * secs * prob:11.2f} {1e3 * secs_n * prob:11.2f}"
+        )
+    blank = " " * (13 + 1 + 13 + 1 + 5)
+    print(f"{'total expected':28s} {blank} {1e3 * total:11.2f} {1e3 * total_n:11.2f}")
 
 
 if __name__ == "__main__":

