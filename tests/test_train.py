@@ -1,14 +1,22 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from lesionuq.config import TrainConfig, UNetConfig
+from lesionuq.config import ConfigError, TrainConfig, UNetConfig, config_from_dict
+from lesionuq.demo import bundled_config
 from lesionuq.io import InputError
-from lesionuq.segmentation.train import augmentation, load_segmenter, train_segmenter
+from lesionuq.segmentation import sampling
+from lesionuq.segmentation.train import (
+    augmentation,
+    load_segmenter,
+    train_segmenter,
+    training_dtype,
+)
 from lesionuq.segmentation.unet import UNet3D
 
 UNET = UNetConfig(channels=(4, 8, 16))
@@ -107,6 +115,28 @@ def test_augmentation_is_seeded_and_keeps_labels_binary():
     assert set(torch.unique(a["label"]).tolist()) <= {0.0, 1.0}
 
 
+def test_augmentation_runs_on_one_thread_with_the_same_results(monkeypatch):
+    """augmentation() runs its transforms on one torch thread, restores the caller's count,
+    and gives what the same transforms give on 2 threads, bit for bit."""
+    from monai.transforms import Compose
+
+    torch.set_num_threads(2)  # the module fixture restores its own count afterwards
+    seen, changed = [], 0
+    for seed in range(4):
+        one = augmentation(seed)
+        two = Compose(list(augmentation(seed).transforms)).set_random_state(seed=seed)
+        one.transforms = [*one.transforms, lambda d: seen.append(torch.get_num_threads()) or d]
+        for k in range(3):
+            image, mask = _blob_case(k, n=24)
+            item = {"image": torch.as_tensor(image), "label": torch.as_tensor(mask[None]).float()}
+            a, b = one(dict(item)), two(dict(item))
+            assert torch.get_num_threads() == 2
+            changed += not torch.equal(a["image"].as_tensor(), item["image"])
+            for key in ("image", "label"):
+                assert torch.equal(a[key].as_tensor(), b[key].as_tensor())
+    assert seen == [1] * 12 and changed >= 6  # the transforms did act
+
+
 def test_load_segmenter_bad_file(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -137,3 +167,92 @@ def test_channels_last_training_keeps_fp32_results(data, tmp_path, monkeypatch):
         torch.testing.assert_close(w_cl[k], v, rtol=1e-3, atol=1e-4)
     moved = sum(int(not torch.equal(w_cl[k], UNet3D(UNET).state_dict()[k])) for k in w_ref)
     assert moved > 0  # the weights really trained
+
+
+# ----------------------------------------------------------------------------- precision
+
+#: Per-step losses of CFG_STEPS on ``data`` (1 thread), printed by the training code of
+#: commit b7a0f5e (before ``TrainConfig.precision`` existed) on an AVX512/AMX Xeon; the
+#: float32 path after the change reproduced them and every weight bit for bit there.
+#: Other CPUs may differ in the last bits (other convolution kernels), hence rel 1e-5.
+GOLDEN_FP32_LOSSES = (1.789805293083191, 1.5931144952774048, 1.5548280477523804)
+CFG_STEPS = dataclasses.replace(CFG, max_epochs=3, steps_per_epoch=1, augment=True)
+
+
+def _weights(res) -> dict[str, torch.Tensor]:
+    return torch.load(res.checkpoint, weights_only=True)["state_dict"]
+
+
+def test_fp32_training_is_unchanged_and_auto_without_bf16_is_fp32(data, tmp_path, monkeypatch):
+    """precision="fp32" reproduces the pre-precision losses; "auto" on a CPU without
+    native bf16 is the same float32 run bit for bit."""
+    train, _ = data
+    ref = train_segmenter(train, [], UNET, CFG_STEPS, tmp_path / "a", "cpu", progress=False)
+    losses = [h["loss"] for h in ref.history]
+    assert losses[0] == pytest.approx(GOLDEN_FP32_LOSSES[0], rel=1e-6)  # forward only
+    assert losses == pytest.approx(GOLDEN_FP32_LOSSES, rel=1e-5)
+    monkeypatch.setattr(sampling, "bf16_native", lambda: False)
+    cfg = dataclasses.replace(CFG_STEPS, precision="auto")
+    auto = train_segmenter(train, [], UNET, cfg, tmp_path / "b", "cpu", progress=False)
+    assert [h["loss"] for h in auto.history] == losses
+    w_ref, w_auto = _weights(ref), _weights(auto)
+    assert all(torch.equal(w_auto[k], v) for k, v in w_ref.items())
+
+
+@pytest.mark.skipif(not sampling.bf16_native(), reason="CPU without native bf16 units")
+def test_bf16_training_close_to_fp32_with_float32_weights(data, tmp_path):
+    """bf16 autocast: first-step loss within rel 2e-3 of fp32 (measured 1.8e-4), weights and
+    Adam state stay float32 (the checkpoint too)."""
+    train, _ = data
+    cfg = dataclasses.replace(CFG_STEPS, precision="auto")  # native here: bf16
+    res = train_segmenter(train, [], UNET, cfg, tmp_path, "cpu", progress=False)
+    losses = [h["loss"] for h in res.history]
+    assert losses[0] == pytest.approx(GOLDEN_FP32_LOSSES[0], rel=2e-3)
+    assert losses[0] != GOLDEN_FP32_LOSSES[0]  # really computed in bf16
+    assert losses[-1] < losses[0]  # and it learns
+    last = torch.load(tmp_path / "segmenter_last.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in _weights(res).values() if v.is_floating_point())
+    adam = [t for s in last["optimizer"]["state"].values() for t in s.values() if t.ndim]
+    assert adam and all(t.dtype == torch.float32 for t in adam)
+    assert last["scaler"] == {}  # no gradient scaler for bf16
+
+
+def test_training_dtype_selection(monkeypatch):
+    """auto = bf16 only on a CPU with native bf16; bf16 forced without it runs emulated with a
+    warning; CUDA keeps the amp switch (float16), bf16 picks bfloat16."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(sampling, "bf16_native", lambda: True)
+    assert training_dtype("auto", cpu) == torch.bfloat16
+    assert training_dtype("bf16", cpu) == torch.bfloat16
+    assert training_dtype("fp32", cpu) == torch.float32
+    monkeypatch.setattr(sampling, "bf16_native", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning for these
+        assert training_dtype("auto", cpu) == torch.float32
+        assert training_dtype("fp32", cpu) == torch.float32
+    with pytest.warns(UserWarning, match="no native bfloat16"):
+        assert training_dtype("bf16", cpu) == torch.bfloat16
+    for precision in ("fp32", "auto"):
+        assert training_dtype(precision, cuda, amp=True) == torch.float16
+        assert training_dtype(precision, cuda, amp=False) == torch.float32
+    assert training_dtype("bf16", cuda, amp=True) == torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        training_dtype("fp16", cpu)
+
+
+def test_precision_config_default_demo_and_validation():
+    assert TrainConfig().precision == "fp32"  # library default: the float32 reference
+    assert bundled_config("demo").train.precision == "auto"
+    with pytest.raises(ConfigError, match=r"train.precision.*did you mean 'bf16'"):
+        config_from_dict(TrainConfig, {"precision": "bf61"}, "train")
+
+
+def test_resume_in_another_precision(data, tmp_path, monkeypatch):
+    """precision is not part of the resume key: an fp32 run continues under "auto"."""
+    monkeypatch.setattr(sampling, "bf16_native", lambda: False)
+    train, _ = data
+    first = dataclasses.replace(CFG_STEPS, max_epochs=1)
+    train_segmenter(train, [], UNET, first, tmp_path, "cpu", progress=False)
+    cfg = dataclasses.replace(CFG_STEPS, max_epochs=2, precision="auto")
+    res = train_segmenter(train, [], UNET, cfg, tmp_path, "cpu", progress=False)
+    assert res.resumed_from == 1 and res.epochs == 2

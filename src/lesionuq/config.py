@@ -250,7 +250,15 @@ class TrainConfig(_Section):
         pos_fraction: Fraction of patches centred on a lesion voxel.
         augment: Whether to apply flips, rotations, contrast, noise and blur.
         seed: Seed of weights init, patch sampling and augmentation.
-        amp: Use automatic mixed precision when on CUDA.
+        amp: Use automatic mixed precision (float16 autocast) when on CUDA.
+        precision: Arithmetic of the forward pass on a CPU (the loss and the weights
+            stay float32). ``"fp32"`` (default): float32, the reference;
+            ``"auto"``: bfloat16 autocast on a CPU with native bf16 units (AVX512-BF16 or
+            AMX), float32 on other CPUs; ``"bf16"``: bfloat16 autocast on any CPU
+            (emulated and slow where not native; a warning says so). On CUDA ``amp``
+            decides as before (float16 autocast, or float32 when False); ``"bf16"`` picks
+            bfloat16 autocast instead of float16. Not part of the resume key: a run may
+            be continued in another precision.
     """
 
     patch_size: tuple[int, int, int] = (160, 192, 32)
@@ -263,6 +271,7 @@ class TrainConfig(_Section):
     augment: bool = True
     seed: int = 0
     amp: bool = True
+    precision: Precision = "fp32"
 
     def _check(self) -> None:
         _at_least(self, "patch_size", self.patch_size, 1)
