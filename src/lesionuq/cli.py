@@ -178,11 +178,13 @@ def experiment(
 @app.command()
 @_friendly
 def train(run: RunOpt, fold: FoldOpt = None, quiet: QuietOpt = False) -> None:
-    """Stage: train each fold's U-Net (preprocessing first if needed)."""
-    from lesionuq.experiment import stage_preprocess, stage_train
+    """Stage: train each fold's U-Net (preprocessing first if needed).
 
-    stage_preprocess(run, progress=not quiet)
-    stage_train(run, fold, progress=not quiet)
+    Multi-GPU (DDP): torchrun --nproc_per_node K -m lesionuq train --run RUN
+    """
+    from lesionuq.experiment import train_run
+
+    train_run(run, fold, progress=not quiet)
 
 
 @app.command()
