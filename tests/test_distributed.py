@@ -167,3 +167,40 @@ def test_train_command_refuses_an_uneven_global_batch(tiny_run):
     assert "train.batch_size = 2 must be a multiple of the number of training processes (3)" in (
         " ".join(out.output.split())
     )
+
+
+def test_torchrun_trains_a_fold_and_writes_one_checkpoint_set(tiny_run, tmp_path):
+    """The real entry point: ``torchrun --nproc_per_node 2 -m lesionuq train`` (gloo, CPU).
+
+    ``--run-dir``: torchrun's parser rejects ``--run`` (ambiguous with its ``--run-path``).
+    """
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import lesionuq
+    from lesionuq.experiment import stage_train
+
+    _, _, result = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(result.run, run)
+    fold = run / "fold_0"
+    for name in ("segmenter.pt", "segmenter_last.pt", "stamp_train.json"):
+        (fold / name).unlink()
+    src = str(Path(lesionuq.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "lesionuq", "train", "--run-dir", str(run), "--fold", "0", "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(p.name for p in fold.glob("*segmenter*"))
+    assert names == ["segmenter.pt", "segmenter_last.pt"] and (fold / "stamp_train.json").is_file()
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]  # no stray temporary files
+    last = torch.load(fold / "segmenter_last.pt", weights_only=True)
+    assert last["epoch"] == 2 and len(last["history"]) == 2
+    assert all(np.isfinite(h["loss"]) and 0 <= h["val_dice"] <= 1 for h in last["history"])
+    # the stamp is current: a single-process rerun trains nothing
+    before = (fold / "segmenter_last.pt").stat().st_mtime_ns
+    stage_train(run, [0], progress=False)
+    assert (fold / "segmenter_last.pt").stat().st_mtime_ns == before
