@@ -77,6 +77,7 @@ __all__ = [
     "stage_preprocess",
     "stage_sample",
     "stage_train",
+    "train_run",
     "validate_run",
 ]
 
