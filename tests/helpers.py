@@ -21,8 +21,10 @@ TINY = ExperimentConfig(
     folds=2,
     preprocess=PreprocessConfig(spacing=(4.0, 4.0, 4.0), shape=(40, 48, 40)),
     unet=UNetConfig(channels=(4, 8)),
+    # seed 1: this 4-step U-Net's validation lesions hold both TP and FP in both folds,
+    # which fitting the calibrators needs (with seed 0 they do not since the per-patch draw)
     train=TrainConfig(
-        patch_size=(40, 48, 16), batch_size=2, lr=1e-2, max_epochs=2, steps_per_epoch=2
+        patch_size=(40, 48, 16), batch_size=2, lr=1e-2, max_epochs=2, steps_per_epoch=2, seed=1
     ),
     sampling=SamplingConfig(n_samples=3, batch_size=3),
     gcnn=GCNNConfig(epochs=2),

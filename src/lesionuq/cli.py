@@ -26,6 +26,16 @@ console = Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
 RunOpt = Annotated[Path, typer.Option("--run", help="Run directory made by `experiment`.")]
+# torchrun's own argument parser reads `--run` as an abbreviation of its `--run-path` and
+# stops, so under torchrun the run is given as `--run-dir`
+TrainRunOpt = Annotated[
+    Path,
+    typer.Option(
+        "--run",
+        "--run-dir",
+        help="Run directory made by `experiment` (write --run-dir under torchrun).",
+    ),
+]
 FoldOpt = Annotated[list[int] | None, typer.Option("--fold", help="Only this fold (repeatable).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 OverwriteOpt = Annotated[
@@ -177,12 +187,14 @@ def experiment(
 
 @app.command()
 @_friendly
-def train(run: RunOpt, fold: FoldOpt = None, quiet: QuietOpt = False) -> None:
-    """Stage: train each fold's U-Net (preprocessing first if needed)."""
-    from lesionuq.experiment import stage_preprocess, stage_train
+def train(run: TrainRunOpt, fold: FoldOpt = None, quiet: QuietOpt = False) -> None:
+    """Stage: train each fold's U-Net (preprocessing first if needed).
 
-    stage_preprocess(run, progress=not quiet)
-    stage_train(run, fold, progress=not quiet)
+    Multi-GPU (DDP): torchrun --nproc_per_node K -m lesionuq train --run-dir RUN
+    """
+    from lesionuq.experiment import train_run
+
+    train_run(run, fold, progress=not quiet)
 
 
 @app.command()

@@ -242,7 +242,8 @@ class TrainConfig(_Section):
 
     Attributes:
         patch_size: Training patch (X, Y, Z).
-        batch_size: Patches per step.
+        batch_size: Patches per optimiser step (under torchrun the global batch, split
+            evenly over the processes).
         lr: Adam learning rate.
         max_epochs: Upper bound of epochs.
         patience: Stop after this many epochs without a better validation Dice.

@@ -20,8 +20,9 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -30,6 +31,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from lesionuq import distributed
 from lesionuq.config import ExperimentConfig, UNetConfig
 from lesionuq.evaluation.calibration_metrics import calibration_table, plot_calibration
 from lesionuq.io import (
@@ -75,6 +77,7 @@ __all__ = [
     "stage_preprocess",
     "stage_sample",
     "stage_train",
+    "train_run",
     "validate_run",
 ]
 
@@ -114,12 +117,15 @@ class ExperimentResult:
 
 
 def _locked(stage: Callable) -> Callable:
-    """Run a stage under the run's lock (:func:`lesionuq.outputs.run_lock`)."""
+    """Run a stage under the run's lock (:func:`lesionuq.outputs.run_lock`).
+
+    In a ``torchrun`` job rank 0 holds the lock for the job; the other ranks write nothing.
+    """
 
     @functools.wraps(stage)
     def wrapper(run: Path, *args, **kwargs):
         marker = read_marker(run) if Path(run).is_dir() else None
-        if marker is None or marker.kind != "run":  # not a run: read_plan says so
+        if marker is None or marker.kind != "run" or not distributed.is_main_process():
             return stage(run, *args, **kwargs)
         with run_lock(run):
             return stage(run, *args, **kwargs)
@@ -256,11 +262,56 @@ def _folds(folds: list[FoldSplit], only: Sequence[int] | None) -> list[FoldSplit
     return [f for f in folds if f.fold in set(only)]
 
 
+def train_run(
+    run: Path,
+    folds: Sequence[int] | None = None,
+    progress: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """The ``train`` command: preprocess what is missing, then train each fold's U-Net.
+
+    Started by ``torchrun --nproc_per_node K -m lesionuq train ...``, the K processes
+    train each fold together with DistributedDataParallel (:mod:`lesionuq.distributed`):
+    rank 0 preprocesses and writes every file, ``cfg.train.batch_size`` is the global batch
+    split over the K processes, and the weights equal a single process's up to float
+    rounding (without dropout; with dropout, in distribution).
+
+    Args:
+        run: The run directory.
+        folds: Only these folds (default all).
+        progress: Show progress bars (rank 0 only).
+        environ: Where to look for torchrun's ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``
+            (default ``os.environ``); without them, one process trains as usual.
+
+    Raises:
+        ConfigError: Under torchrun, ``train.batch_size`` is not a multiple of the number
+            of processes.
+    """
+    env = distributed.TorchrunEnv.from_environ(os.environ if environ is None else environ)
+    if env is None:
+        stage_preprocess(run, progress=progress)
+        stage_train(run, folds, progress=progress)
+        return
+    cfg, _, _ = RunDir(Path(run)).read_plan()
+    distributed.local_items(cfg.train.batch_size, env.rank, env.world_size)  # refuse early
+    main = env.rank == 0
+    with distributed.process_group(env, cfg.device):
+        if main:
+            stage_preprocess(run, progress=progress)
+        distributed.barrier()
+        stage_train(run, folds, progress=progress and main)
+
+
 @_locked
 def stage_train(run: Path, folds: Sequence[int] | None = None, progress: bool = True) -> None:
-    """Train each fold's MC-dropout U-Net on its train cases (val cases pick the epoch)."""
+    """Train each fold's MC-dropout U-Net on its train cases (val cases pick the epoch).
+
+    Inside a process group (see :func:`train_run`) every rank calls this; rank 0 alone
+    removes stale checkpoints and writes the stamps.
+    """
     from lesionuq.segmentation.train import train_segmenter
 
+    main = distributed.is_main_process()
     rd = RunDir(Path(run))
     cfg, _, splits = rd.read_plan()
     for split in _folds(splits, folds):
@@ -269,9 +320,10 @@ def stage_train(run: Path, folds: Sequence[int] | None = None, progress: bool = 
         if stamp_ok(fold_dir / "stamp_train.json", digest) and (fold_dir / "segmenter.pt").exists():
             continue
         stale = fold_dir / "stamp_train.json"
-        if stale.exists():  # settings changed: do not resume from the old checkpoint
+        if main and stale.exists():  # settings changed: do not resume from the old checkpoint
             for name in ("segmenter.pt", "segmenter_last.pt", "stamp_train.json"):
                 (fold_dir / name).unlink(missing_ok=True)
+        distributed.barrier()  # no rank resumes from a checkpoint rank 0 is removing
         train = [_pair(run, c, cfg) for c in split.train]
         val = [_pair(run, c, cfg) for c in split.val]
         fold_dir.mkdir(parents=True, exist_ok=True)
@@ -279,7 +331,8 @@ def stage_train(run: Path, folds: Sequence[int] | None = None, progress: bool = 
         result = train_segmenter(
             train, val, _unet_cfg(cfg), cfg.train, fold_dir, device=cfg.device, progress=progress
         )
-        write_stamp(fold_dir / "stamp_train.json", digest, best_dice=result.best_dice)
+        if main:
+            write_stamp(fold_dir / "stamp_train.json", digest, best_dice=result.best_dice)
 
 
 def _pair(run: Path, case_id: str, cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:

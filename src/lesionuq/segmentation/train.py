@@ -23,10 +23,20 @@ and Adam's state stay float32, and no gradient scaler is needed (bfloat16 has fl
 exponent range); the validation Dice that picks the best epoch stays float32 on a CPU.
 On CUDA, ``cfg.amp`` selects float16 autocast with a gradient scaler, as before.
 
-Reproducibility: the weights are initialised from ``cfg.seed``; every epoch reseeds its
-patch sampler, augmentation and dropout from ``(cfg.seed, epoch)``, so a run resumed
-from ``segmenter_last.pt`` continues exactly like an uninterrupted one (on CPU) without
-storing random-generator states.
+Reproducibility: the weights are initialised from ``cfg.seed``; patch ``i`` of step ``s``
+of an epoch (its position and its augmentation) is drawn from its own generator seeded by
+``(cfg.seed, epoch, s, i)``, and every epoch reseeds dropout from ``(cfg.seed, epoch)``, so
+a run resumed from ``segmenter_last.pt`` continues exactly like an uninterrupted one (on
+CPU) without storing random-generator states.
+
+Several processes (``torchrun``, see :mod:`lesionuq.distributed`): when a process group
+is initialised, the model is wrapped in ``DistributedDataParallel``, rank ``r`` draws only
+its slice of each global batch of ``cfg.batch_size`` patches (the same patches one
+process draws), the loss is the global-batch loss (:class:`~lesionuq.distributed.GatheredLoss`),
+validation cases are shared out and their Dice gathered, and only rank 0 writes the
+checkpoints and shows the progress bar. Without dropout the result equals one process's up
+to float rounding; dropout masks are drawn per rank (seeded by ``(cfg.seed, epoch, rank)``),
+so with dropout the runs agree in distribution, not bit for bit.
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ from monai.transforms import (
     RandRotated,
 )
 
+from lesionuq import distributed
 from lesionuq.config import TrainConfig, UNetConfig, config_from_dict
 from lesionuq.io import InputError, atomic_torch_save, describe_load_error
 from lesionuq.segmentation import sampling
@@ -306,6 +317,18 @@ def validation_dice(
     """
     if not cases:
         return math.nan
+    return float(np.mean(_dice_scores(model, cases, roi_size, device, amp)))
+
+
+@torch.inference_mode()
+def _dice_scores(
+    model: UNet3D,
+    cases: Sequence[tuple[np.ndarray, np.ndarray]],
+    roi_size: Sequence[int],
+    device: torch.device,
+    amp: bool = False,
+) -> list[float]:
+    """Dice(lesion) of each case, in order (see :func:`validation_dice`)."""
     model.eval()
     scores = []
     use_amp = amp and device.type == "cuda"
@@ -321,7 +344,29 @@ def validation_dice(
         onehot = [F.one_hot(t, 2).permute(0, 4, 1, 2, 3) for t in (pred, gt)]
         d = compute_dice(onehot[0], onehot[1], include_background=False, ignore_empty=False)
         scores.append(float(d.mean()))
-    return float(np.mean(scores))
+    return scores
+
+
+def _shared_validation_dice(
+    model: UNet3D,
+    cases: Sequence[tuple[np.ndarray, np.ndarray]],
+    roi_size: Sequence[int],
+    device: torch.device,
+    amp: bool,
+) -> float:
+    """:func:`validation_dice` with the cases shared out over the ranks.
+
+    Rank ``r`` scores cases ``r, r + K, ...``; the scores are gathered and averaged in
+    case order, so every rank gets the same value (the one a single process gets) and
+    takes the same keep/stop decision.
+    """
+    k = distributed.world_size()
+    if k == 1 or not cases:
+        return validation_dice(model, cases, roi_size, device, amp)
+    mine = _dice_scores(model, list(cases[distributed.rank() :: k]), roi_size, device, amp)
+    parts = distributed.gather_objects(mine)
+    ordered = [parts[i % k][i // k] for i in range(len(cases))]
+    return float(np.mean(ordered))
 
 
 def train_segmenter(
@@ -348,7 +393,12 @@ def train_segmenter(
         The :class:`TrainResult`. If ``segmenter_last.pt`` exists with the same
         architecture and training settings (``max_epochs`` and ``patience`` may differ),
         training continues from its epoch; if it already met a stopping rule nothing is
-        trained.
+        trained. Under a process group (``torchrun``), every rank must call this with the
+        same arguments; each gets the same result.
+
+    Raises:
+        ConfigError: Under a process group, ``cfg.batch_size`` is not a multiple of the
+            number of processes.
     """
     if not train:
         raise ValueError("train_segmenter needs at least one training case.")
@@ -357,6 +407,10 @@ def train_segmenter(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
+    rank, world = distributed.rank(), distributed.world_size()
+    items = distributed.local_items(cfg.batch_size, rank, world)
+    if world > 1 and dev.type == "cuda":  # the GPU process_group made current
+        dev = torch.device("cuda", torch.cuda.current_device())
     patch = _clip_patch(cfg.patch_size, train)
     dtype = training_dtype(cfg.precision, dev, cfg.amp)
     use_amp = dtype == torch.float16  # gradient scaler: float16 only (bf16 has fp32's range)
@@ -370,7 +424,9 @@ def train_segmenter(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     # Batch Dice over the lesion channel (nnU-Net style): patches without lesion do not
     # each reward an empty prediction, which otherwise stalls early training on small lesions.
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    loss_fn: torch.nn.Module = DiceCELoss(
+        to_onehot_y=True, softmax=True, include_background=False, batch=True
+    )
     sampler = _PatchSampler(train, patch, cfg.pos_fraction)
 
     state: dict[str, Any] = {"epoch": 0, "best_dice": -math.inf, "best_epoch": 0}
@@ -379,11 +435,16 @@ def train_segmenter(
     if resumed is not None:
         state.update(resumed)
     start = int(state["epoch"])
+    net: torch.nn.Module = model
+    if world > 1:  # after the resume: DDP broadcasts rank 0's weights to all ranks
+        ids = [dev.index] if dev.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        loss_fn = distributed.GatheredLoss(loss_fn)
 
     def done() -> bool:
         return state["epoch"] >= cfg.max_epochs or state["bad_epochs"] >= cfg.patience
 
-    bar = make_progress() if progress else None
+    bar = make_progress() if progress and rank == 0 else None
     total = max(0, cfg.max_epochs - start) * cfg.steps_per_epoch
     task = bar.add_task("train U-Net", total=total, info="") if bar else None
     if bar:
@@ -393,9 +454,10 @@ def train_segmenter(
             epoch = state["epoch"] + 1
             t0 = time.perf_counter()
             loss = _train_epoch(
-                model, opt, scaler, loss_fn, sampler, cfg, epoch, dev, dtype, bar, task
-            )
-            dice = validation_dice(model, val, patch, dev, use_amp)
+                net, opt, scaler, loss_fn, sampler, cfg, epoch, dev, dtype, bar, task,
+                items=items, rank=rank,
+            )  # fmt: skip
+            dice = _shared_validation_dice(model, val, patch, dev, use_amp)
             improved = not val or dice > state["best_dice"]  # no validation: keep the last
             state["epoch"] = epoch
             seconds = time.perf_counter() - t0
@@ -404,14 +466,18 @@ def train_segmenter(
             )
             if improved:
                 state["best_dice"], state["best_epoch"], state["bad_epochs"] = dice, epoch, 0
-                atomic_torch_save(_checkpoint(model, unet_cfg, cfg, state), out_dir / BEST_NAME)
+                if rank == 0:
+                    ck = _checkpoint(model, unet_cfg, cfg, state)
+                    atomic_torch_save(ck, out_dir / BEST_NAME)
             else:
                 state["bad_epochs"] += 1
-            last = _checkpoint(model, unet_cfg, cfg, state)
-            last.update(optimizer=opt.state_dict(), scaler=scaler.state_dict())
-            last.update(bad_epochs=state["bad_epochs"], history=state["history"])
-            last.update(best_epoch=state["best_epoch"])
-            atomic_torch_save(last, out_dir / LAST_NAME)
+            if rank == 0:
+                last = _checkpoint(model, unet_cfg, cfg, state)
+                last.update(optimizer=opt.state_dict(), scaler=scaler.state_dict())
+                last.update(bad_epochs=state["bad_epochs"], history=state["history"])
+                last.update(best_epoch=state["best_epoch"])
+                atomic_torch_save(last, out_dir / LAST_NAME)
+            distributed.barrier()  # the checkpoints exist for every rank from here on
             if bar and task is not None:
                 bar.update(
                     task,
@@ -434,10 +500,10 @@ def train_segmenter(
 
 
 def _train_epoch(
-    model: UNet3D,
+    model: torch.nn.Module,
     opt: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    loss_fn: DiceCELoss,
+    loss_fn: torch.nn.Module,
     sampler: _PatchSampler,
     cfg: TrainConfig,
     epoch: int,
@@ -445,32 +511,27 @@ def _train_epoch(
     dtype: torch.dtype,
     bar: Any,
     task: Any,
+    items: Sequence[int] | None = None,
+    rank: int = 0,
 ) -> float:
     """One epoch of ``cfg.steps_per_epoch`` steps; returns the mean loss.
 
     The forward pass runs under ``dtype`` autocast (none for float32), the loss in float32.
+    ``items`` are this process's indices of each global batch (all ``cfg.batch_size`` by
+    default); ``rank`` offsets the dropout seed so ranks draw different masks.
     """
-    rng = np.random.default_rng([cfg.seed, epoch])
-    torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout masks of this epoch
+    items = range(cfg.batch_size) if items is None else items
+    # dropout masks of this epoch (rank 0: the single-process seed)
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch + rank * 2**40)
     aug = augmentation(cfg.seed * 1_000_003 + epoch) if cfg.augment else None
     model.train()
     losses = []
-    for _ in range(cfg.steps_per_epoch):
-        images, labels = [], []
-        for _ in range(cfg.batch_size):
-            image, mask = sampler.sample(rng)
-            item = {
-                "image": torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32)),
-                "label": torch.as_tensor(np.ascontiguousarray(mask, dtype=np.float32))[None],
-            }
-            if aug is not None:
-                item = aug(item)
-            images.append(_plain(item["image"]))
-            labels.append(_plain(item["label"]).round())
-        x = torch.stack(images).to(dev)
+    for step in range(cfg.steps_per_epoch):
+        images, labels = _draw_batch(sampler, aug, cfg.seed, epoch, step, items)
+        x = images.to(dev)
         if _channels_last(dev):
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        y = torch.stack(labels).to(dev)
+        y = labels.to(dev)
         opt.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
             logits = model(x)
@@ -482,6 +543,39 @@ def _train_epoch(
         if bar is not None:
             bar.update(task, advance=1, info=f"epoch {epoch} | loss {losses[-1]:.4f}")
     return float(np.mean(losses))
+
+
+def _draw_batch(
+    sampler: _PatchSampler,
+    aug: Compose | None,
+    seed: int,
+    epoch: int,
+    step: int,
+    items: Sequence[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Items ``items`` of a step's global batch: a seeded draw, then a deterministic apply.
+
+    Item ``i`` takes its patch position and then its augmentation seed from a generator
+    seeded by ``(seed, epoch, step, i)`` alone, so any subset of a batch (one rank's
+    slice) holds exactly the patches the whole batch holds at those indices.
+
+    Returns:
+        Images (len(items), C, *patch) float32 and labels (len(items), 1, *patch) in {0, 1}.
+    """
+    images, labels = [], []
+    for i in items:
+        rng = np.random.default_rng([seed, epoch, step, i])
+        image, mask = sampler.sample(rng)
+        item = {
+            "image": torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32)),
+            "label": torch.as_tensor(np.ascontiguousarray(mask, dtype=np.float32))[None],
+        }
+        if aug is not None:
+            aug.set_random_state(seed=int(rng.integers(2**32)))
+            item = aug(item)
+        images.append(_plain(item["image"]))
+        labels.append(_plain(item["label"]).round())
+    return torch.stack(images), torch.stack(labels)
 
 
 def _channels_last(dev: torch.device) -> bool:
