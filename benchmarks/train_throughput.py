@@ -48,12 +48,12 @@ from lesionuq.segmentation.sampling import bf16_native
 from lesionuq.segmentation.train import (
     _PatchSampler,
     _plain,
-    _torch_threads,
     augmentation,
     train_segmenter,
     training_dtype,
 )
 from lesionuq.segmentation.unet import UNet3D
+from lesionuq.utils import torch_threads
 
 PHASES = ("draw", "augment", "forward", "backward", "optimizer")
 
@@ -163,7 +163,7 @@ def augmentation_costs(pairs, patch, reps: int = 8) -> list[tuple[str, float, fl
         always.prob = 1.0
         secs = []
         for n in (1, torch.get_num_threads()):
-            with _torch_threads(n):
+            with torch_threads(n):
                 start = time.perf_counter()
                 for it in items:
                     always(dict(it))

@@ -19,8 +19,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
@@ -39,7 +37,7 @@ from lesionuq.errors import InputError
 from lesionuq.io import atomic_torch_save
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.scorers.base import LesionScorer, check_is_fitted, table_column
-from lesionuq.utils import make_progress, resolve_device
+from lesionuq.utils import make_progress, resolve_device, torch_threads
 
 __all__ = ["GCNNScorer", "LesionGCN", "split_train_val"]
 
@@ -184,7 +182,7 @@ class GCNNScorer(LesionScorer):
         Raises:
             ValueError: No graphs, inconsistent node features, NaN labels.
         """
-        with _torch_threads(self.num_threads):
+        with torch_threads(self.num_threads):
             return self._fit(lesions, progress)
 
     def _fit(self, lesions: LesionSet, progress: bool) -> Self:
@@ -326,7 +324,7 @@ class GCNNScorer(LesionScorer):
             RuntimeError: Not fitted.
             ValueError: Missing graphs or a node-feature count differing from the fit.
         """
-        with _torch_threads(self.num_threads):
+        with torch_threads(self.num_threads):
             return self._score(lesions)
 
     def _score(self, lesions: LesionSet) -> np.ndarray:
@@ -438,20 +436,6 @@ class GCNNScorer(LesionScorer):
             model = self._new_model(int(self.in_features_))
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             self.model_ = model.eval()
-
-
-@contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set PyTorch's intra-op CPU threads (None: leave them)."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _describe(record: dict[str, Any]) -> str:

@@ -54,8 +54,8 @@ from lesionuq.config import ExperimentConfig
 from lesionuq.io import InputError, atomic_torch_save
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.scorers.base import LesionScorer, check_is_fitted, table_column
-from lesionuq.scorers.gcnn import _NullProgress, _torch_threads, split_train_val
-from lesionuq.utils import make_progress
+from lesionuq.scorers.gcnn import _NullProgress, split_train_val
+from lesionuq.utils import make_progress, torch_threads
 
 __all__ = [
     "LESION_FEATURES",
@@ -305,7 +305,7 @@ class GCNNEnsembleScorer(LesionScorer):
         Raises:
             ValueError: Missing graphs / columns, inconsistent node features.
         """
-        with _torch_threads(self.num_threads):
+        with torch_threads(self.num_threads):
             return self._fit(lesions, progress)
 
     def _fit(self, lesions: LesionSet, progress: bool) -> Self:
@@ -445,7 +445,7 @@ class GCNNEnsembleScorer(LesionScorer):
             NotFittedError: Not fitted.
             ValueError: Missing graphs / columns or a node-feature count differing from fit.
         """
-        with _torch_threads(self.num_threads):
+        with torch_threads(self.num_threads):
             return self._score(lesions)
 
     def _score(self, lesions: LesionSet) -> np.ndarray:

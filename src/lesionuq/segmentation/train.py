@@ -41,11 +41,10 @@ so with dropout the runs agree in distribution, not bit for bit.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,7 @@ from lesionuq.config import TrainConfig, UNetConfig, config_from_dict
 from lesionuq.io import InputError, atomic_torch_save, describe_load_error
 from lesionuq.segmentation import sampling
 from lesionuq.segmentation.unet import UNet3D
-from lesionuq.utils import make_progress, resolve_device
+from lesionuq.utils import make_progress, resolve_device, torch_threads
 
 __all__ = [
     "TrainResult",
@@ -195,24 +194,12 @@ def training_dtype(precision: str, device: torch.device | str, amp: bool = True)
     return dtype
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run the block's torch operators on ``n`` intra-op threads, then restore the count."""
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if before != n:
-            torch.set_num_threads(before)
-
-
 class _OneThreadCompose(Compose):
     """MONAI :class:`Compose` whose calls run on one torch thread (see :func:`augmentation`)."""
 
-    def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:
-        with _torch_threads(1):
+    # Compose's own __call__ already differs from Transform's (data) -> Any in MONAI
+    def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        with torch_threads(1):
             return super().__call__(input_, *args, **kwargs)
 
 
