@@ -74,7 +74,7 @@ def _friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (InputError, ConfigError, FileNotFoundError, CasesFailedError) as exc:
-            console.print(f"[bold red]error:[/] {exc}")
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

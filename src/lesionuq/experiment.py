@@ -200,7 +200,7 @@ def stage_preprocess(
     check_parallel(scheduler, workers)
     rd = RunDir(Path(run))
     cfg, data, _ = rd.read_plan()
-    jobs = {}
+    jobs: dict[str, _PreprocessJob] = {}
     for case in _cases_by_id(data, cfg).values():
         digest = digest_of(cfg.preprocess, list(cfg.sequences), [str(p) for p in case.images])
         folder = rd.preprocessed / case.case_id
@@ -339,7 +339,7 @@ def stage_sample(
     check_parallel(scheduler, workers)
     rd = RunDir(Path(run))
     cfg, _, splits = rd.read_plan()
-    jobs = {}
+    jobs: dict[str, _SampleJob] = {}
     for split in _folds(splits, folds):
         digest = _sample_digest(cfg, split)
         checkpoint = rd.fold(split.fold) / "segmenter.pt"
@@ -439,7 +439,7 @@ def stage_graphs(
     rd = RunDir(Path(run))
     cfg, _, splits = rd.read_plan()
     todo: list[tuple[FoldSplit, str, str]] = []
-    jobs = {}
+    jobs: dict[str, _GraphsJob] = {}
     for split in _folds(splits, folds):
         digest = _graphs_digest(cfg, split)
         for s in ("val", "test"):

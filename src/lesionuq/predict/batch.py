@@ -144,9 +144,18 @@ def predict_manifest(
     }
     on_cluster = scheduler is not None or workers is not None
     where: FittedModel | tuple[Path, str] = (model.folder, model.device) if on_cluster else model
-    digest = {"model_digest": model_digest, "rule_threshold": threshold, "bids_out": bids_out}
     jobs = {
-        c.case_id: _CaseJob(where, c, out / c.case_id, given, save_maps, review_target, **digest)
+        c.case_id: _CaseJob(
+            where,
+            c,
+            out / c.case_id,
+            given,
+            save_maps,
+            review_target,
+            model_digest,
+            threshold,
+            bids_out,
+        )
         for c in cases
         if c.case_id not in reused
     }
