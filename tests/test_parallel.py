@@ -212,14 +212,18 @@ def test_cli_parallel_options(model_dir, three_scans, tmp_path):
 # --------------------------------------------------------------------------- Dask
 
 
-def _die_writing_case_b() -> None:
-    """On a worker: end the process in the middle of writing case ``b``'s outputs."""
+def _die_writing_case_c() -> None:
+    """On a worker: end the process in the middle of writing case ``c``'s outputs.
+
+    ``c`` is the last task submitted, so no other task waits behind it on that worker
+    (a task queued on a dying worker would fail with it, as retries are off here).
+    """
     import lesionuq.predict.scan as scan
 
     real = scan.atomic_write_text
 
     def write(path, text):
-        if Path(path).parent.parent.name == "b":  # out/b/.tmp-lesionuq-PID-*/lesions.csv
+        if Path(path).parent.parent.name == "c":  # out/c/.tmp-lesionuq-PID-*/lesions.csv
             os._exit(1)
         return real(path, text)
 
@@ -234,12 +238,8 @@ def cluster():
     import dask
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # for client.run
-    settings = {
-        "distributed.scheduler.allowed-failures": 0,
-        "distributed.scheduler.worker-saturation": 1.0,  # one task on a worker at a time
-    }
     with (
-        dask.config.set(settings),
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
         distributed.LocalCluster(
             n_workers=2,
             threads_per_worker=1,
@@ -278,19 +278,19 @@ def test_killed_worker_leaves_no_half_written_case_and_a_rerun_completes(
     model_dir, three_scans, reference, cluster, tmp_path
 ):
     local, client = cluster
-    client.run(_die_writing_case_b)
+    client.run(_die_writing_case_c)
     out = tmp_path / "batch"
-    with pytest.raises(CasesFailedError, match=r"\(b; first error: its worker process died"):
+    with pytest.raises(CasesFailedError, match=r"1 of 3 scan\(s\) failed \(c; first error: its w"):
         predict_manifest(
             model_dir, three_scans, out, progress=False, scheduler=local.scheduler_address
         )
-    for cid in ("a", "c"):
+    for cid in ("a", "b"):
         assert (out / cid / ".batch_digest").is_file()
-    left = [p for p in (out / "b").rglob("*") if p.is_file()]
+    left = [p for p in (out / "c").rglob("*") if p.is_file()]
     assert left and all(TMP_PREFIX in p.as_posix() for p in left)  # killed mid-write
-    assert not (out / "b" / "lesions.csv").exists() and not (out / "lesions.csv").exists()
+    assert not (out / "c" / "lesions.csv").exists() and not (out / "lesions.csv").exists()
     again = predict_manifest(model_dir, three_scans, out, progress=False, workers=1)
-    assert [k for k, r in again.results.items() if r is not None] == ["b"]
+    assert [k for k, r in again.results.items() if r is not None] == ["c"]
     assert not [p for p in out.rglob("*") if TMP_PREFIX in p.as_posix()]  # stale tmp removed
     assert _files(out) == _files(reference)
     table = pd.read_csv(out / "lesions.csv", dtype={"case_id": str})
