@@ -43,7 +43,7 @@ __all__ = ["CaseResults", "check_parallel", "map_cases"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-I = TypeVar("I")  # noqa: E741
+ItemT = TypeVar("ItemT")
 
 #: Seconds to wait for a ``--scheduler`` to answer before giving up.
 CONNECT_TIMEOUT = 10
@@ -96,8 +96,8 @@ def check_parallel(scheduler: str | None, workers: int | None) -> None:
 
 
 def map_cases(
-    fn: Callable[[I], T],
-    items: Mapping[str, I],
+    fn: Callable[[ItemT], T],
+    items: Mapping[str, ItemT],
     *,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -147,8 +147,8 @@ def map_cases(
 
 
 def _map_dask(
-    fn: Callable[[I], T],
-    items: Mapping[str, I],
+    fn: Callable[[ItemT], T],
+    items: Mapping[str, ItemT],
     scheduler: str | None,
     workers: int | None,
     done: dict[str, T],
@@ -202,7 +202,7 @@ def _client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
         yield client
 
 
-def _task(fn: Callable[[I], T], item: I) -> T:
+def _task(fn: Callable[[ItemT], T], item: ItemT) -> T:
     """Run one scan's task on a worker: torch single-threaded, then ``fn(item)``."""
     _single_threaded()
     return fn(item)
