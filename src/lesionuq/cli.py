@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lesionuq.config import ConfigError
+from lesionuq.errors import CasesFailedError
 from lesionuq.io import InputError
 
 app = typer.Typer(
@@ -47,6 +48,24 @@ OverwriteOpt = Annotated[
 ]
 
 
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Run one task per scan on this Dask scheduler (e.g. tcp://10.0.0.5:8786).",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        metavar="N",
+        help="Run one task per scan on a local Dask cluster of N single-threaded processes.",
+    ),
+]
+
+
 class Stage(StrEnum):
     """Stages ``experiment --stop-after`` accepts."""
 
@@ -64,8 +83,8 @@ def _friendly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (InputError, ConfigError, FileNotFoundError) as exc:
-            console.print(f"[bold red]error:[/] {exc}")
+        except (InputError, ConfigError, FileNotFoundError, CasesFailedError) as exc:
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -169,6 +188,8 @@ def experiment(
     config: Annotated[Path | None, typer.Option(help="Config YAML (default: demo).")] = None,
     folds: Annotated[int | None, typer.Option(help="Number of folds (overrides config).")] = None,
     stop_after: Annotated[Stage | None, typer.Option(help="Stop after this stage.")] = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Run the paper's k-fold protocol on your own data."""
@@ -178,7 +199,15 @@ def experiment(
     if folds is not None:
         cfg = cfg.replace(folds=folds)
     stage = stop_after.value if stop_after is not None else None
-    result = run_experiment(data, out, cfg, progress=not quiet, stop_after=stage)
+    result = run_experiment(
+        data,
+        out,
+        cfg,
+        progress=not quiet,
+        stop_after=stage,
+        scheduler=scheduler,
+        workers=workers,
+    )
     if result is None:
         console.print(f"stopped after {stage}; resume with the same command.")
     else:
@@ -208,6 +237,8 @@ def sample(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder for --stack.")] = None,
     overwrite: OverwriteOpt = False,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Stage: MC-dropout maps for val/test cases, or maps from your own sample stack."""
@@ -223,16 +254,22 @@ def sample(
         raise InputError("give --run RUN (a run directory) or --stack PATH --out DIR.")
     from lesionuq.experiment import stage_sample
 
-    stage_sample(run, fold, progress=not quiet)
+    stage_sample(run, fold, progress=not quiet, scheduler=scheduler, workers=workers)
 
 
 @app.command()
 @_friendly
-def graphs(run: RunOpt, fold: FoldOpt = None, quiet: QuietOpt = False) -> None:
+def graphs(
+    run: RunOpt,
+    fold: FoldOpt = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
     """Stage: lesions, IoU_adj, TP/FP and lesion graphs for val/test cases."""
     from lesionuq.experiment import stage_graphs
 
-    stage_graphs(run, fold, progress=not quiet)
+    stage_graphs(run, fold, progress=not quiet, scheduler=scheduler, workers=workers)
 
 
 @app.command()
@@ -320,6 +357,8 @@ def predict(
         ),
     ] = None,
     overwrite: OverwriteOpt = False,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Segment a new scan and score each lesion's uncertainty, in the scan's own space."""
@@ -327,6 +366,8 @@ def predict(
 
     if (image is None) == (cases is None):
         raise InputError("give either --image (one per sequence) or --cases CSV.")
+    if image is not None and (scheduler is not None or workers is not None):
+        raise InputError("--scheduler and --workers spread a batch: use them with --cases CSV.")
     if image is not None:
         res = predict_scan(
             model,
@@ -353,6 +394,8 @@ def predict(
             overwrite=overwrite,
             bids_out=bids_out,
             review_target=review_target,
+            scheduler=scheduler,
+            workers=workers,
         )
         for case_id, r in batch.results.items():
             for warning in r.warnings if r is not None else []:

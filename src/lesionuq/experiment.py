@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -53,6 +53,7 @@ from lesionuq.outputs import (
     run_lock,
     start_output,
 )
+from lesionuq.parallel import check_parallel, map_cases
 from lesionuq.rundir import FoldSplit, RunDir, digest_of, make_folds, stamp_ok, write_stamp
 from lesionuq.uncertainty import VoxelMaps
 from lesionuq.utils import remove_pyg_codegen_files, track
@@ -189,31 +190,62 @@ def _unet_cfg(cfg: ExperimentConfig) -> UNetConfig:
 
 
 @_locked
-def stage_preprocess(run: Path, progress: bool = True) -> None:
+def stage_preprocess(
+    run: Path,
+    progress: bool = True,
+    scheduler: str | None = None,
+    workers: int | None = None,
+) -> None:
     """Bring every case of the run onto the common grid (``RUN/preprocessed/CASE``).
 
     Writes one NIfTI per sequence, ``mask.nii.gz`` and ``transform.json`` (the map back to
-    the original grid).
+    the original grid). One task per case (:func:`lesionuq.parallel.map_cases`: here, or on
+    a Dask ``scheduler`` / a local cluster of ``workers``); a case that fails is named in
+    the :class:`~lesionuq.errors.CasesFailedError` raised once the others are done.
     """
-    from lesionuq.data.preprocess import preprocess
-
+    check_parallel(scheduler, workers)
     rd = RunDir(Path(run))
     cfg, data, _ = rd.read_plan()
-    cases = list(_cases_by_id(data, cfg).values())
-    for case in track(cases, "preprocess", enabled=progress):
+    jobs: dict[str, _PreprocessJob] = {}
+    for case in _cases_by_id(data, cfg).values():
         digest = digest_of(cfg.preprocess, list(cfg.sequences), [str(p) for p in case.images])
         folder = rd.preprocessed / case.case_id
-        if stamp_ok(folder / "stamp.json", digest):
-            continue
-        images, mask = load_case(case)
-        pre = preprocess(images, mask, cfg.preprocess)
-        with atomic_dir(folder) as tmp:
-            for i, seq in enumerate(cfg.sequences):
-                save_nifti(tmp / f"{seq}.nii.gz", pre.image[i], pre.affine)
-            if pre.mask is not None:
-                save_nifti(tmp / "mask.nii.gz", pre.mask.astype(np.uint8), pre.affine)
-            atomic_write_text(tmp / "transform.json", json.dumps(pre.transform.to_dict()))
-            write_stamp(tmp / "stamp.json", digest)
+        if not stamp_ok(folder / "stamp.json", digest):
+            jobs[case.case_id] = _PreprocessJob(case, folder, digest, cfg)
+    map_cases(
+        _preprocess_case,
+        jobs,
+        scheduler=scheduler,
+        workers=workers,
+        progress=progress,
+        desc="preprocess",
+    ).raise_failed("case")
+
+
+@dataclass(frozen=True)
+class _PreprocessJob:
+    """One case of :func:`stage_preprocess`: the case, its folder, stamp digest, config."""
+
+    case: Case
+    folder: Path
+    digest: str
+    cfg: ExperimentConfig
+
+
+def _preprocess_case(job: _PreprocessJob) -> None:
+    """Preprocess one case into its folder, atomically, stamp last (a map_cases task)."""
+    from lesionuq.data.preprocess import preprocess
+
+    cfg = job.cfg
+    images, mask = load_case(job.case)
+    pre = preprocess(images, mask, cfg.preprocess)
+    with atomic_dir(job.folder) as tmp:
+        for i, seq in enumerate(cfg.sequences):
+            save_nifti(tmp / f"{seq}.nii.gz", pre.image[i], pre.affine)
+        if pre.mask is not None:
+            save_nifti(tmp / "mask.nii.gz", pre.mask.astype(np.uint8), pre.affine)
+        atomic_write_text(tmp / "transform.json", json.dumps(pre.transform.to_dict()))
+        write_stamp(tmp / "stamp.json", job.digest)
 
 
 def load_preprocessed(
@@ -343,35 +375,88 @@ def _pair(run: Path, case_id: str, cfg: ExperimentConfig) -> tuple[np.ndarray, n
 
 
 @_locked
-def stage_sample(run: Path, folds: Sequence[int] | None = None, progress: bool = True) -> None:
-    """MC-dropout sampling of each fold's val and test cases (voxel uncertainty maps)."""
-    from lesionuq.segmentation.sampling import mc_sample
-    from lesionuq.segmentation.train import load_segmenter
+def stage_sample(
+    run: Path,
+    folds: Sequence[int] | None = None,
+    progress: bool = True,
+    scheduler: str | None = None,
+    workers: int | None = None,
+) -> None:
+    """MC-dropout sampling of each fold's val and test cases (voxel uncertainty maps).
 
+    One task per case and fold (:func:`lesionuq.parallel.map_cases`: here, or on a Dask
+    ``scheduler`` / a local cluster of ``workers``, each loading a fold's U-Net once);
+    a case that fails is named in the :class:`~lesionuq.errors.CasesFailedError` raised
+    once the others are done.
+    """
+    check_parallel(scheduler, workers)
     rd = RunDir(Path(run))
     cfg, _, splits = rd.read_plan()
+    jobs: dict[str, _SampleJob] = {}
     for split in _folds(splits, folds):
         digest = _sample_digest(cfg, split)
-        todo = [
-            (s, c)
-            for s in ("val", "test")
-            for c in split.cases(s)
-            if not stamp_ok(rd.case_dir(split.fold, s, c) / "stamp.json", digest)
-        ]
-        if not todo:
-            continue
-        model = load_segmenter(rd.fold(split.fold) / "segmenter.pt", device=cfg.device)
-        desc = f"fold {split.fold}: MC sampling (T={cfg.sampling.n_samples})"
-        for s, c in track(todo, desc, enabled=progress):
-            image, mask, affine = load_preprocessed(run, c, cfg.sequences)
-            maps = mc_sample(model, image, cfg.sampling, device=cfg.device)
-            with atomic_dir(rd.case_dir(split.fold, s, c)) as tmp:
-                for name, value in maps.items():
-                    save_nifti(tmp / f"{name}.nii.gz", value, affine)
-                save_nifti(tmp / "image.nii.gz", image[0], affine)
-                if mask is not None:
-                    save_nifti(tmp / "gt.nii.gz", mask, affine)
-                write_stamp(tmp / "stamp.json", digest)
+        checkpoint = rd.fold(split.fold) / "segmenter.pt"
+        n_jobs = len(jobs)
+        for s in ("val", "test"):
+            for c in split.cases(s):
+                case_dir = rd.case_dir(split.fold, s, c)
+                if not stamp_ok(case_dir / "stamp.json", digest):
+                    jobs[f"fold_{split.fold}/{s}/{c}"] = _SampleJob(
+                        rd.root, c, case_dir, checkpoint, digest, cfg
+                    )
+        if len(jobs) > n_jobs and not checkpoint.is_file():
+            raise InputError(f"{checkpoint}: file not found (train fold {split.fold} first).")
+    map_cases(
+        _sample_case,
+        jobs,
+        scheduler=scheduler,
+        workers=workers,
+        progress=progress,
+        desc=f"MC sampling (T={cfg.sampling.n_samples})",
+    ).raise_failed("case")
+
+
+@dataclass(frozen=True)
+class _SampleJob:
+    """One case of :func:`stage_sample`: run, case, its folder, the fold's U-Net, digest."""
+
+    run: Path
+    case_id: str
+    case_dir: Path
+    checkpoint: Path
+    digest: str
+    cfg: ExperimentConfig
+
+
+def _sample_case(job: _SampleJob) -> None:
+    """MC-dropout maps of one case, written atomically, stamp last (a map_cases task)."""
+    from lesionuq.segmentation.sampling import mc_sample
+
+    cfg = job.cfg
+    model = _segmenter(job.checkpoint, cfg.device)
+    image, mask, affine = load_preprocessed(job.run, job.case_id, cfg.sequences)
+    maps = mc_sample(model, image, cfg.sampling, device=cfg.device)
+    with atomic_dir(job.case_dir) as tmp:
+        for name, value in maps.items():
+            save_nifti(tmp / f"{name}.nii.gz", value, affine)
+        save_nifti(tmp / "image.nii.gz", image[0], affine)
+        if mask is not None:
+            save_nifti(tmp / "gt.nii.gz", mask, affine)
+        write_stamp(tmp / "stamp.json", job.digest)
+
+
+def _segmenter(checkpoint: Path, device: str):
+    """The fold's U-Net, loaded once per process while the checkpoint is unchanged."""
+    st = Path(checkpoint).stat()
+    return _load_segmenter_once(str(Path(checkpoint).resolve()), device, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_segmenter_once(path: str, device: str, size: int, mtime_ns: int):
+    from lesionuq.segmentation.train import load_segmenter
+
+    del size, mtime_ns  # part of the cache key only
+    return load_segmenter(path, device=device)
 
 
 def load_maps(case_dir: Path) -> VoxelMaps:
@@ -386,43 +471,86 @@ def load_maps(case_dir: Path) -> VoxelMaps:
 
 
 @_locked
-def stage_graphs(run: Path, folds: Sequence[int] | None = None, progress: bool = True) -> None:
-    """Label lesions, compute IoU_adj and TP/FP, build lesion graphs for val and test."""
-    from lesionuq.evaluation.metrics import dice
-    from lesionuq.lesions.dataset import LesionSet
-    from lesionuq.lesions.graphs import case_lesions
+def stage_graphs(
+    run: Path,
+    folds: Sequence[int] | None = None,
+    progress: bool = True,
+    scheduler: str | None = None,
+    workers: int | None = None,
+) -> None:
+    """Label lesions, compute IoU_adj and TP/FP, build lesion graphs for val and test.
 
+    One task per case and fold (:func:`lesionuq.parallel.map_cases`: here, or on a Dask
+    ``scheduler`` / a local cluster of ``workers``); each fold's split is then saved by
+    this process. A split with a failed case is not saved, and the failed cases are
+    named in the :class:`~lesionuq.errors.CasesFailedError` raised once the others are
+    done.
+    """
+    from lesionuq.lesions.dataset import LesionSet
+
+    check_parallel(scheduler, workers)
     rd = RunDir(Path(run))
     cfg, _, splits = rd.read_plan()
+    todo: list[tuple[FoldSplit, str, str]] = []
+    jobs: dict[str, _GraphsJob] = {}
     for split in _folds(splits, folds):
         digest = _graphs_digest(cfg, split)
         for s in ("val", "test"):
-            out = rd.lesion_set(split.fold, s)
-            if stamp_ok(out / "stamp.json", digest):
+            if stamp_ok(rd.lesion_set(split.fold, s) / "stamp.json", digest):
                 continue
-            sets, rows = [], []
-            desc = f"fold {split.fold}: lesion graphs ({s})"
-            for c in track(split.cases(s), desc, enabled=progress):
+            todo.append((split, s, digest))
+            for c in split.cases(s):
                 case_dir = rd.case_dir(split.fold, s, c)
-                image, mask, affine = load_preprocessed(run, c, cfg.sequences)
-                maps = load_maps(case_dir)
-                labels, lesions = case_lesions(maps.seg, image, maps, mask, affine, cfg.graphs, c)
-                save_nifti(case_dir / "lesions.nii.gz", labels.astype(np.int32), affine)
-                sets.append(lesions)
-                is_tp = lesions.is_tp
-                rows.append(
-                    {
-                        "case_id": c,
-                        "dice": dice(maps.seg, mask > 0) if mask is not None else float("nan"),
-                        "n_lesions": len(lesions),
-                        "n_tp": int(is_tp.sum()),
-                        "n_fp": int((~is_tp).sum()),
-                    }
-                )
-            with atomic_dir(out) as tmp:
-                LesionSet.concat(sets).save(tmp)
-                atomic_write_text(tmp / "cases.csv", csv_text(pd.DataFrame(rows)))
-                write_stamp(tmp / "stamp.json", digest)
+                jobs[f"fold_{split.fold}/{s}/{c}"] = _GraphsJob(rd.root, c, case_dir, cfg)
+    done = map_cases(
+        _graphs_case,
+        jobs,
+        scheduler=scheduler,
+        workers=workers,
+        progress=progress,
+        desc="lesion graphs",
+    )
+    for split, s, digest in todo:
+        keys = [f"fold_{split.fold}/{s}/{c}" for c in split.cases(s)]
+        if any(k not in done.results for k in keys):
+            continue
+        parts = [done.results[k] for k in keys]
+        with atomic_dir(rd.lesion_set(split.fold, s)) as tmp:
+            LesionSet.concat([lesions for lesions, _ in parts]).save(tmp)
+            atomic_write_text(tmp / "cases.csv", csv_text(pd.DataFrame([r for _, r in parts])))
+            write_stamp(tmp / "stamp.json", digest)
+    done.raise_failed("case")
+
+
+@dataclass(frozen=True)
+class _GraphsJob:
+    """One case of :func:`stage_graphs`: the run, the case and its maps folder."""
+
+    run: Path
+    case_id: str
+    case_dir: Path
+    cfg: ExperimentConfig
+
+
+def _graphs_case(job: _GraphsJob) -> tuple[LesionSet, dict[str, object]]:
+    """One case's lesions (``lesions.nii.gz`` written) and its cases.csv row."""
+    from lesionuq.evaluation.metrics import dice
+    from lesionuq.lesions.graphs import case_lesions
+
+    cfg, c = job.cfg, job.case_id
+    image, mask, affine = load_preprocessed(job.run, c, cfg.sequences)
+    maps = load_maps(job.case_dir)
+    labels, lesions = case_lesions(maps.seg, image, maps, mask, affine, cfg.graphs, c)
+    save_nifti(job.case_dir / "lesions.nii.gz", labels.astype(np.int32), affine)
+    is_tp = lesions.is_tp
+    row = {
+        "case_id": c,
+        "dice": dice(maps.seg, mask > 0) if mask is not None else float("nan"),
+        "n_lesions": len(lesions),
+        "n_tp": int(is_tp.sum()),
+        "n_fp": int((~is_tp).sum()),
+    }
+    return lesions, row
 
 
 def is_calibrated(method: str, cfg: ExperimentConfig) -> bool:
@@ -755,6 +883,8 @@ def run_experiment(
     cfg: ExperimentConfig,
     progress: bool = True,
     stop_after: str | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> ExperimentResult | None:
     """Run (or resume) the paper's k-fold protocol on a ``cases.csv`` data set.
 
@@ -765,28 +895,34 @@ def run_experiment(
         cfg: The full config (written to ``out/config.yaml``).
         progress: Show progress bars.
         stop_after: Stop after this stage (one of ``STAGES``), for inspection.
+        scheduler: Run the per-case stages (preprocess, sample, graphs) on this running
+            Dask scheduler (:func:`lesionuq.parallel.map_cases`).
+        workers: Or on a local Dask cluster of this many single-threaded processes.
 
     Returns:
         The result, or None when stopped before ``evaluate``.
     """
     if stop_after is not None and stop_after not in STAGES:
         raise InputError(f"stop_after must be one of {', '.join(STAGES)}, got {stop_after!r}.")
+    check_parallel(scheduler, workers)
     data, out = Path(data), Path(out)
     folds = validate_run(data, out, cfg)
     with disk_full_guard(out.parent):
         out.mkdir(parents=True, exist_ok=True)
     with run_lock(out):  # held from the plan to the last stage
         _write_plan(data, out, cfg, folds)
-        return _run_stages(out, progress, stop_after)
+        return _run_stages(out, progress, stop_after, {"scheduler": scheduler, "workers": workers})
 
 
-def _run_stages(out: Path, progress: bool, stop_after: str | None) -> ExperimentResult | None:
+def _run_stages(
+    out: Path, progress: bool, stop_after: str | None, parallel: dict[str, Any]
+) -> ExperimentResult | None:
     timings: dict[str, float] = {}
-    steps = {
-        "preprocess": stage_preprocess,
+    steps: dict[str, Callable[..., Any]] = {
+        "preprocess": functools.partial(stage_preprocess, **parallel),
         "train": stage_train,
-        "sample": stage_sample,
-        "graphs": stage_graphs,
+        "sample": functools.partial(stage_sample, **parallel),
+        "graphs": functools.partial(stage_graphs, **parallel),
         "fit": stage_fit,
     }
     for name, fn in steps.items():

@@ -28,7 +28,8 @@ from lesionuq.io import (
     read_manifest,
 )
 from lesionuq.outputs import add_written, check_output_dir, start_output
-from lesionuq.predict.model import FittedModel, load_model
+from lesionuq.parallel import check_parallel, map_cases
+from lesionuq.predict.model import FittedModel, load_model, load_model_cached
 from lesionuq.predict.scan import PredictResult, empty_table, predict_scan
 from lesionuq.utils import track
 
@@ -71,14 +72,17 @@ def predict_manifest(
     overwrite: bool = False,
     bids_out: str | Path | None = None,
     review_target: str | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> BatchResult:
     """Predict every case of a ``cases.csv`` (the ``mask`` column is optional and unused).
 
-    Every case's files are checked before anything is written, the model is loaded once,
-    and each case is written atomically to ``out/CASE`` (see :func:`predict_scan`); a
-    case whose folder holds a prediction with the same model, images and options is
-    reused, so an interrupted batch resumes. ``out/lesions.csv`` (all lesions, with a
-    leading ``case_id`` column) is written last.
+    Every case's files are checked before anything is written, the model is loaded once
+    (once per worker on Dask), and each case is written atomically to ``out/CASE`` (see
+    :func:`predict_scan`); a case whose folder holds a prediction with the same model,
+    images and options is reused, so an interrupted batch resumes. ``out/lesions.csv``
+    (all lesions, with a leading ``case_id`` column) is written last, by this process,
+    once every case succeeded.
 
     Args:
         model: A model folder or a :class:`FittedModel`.
@@ -95,10 +99,26 @@ def predict_manifest(
             each case's first image must have a BIDS file name.
         review_target: Choose the threshold for this target on the validation lesions
             (see :meth:`FittedModel.review_rule`); default the stored operating point.
+        scheduler: Predict on this running Dask scheduler (one task per case; each
+            worker loads the model once), see :func:`lesionuq.parallel.map_cases`.
+        workers: Or predict on a local Dask cluster of this many single-threaded
+            worker processes. Default (neither): one case after the other here.
 
     Returns:
         The batch result.
+
+    Raises:
+        InputError: A bad manifest, case file, model folder, output folder or parallel
+            option (checked before any prediction).
+        CasesFailedError: Some cases failed (named, with the first error); the others
+            were written, and ``out/lesions.csv`` was not. A rerun redoes only those.
     """
+    check_parallel(scheduler, workers)
+    if bids_out is not None and (scheduler is not None or workers is not None):
+        raise InputError(
+            "--bids-out is written by one process: run it without --workers / --scheduler "
+            "(a finished batch is reused, so only the BIDS export is redone)."
+        )
     if threshold is not None:
         threshold = check_threshold(threshold)
     if not isinstance(model, FittedModel):
@@ -116,28 +136,41 @@ def predict_manifest(
     if bids_out is not None:
         _check_bids(bids_out, out, cases, inputs, model_digest, threshold, save_maps, overwrite)
     start_output(out, "batch", key, dirs=[c.case_id for c in cases])
+    reused = {
+        c.case_id: table
+        for c in cases
+        if (table := _previous(out / c.case_id, model_digest, c, threshold, save_maps, bids_out))
+        is not None
+    }
+    on_cluster = scheduler is not None or workers is not None
+    where: FittedModel | tuple[Path, str] = (model.folder, model.device) if on_cluster else model
+    jobs = {
+        c.case_id: _CaseJob(
+            where,
+            c,
+            out / c.case_id,
+            given,
+            save_maps,
+            review_target,
+            model_digest,
+            threshold,
+            bids_out,
+        )
+        for c in cases
+        if c.case_id not in reused
+    }
+    done = map_cases(
+        _predict_case, jobs, scheduler=scheduler, workers=workers, progress=progress, desc="predict"
+    )
+    done.raise_failed("scan")
     results: dict[str, PredictResult | None] = {}
     tables = []
-    for case in track(cases, "predict", enabled=progress):
-        folder = out / case.case_id
-        done = _previous(folder, model_digest, case, threshold, save_maps, bids_out)
-        if done is not None:
+    for case in cases:
+        if case.case_id in reused:
             results[case.case_id] = None
-            table = done
+            table = reused[case.case_id]
         else:
-            res = predict_scan(
-                model,
-                case.images,
-                folder,
-                given,
-                save_maps,
-                False,
-                case.case_id,
-                True,
-                review_target=review_target,
-                bids_out=bids_out,
-            )
-            _mark(folder, model_digest, case, threshold, save_maps, bids_out)
+            res = done.results[case.case_id]
             results[case.case_id] = res
             table = res.table
         table = table.copy()
@@ -152,6 +185,53 @@ def predict_manifest(
     atomic_write_text(out / "lesions.csv", csv_text(table))
     add_written(out, ["lesions.csv"])
     return BatchResult(out, table, results)
+
+
+@dataclass(frozen=True)
+class _CaseJob:
+    """One case's prediction task (small: sent to a Dask worker as it is).
+
+    Attributes:
+        model: The loaded model (in this process), or ``(folder, device)`` for a worker
+            to load once (:func:`load_model_cached`).
+        case: The case.
+        folder: Its output folder ``out/CASE``.
+        threshold: The ``threshold`` argument given (None: the review rule's).
+        save_maps: Write the voxel maps too.
+        review_target: As :func:`predict_manifest`.
+        model_digest: The model's identity, for the case's batch digest.
+        rule_threshold: The threshold in force, for the case's batch digest.
+        bids_out: As :func:`predict_manifest` (only in this process).
+    """
+
+    model: FittedModel | tuple[Path, str]
+    case: Case
+    folder: Path
+    threshold: float | None
+    save_maps: bool
+    review_target: str | None
+    model_digest: str
+    rule_threshold: float
+    bids_out: str | Path | None = None
+
+
+def _predict_case(job: _CaseJob) -> PredictResult:
+    """Predict one case into ``job.folder`` and mark it done (a :func:`map_cases` task)."""
+    model = job.model if isinstance(job.model, FittedModel) else load_model_cached(*job.model)
+    res = predict_scan(
+        model,
+        job.case.images,
+        job.folder,
+        job.threshold,
+        job.save_maps,
+        False,
+        job.case.case_id,
+        True,
+        review_target=job.review_target,
+        bids_out=job.bids_out,
+    )
+    _mark(job.folder, job.model_digest, job.case, job.rule_threshold, job.save_maps, job.bids_out)
+    return res
 
 
 def _check_bids(

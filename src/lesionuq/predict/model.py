@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,14 @@ from lesionuq.operating_point import choose_threshold, parse_target
 from lesionuq.shift import SHIFT_FILE, ShiftReference
 from lesionuq.utils import remove_pyg_codegen_files
 
-__all__ = ["DEFAULT_THRESHOLD", "REQUIRED_SCORERS", "FittedModel", "ReviewRule", "load_model"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "REQUIRED_SCORERS",
+    "FittedModel",
+    "ReviewRule",
+    "load_model",
+    "load_model_cached",
+]
 
 #: Review threshold of a model folder without a calibrator (an old run).
 DEFAULT_THRESHOLD = 0.5
@@ -277,6 +285,37 @@ def load_model(
     remove_pyg_codegen_files()
     _load_calibration(model)
     return model
+
+
+def load_model_cached(folder: str | Path, device: str | None = None) -> FittedModel:
+    """:func:`load_model`, once per process for a model folder that has not changed.
+
+    A Dask worker predicts many scans with one model: the loaded model is kept in a small
+    per-process cache keyed by the folder's path and the size and modification time of
+    its files (``segmenter.pt``, ``config.yaml``, the scorers), so a refitted folder is
+    loaded again. The model is shared: do not modify it.
+
+    Args:
+        folder: The model folder.
+        device: As :func:`load_model`.
+
+    Returns:
+        The loaded model.
+    """
+    folder = Path(folder).resolve()
+    files = [folder / "segmenter.pt", folder / "config.yaml"]
+    if (folder / "scorers").is_dir():
+        files += sorted(p for p in (folder / "scorers").rglob("*") if p.is_file())
+    stats = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.is_file())
+    return _load_model_once(str(folder), device, stats)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model_once(
+    folder: str, device: str | None, stats: tuple[tuple[str, int, int], ...]
+) -> FittedModel:
+    del stats  # part of the cache key only
+    return load_model(folder, device=device)
 
 
 def _load_calibration(model: FittedModel) -> None:
