@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import warnings
 
 import numpy as np
@@ -260,3 +261,37 @@ def test_resume_in_another_precision(data, tmp_path, monkeypatch):
     cfg = dataclasses.replace(CFG_STEPS, max_epochs=2, precision="auto")
     res = train_segmenter(train, [], UNET, cfg, tmp_path, "cpu", progress=False)
     assert res.resumed_from == 1 and res.epochs == 2
+
+
+# ----------------------------------------------------------------------------- lr schedule
+
+
+def test_learning_rate_schedules_by_hand():
+    from lesionuq.segmentation.train import learning_rate
+
+    const = dataclasses.replace(CFG, lr=0.5, max_epochs=10)
+    assert [learning_rate(const, e) for e in (1, 5, 10)] == [0.5, 0.5, 0.5]
+    poly = dataclasses.replace(CFG, lr=1.0, max_epochs=10, lr_schedule="poly")
+    assert learning_rate(poly, 1) == 1.0
+    assert learning_rate(poly, 2) == pytest.approx(0.9**0.9)  # 0.90953
+    assert learning_rate(poly, 10) == pytest.approx(0.1**0.9)  # 0.12589
+    lrs = [learning_rate(poly, e) for e in range(1, 11)]
+    assert all(a > b for a, b in itertools.pairwise(lrs))
+
+
+def test_poly_schedule_reaches_the_optimiser_and_survives_resume(data, tmp_path):
+    from lesionuq.segmentation.train import learning_rate
+
+    train, _ = data
+    two = dataclasses.replace(CFG_STEPS, max_epochs=3, lr_schedule="poly", augment=False)
+    # kill after epoch 2 (max_epochs is not part of the resume key), then resume to 3
+    first = dataclasses.replace(two, max_epochs=2)
+    train_segmenter(train, [], UNET, first, tmp_path, "cpu", progress=False)
+    saved = torch.load(tmp_path / "segmenter_last.pt", weights_only=True)
+    # epoch 2 ran under first's schedule (max_epochs 2): lr * (1 - 1/2) ** 0.9
+    assert saved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(learning_rate(first, 2))
+    res = train_segmenter(train, [], UNET, two, tmp_path, "cpu", progress=False)
+    assert res.resumed_from == 2 and res.epochs == 3
+    saved = torch.load(tmp_path / "segmenter_last.pt", weights_only=True)
+    assert saved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(learning_rate(two, 3))
+    assert learning_rate(two, 3) == pytest.approx(CFG_STEPS.lr * (1 / 3) ** 0.9)

@@ -62,6 +62,7 @@ Readout = Literal["mean", "max", "sum"]
 ExtraFeature = Literal["position", "border_distance"]
 Precision = Literal["auto", "fp32", "bf16"]
 CalibrationMethod = Literal["platt", "isotonic"]
+LRSchedule = Literal["constant", "poly"]
 
 
 def one_of(value: Any, options: Iterable[str], where: str) -> None:
@@ -244,7 +245,11 @@ class TrainConfig(_Section):
         patch_size: Training patch (X, Y, Z).
         batch_size: Patches per optimiser step (under torchrun the global batch, split
             evenly over the processes).
-        lr: Adam learning rate.
+        lr: Adam learning rate (the initial one under ``lr_schedule: poly``).
+        lr_schedule: ``"constant"`` (default, the paper's) or ``"poly"``: nnU-Net's
+            polynomial decay ``lr * (1 - (epoch - 1) / max_epochs) ** 0.9`` per epoch
+            (epochs count from 1), a function of the epoch alone, so a resumed run
+            continues on the same curve.
         max_epochs: Upper bound of epochs.
         patience: Stop after this many epochs without a better validation Dice.
         steps_per_epoch: Optimiser steps per epoch.
@@ -265,6 +270,7 @@ class TrainConfig(_Section):
     patch_size: tuple[int, int, int] = (160, 192, 32)
     batch_size: int = 5
     lr: float = 1e-4
+    lr_schedule: LRSchedule = "constant"
     max_epochs: int = 200
     patience: int = 20
     steps_per_epoch: int = 50

@@ -74,6 +74,7 @@ from lesionuq.utils import make_progress, resolve_device, torch_threads
 __all__ = [
     "TrainResult",
     "augmentation",
+    "learning_rate",
     "load_segmenter",
     "train_segmenter",
     "training_dtype",
@@ -158,6 +159,23 @@ def augmentation(seed: int) -> Compose:
     )
     aug.set_random_state(seed=seed % (2**32))
     return aug
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (counted from 1) under ``cfg.lr_schedule``.
+
+    ``"constant"``: ``cfg.lr``. ``"poly"`` (nnU-Net): ``cfg.lr * (1 - (epoch - 1) /
+    cfg.max_epochs) ** 0.9``, from ``cfg.lr`` in the first epoch down to about
+    ``cfg.lr * (1 / max_epochs) ** 0.9`` in the last.
+
+    Args:
+        cfg: Training settings.
+        epoch: Epoch number, 1 to ``cfg.max_epochs``.
+    """
+    if cfg.lr_schedule == "constant":
+        return float(cfg.lr)
+    done = min(max(epoch - 1, 0), cfg.max_epochs - 1) / cfg.max_epochs
+    return float(cfg.lr * (1.0 - done) ** 0.9)
 
 
 def training_dtype(precision: str, device: torch.device | str, amp: bool = True) -> torch.dtype:
@@ -440,6 +458,8 @@ def train_segmenter(
         while not done():
             epoch = state["epoch"] + 1
             t0 = time.perf_counter()
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg, epoch)
             loss = _train_epoch(
                 net, opt, scaler, loss_fn, sampler, cfg, epoch, dev, dtype, bar, task,
                 items=items, rank=rank,
