@@ -128,8 +128,9 @@ def transform(run: Path, fold: int, split: str, kind: str, cache: dict) -> Lesio
 
 def regraph(run: Path, fold: int, split: str, kind: str) -> LesionSet:
     """Rebuild a split's lesion graphs from the run's maps with another graph config."""
-    from lesionuq.experiment import load_maps, load_preprocessed
+    from lesionuq.experiment import load_preprocessed
     from lesionuq.lesions.graphs import case_lesions
+    from lesionuq.uncertainty import VoxelMaps
 
     rd = RunDir(run)
     cfg, _, splits = rd.read_plan()
@@ -143,7 +144,7 @@ def regraph(run: Path, fold: int, split: str, kind: str) -> LesionSet:
     sets = []
     for case in splits[fold].cases(split):
         image, mask, affine = load_preprocessed(run, case, cfg.sequences)
-        maps = load_maps(rd.case_dir(fold, split, case))
+        maps = VoxelMaps.load(rd.case_dir(fold, split, case))
         sets.append(case_lesions(maps.seg, image, maps, mask, affine, gcfg, case)[1])
     return LesionSet.concat(sets)
 

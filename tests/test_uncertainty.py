@@ -140,3 +140,18 @@ def test_small_rounding_above_one_is_clipped(tmp_path):
     maps = maps_from_samples(load_sample_stack(path))
     np.testing.assert_array_equal(maps.prob, 1.0)
     np.testing.assert_array_equal(maps.entropy, 0.0)
+
+
+def test_voxel_maps_load_reads_the_saved_maps(tmp_path):
+    from lesionuq.uncertainty import VoxelMaps
+
+    rng = np.random.default_rng(3)
+    prob = rng.random((4, 5, 6)).astype(np.float32)
+    maps = maps_from_samples([prob, 1 - prob, prob])
+    for name, data in maps.items():
+        nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / f"{name}.nii.gz")
+    loaded = VoxelMaps.load(tmp_path)
+    for name in ("prob", "entropy", "variance", "pcs"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(maps, name))
+        assert getattr(loaded, name).dtype == np.float32
+    np.testing.assert_array_equal(loaded.seg, maps.seg)

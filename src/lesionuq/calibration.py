@@ -37,12 +37,13 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 from scipy import optimize, special
@@ -51,6 +52,10 @@ from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
 from lesionuq.io import InputError, atomic_write_text
 from lesionuq.lesions.dataset import LesionSet
+
+if TYPE_CHECKING:
+    from lesionuq.config import ExperimentConfig
+    from lesionuq.scorers.base import LesionScorer
 
 __all__ = [
     "CALIBRATOR_FILE",
@@ -61,12 +66,17 @@ __all__ = [
     "PlattCalibrator",
     "calibrator_from_dict",
     "cross_fit",
+    "fit_calibrated_scorer",
     "inner_folds",
     "is_regressor",
     "load_calibration",
     "make_calibrator",
+    "operating_point_of",
     "save_calibration",
+    "update_operating_point",
 ]
+
+logger = logging.getLogger(__name__)
 
 CALIBRATOR_FILE = "calibration.json"
 """Name of the calibration file written next to a scorer's ``scorer.json``."""
@@ -603,3 +613,89 @@ def load_calibration(
     except (KeyError, ValueError, TypeError) as err:
         raise InputError(f"{path}: unreadable calibrator ({err}).") from err
     return cal, iou_cal, payload
+
+
+# --------------------------------------------------------------- a fold's fitted scorer
+
+
+def operating_point_of(p_fp: np.ndarray, is_tp: np.ndarray, target: str) -> dict | None:
+    """``OperatingPoint.choose`` as a dict, or None when the target cannot be met.
+
+    :meth:`lesionuq.operating_point.OperatingPoint.choose`; a failure is logged.
+
+    Args:
+        p_fp: (N,) calibrated P(FP) of validation lesions.
+        is_tp: (N,) bool, whether each lesion is a true positive.
+        target: A review target such as ``"tp:0.95"``.
+    """
+    from lesionuq.operating_point import OperatingPoint
+
+    try:
+        return OperatingPoint.choose(p_fp, is_tp, target).to_dict()
+    except ValueError as err:  # e.g. no true lesion among the validation lesions
+        logger.warning("no operating point: %s", err)
+        return None
+
+
+def fit_calibrated_scorer(
+    method: str, cfg: ExperimentConfig, val: LesionSet, folder: Path, progress: bool
+) -> LesionScorer:
+    """Cross-fit a learned scorer and write its ``calibration.json`` into ``folder``.
+
+    The calibrator sees only out-of-fold scores (:func:`cross_fit`); the file also keeps
+    those out-of-fold P(FP) with their labels, so that ``predict`` can choose another
+    review target, and the operating point of the config's target.
+
+    Args:
+        method: A registered learned method (``requires_fit``).
+        cfg: Experiment config (``calibration``, ``seed`` and the scorer's settings).
+        val: The fold's validation lesions (N >= 2).
+        folder: The scorer's folder (``calibration.json`` is written there).
+        progress: Show progress bars.
+
+    Returns:
+        The scorer refitted on all of ``val``.
+    """
+    from lesionuq.scorers import make_scorer
+
+    fit = cross_fit(
+        lambda: make_scorer(method, cfg),
+        val,
+        n_inner=cfg.calibration.n_inner,
+        seed=cfg.seed,
+        kind=cfg.calibration.method,
+        progress=progress,
+    )
+    p_oof = fit.calibrator.predict(fit.oof_scores)
+    is_tp = val.is_tp
+    extra = {
+        "method": cfg.calibration.method,
+        "n_inner": int(fit.inner_fold.max()) + 1,
+        "oof_p_fp": [float(v) for v in p_oof],
+        "oof_is_tp": [bool(v) for v in is_tp],
+        "operating_point": operating_point_of(p_oof, is_tp, cfg.calibration.review_target),
+    }
+    save_calibration(folder / CALIBRATOR_FILE, fit.calibrator, fit.iou_calibrator, extra=extra)
+    return fit.scorer
+
+
+def update_operating_point(folder: Path, target: str) -> None:
+    """Re-choose the operating point stored in ``folder/calibration.json`` for ``target``.
+
+    Nothing happens when the file is missing, already holds ``target``, or has no
+    out-of-fold P(FP) (an older run).
+    """
+    path = folder / CALIBRATOR_FILE
+    if not path.is_file():
+        return
+    cal, iou_cal, payload = load_calibration(path)
+    op = payload.get("operating_point") or {}
+    if op.get("target") == target or "oof_p_fp" not in payload:
+        return
+    p = np.asarray(payload["oof_p_fp"], dtype=np.float64)
+    is_tp = np.asarray(payload["oof_is_tp"], dtype=bool)
+    extra = {
+        k: v for k, v in payload.items() if k not in ("format", "calibrator", "iou_calibrator")
+    }
+    extra["operating_point"] = operating_point_of(p, is_tp, target)
+    save_calibration(path, cal, iou_cal, extra=extra)

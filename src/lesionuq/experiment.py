@@ -34,6 +34,11 @@ import pandas as pd
 from lesionuq import distributed
 from lesionuq.config import ExperimentConfig, UNetConfig
 from lesionuq.evaluation.calibration_metrics import calibration_table, plot_calibration
+from lesionuq.evaluation.folds import (
+    calibrate_fold,
+    detection_cases,
+    score_fold,
+)
 from lesionuq.io import (
     Case,
     InputError,
@@ -60,7 +65,6 @@ from lesionuq.utils import remove_pyg_codegen_files, track
 
 if TYPE_CHECKING:
     from lesionuq.lesions.dataset import LesionSet
-    from lesionuq.scorers.base import LesionScorer
 
 __all__ = [
     "ExperimentResult",
@@ -72,6 +76,7 @@ __all__ = [
     "plot_calibration",
     "prepare_run",
     "run_experiment",
+    "score_fold",
     "stage_evaluate",
     "stage_fit",
     "stage_graphs",
@@ -84,11 +89,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Columns of ``results/operating_point.csv`` (see :func:`calibrate_fold`).
-OPERATING_POINT_COLUMNS = (
-    "fold", "method", "target", "threshold", "n", "n_tp", "n_fp", "n_flagged",
-    "fp_flagged", "tp_flagged", "precision_before", "precision_after",
-)  # fmt: skip
 STAGES = ("preprocess", "train", "sample", "graphs", "fit", "evaluate")
 
 
@@ -459,17 +459,6 @@ def _load_segmenter_once(path: str, device: str, size: int, mtime_ns: int):
     return load_segmenter(path, device=device)
 
 
-def load_maps(case_dir: Path) -> VoxelMaps:
-    """The voxel maps written by :func:`stage_sample` for one case."""
-
-    def read(name: str) -> np.ndarray:
-        return np.asarray(_nii(case_dir / f"{name}.nii.gz").dataobj, dtype=np.float32)
-
-    return VoxelMaps(
-        prob=read("prob"), entropy=read("entropy"), variance=read("variance"), pcs=read("pcs")
-    )
-
-
 @_locked
 def stage_graphs(
     run: Path,
@@ -539,7 +528,7 @@ def _graphs_case(job: _GraphsJob) -> tuple[LesionSet, dict[str, object]]:
 
     cfg, c = job.cfg, job.case_id
     image, mask, affine = load_preprocessed(job.run, c, cfg.sequences)
-    maps = load_maps(job.case_dir)
+    maps = VoxelMaps.load(job.case_dir)
     labels, lesions = case_lesions(maps.seg, image, maps, mask, affine, cfg.graphs, c)
     save_nifti(job.case_dir / "lesions.nii.gz", labels.astype(np.int32), affine)
     is_tp = lesions.is_tp
@@ -568,77 +557,13 @@ def _fit_digest(graphs_digest: str, method: str, cfg: ExperimentConfig) -> str:
     """Digest of a fitted scorer (and, for learned ones, its calibrator).
 
     The review target is not part of it: a new target only re-chooses the operating
-    point from the stored out-of-fold P(FP) (:func:`_update_operating_point`).
+    point from the stored out-of-fold P(FP) (:func:`lesionuq.calibration.update_operating_point`).
     """
     learned = cfg.gcnn if method.startswith("gcnn") else None
     if not is_calibrated(method, cfg):
         return digest_of(graphs_digest, learned, method)
     cal = {"method": cfg.calibration.method, "n_inner": cfg.calibration.n_inner, "seed": cfg.seed}
     return digest_of(graphs_digest, learned, method, cal)
-
-
-def _operating_point(p_fp: np.ndarray, is_tp: np.ndarray, target: str) -> dict | None:
-    """:meth:`OperatingPoint.choose` as a dict, or None when the target cannot be met."""
-    from lesionuq.operating_point import OperatingPoint
-
-    try:
-        return OperatingPoint.choose(p_fp, is_tp, target).to_dict()
-    except ValueError as err:  # e.g. no true lesion among the validation lesions
-        logger.warning("no operating point: %s", err)
-        return None
-
-
-def _fit_calibrated(
-    method: str, cfg: ExperimentConfig, val: LesionSet, folder: Path, progress: bool
-) -> LesionScorer:
-    """Cross-fit a learned scorer and write its ``calibration.json`` into ``folder``.
-
-    The calibrator sees only out-of-fold scores (:func:`lesionuq.calibration.cross_fit`);
-    the file also keeps those out-of-fold P(FP) with their labels, so that ``predict``
-    can choose another review target, and the operating point of the config's target.
-    """
-    from lesionuq.calibration import CALIBRATOR_FILE, cross_fit, save_calibration
-    from lesionuq.scorers import make_scorer
-
-    fit = cross_fit(
-        lambda: make_scorer(method, cfg),
-        val,
-        n_inner=cfg.calibration.n_inner,
-        seed=cfg.seed,
-        kind=cfg.calibration.method,
-        progress=progress,
-    )
-    p_oof = fit.calibrator.predict(fit.oof_scores)
-    is_tp = val.is_tp
-    extra = {
-        "method": cfg.calibration.method,
-        "n_inner": int(fit.inner_fold.max()) + 1,
-        "oof_p_fp": [float(v) for v in p_oof],
-        "oof_is_tp": [bool(v) for v in is_tp],
-        "operating_point": _operating_point(p_oof, is_tp, cfg.calibration.review_target),
-    }
-    save_calibration(folder / CALIBRATOR_FILE, fit.calibrator, fit.iou_calibrator, extra=extra)
-    return fit.scorer
-
-
-def _update_operating_point(folder: Path, target: str) -> None:
-    """Re-choose the stored operating point when the config's review target changed."""
-    from lesionuq.calibration import CALIBRATOR_FILE, load_calibration, save_calibration
-
-    path = folder / CALIBRATOR_FILE
-    if not path.is_file():
-        return
-    cal, iou_cal, payload = load_calibration(path)
-    op = payload.get("operating_point") or {}
-    if op.get("target") == target or "oof_p_fp" not in payload:
-        return
-    p = np.asarray(payload["oof_p_fp"], dtype=np.float64)
-    is_tp = np.asarray(payload["oof_is_tp"], dtype=bool)
-    extra = {
-        k: v for k, v in payload.items() if k not in ("format", "calibrator", "iou_calibrator")
-    }
-    extra["operating_point"] = _operating_point(p, is_tp, target)
-    save_calibration(path, cal, iou_cal, extra=extra)
 
 
 def _fit_shift_reference(rd: RunDir, cfg: ExperimentConfig, split: FoldSplit, data: Path) -> None:
@@ -683,6 +608,7 @@ def stage_fit(
     lesions. The fold's validation scans also give the shift reference
     (``fold_K/shift_reference.json``).
     """
+    from lesionuq.calibration import fit_calibrated_scorer, update_operating_point
     from lesionuq.lesions.dataset import LesionSet
     from lesionuq.scorers import make_scorer
 
@@ -695,7 +621,7 @@ def stage_fit(
             digest = _fit_digest(graphs_digest, method, cfg)
             folder = rd.scorer(split.fold, method)
             if stamp_ok(folder / "stamp.json", digest):
-                _update_operating_point(folder, cfg.calibration.review_target)
+                update_operating_point(folder, cfg.calibration.review_target)
                 continue
             if val is None:
                 val = LesionSet.load(rd.lesion_set(split.fold, "val"))
@@ -705,7 +631,7 @@ def stage_fit(
             t0 = time.perf_counter()
             with atomic_dir(folder) as tmp:
                 if is_calibrated(method, cfg) and len(val) >= 2:
-                    scorer = _fit_calibrated(method, cfg, val, tmp, progress)
+                    scorer = fit_calibrated_scorer(method, cfg, val, tmp, progress)
                 else:
                     scorer = make_scorer(method, cfg).fit(val, progress=progress)
                 scorer.save(tmp)
@@ -713,99 +639,6 @@ def stage_fit(
             remove_pyg_codegen_files()
         _fit_shift_reference(rd, cfg, split, data)
         cfg.to_yaml(rd.fold(split.fold) / "config.yaml")
-
-
-def score_fold(run: Path, split: FoldSplit, methods: Sequence[str]) -> pd.DataFrame:
-    """One row per test lesion of a fold with every method's uncertainty."""
-    from lesionuq.lesions.dataset import LesionSet
-    from lesionuq.scorers import load_scorer
-
-    rd = RunDir(Path(run))
-    test = LesionSet.load(rd.lesion_set(split.fold, "test"))
-    frame = test.table[["case_id", "lesion_id", "n_voxels", "iou_adj", "is_tp"]].copy()
-    frame.insert(0, "fold", split.fold)
-    for method in methods:
-        scorer = load_scorer(method, rd.scorer(split.fold, method))
-        frame[method] = scorer.score(test) if len(test) else np.zeros(0)
-    remove_pyg_codegen_files()
-    return frame
-
-
-def calibrate_fold(
-    run: Path, split: FoldSplit, raw: pd.DataFrame, methods: Sequence[str]
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Apply each learned scorer's stored calibrator to one fold's raw test scores.
-
-    Classifier columns (``gcnn_classif``, ``metaseg_classif``) are replaced by their
-    calibrated P(FP), a strictly increasing map of the raw score (ranking metrics are
-    unchanged). Regressor columns keep ``1 - IoU_hat`` (the paper's score); their
-    calibrated P(FP) appears only in the calibration rows. Scorers without a
-    ``calibration.json`` (an old run, a baseline) are left as they are.
-
-    Args:
-        run: The run directory.
-        split: The fold.
-        raw: :func:`score_fold` output (one row per test lesion, raw method columns).
-        methods: Method columns.
-
-    Returns:
-        ``lesions`` (the calibrated frame), ``long`` (one row per lesion and calibrated
-        method: ``fold, method, is_fp, p_before, p_after, iou, iou_before, iou_after``)
-        and ``op`` (per calibrated method with an operating point: its effect on the
-        test lesions, :func:`lesionuq.operating_point.operating_point_effect`).
-    """
-    from lesionuq.calibration import CALIBRATOR_FILE, load_calibration
-    from lesionuq.evaluation.metrics import as_bool
-    from lesionuq.operating_point import operating_point_effect
-
-    rd = RunDir(Path(run))
-    out = raw.copy()
-    is_tp = as_bool(raw["is_tp"]) if len(raw) else np.zeros(0, dtype=bool)
-    longs, ops = [], []
-    for m in methods:
-        path = rd.scorer(split.fold, m) / CALIBRATOR_FILE
-        if not path.is_file():
-            continue
-        cal, iou_cal, meta = load_calibration(path)
-        u = raw[m].to_numpy(dtype=np.float64)
-        p = cal.predict(u) if u.size else np.zeros(0)
-        part = pd.DataFrame(
-            {"fold": split.fold, "method": m, "is_fp": ~is_tp, "p_before": np.clip(u, 0, 1)}
-        )
-        part["p_after"] = p
-        if iou_cal is not None:
-            before = np.clip(1.0 - u, 0.0, 1.0)
-            part["iou"] = raw["iou_adj"].to_numpy(dtype=np.float64)
-            part["iou_before"] = before
-            part["iou_after"] = iou_cal.predict(before) if u.size else np.zeros(0)
-        else:
-            out[m] = p
-        longs.append(part)
-        op = meta.get("operating_point")
-        if op:
-            effect = operating_point_effect(p, is_tp, float(op["threshold"]))
-            ops.append({"fold": split.fold, "method": m, "target": op["target"], **effect})
-    long = pd.concat(longs, ignore_index=True) if longs else pd.DataFrame()
-    return out, long, pd.DataFrame(ops, columns=OPERATING_POINT_COLUMNS)
-
-
-def detection_cases(run: Path, split: FoldSplit) -> pd.DataFrame:
-    """:func:`~lesionuq.evaluation.detection.case_detection_row` of every test case of a fold.
-
-    Cases without a ground truth (no ``gt.nii.gz``) are left out.
-    """
-    from lesionuq.evaluation.detection import case_detection_row
-
-    rd = RunDir(Path(run))
-    rows = []
-    for c in split.test:
-        case_dir = rd.case_dir(split.fold, "test", c)
-        if not (case_dir / "gt.nii.gz").is_file():
-            continue
-        seg = load_maps(case_dir).seg
-        gt = np.asarray(_nii(case_dir / "gt.nii.gz").dataobj) > 0
-        rows.append({"fold": split.fold, "case_id": c, **case_detection_row(seg, gt)})
-    return pd.DataFrame(rows)
 
 
 @_locked

@@ -118,6 +118,25 @@ class VoxelMaps:
         """Spatial shape (X, Y, Z)."""
         return tuple(self.prob.shape)
 
+    @classmethod
+    def load(cls, folder: str | Path) -> VoxelMaps:
+        """Read the maps saved as ``FOLDER/{prob,entropy,variance,pcs}.nii.gz``.
+
+        Args:
+            folder: E.g. a case folder of a run's ``sample`` stage.
+
+        Returns:
+            The maps, each (X, Y, Z) float32 (``n_samples`` is not stored: 0).
+        """
+
+        def read(name: str) -> np.ndarray:
+            img = nib.load(str(Path(folder) / f"{name}.nii.gz"))
+            return np.asarray(img.dataobj, dtype=np.float32)  # type: ignore[attr-defined]
+
+        return cls(
+            prob=read("prob"), entropy=read("entropy"), variance=read("variance"), pcs=read("pcs")
+        )
+
     def items(self) -> list[tuple[str, np.ndarray]]:
         """``(name, map)`` for prob, seg (uint8), entropy, variance and pcs (file names)."""
         return [
