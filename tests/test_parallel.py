@@ -28,14 +28,7 @@ from lesionuq.io import InputError
 from lesionuq.outputs import TMP_PREFIX
 from lesionuq.parallel import check_parallel, map_cases
 from lesionuq.predict import load_model, predict_manifest
-from test_predict import (
-    CFG,
-    T_LESION,
-    brain_scan,
-    save_segmenter,
-    thresholder_state,
-    training_lesions,
-)
+from test_predict import brain_scan, make_model_dir
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # files whose content holds the wall time of the prediction
@@ -53,17 +46,7 @@ def _square(x: int) -> int:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from lesionuq.scorers import make_scorer
-
-    folder = tmp_path_factory.mktemp("run") / "fold_0"
-    (folder / "scorers").mkdir(parents=True)
-    CFG.to_yaml(folder / "config.yaml")
-    save_segmenter(folder / "segmenter.pt", CFG.unet, thresholder_state(CFG.unet, T_LESION))
-    for method in ("gcnn_classif", "gcnn_reg"):
-        make_scorer(method, CFG).fit(training_lesions(), progress=False).save(
-            folder / "scorers" / method
-        )
-    return folder
+    return make_model_dir(tmp_path_factory.mktemp("run") / "fold_0", ("gcnn_classif", "gcnn_reg"))
 
 
 @pytest.fixture(scope="module")

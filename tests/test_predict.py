@@ -154,21 +154,25 @@ def training_lesions():
     return LesionSet.concat(sets)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def make_model_dir(folder, methods=("gcnn_classif", "gcnn_reg", "entropy_mean")):
+    """A model folder: the thresholding U-Net and ``methods`` fitted on training_lesions()."""
     from lesionuq.scorers import make_scorer
 
-    folder = tmp_path_factory.mktemp("run") / "fold_0"
     (folder / "scorers").mkdir(parents=True)
     CFG.to_yaml(folder / "config.yaml")
     save_segmenter(folder / "segmenter.pt", CFG.unet, thresholder_state(CFG.unet, T_LESION))
     train = training_lesions()
     assert 0 < train.is_tp.sum() < len(train)
-    for method in ("gcnn_classif", "gcnn_reg", "entropy_mean"):
+    for method in methods:
         scorer = make_scorer(method, CFG)
         kwargs = {"progress": False} if method.startswith("gcnn") else {}
         scorer.fit(train, **kwargs).save(folder / "scorers" / method)
     return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("run") / "fold_0")
 
 
 @pytest.fixture(scope="module")
