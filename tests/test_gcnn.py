@@ -8,12 +8,20 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
+from torch_geometric.nn import GCNConv
 
 from lesionuq.config import METHODS, ExperimentConfig, GCNNConfig
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.scorers import load_scorer, make_scorer
-from lesionuq.scorers.gcnn import GCNNScorer, LesionGCN, split_train_val
+from lesionuq.scorers.gcnn import (
+    GCNNScorer,
+    LesionGCN,
+    SymmetricGCNConv,
+    gcn_adjacency,
+    normalized_edges,
+    split_train_val,
+)
 
 EPS = 1e-6
 OFFSETS = np.array([o for o in itertools.product((-1, 0, 1), repeat=3) if o != (0, 0, 0)])
@@ -252,3 +260,52 @@ def test_lesion_gcn_shapes_and_readouts() -> None:
     torch.testing.assert_close(both[1], model(x + 1, ei)[0])
     with pytest.raises(ValueError, match="readout"):
         LesionGCN(5, readout="median")
+
+
+def test_normalized_edges_hand_case() -> None:
+    # path 0 - 1 - 2; with self-loops the degrees are 2, 3, 2
+    ei = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
+    out_ei, w = normalized_edges(ei, 3)
+    dense = torch.zeros(3, 3)
+    dense[out_ei[0], out_ei[1]] = w
+    a = 1 / np.sqrt(6)
+    expected = torch.tensor([[1 / 2, a, 0], [a, 1 / 3, a], [0, a, 1 / 2]], dtype=torch.float32)
+    torch.testing.assert_close(dense, expected)
+    # sorted by row, so batched graphs stay sorted
+    assert torch.all(out_ei[0][1:] >= out_ei[0][:-1])
+    torch.testing.assert_close(gcn_adjacency(ei, 3).to_dense(), expected)
+    torch.testing.assert_close(gcn_adjacency(out_ei, 3, w).to_dense(), expected)
+    with pytest.raises(ValueError, match="undirected"):
+        normalized_edges(torch.tensor([[0, 1], [1, 2]]), 3)
+
+
+def test_sparse_gcn_equals_pyg_message_passing() -> None:
+    """LesionGCN's sparse layers give GCNConv's outputs and gradients (2 batched graphs)."""
+    _, _, ei_a = grid_graph((3, 3, 2))
+    _, _, ei_b = grid_graph((2, 2, 2))
+    gen = torch.Generator().manual_seed(0)
+    graphs = []
+    for ei in (ei_a, ei_b):
+        n = int(ei.max()) + 1
+        e, w = normalized_edges(ei, n)
+        graphs.append(Data(x=torch.randn(n, 5, generator=gen), edge_index=e, edge_weight=w))
+    batch = Batch.from_data_list(graphs)
+    raw = torch.cat([ei_a, ei_b + 18], 1)  # the same batch, raw edges
+    torch.manual_seed(0)
+    model = LesionGCN(5, hidden=8, out_features=2)
+    ref = [GCNConv(5, 8), GCNConv(8, 8)]  # PyG's own normalisation and message passing
+    ref[0].load_state_dict(model.conv1.state_dict())
+    ref[1].load_state_dict(model.conv2.state_dict())
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(ref[1](torch.relu(ref[0](x, raw)), raw))
+        return model.head(torch.stack([h[:18].mean(0), h[18:].mean(0)]))
+
+    out = model(batch.x, batch.edge_index, batch.batch, batch.edge_weight)
+    torch.testing.assert_close(out, reference(batch.x))
+    torch.testing.assert_close(model(batch.x, raw, batch.batch), out)
+    out.square().sum().backward()
+    reference(batch.x).square().sum().backward()
+    torch.testing.assert_close(model.conv1.lin.weight.grad, ref[0].lin.weight.grad)
+    torch.testing.assert_close(model.conv2.lin.weight.grad, ref[1].lin.weight.grad)
+    assert isinstance(model.conv1, GCNConv) and isinstance(model.conv1, SymmetricGCNConv)

@@ -12,6 +12,12 @@ default. Node features are standardised with the training graphs' mean and std. 
 stratified, seeded ``cfg.val_fraction`` of the training graphs is held out to choose the
 epoch (lowest validation loss). Everything is seeded by ``cfg.seed`` without touching the
 global random state, so a fit on the CPU is reproducible bit for bit.
+
+The normalised adjacency of each lesion graph is computed once (:func:`normalized_edges`)
+and a batch's block-diagonal adjacency is one sparse CSR matrix (:func:`gcn_adjacency`),
+so each GCN layer is a sparse-dense product instead of PyG's gather/scatter message
+passing over the (E, h) edge messages: the same numbers, about 4x faster on a CPU
+(26-neighbour graphs have ~20 edges per node).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from torch.nn import functional as F
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import GCNConv, global_add_pool, global_max_pool, global_mean_pool
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+from torch_geometric.utils import coalesce, is_undirected, to_torch_csr_tensor
 
 from lesionuq.config import GCNNConfig
 from lesionuq.errors import InputError
@@ -39,12 +47,105 @@ from lesionuq.lesions.dataset import LesionSet
 from lesionuq.scorers.base import LesionScorer, check_is_fitted, table_column
 from lesionuq.utils import make_progress, resolve_device, torch_threads
 
-__all__ = ["GCNNScorer", "LesionGCN", "split_train_val"]
+__all__ = [
+    "GCNNScorer",
+    "LesionGCN",
+    "SymmetricGCNConv",
+    "gcn_adjacency",
+    "normalized_edges",
+    "split_train_val",
+]
 
 MODEL_FILE = "model.pt"
 _READOUTS = {"mean": global_mean_pool, "max": global_max_pool, "sum": global_add_pool}
 _TASKS = ("classif", "reg")
 _SCORE_BATCH = 256
+
+
+def normalized_edges(edge_index: torch.Tensor, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Edges and weights of :math:`\hat{D}^{-1/2}(A + I)\hat{D}^{-1/2}`, sorted by row.
+
+    Kipf & Welling's normalisation (PyG's ``gcn_norm`` with self-loops), coalesced so that
+    the edges of graphs batched one after the other stay sorted by row (what
+    :func:`gcn_adjacency` needs).
+
+    Args:
+        edge_index: (2, E) int64 edges of one graph (or of a batch), without self-loops,
+            each edge in both directions.
+        num_nodes: N.
+
+    Returns:
+        ``(edge_index, edge_weight)``: (2, E + N) int64 and (E + N,) float32.
+
+    Raises:
+        ValueError: The graph is not undirected.
+    """
+    ei, w = gcn_norm(edge_index.long(), None, num_nodes, add_self_loops=True)
+    ei, w = coalesce(ei, w, num_nodes)
+    if not is_undirected(ei, w, num_nodes):
+        raise ValueError("a lesion graph must be undirected (every edge in both directions).")
+    return ei, w.float()
+
+
+def gcn_adjacency(
+    edge_index: torch.Tensor, num_nodes: int, edge_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""The normalised GCN adjacency as a sparse CSR matrix (N, N).
+
+    Args:
+        edge_index: (2, E) int64. With ``edge_weight=None``, raw edges (self-loops and the
+            normalisation are added here); otherwise the output of
+            :func:`normalized_edges` (per graph, then batched).
+        num_nodes: N.
+        edge_weight: (E,) float normalised weights, or None.
+
+    Returns:
+        (N, N) ``torch.sparse_csr`` float tensor :math:`\hat{D}^{-1/2}\hat{A}\hat{D}^{-1/2}`
+        (symmetric, so it is its own transpose, PyG's ``adj_t``).
+    """
+    if edge_weight is None:
+        edge_index, edge_weight = normalized_edges(edge_index, num_nodes)
+    with warnings.catch_warnings():  # "sparse CSR tensor support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return to_torch_csr_tensor(
+            edge_index, edge_weight, size=(num_nodes, num_nodes), is_coalesced=True
+        )
+
+
+class _SymmetricSpMM(torch.autograd.Function):
+    """``A @ X`` for a constant symmetric sparse ``A``; the backward reuses ``A`` as ``A^T``.
+
+    torch's own backward of a CSR product builds the transpose as a new CSR matrix at
+    every step (about 20x the product's cost for a lesion batch).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.adj = adj
+        return torch.sparse.mm(adj, x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, torch.sparse.mm(ctx.adj, grad)
+
+
+class SymmetricGCNConv(GCNConv):
+    r"""PyG's ``GCNConv`` (Kipf & Welling) given :func:`gcn_adjacency`'s symmetric matrix.
+
+    The layer, its parameters and its output are ``GCNConv(normalize=False)``'s; only the
+    sparse product's gradient uses :math:`\hat{A}^\top = \hat{A}` (undirected lesion graphs).
+
+    Shapes:
+        - x: (N, F_in); adj_t: (N, N) sparse CSR from :func:`gcn_adjacency`
+        - output: (N, F_out)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, normalize=False)
+
+    def message_and_aggregate(self, adj_t: Any, x: torch.Tensor) -> torch.Tensor:
+        """Sum over neighbours: the sparse product ``adj_t @ x``."""
+        return _SymmetricSpMM.apply(adj_t, x)
 
 
 class LesionGCN(nn.Module):
@@ -70,6 +171,8 @@ class LesionGCN(nn.Module):
         - x: (n_nodes, F) float32, all graphs of the batch stacked
         - edge_index: (2, E) int64
         - batch: (n_nodes,) int64 graph index of each node, or None (one graph)
+        - edge_weight: (E,) normalised weights from :func:`normalized_edges`, or None
+          (raw edges; normalised here)
         - output: (B, out_features)
     """
 
@@ -77,19 +180,25 @@ class LesionGCN(nn.Module):
         super().__init__()
         if readout not in _READOUTS:
             raise ValueError(f"readout must be one of {', '.join(_READOUTS)}, got {readout!r}.")
-        self.conv1 = GCNConv(in_features, hidden)
-        self.conv2 = GCNConv(hidden, hidden)
+        # the normalised adjacency is built once per batch (gcn_adjacency)
+        self.conv1 = SymmetricGCNConv(in_features, hidden)
+        self.conv2 = SymmetricGCNConv(hidden, hidden)
         self.head = nn.Linear(hidden, out_features)
         self.readout = readout
 
     def forward(
-        self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        edge_index: torch.Tensor,
+        batch: torch.Tensor | None = None,
+        edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Graph outputs (B, out_features); see the class docstring for shapes."""
         if batch is None:
             batch = x.new_zeros(x.shape[0], dtype=torch.long)
-        h = F.relu(self.conv1(x, edge_index))
-        h = F.relu(self.conv2(h, edge_index))
+        adj = gcn_adjacency(edge_index, x.shape[0], edge_weight)
+        h = F.relu(self.conv1(x, adj))
+        h = F.relu(self.conv2(h, adj))
         return self.head(_READOUTS[self.readout](h, batch))
 
 
@@ -247,7 +356,11 @@ class GCNNScorer(LesionScorer):
                 for batch in loader:
                     batch = batch.to(device)
                     optimiser.zero_grad()
-                    loss = self._loss(model(batch.x, batch.edge_index, batch.batch), batch, weight)
+                    loss = self._loss(
+                        model(batch.x, batch.edge_index, batch.batch, batch.edge_weight),
+                        batch,
+                        weight,
+                    )
                     loss.backward()
                     optimiser.step()
                     scheduler.step()
@@ -303,7 +416,7 @@ class GCNNScorer(LesionScorer):
         outs, fps, ious = [], [], []
         for batch in DataLoader(val, batch_size=_SCORE_BATCH, shuffle=False):
             batch = batch.to(device)
-            outs.append(model(batch.x, batch.edge_index, batch.batch))
+            outs.append(model(batch.x, batch.edge_index, batch.batch, batch.edge_weight))
             fps.append(batch.y_fp)
             ious.append(batch.y_iou)
         out, y_fp, y_iou = torch.cat(outs), torch.cat(fps), torch.cat(ious)
@@ -344,7 +457,7 @@ class GCNNScorer(LesionScorer):
         with torch.no_grad():
             for batch in DataLoader(self._to_data(lesions), batch_size=_SCORE_BATCH):
                 batch = batch.to(device)
-                outs.append(model(batch.x, batch.edge_index, batch.batch).cpu())
+                outs.append(model(batch.x, batch.edge_index, batch.batch, batch.edge_weight).cpu())
         self.model_.cpu()
         out = torch.cat(outs)
         if self.task == "classif":
@@ -385,12 +498,14 @@ class GCNNScorer(LesionScorer):
     def _to_data(
         self, lesions: LesionSet, y_fp: np.ndarray | None = None, y_iou: np.ndarray | None = None
     ) -> list[Data]:
-        """Standardised plain ``Data`` objects (x, edge_index, and labels when given)."""
+        """Standardised ``Data`` (x, normalised edge_index / edge_weight, labels when given)."""
         out = []
         for i, g in enumerate(lesions.graphs):
+            edge_index, edge_weight = normalized_edges(g.edge_index, g.x.shape[0])
             d = Data(
                 x=(g.x.float() - self.feature_mean_) / self.feature_std_,
-                edge_index=g.edge_index.long(),
+                edge_index=edge_index,
+                edge_weight=edge_weight,
             )
             if y_fp is not None and y_iou is not None:
                 d.y_fp = torch.tensor([y_fp[i]], dtype=torch.long)

@@ -48,13 +48,19 @@ from torch import nn
 from torch.nn import functional as F
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
-from torch_geometric.nn import GCNConv, global_add_pool, global_max_pool, global_mean_pool
+from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
 
 from lesionuq.config import ExperimentConfig
 from lesionuq.io import InputError, atomic_torch_save
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.scorers.base import LesionScorer, check_is_fitted, table_column
-from lesionuq.scorers.gcnn import _NullProgress, split_train_val
+from lesionuq.scorers.gcnn import (
+    SymmetricGCNConv,
+    _NullProgress,
+    gcn_adjacency,
+    normalized_edges,
+    split_train_val,
+)
 from lesionuq.utils import make_progress, torch_threads
 
 __all__ = [
@@ -187,6 +193,7 @@ class HybridLesionGCN(nn.Module):
     Shapes:
         - x: (n_nodes, F); edge_index: (2, E); batch: (n_nodes,) or None
         - z: (B, D) or None when D = 0
+        - edge_weight: (E,) from :func:`~lesionuq.scorers.gcnn.normalized_edges`, or None
         - output: (B, 2) logits [TP, FP]
     """
 
@@ -203,7 +210,7 @@ class HybridLesionGCN(nn.Module):
         if readout not in _READOUTS:
             raise ValueError(f"readout must be one of {_READOUTS}, got {readout!r}.")
         dims = [in_features] + [hidden] * layers
-        self.convs = nn.ModuleList(GCNConv(a, b) for a, b in itertools.pairwise(dims))
+        self.convs = nn.ModuleList(SymmetricGCNConv(a, b) for a, b in itertools.pairwise(dims))
         self.readout = readout
         self.dropout = nn.Dropout(dropout)
         width = 2 * hidden if readout == "meanmax" else hidden
@@ -216,13 +223,15 @@ class HybridLesionGCN(nn.Module):
         edge_index: torch.Tensor,
         batch: torch.Tensor | None = None,
         z: torch.Tensor | None = None,
+        edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, 2) logits; see the class docstring for shapes."""
         if batch is None:
             batch = x.new_zeros(x.shape[0], dtype=torch.long)
+        adj = gcn_adjacency(edge_index, x.shape[0], edge_weight)
         h = x
         for conv in self.convs:
-            h = F.relu(conv(h, edge_index))
+            h = F.relu(conv(h, adj))
         if self.readout == "meanmax":
             r = torch.cat([global_mean_pool(h, batch), global_max_pool(h, batch)], dim=1)
         else:
@@ -383,7 +392,9 @@ class GCNNEnsembleScorer(LesionScorer):
                 loss_sum = 0.0
                 for batch in loader:
                     optimiser.zero_grad()
-                    out = model(batch.x, batch.edge_index, batch.batch, _z(batch))
+                    out = model(
+                        batch.x, batch.edge_index, batch.batch, _z(batch), batch.edge_weight
+                    )
                     loss = F.cross_entropy(out, batch.y_fp, weight=weight)
                     loss.backward()
                     optimiser.step()
@@ -421,14 +432,17 @@ class GCNNEnsembleScorer(LesionScorer):
         self.fit_seconds_ = 0.0
 
     def _to_data(self, lesions: LesionSet, y_fp: np.ndarray | None = None) -> list[Data]:
-        """Standardised ``Data`` (x, edge_index, z (1, D), and y_fp when given)."""
+        """Standardised ``Data`` (x, normalised edges, z (1, D), and y_fp when given)."""
         if self.n_lesion_:
             z = lesion_features(lesions.table, self.cfg.position, self.name)
             z = (torch.tensor(z, dtype=torch.float32) - self.lesion_mean_) / self.lesion_std_
         out = []
         for i, g in enumerate(lesions.graphs):
+            edge_index, edge_weight = normalized_edges(g.edge_index, g.x.shape[0])
             d = Data(
-                x=(g.x.float() - self.node_mean_) / self.node_std_, edge_index=g.edge_index.long()
+                x=(g.x.float() - self.node_mean_) / self.node_std_,
+                edge_index=edge_index,
+                edge_weight=edge_weight,
             )
             if self.n_lesion_:
                 d.z = z[i : i + 1]
@@ -462,7 +476,7 @@ class GCNNEnsembleScorer(LesionScorer):
         with torch.no_grad():
             for model in self.models_:
                 outs = [
-                    model(b.x, b.edge_index, b.batch, _z(b))
+                    model(b.x, b.edge_index, b.batch, _z(b), b.edge_weight)
                     for b in DataLoader(data, batch_size=_SCORE_BATCH)
                 ]
                 total += torch.softmax(torch.cat(outs), dim=1)[:, 1].double()
@@ -520,7 +534,7 @@ def _validate(
 ) -> dict[str, float | None]:
     model.eval()
     batch = next(iter(DataLoader(val, batch_size=len(val))))
-    out = model(batch.x, batch.edge_index, batch.batch, _z(batch))
+    out = model(batch.x, batch.edge_index, batch.batch, _z(batch), batch.edge_weight)
     loss = float(F.cross_entropy(out, batch.y_fp, weight=weight))
     labels = batch.y_fp.numpy()
     p_fp = torch.softmax(out, dim=1)[:, 1].numpy()
