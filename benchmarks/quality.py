@@ -20,7 +20,7 @@ smallest number of validation lesions of a fold. The paper's bar: 87.3 against 8
 
 Usage:
     python benchmarks/quality.py [--out runs/quality] [--config FILE] [--cases N]
-        [--stop-after train]
+        [--stop-after train] [--workers 2]
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=None, help="phantom seed (config's)")
     parser.add_argument("--stop-after", default=None, help="stop after a stage (timing)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="Dask worker processes (per-scan stages, fit)"
+    )
     args = parser.parse_args()
 
     cfg = ExperimentConfig.from_yaml(args.config) if args.config else bundled_config("quality")
@@ -90,7 +93,9 @@ def main() -> None:
         make_phantom_dataset(data, cfg.phantom, preview=False)
     print(f"phantom: {time.perf_counter() - t0:.0f}s", flush=True)
     run = args.out / "run"
-    result = run_experiment(data / "cases.csv", run, cfg, stop_after=args.stop_after)
+    result = run_experiment(
+        data / "cases.csv", run, cfg, stop_after=args.stop_after, workers=args.workers
+    )
     wall = time.perf_counter() - t0
     print(f"wall={wall:.0f}s", flush=True)
     if result is None:

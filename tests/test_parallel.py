@@ -9,6 +9,7 @@ convolutions sum in the same order.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -22,6 +23,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from helpers import TINY
 from lesionuq.cli import app
 from lesionuq.errors import CasesFailedError
 from lesionuq.io import InputError
@@ -86,6 +88,21 @@ def _files(folder: Path) -> dict[str, bytes]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name not in TIMED
     }
+
+
+def _untimed(files: dict[str, bytes]) -> dict[str, object]:
+    """Scorer folders' files without stamps, and scorer.json without its wall times."""
+    out: dict[str, object] = {}
+    for name, content in files.items():
+        if name.endswith("stamp.json"):
+            continue
+        if name.endswith("scorer.json"):
+            text = json.loads(content)
+            (text.get("state") or {}).pop("fit_seconds", None)
+            out[name] = text
+        else:
+            out[name] = content
+    return out
 
 
 # --------------------------------------------------------------------------- in-process
@@ -281,7 +298,7 @@ def test_killed_worker_leaves_no_half_written_case_and_a_rerun_completes(
 
 
 def test_experiment_stages_on_dask_write_the_same_files(tiny_run, cluster, tmp_path, one_thread):
-    from lesionuq.experiment import stage_graphs, stage_preprocess, stage_sample
+    from lesionuq.experiment import stage_fit, stage_graphs, stage_preprocess, stage_sample
 
     root, _, _ = tiny_run
     local, _ = cluster
@@ -289,12 +306,16 @@ def test_experiment_stages_on_dask_write_the_same_files(tiny_run, cluster, tmp_p
     for name, where in (("loop", {}), ("dask", {"scheduler": local.scheduler_address})):
         run = tmp_path / name
         shutil.copytree(root / "run", run)
-        for sub in ("preprocessed", "fold_0/val", "fold_0/test", "fold_0/graphs"):
+        for sub in ("preprocessed", "fold_0/val", "fold_0/test", "fold_0/graphs", "fold_0/scorers"):
             shutil.rmtree(run / sub)
         stage_preprocess(run, progress=False, **where)
         stage_sample(run, [0], progress=False, **where)
         stage_graphs(run, [0], progress=False, **where)
+        stage_fit(run, [0], progress=False, **where)  # one task per method
         runs[name] = run
-    for sub in ("preprocessed", "fold_0/val", "fold_0/test", "fold_0/graphs"):
+    for sub in ("preprocessed", "fold_0/val", "fold_0/test", "fold_0/graphs", "fold_0/scorers"):
         loop, dask_ = _files(runs["loop"] / sub), _files(runs["dask"] / sub)
+        if sub.endswith("scorers"):  # stamps and scorer.json hold the fit's wall time
+            loop, dask_ = _untimed(loop), _untimed(dask_)
+            assert {f"{m}/scorer.json" for m in TINY.methods} <= set(loop), sorted(loop)
         assert loop and loop == dask_, sub

@@ -278,12 +278,14 @@ def fit(
     run: RunOpt,
     fold: FoldOpt = None,
     method: Annotated[list[str] | None, typer.Option(help="Only this method.")] = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Stage: fit the GCNNs and baselines on each fold's validation lesions."""
     from lesionuq.experiment import stage_fit
 
-    stage_fit(run, fold, method, progress=not quiet)
+    stage_fit(run, fold, method, progress=not quiet, scheduler=scheduler, workers=workers)
 
 
 @app.command()

@@ -598,6 +598,8 @@ def stage_fit(
     folds: Sequence[int] | None = None,
     methods: Sequence[str] | None = None,
     progress: bool = True,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> None:
     """Fit every scorer on each fold's validation lesions (``fold_K/scorers/METHOD``).
 
@@ -607,38 +609,81 @@ def stage_fit(
     ``cfg.calibration.review_target``); the scorer is then refitted on all the validation
     lesions. The fold's validation scans also give the shift reference
     (``fold_K/shift_reference.json``).
-    """
-    from lesionuq.calibration import fit_calibrated_scorer, update_operating_point
-    from lesionuq.lesions.dataset import LesionSet
-    from lesionuq.scorers import make_scorer
 
+    One task per fold and method (:func:`lesionuq.parallel.map_cases`: here, or on a
+    Dask ``scheduler`` / a local cluster of ``workers`` single-threaded processes; the
+    slowest methods are submitted first). Every fit is seeded, so the scorers are the
+    same wherever they run.
+    """
+    from lesionuq.calibration import update_operating_point
+
+    check_parallel(scheduler, workers)
     rd = RunDir(Path(run))
     cfg, data, splits = rd.read_plan()
-    for split in _folds(splits, folds):
+    chosen = _folds(splits, folds)
+    jobs: list[tuple[str, _FitJob]] = []
+    for split in chosen:
         graphs_digest = _graphs_digest(cfg, split)
-        val = None
         for method in methods or cfg.methods:
             digest = _fit_digest(graphs_digest, method, cfg)
             folder = rd.scorer(split.fold, method)
             if stamp_ok(folder / "stamp.json", digest):
                 update_operating_point(folder, cfg.calibration.review_target)
                 continue
-            if val is None:
-                val = LesionSet.load(rd.lesion_set(split.fold, "val"))
-            logger.info(
-                "fold %d: fitting %s on %d validation lesions", split.fold, method, len(val)
-            )
-            t0 = time.perf_counter()
-            with atomic_dir(folder) as tmp:
-                if is_calibrated(method, cfg) and len(val) >= 2:
-                    scorer = fit_calibrated_scorer(method, cfg, val, tmp, progress)
-                else:
-                    scorer = make_scorer(method, cfg).fit(val, progress=progress)
-                scorer.save(tmp)
-                write_stamp(tmp / "stamp.json", digest, fit_seconds=time.perf_counter() - t0)
-            remove_pyg_codegen_files()
+            job = _FitJob(rd.lesion_set(split.fold, "val"), split.fold, method, folder, digest, cfg)
+            jobs.append((f"fold_{split.fold}/{method}", job))
+    parallel = scheduler is not None or workers is not None
+    jobs.sort(key=lambda kv: -_FIT_COST.get(kv[1].method, 0))  # long fits first
+    for _, job in jobs:
+        job.progress = progress and not parallel
+    map_cases(
+        _fit_method,
+        dict(jobs),
+        scheduler=scheduler,
+        workers=workers,
+        progress=progress and parallel,
+        desc="fitting scorers",
+    ).raise_failed("scorer")
+    for split in chosen:
         _fit_shift_reference(rd, cfg, split, data)
         cfg.to_yaml(rd.fold(split.fold) / "config.yaml")
+
+
+# relative fit times (a fold of the quality bench): the order in which fits are submitted
+_FIT_COST = {"gcnn_ens": 5.0, "gcnn_classif": 1.0, "gcnn_reg": 1.0}
+
+
+@dataclass
+class _FitJob:
+    """One scorer of :func:`stage_fit`: the fold's val lesion set, method, folder, digest."""
+
+    val: Path
+    fold: int
+    method: str
+    folder: Path
+    digest: str
+    cfg: ExperimentConfig
+    progress: bool = False
+
+
+def _fit_method(job: _FitJob) -> None:
+    """Fit (and calibrate) one scorer into its folder, atomically, stamp last."""
+    from lesionuq.calibration import fit_calibrated_scorer
+    from lesionuq.lesions.dataset import LesionSet
+    from lesionuq.scorers import make_scorer
+
+    cfg = job.cfg
+    val = LesionSet.load(job.val)
+    logger.info("fold %d: fitting %s on %d validation lesions", job.fold, job.method, len(val))
+    t0 = time.perf_counter()
+    with atomic_dir(job.folder) as tmp:
+        if is_calibrated(job.method, cfg) and len(val) >= 2:
+            scorer = fit_calibrated_scorer(job.method, cfg, val, tmp, job.progress)
+        else:
+            scorer = make_scorer(job.method, cfg).fit(val, progress=job.progress)
+        scorer.save(tmp)
+        write_stamp(tmp / "stamp.json", job.digest, fit_seconds=time.perf_counter() - t0)
+    remove_pyg_codegen_files()
 
 
 @_locked
@@ -728,8 +773,8 @@ def run_experiment(
         cfg: The full config (written to ``out/config.yaml``).
         progress: Show progress bars.
         stop_after: Stop after this stage (one of ``STAGES``), for inspection.
-        scheduler: Run the per-case stages (preprocess, sample, graphs) on this running
-            Dask scheduler (:func:`lesionuq.parallel.map_cases`).
+        scheduler: Run the per-case stages (preprocess, sample, graphs) and the scorer
+            fits on this running Dask scheduler (:func:`lesionuq.parallel.map_cases`).
         workers: Or on a local Dask cluster of this many single-threaded processes.
 
     Returns:
@@ -756,7 +801,7 @@ def _run_stages(
         "train": stage_train,
         "sample": functools.partial(stage_sample, **parallel),
         "graphs": functools.partial(stage_graphs, **parallel),
-        "fit": stage_fit,
+        "fit": functools.partial(stage_fit, **parallel),
     }
     for name, fn in steps.items():
         t0 = time.perf_counter()
