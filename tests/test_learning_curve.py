@@ -145,6 +145,28 @@ def test_learning_curve_command_writes_files_and_resumes(lc_run):
     assert set(summary["size"]) <= {3, 6, "all"} and (summary.repeats == 2).all()
 
 
+def test_learning_curve_on_dask_writes_the_same_rows(lc_run, tmp_path):
+    pytest.importorskip("distributed")  # the Dask tests need lesionuq[cluster]
+    curves = {}
+    for name, where in (("loop", {}), ("dask", {"workers": 2})):
+        run = tmp_path / name
+        shutil.copytree(lc_run, run)
+        (run / "results/learning_curve.csv").unlink(missing_ok=True)
+        curves[name] = learning_curve(
+            run,
+            "3,all",
+            repeats=2,
+            methods=["gcnn_classif", "metaseg_classif"],
+            progress=False,
+            **where,
+        )
+        assert (run / "results/learning_curve.png").is_file()
+    assert len(curves["loop"]) == 2 * 2 * 2 * 2  # folds x sizes x repeats x methods
+    pd.testing.assert_frame_equal(curves["loop"], curves["dask"])
+    with pytest.raises(InputError, match="either"):
+        learning_curve(lc_run, "3", repeats=1, workers=2, scheduler="tcp://h:1", progress=False)
+
+
 def test_learning_curve_rejects_untrained_method(lc_run):
     with pytest.raises(InputError, match="learned methods only"):
         learning_curve(lc_run, methods=["size"], progress=False)

@@ -308,12 +308,16 @@ def learning_curve_cmd(
     method: Annotated[
         list[str] | None, typer.Option(help="Only this learned method (repeatable).")
     ] = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Refit the learned scorers on subsamples of the validation lesions (learning curve)."""
     from lesionuq.learning_curve import learning_curve, summarize_learning_curve
 
-    curve = learning_curve(run, sizes, repeats, method, progress=not quiet)
+    curve = learning_curve(
+        run, sizes, repeats, method, progress=not quiet, scheduler=scheduler, workers=workers
+    )
     summary = summarize_learning_curve(curve)
     table = Table(title="Learning curve - test AUC (%) vs training lesions (mean over folds)")
     for col in ("method", "size", "lesions", "AUC (%)", "SD over repeats"):

@@ -28,10 +28,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +45,7 @@ from lesionuq.evaluation.curves import ac_auc
 from lesionuq.evaluation.metrics import table2
 from lesionuq.io import InputError, atomic_write_bytes, atomic_write_text
 from lesionuq.lesions.dataset import LesionSet
+from lesionuq.parallel import check_parallel, map_cases
 from lesionuq.rundir import RunDir, digest_of
 from lesionuq.scorers.base import LesionScorer
 from lesionuq.utils import track
@@ -160,6 +164,8 @@ def learning_curve(
     repeats: int = 5,
     methods: Sequence[str] | None = None,
     progress: bool = True,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Refit the learned scorers on subsamples of each fold's validation lesions.
 
@@ -177,6 +183,11 @@ def learning_curve(
         methods: Learned methods to refit (default: those of :data:`LEARNED_METHODS`
             in the run's config).
         progress: Show a progress bar.
+        scheduler: Fit the subsamples on this running Dask scheduler, one task per
+            (fold, size, repeat) (:func:`lesionuq.parallel.map_cases`).
+        workers: Or on a local Dask cluster of this many single-threaded processes.
+            Every fit is seeded, so the rows are the same wherever they run; with Dask
+            the CSV is written when all tasks are done (in-process, after each).
 
     Returns:
         The learning-curve table (all rows, also those of an earlier call).
@@ -187,6 +198,7 @@ def learning_curve(
     from lesionuq.evaluation.report import write_report
     from lesionuq.experiment import _graphs_digest
 
+    check_parallel(scheduler, workers)
     rd = RunDir(Path(run))
     cfg, _, splits = rd.read_plan()
     if isinstance(sizes, str):
@@ -212,38 +224,44 @@ def learning_curve(
     finished = set(map(tuple, done[_KEY].itertuples(index=False)))
 
     rows = [done] if len(done) else []
-    cache: dict[int, tuple[LesionSet, LesionSet]] = {}
-    tasks = [(s, size, r) for s in splits for size in sizes for r in range(repeats)]
-    for split, label, repeat in track(tasks, "learning curve", enabled=progress):
-        if split.fold not in cache:
-            cache = {
-                split.fold: (
-                    LesionSet.load(rd.lesion_set(split.fold, "val")),
-                    LesionSet.load(rd.lesion_set(split.fold, "test")),
-                )
-            }
-        val, test = cache[split.fold]
-        full = label == "all"
-        size = len(val) if full else int(label)
-        if size < 1 or (size >= len(val) and not full):
-            continue
-        todo = [m for m in methods if (split.fold, size, repeat, m) not in finished]
-        if not todo:
-            continue
-        index = stratified_case_subsample(
-            val.table["case_id"], val.is_tp, size, (cfg.seed, split.fold, repeat)
+    jobs: dict[str, _CurveJob] = {}
+    for split in splits:
+        n_val = len(LesionSet.load(rd.lesion_set(split.fold, "val")).table)
+        for label in sizes:
+            for repeat in range(repeats):
+                full = label == "all"
+                size = n_val if full else int(label)
+                if size < 1 or (size >= n_val and not full):
+                    continue
+                todo = tuple(m for m in methods if (split.fold, size, repeat, m) not in finished)
+                if todo:
+                    jobs[f"fold_{split.fold}/size_{size}/repeat_{repeat}"] = _CurveJob(
+                        rd.lesion_set(split.fold, "val"),
+                        rd.lesion_set(split.fold, "test"),
+                        split.fold,
+                        size,
+                        repeat,
+                        full,
+                        todo,
+                        cfg,
+                    )
+    if scheduler is None and workers is None:  # in-process: the CSV grows after each task
+        for job in track(list(jobs.values()), "learning curve", enabled=progress):
+            rows.append(pd.DataFrame(_curve_task(job), columns=list(CSV_COLUMNS)))
+            _write_csv(pd.concat(rows, ignore_index=True), csv)
+    else:
+        gathered = map_cases(
+            _curve_task,
+            jobs,
+            scheduler=scheduler,
+            workers=workers,
+            progress=progress,
+            desc="learning curve",
         )
-        train = val.subset(index)
-        n_tp = int(train.is_tp.sum())
-        run_cfg = cfg.replace(gcnn=dataclasses.replace(cfg.gcnn, seed=cfg.gcnn.seed + repeat))
-        new = []
-        for method in todo:
-            u = _fit_scorer(method, run_cfg, train).score(test) if len(test) else np.zeros(0)
-            auc = _auc(u, test.is_tp)
-            new.append((split.fold, size, repeat, method, auc, n_tp, len(train) - n_tp, full))
-            finished.add((split.fold, size, repeat, method))
-        rows.append(pd.DataFrame(new, columns=list(CSV_COLUMNS)))
-        _write_csv(pd.concat(rows, ignore_index=True), csv)
+        rows += [pd.DataFrame(r, columns=list(CSV_COLUMNS)) for r in gathered.results.values()]
+        if rows:
+            _write_csv(pd.concat(rows, ignore_index=True), csv)
+        gathered.raise_failed("subsample")
 
     empty = pd.DataFrame(columns=list(CSV_COLUMNS))
     curve = _write_csv(pd.concat(rows, ignore_index=True) if rows else empty, csv)
@@ -251,6 +269,52 @@ def learning_curve(
     plot_learning_curve(curve, _baseline_aucs(lesions, cfg.methods), png)
     write_report(rd.root)
     return curve
+
+
+@dataclass(frozen=True)
+class _CurveJob:
+    """One (fold, size, repeat) of :func:`learning_curve`: lesion-set paths and methods."""
+
+    val: Path
+    test: Path
+    fold: int
+    size: int
+    repeat: int
+    full: bool
+    methods: tuple[str, ...]
+    cfg: ExperimentConfig
+
+
+def _curve_task(job: _CurveJob) -> list[tuple[Any, ...]]:
+    """Fit each method on the job's subsample; one CSV row per method (a map_cases task)."""
+    cfg = job.cfg
+    val, test = _lesion_sets(job.val, job.test, _mtimes(job.val, job.test))
+    index = stratified_case_subsample(
+        val.table["case_id"], val.is_tp, job.size, (cfg.seed, job.fold, job.repeat)
+    )
+    train = val.subset(index)
+    n_tp = int(train.is_tp.sum())
+    run_cfg = cfg.replace(gcnn=dataclasses.replace(cfg.gcnn, seed=cfg.gcnn.seed + job.repeat))
+    rows = []
+    for method in job.methods:
+        u = _fit_scorer(method, run_cfg, train).score(test) if len(test) else np.zeros(0)
+        auc = _auc(u, test.is_tp)
+        rows.append(
+            (job.fold, job.size, job.repeat, method, auc, n_tp, len(train) - n_tp, job.full)
+        )
+    return rows
+
+
+def _mtimes(*paths: Path) -> tuple[int, ...]:
+    """Modification times of the paths' files (a cache key: a rewritten set is reread)."""
+    return tuple(f.stat().st_mtime_ns for p in paths for f in sorted(Path(p).rglob("*")))
+
+
+@functools.lru_cache(maxsize=2)
+def _lesion_sets(val: Path, test: Path, mtimes: tuple[int, ...]) -> tuple[LesionSet, LesionSet]:
+    """A fold's validation and test lesion sets, read once per process while unchanged."""
+    del mtimes  # part of the cache key only
+    return LesionSet.load(val), LesionSet.load(test)
 
 
 def _write_csv(curve: pd.DataFrame, path: Path) -> pd.DataFrame:
