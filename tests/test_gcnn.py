@@ -309,3 +309,16 @@ def test_sparse_gcn_equals_pyg_message_passing() -> None:
     torch.testing.assert_close(model.conv1.lin.weight.grad, ref[0].lin.weight.grad)
     torch.testing.assert_close(model.conv2.lin.weight.grad, ref[1].lin.weight.grad)
     assert isinstance(model.conv1, GCNConv) and isinstance(model.conv1, SymmetricGCNConv)
+
+
+def test_load_lesion_set_reads_once_until_the_files_change(tmp_path) -> None:
+    from lesionuq.lesions.dataset import load_lesion_set
+
+    lesions = synthetic_lesions(3, seed=4)
+    lesions.save(tmp_path / "set")
+    first = load_lesion_set(tmp_path / "set")
+    assert len(first) == 6 and len(first.graphs) == 6
+    assert load_lesion_set(tmp_path / "set") is first  # cached: not read again
+    lesions.subset([0, 1]).save(tmp_path / "set")  # rewritten: read again
+    again = load_lesion_set(tmp_path / "set")
+    assert again is not first and len(again) == 2

@@ -669,11 +669,11 @@ class _FitJob:
 def _fit_method(job: _FitJob) -> None:
     """Fit (and calibrate) one scorer into its folder, atomically, stamp last."""
     from lesionuq.calibration import fit_calibrated_scorer
-    from lesionuq.lesions.dataset import LesionSet
+    from lesionuq.lesions.dataset import load_lesion_set
     from lesionuq.scorers import make_scorer
 
     cfg = job.cfg
-    val = LesionSet.load(job.val)
+    val = load_lesion_set(job.val)  # once per fold in a process, not once per method
     logger.info("fold %d: fitting %s on %d validation lesions", job.fold, job.method, len(val))
     t0 = time.perf_counter()
     with atomic_dir(job.folder) as tmp:

@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import warnings
 from collections.abc import Mapping, Sequence
@@ -44,7 +43,7 @@ from lesionuq.config import ExperimentConfig
 from lesionuq.evaluation.curves import ac_auc
 from lesionuq.evaluation.metrics import table2
 from lesionuq.io import InputError, atomic_write_bytes, atomic_write_text
-from lesionuq.lesions.dataset import LesionSet
+from lesionuq.lesions.dataset import LesionSet, load_lesion_set
 from lesionuq.parallel import check_parallel, map_cases
 from lesionuq.rundir import RunDir, digest_of
 from lesionuq.scorers.base import LesionScorer
@@ -226,7 +225,8 @@ def learning_curve(
     rows = [done] if len(done) else []
     jobs: dict[str, _CurveJob] = {}
     for split in splits:
-        n_val = len(LesionSet.load(rd.lesion_set(split.fold, "val")).table)
+        # the table alone gives the count (the graphs are read by the tasks)
+        n_val = len(pd.read_csv(rd.lesion_set(split.fold, "val") / "lesions.csv", usecols=[0]))
         for label in sizes:
             for repeat in range(repeats):
                 full = label == "all"
@@ -288,7 +288,7 @@ class _CurveJob:
 def _curve_task(job: _CurveJob) -> list[tuple[Any, ...]]:
     """Fit each method on the job's subsample; one CSV row per method (a map_cases task)."""
     cfg = job.cfg
-    val, test = _lesion_sets(job.val, job.test, _mtimes(job.val, job.test))
+    val, test = load_lesion_set(job.val), load_lesion_set(job.test)
     index = stratified_case_subsample(
         val.table["case_id"], val.is_tp, job.size, (cfg.seed, job.fold, job.repeat)
     )
@@ -303,18 +303,6 @@ def _curve_task(job: _CurveJob) -> list[tuple[Any, ...]]:
             (job.fold, job.size, job.repeat, method, auc, n_tp, len(train) - n_tp, job.full)
         )
     return rows
-
-
-def _mtimes(*paths: Path) -> tuple[int, ...]:
-    """Modification times of the paths' files (a cache key: a rewritten set is reread)."""
-    return tuple(f.stat().st_mtime_ns for p in paths for f in sorted(Path(p).rglob("*")))
-
-
-@functools.lru_cache(maxsize=2)
-def _lesion_sets(val: Path, test: Path, mtimes: tuple[int, ...]) -> tuple[LesionSet, LesionSet]:
-    """A fold's validation and test lesion sets, read once per process while unchanged."""
-    del mtimes  # part of the cache key only
-    return LesionSet.load(val), LesionSet.load(test)
 
 
 def _write_csv(curve: pd.DataFrame, path: Path) -> pd.DataFrame:

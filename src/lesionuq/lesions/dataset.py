@@ -7,6 +7,7 @@ CSV and the graphs as a dict of plain tensors loaded with ``torch.load(weights_o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch_geometric.data import Data
 
 from lesionuq.io import InputError, atomic_torch_save, atomic_write_text
 
-__all__ = ["LesionSet"]
+__all__ = ["LesionSet", "load_lesion_set"]
 
 _TABLE = "lesions.csv"
 _GRAPHS = "graphs.pt"
@@ -118,3 +119,21 @@ def _empty_like(sets: Sequence[LesionSet]) -> pd.DataFrame:
     for s in sets:
         return s.table.iloc[0:0].copy()
     return pd.DataFrame()
+
+
+def load_lesion_set(folder: str | Path) -> LesionSet:
+    """:meth:`LesionSet.load`, read once per process while the folder's files are unchanged.
+
+    The cache (two sets: a fold's validation and test lesions) serves tasks that refit on
+    the same lesions (the fit stage's methods, the learning curve's subsamples) in one
+    process or on a Dask worker. Callers must not modify the returned set.
+    """
+    folder = Path(folder).resolve()
+    mtimes = tuple(f.stat().st_mtime_ns for f in sorted(folder.glob("*")) if f.is_file())
+    return _load_once(folder, mtimes)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_once(folder: Path, mtimes: tuple[int, ...]) -> LesionSet:
+    del mtimes  # part of the cache key only
+    return LesionSet.load(folder)
