@@ -198,3 +198,16 @@ def test_bf16_maps_close_to_fp32():
     changed = (bf.prob > 0.5) != (ref.prob > 0.5)
     assert np.all(np.abs(ref.prob[changed] - 0.5) < 0.05)
     np.testing.assert_allclose(bf.variance, ref.variance, atol=0.02)
+
+
+def test_forced_bf16_without_onednn_bf16_uses_pytorch_kernel(monkeypatch):
+    """On a CPU whose oneDNN has no bfloat16 kernels (AVX2 only), ``precision: bf16`` runs
+    on PyTorch's own convolution (it used to fail in ``mkldnn_convolution``): same maps as
+    the oneDNN path within bf16 rounding, and still different from float32."""
+    net, img = _net(), _image()
+    monkeypatch.setattr(sampling, "_onednn_bf16", lambda: False)
+    cfg = SamplingConfig(n_samples=3, seed=4, precision="bf16")
+    slow = mc_sample(net, img, cfg, "cpu")
+    ref = mc_sample(net, img, SamplingConfig(n_samples=3, seed=4, precision="fp32"), "cpu")
+    diff = np.abs(slow.prob - ref.prob)
+    assert 0.0 < diff.max() < 0.05

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 from lesionuq.config import ExperimentConfig
 from lesionuq.evaluation.curves import ac_auc
@@ -413,6 +414,11 @@ def plot_learning_curve(
     finite = np.isfinite(summary["auc_mean"].to_numpy(dtype=float)) if len(summary) else []
     if np.any(finite):  # log axis only with something to draw on it
         ax.set_xscale("log")
+        # the sizes themselves as plain labels (log's minor "3x10^1" labels overlap)
+        ticks = np.unique(np.round(summary["n_train"].to_numpy(dtype=float)))
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, color="#e0e0e0", lw=0.6, which="both")
     ax.set_xlabel("training (validation) lesions per fold")
     ax.set_ylabel("test AUC (%), mean over folds")

@@ -86,15 +86,26 @@ def _conv3d(
 
     PyTorch's dispatch heuristic (tuned for 2-D) sends 3-D convolutions with small
     ``N * C * X * Y`` to a slow reference kernel; oneDNN is 2-4x faster for those. The
-    weights (kept in float32) are cast to the activations' dtype.
+    weights (kept in float32) are cast to the activations' dtype. oneDNN's bfloat16
+    kernels need AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT; on other CPUs (AVX2) a forced
+    bfloat16 pass takes PyTorch's own, slow, kernel instead of failing.
     """
     w = w.to(x.dtype)
     b = None if b is None else b.to(x.dtype)
-    cpu_dtype = x.dtype in (torch.float32, torch.bfloat16)
+    cpu_dtype = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _onednn_bf16())
     if x.device.type == "cpu" and cpu_dtype and torch.backends.mkldnn.is_available():
         pad, one = [padding] * 3, [1, 1, 1]
         return torch.ops.aten.mkldnn_convolution(x, w, b, pad, one, one, 1)
     return F.conv3d(x, w, b, padding=padding)
+
+
+@functools.cache
+def _onednn_bf16() -> bool:
+    """Whether oneDNN can run bfloat16 convolutions on this CPU (natively or emulated)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @functools.cache
