@@ -415,7 +415,7 @@ def plot_learning_curve(
     if np.any(finite):  # log axis only with something to draw on it
         ax.set_xscale("log")
         # the sizes themselves as plain labels (log's minor "3x10^1" labels overlap)
-        ticks = np.unique(np.round(summary["n_train"].to_numpy(dtype=float)))
+        ticks = [float(t) for t in np.unique(np.round(summary["n_train"].to_numpy(dtype=float)))]
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
