@@ -178,3 +178,20 @@ def test_learned_methods_are_the_registry_methods_that_fit():
     fitted = {name for name, spec in REGISTRY.items() if spec.cls.requires_fit}
     assert set(lc.LEARNED_METHODS) == fitted
     assert "gcnn_ens" in fitted and "entropy_mean" not in fitted
+
+
+def test_figure_x_ticks_are_the_training_sizes():
+    """Two folds x one repeat: sizes 25 and 50 plus ``all`` (100 and 120 lesions, mean
+    110) give exactly the ticks 25, 50, 110, labelled plainly (no "3x10^1" minor labels)."""
+    rows = [
+        (fold, size, 0, "gcnn_classif", auc, 0, 0, full)
+        for fold, n_all in ((0, 100), (1, 120))
+        for size, auc, full in ((25, 0.7, False), (50, 0.8, False), (n_all, 0.9, True))
+    ]
+    curve = pd.DataFrame(rows, columns=list(lc.CSV_COLUMNS))
+    ax = lc.learning_curve_figure(curve, {"size": 0.75}).axes[0]
+    assert list(ax.get_xticks()) == [25.0, 50.0, 110.0]
+    fmt = ax.xaxis.get_major_formatter()
+    assert [fmt(v, i) for i, v in enumerate(ax.get_xticks())] == ["25", "50", "110"]
+    assert ax.xaxis.get_minor_formatter()(30.0, 0) == ""
+    assert [round(y, 1) for y in ax.lines[0].get_ydata()] == [70.0, 80.0, 90.0]

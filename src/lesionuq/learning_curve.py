@@ -53,6 +53,7 @@ from lesionuq.utils import track
 __all__ = [
     "LEARNED_METHODS",
     "learning_curve",
+    "learning_curve_figure",
     "parse_sizes",
     "plot_learning_curve",
     "stratified_case_subsample",
@@ -372,22 +373,26 @@ def plot_learning_curve(
     *,
     dpi: int = 150,
 ) -> Path:
+    """Write :func:`learning_curve_figure` as a PNG (atomically); returns ``path``."""
+    from lesionuq.evaluation.render import png_bytes
+
+    return atomic_write_bytes(Path(path), png_bytes(learning_curve_figure(curve, baselines), dpi))
+
+
+def learning_curve_figure(curve: pd.DataFrame, baselines: Mapping[str, float]) -> Figure:
     """Mean test AUC (%) against the number of training lesions, log x, with a band.
 
     Each learned method is a line through :func:`summarize_learning_curve`'s means with a
     band of +- one standard deviation over repeats; each untrained baseline is a thin
-    horizontal line at its Table-2 AUC.
+    horizontal line at its Table-2 AUC. The x ticks are the training sizes themselves.
 
     Args:
         curve: The ``learning_curve.csv`` frame.
         baselines: Untrained method -> AUC (fraction).
-        path: Output PNG (written atomically).
-        dpi: Resolution.
 
     Returns:
-        The written path.
+        The figure (one axes).
     """
-    from lesionuq.evaluation.render import png_bytes
     from lesionuq.evaluation.report import _label, _style
 
     summary = summarize_learning_curve(curve)
@@ -425,4 +430,4 @@ def plot_learning_curve(
     ax.set_title("Learning curve: band = +-1 SD over repeated subsamples", fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
-    return atomic_write_bytes(Path(path), png_bytes(fig, dpi))
+    return fig
