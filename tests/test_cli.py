@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from lesionuq.cli import app
+from lesionuq.errors import InputError
 
 runner = CliRunner()
 
@@ -80,3 +82,21 @@ def test_predict_bids_out_needs_a_bids_name(tmp_path):
     assert result.exit_code == 1
     assert "is not a BIDS file name" in _text(result)
     assert not (tmp_path / "o").exists() and not (tmp_path / "d").exists()
+
+
+def test_demo_workers_auto_uses_the_cores_on_a_cpu_up_to_the_folds():
+    from lesionuq.config import ExperimentConfig
+    from lesionuq.demo import demo_workers
+
+    cfg = ExperimentConfig(folds=4)
+    assert demo_workers("auto", cfg, cpus=2, cuda=False) == 2
+    assert demo_workers("auto", cfg, cpus=16, cuda=False) == 4  # one per fold at most
+    assert demo_workers("auto", cfg, cpus=1, cuda=False) is None  # one core: this process
+    assert demo_workers("auto", cfg, cpus=8, cuda=True) is None  # device auto -> the GPU
+    on_cpu = ExperimentConfig(folds=4, device="cpu")
+    assert demo_workers("auto", on_cpu, cpus=8, cuda=True) == 4
+    assert demo_workers("3", cfg, cpus=2, cuda=False) == 3  # an explicit count is kept
+    assert demo_workers(1, cfg) is None and demo_workers(None, cfg) is None
+    for bad in ("many", "0", -2):
+        with pytest.raises(InputError, match="workers"):
+            demo_workers(bad, cfg)

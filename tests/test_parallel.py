@@ -319,3 +319,55 @@ def test_experiment_stages_on_dask_write_the_same_files(tiny_run, cluster, tmp_p
             loop, dask_ = _untimed(loop), _untimed(dask_)
             assert {f"{m}/scorer.json" for m in TINY.methods} <= set(loop), sorted(loop)
         assert loop and loop == dask_, sub
+
+
+def test_folds_train_side_by_side_on_dask_with_the_same_weights(
+    tiny_run, cluster, tmp_path, one_thread
+):
+    """Two folds, one task each on single-threaded workers == the loop on one thread."""
+    import torch
+
+    from lesionuq.experiment import stage_train
+
+    root, _, _ = tiny_run
+    local, _ = cluster
+    runs = {}
+    for name, where in (("loop", {}), ("dask", {"scheduler": local.scheduler_address})):
+        run = tmp_path / name
+        shutil.copytree(root / "run", run)
+        for fold in (0, 1):
+            for f in ("segmenter.pt", "segmenter_last.pt", "stamp_train.json"):
+                (run / f"fold_{fold}" / f).unlink()
+        stage_train(run, progress=False, **where)
+        runs[name] = run
+    for fold in (0, 1):
+        a, b = (torch.load(runs[k] / f"fold_{fold}/segmenter.pt") for k in ("loop", "dask"))
+        assert a["epoch"] == b["epoch"] and a["best_dice"] == b["best_dice"]  # best epoch
+        last = [torch.load(runs[k] / f"fold_{fold}/segmenter_last.pt") for k in runs]
+        assert [c["epoch"] for c in last] == [TINY.train.max_epochs] * 2
+        assert a["state_dict"].keys() == b["state_dict"].keys()
+        for key, w in a["state_dict"].items():
+            assert torch.equal(w, b["state_dict"][key]), key
+        stamps = [json.loads((runs[k] / f"fold_{fold}/stamp_train.json").read_text()) for k in runs]
+        assert stamps[0] == stamps[1]
+    # trained folds are skipped: no task is sent, nothing is rewritten
+    before = (runs["dask"] / "fold_0/segmenter.pt").stat().st_mtime_ns
+    stage_train(runs["dask"], progress=False, scheduler=local.scheduler_address)
+    assert (runs["dask"] / "fold_0/segmenter.pt").stat().st_mtime_ns == before
+
+
+def test_local_workers_start_without_dasks_malloc_trim_threshold(monkeypatch):
+    """Dask's MALLOC_TRIM_THRESHOLD_=65536 makes torch 1.75x slower; workers go without it."""
+    from lesionuq.parallel import _client
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # left by an earlier Dask cluster
+    with _client(None, 1) as client:
+        env = client.run(lambda: dict(os.environ))
+    (worker_env,) = env.values()
+    assert "MALLOC_TRIM_THRESHOLD_" not in worker_env
+    assert worker_env["OMP_NUM_THREADS"] == "1"  # Dask's other settings are kept
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # this process's env restored
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1048576")  # the user's own choice stays
+    with _client(None, 1) as client:
+        (worker_env,) = client.run(lambda: dict(os.environ)).values()
+    assert worker_env["MALLOC_TRIM_THRESHOLD_"] == "1048576"

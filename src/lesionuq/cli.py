@@ -61,7 +61,8 @@ WorkersOpt = Annotated[
     typer.Option(
         "--workers",
         metavar="N",
-        help="Run one task per scan on a local Dask cluster of N single-threaded processes.",
+        help="Run one task per scan (training: per fold) on a local Dask cluster of N "
+        "single-threaded processes.",
     ),
 ]
 
@@ -149,12 +150,21 @@ def demo(
         "demo"
     ),
     config: Annotated[Path | None, typer.Option(help="Config YAML (default: demo)")] = None,
+    workers: Annotated[
+        str,
+        typer.Option(
+            metavar="N|auto",
+            help="Single-threaded worker processes (folds train side by side); auto: one "
+            "per CPU core up to the number of folds, on a CPU-only machine with 2+ cores; "
+            "1: everything in this process.",
+        ),
+    ] = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Make a phantom data set, run the paper's whole protocol, print Tables 1 and 2."""
     from lesionuq.demo import run_demo
 
-    result = run_demo(out, _load_config(config), progress=not quiet)
+    result = run_demo(out, _load_config(config), progress=not quiet, workers=workers)
     print_tables(result)
 
 
@@ -216,14 +226,16 @@ def experiment(
 
 @app.command()
 @_friendly
-def train(run: TrainRunOpt, fold: FoldOpt = None, quiet: QuietOpt = False) -> None:
+def train(
+    run: TrainRunOpt, fold: FoldOpt = None, workers: WorkersOpt = None, quiet: QuietOpt = False
+) -> None:
     """Stage: train each fold's U-Net (preprocessing first if needed).
 
     Multi-GPU (DDP): torchrun --nproc_per_node K -m lesionuq train --run-dir RUN
     """
     from lesionuq.experiment import train_run
 
-    train_run(run, fold, progress=not quiet)
+    train_run(run, fold, progress=not quiet, workers=workers)
 
 
 @app.command()

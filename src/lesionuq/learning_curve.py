@@ -60,7 +60,14 @@ __all__ = [
     "summarize_learning_curve",
 ]
 
-LEARNED_METHODS = ("gcnn_classif", "gcnn_reg", "metaseg_classif", "metaseg_reg", "gcnn_ens")
+LEARNED_METHODS = (
+    "gcnn_classif",
+    "gcnn_reg",
+    "metaseg_classif",
+    "metaseg_reg",
+    "gcnn_ens",
+    "gcnn_auto",
+)
 """The registered methods that learn from validation lesions (``requires_fit``); a test
 keeps this tuple equal to the registry's."""
 DEFAULT_SIZES: tuple[int | str, ...] = (25, 50, 100, 200, 400, "all")

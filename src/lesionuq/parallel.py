@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -191,15 +192,46 @@ def _client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
         with client:
             yield client
         return
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",
-        silence_logs=logging.ERROR,
-    )
-    with cluster, Client(cluster) as client:
-        yield client
+    with _glibc_malloc_defaults():
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        )
+        with cluster, Client(cluster) as client:
+            yield client
+
+
+_TRIM = "MALLOC_TRIM_THRESHOLD_"
+
+
+@contextlib.contextmanager
+def _glibc_malloc_defaults() -> Iterator[None]:
+    """Start local Dask workers without Dask's ``MALLOC_TRIM_THRESHOLD_=65536``.
+
+    Any explicit value of that variable turns off glibc's dynamic mmap threshold, so every
+    tensor above 128 KiB is mmap-ed and page-faulted afresh: a U-Net training step took
+    1.75x as long in such a worker (``benchmarks/dask_env.py``). The Dask default is
+    dropped from the workers' pre-spawn environment, and from this process's environment
+    (which the workers inherit) while they start, where an earlier Dask cluster of this
+    process left it; a value the user set to anything else is kept.
+    """
+    import dask
+
+    key = f"distributed.nanny.pre-spawn-environ.{_TRIM}"
+    default = dask.config.get(key, None)
+    inherited = os.environ.get(_TRIM)
+    drop = inherited is not None and default is not None and inherited == str(default)
+    if drop:
+        del os.environ[_TRIM]
+    try:
+        with dask.config.set({key: None}):
+            yield
+    finally:
+        if drop and inherited is not None:
+            os.environ[_TRIM] = inherited
 
 
 def _task(fn: Callable[[ItemT], T], item: ItemT) -> T:

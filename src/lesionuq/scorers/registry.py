@@ -27,6 +27,7 @@ from lesionuq.scorers.base import SCORER_FILE, LesionScorer
 from lesionuq.scorers.baselines import ColumnScorer, MetaSegScorer, SizeScorer
 from lesionuq.scorers.gcnn import GCNNScorer
 from lesionuq.scorers.gcnn_ens import GCNNEnsembleScorer, make_gcnn_ens
+from lesionuq.scorers.select import SelectedScorer
 
 __all__ = ["REGISTRY", "ScorerSpec", "load_scorer", "make_scorer"]
 
@@ -100,6 +101,14 @@ REGISTRY: dict[str, ScorerSpec] = {
         "GCNN ensemble",
         ("#17becf", "-", 2.6),
         lambda cfg: {"cfg": make_gcnn_ens(cfg).cfg},
+    ),
+    # beyond the paper: the GCNN only where the validation lesions show it helps
+    # (scorers/select.py)
+    "gcnn_auto": ScorerSpec(
+        SelectedScorer,
+        "GCNN or simpler (auto)",
+        ("#bcbd22", "-", 2.6),
+        lambda cfg: {"gcnn": cfg.gcnn, "n_inner": cfg.calibration.n_inner, "seed": cfg.seed},
     ),
 }
 """Method name -> :class:`ScorerSpec`; the default methods are ``config.METHODS``."""

@@ -1,0 +1,220 @@
+"""``gcnn_auto``: the paper's GCNN where the validation lesions show it helps, else simpler.
+
+The learning curve (``lesionuq learning-curve``) shows that a lesion GCNN trained on a few
+dozen lesions ranks worse than averaging voxel uncertainty, and better once it has a few
+hundred. :class:`SelectedScorer` makes that choice from the validation lesions alone:
+
+1. The lesions are split into ``n_inner`` inner folds by case
+   (:func:`lesionuq.calibration.inner_folds`, stratified by TP/FP).
+2. Each candidate gets an accuracy-confidence AUC on the validation lesions: a learned
+   candidate (GCNN, MetaSeg) from its out-of-fold scores (each lesion scored by a model
+   that never saw it), an untrained one (voxel-uncertainty mean / logsum, size) from its
+   scores directly (nothing is fitted, so they are out-of-fold already).
+3. The candidate with the highest AUC is chosen (ties: the earlier candidate, the
+   simpler methods come first) and refitted on all the validation lesions.
+4. A Platt map (:class:`~lesionuq.calibration.PlattCalibrator`, strictly increasing) from
+   the chosen method's validation scores to FP is fitted, so that the output is a
+   P(FP) in (0, 1) whichever method was chosen: scores of different inner folds stay
+   comparable when this scorer is itself cross-fitted for calibration.
+
+Test lesions never take part in the choice. The price is ``n_inner`` extra fits of each
+learned candidate; the AUC of a small validation set is noisy, so near the cross-over
+the choice can go either way (the learning curve measures what that costs).
+
+Example:
+    >>> s = SelectedScorer(GCNNConfig()).fit(val_lesions)
+    >>> s.choice_, s.inner_auc_["gcnn_classif"]
+    ('gcnn_classif', 0.87)
+    >>> p_fp = s.score(test_lesions)  # (N,) in (0, 1)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import numpy as np
+
+from lesionuq.config import GCNNConfig
+from lesionuq.lesions.dataset import LesionSet
+from lesionuq.scorers.base import LesionScorer, check_is_fitted
+
+if TYPE_CHECKING:
+    from lesionuq.calibration import Calibrator
+
+__all__ = ["CANDIDATES", "SelectedScorer", "selection_aucs"]
+
+#: Default candidates, simplest first (a tie goes to the earlier one).
+CANDIDATES: tuple[str, ...] = (
+    "entropy_mean",
+    "variance_mean",
+    "pcs_mean",
+    "entropy_logsum",
+    "variance_logsum",
+    "pcs_logsum",
+    "size",
+    "metaseg_classif",
+    "gcnn_classif",
+)
+_CHOSEN_DIR = "chosen"
+
+
+def selection_aucs(
+    factories: dict[str, Any], lesions: LesionSet, fold: np.ndarray
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Each candidate's accuracy-confidence AUC on validation lesions, out of fold.
+
+    Args:
+        factories: Candidate name -> zero-argument function returning an unfitted scorer.
+        lesions: N labelled validation lesions.
+        fold: (N,) inner fold of each lesion (0..K-1); learned candidates are fitted on
+            the other folds and score this one.
+
+    Returns:
+        (AUC by name, a fraction in [0, 1] or NaN when the lesions hold one class only;
+        the (N,) out-of-fold scores by name).
+    """
+    from lesionuq.evaluation.curves import ac_auc
+
+    aucs: dict[str, float] = {}
+    scores: dict[str, np.ndarray] = {}
+    is_tp = lesions.is_tp
+    for name, factory in factories.items():
+        scorer = factory()
+        if not scorer.requires_fit:
+            u = np.asarray(scorer.score(lesions), dtype=np.float64)
+        else:
+            u = np.full(len(lesions), np.nan)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # one-class inner folds
+                for k in range(int(fold.max()) + 1):
+                    train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+                    fitted = factory().fit(lesions.subset(train), progress=False)
+                    u[test] = np.asarray(fitted.score(lesions.subset(test)), dtype=np.float64)
+        scores[name] = u
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # one class: NaN
+            aucs[name] = ac_auc(u, is_tp)
+    return aucs, scores
+
+
+class SelectedScorer(LesionScorer):
+    """Choose among candidate methods by out-of-fold AUC on the validation lesions.
+
+    Args:
+        gcnn: Settings of the GCNN candidate (``gcnn_classif``; the paper's model).
+        candidates: Registered method names, simplest first (ties go to the earlier).
+        n_inner: Inner folds of the choice (by case, stratified).
+        seed: Seed of the inner split (the candidates' own seeds are their configs').
+        name: Method name.
+
+    Attributes:
+        choice_: The chosen method's name.
+        inner_auc_: Out-of-fold validation AUC (fraction) of every candidate.
+        chosen_: The chosen scorer, refitted on all the validation lesions.
+        platt_: Its validation scores -> P(FP) map (strictly increasing).
+    """
+
+    def __init__(
+        self,
+        gcnn: GCNNConfig | None = None,
+        candidates: tuple[str, ...] | list[str] = CANDIDATES,
+        n_inner: int = 3,
+        seed: int = 0,
+        name: str = "gcnn_auto",
+    ) -> None:
+        self.gcnn = gcnn or GCNNConfig()
+        self.candidates = tuple(candidates)
+        self.n_inner = n_inner
+        self.seed = seed
+        self.name = name
+
+    def _factories(self) -> dict[str, Any]:
+        from lesionuq.config import ExperimentConfig
+        from lesionuq.scorers.registry import REGISTRY, make_scorer
+
+        unknown = [c for c in self.candidates if c not in REGISTRY or c == self.name]
+        if unknown or not self.candidates:
+            raise ValueError(f"{self.name}: bad candidates {list(self.candidates)}.")
+        cfg = ExperimentConfig(gcnn=self.gcnn, seed=self.seed)
+        return {c: (lambda c=c: make_scorer(c, cfg)) for c in self.candidates}
+
+    def fit(self, lesions: LesionSet, progress: bool = True) -> Self:
+        """Choose the method on ``lesions``, refit it on all of them, fit its P(FP) map.
+
+        Args:
+            lesions: N labelled validation lesions (graphs for the GCNN, the table columns
+                of the others). With fewer than 2 there is nothing to choose with: the
+                first candidate is kept and its score mapped by ``sigmoid(u)``.
+            progress: Unused (the inner fits are short); kept for the interface.
+
+        Raises:
+            ValueError: Unknown candidates.
+        """
+        from lesionuq.calibration import PlattCalibrator, inner_folds
+
+        factories = self._factories()
+        platt = PlattCalibrator(transform="identity")
+        if len(lesions) < 2:  # nothing to choose with: the first candidate, sigmoid(u)
+            self.choice_ = self.candidates[0]
+            self.inner_auc_ = {c: math.nan for c in self.candidates}
+            self.chosen_ = factories[self.choice_]()
+            if self.chosen_.requires_fit:
+                self.chosen_.fit(lesions, progress=False)
+            platt.a_, platt.b_, platt.n_ = 1.0, 0.0, 0
+            self.platt_: Calibrator = platt
+            return self
+        table = lesions.table
+        groups = table["case_id"].astype(str).to_numpy() if "case_id" in table else None
+        fold = inner_folds(lesions.is_tp, groups, self.n_inner, self.seed)
+        aucs, scores = selection_aucs(factories, lesions, fold)
+        finite = {k: v for k, v in aucs.items() if np.isfinite(v)}
+        # one class only: no AUC can tell; keep the first (simplest) candidate
+        choice = max(finite, key=lambda k: (finite[k], -self.candidates.index(k)), default=None)
+        self.choice_ = choice or self.candidates[0]
+        self.inner_auc_ = {k: float(v) for k, v in aucs.items()}
+        self.chosen_ = factories[self.choice_]()
+        if self.chosen_.requires_fit:
+            self.chosen_.fit(lesions, progress=False)
+        if self._probability(self.choice_):
+            platt = PlattCalibrator(transform="logit")
+        self.platt_ = platt.fit(scores[self.choice_], ~lesions.is_tp)
+        return self
+
+    @staticmethod
+    def _probability(method: str) -> bool:
+        """Whether ``method`` outputs a P(FP) in [0, 1] (the learned classifiers)."""
+        return method.endswith("_classif")
+
+    def score(self, lesions: LesionSet) -> np.ndarray:
+        """(N,) float64 P(FP) in (0, 1): the chosen method's score through its Platt map.
+
+        Raises:
+            NotFittedError: Not fitted.
+        """
+        check_is_fitted(self)
+        u = np.asarray(self.chosen_.score(lesions), dtype=np.float64)
+        return np.asarray(self.platt_.predict(u), dtype=np.float64)
+
+    def _state(self, folder: Path) -> dict[str, Any]:
+        check_is_fitted(self)
+        self.chosen_.save(folder / _CHOSEN_DIR)
+        return {
+            "choice": self.choice_,
+            "inner_auc": {k: v if np.isfinite(v) else None for k, v in self.inner_auc_.items()},
+            "platt": self.platt_.to_dict(),
+        }
+
+    def _set_state(self, state: dict[str, Any] | None, folder: Path) -> None:
+        from lesionuq.calibration import calibrator_from_dict
+
+        if state is None:
+            raise ValueError(f"{folder}: scorer '{self.name}' was saved without its state.")
+        self.choice_ = str(state["choice"])
+        self.inner_auc_ = {
+            k: math.nan if v is None else float(v) for k, v in state["inner_auc"].items()
+        }
+        self.platt_ = calibrator_from_dict(state["platt"])
+        self.chosen_ = LesionScorer.load(folder / _CHOSEN_DIR)

@@ -1,0 +1,117 @@
+"""``gcnn_auto`` (SelectedScorer): the choice is made on validation lesions only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import random_lesion_set
+from lesionuq.config import ExperimentConfig, GCNNConfig
+from lesionuq.evaluation.curves import ac_auc
+from lesionuq.lesions.dataset import LesionSet
+from lesionuq.scorers import load_scorer, make_scorer
+from lesionuq.scorers.select import SelectedScorer, selection_aucs
+
+GCNN = GCNNConfig(hidden=8, epochs=2, batch_size=4)
+
+
+def _with_cases(lesions: LesionSet, n_cases: int) -> LesionSet:
+    table = lesions.table.copy()
+    table["case_id"] = [f"c{i % n_cases}" for i in range(len(table))]
+    return LesionSet(table, lesions.graphs)
+
+
+def _plant(lesions: LesionSet, column: str, informative: bool, seed: int) -> LesionSet:
+    """``column`` = 1 - IoU (+ tiny noise): ranks every FP above every TP when informative."""
+    table = lesions.table.copy()
+    rng = np.random.default_rng(seed)
+    if informative:
+        table[column] = 1.0 - table["iou_adj"] + 1e-3 * rng.random(len(table))
+    else:
+        table[column] = rng.random(len(table))
+    return LesionSet(table, lesions.graphs)
+
+
+def test_a_perfect_column_is_chosen_and_keeps_its_ranking_on_new_lesions(one_thread):
+    val = _plant(_with_cases(random_lesion_set(30, seed=3), 6), "variance_mean", True, 0)
+    test = _plant(random_lesion_set(20, seed=4), "variance_mean", True, 1)
+    s = SelectedScorer(GCNN, n_inner=3, seed=0).fit(val, progress=False)
+    assert s.choice_ == "variance_mean"
+    assert s.inner_auc_["variance_mean"] == pytest.approx(1.0)
+    assert set(s.inner_auc_) == set(s.candidates)
+    p = s.score(test)
+    assert p.shape == (20,) and np.all((p > 0) & (p < 1))
+    # the Platt map is strictly increasing: same order as the chosen column, AUC 1 on test
+    u = test.table["variance_mean"].to_numpy()
+    assert np.array_equal(np.argsort(p, kind="stable"), np.argsort(u, kind="stable"))
+    assert ac_auc(p, test.is_tp) == pytest.approx(1.0)
+    # FP lesions (high 1 - IoU) get a higher P(FP) than TP lesions
+    assert p[~test.is_tp].min() > p[test.is_tp].max()
+
+
+def test_a_tie_goes_to_the_earlier_simpler_candidate(one_thread):
+    val = _with_cases(random_lesion_set(24, seed=5), 4)
+    for column in ("entropy_mean", "pcs_logsum"):
+        val = _plant(val, column, True, 2)
+    s = SelectedScorer(GCNN, candidates=("pcs_logsum", "entropy_mean"), seed=0).fit(val)
+    assert s.inner_auc_ == {"pcs_logsum": 1.0, "entropy_mean": 1.0}
+    assert s.choice_ == "pcs_logsum"
+
+
+def test_learned_candidates_are_judged_out_of_fold():
+    """A learned candidate's AUC comes from inner folds that never saw the lesion scored."""
+
+    class Memorise:  # AUC 1 on lesions it was fitted on, 0.5 (all tied) on others
+        requires_fit = True
+
+        def fit(self, lesions, progress=False):
+            self.seen_ = set(lesions.table["lesion_id"])
+            self.fp_ = set(lesions.table.loc[~lesions.is_tp, "lesion_id"])
+            return self
+
+        def score(self, lesions):
+            ids = lesions.table["lesion_id"]
+            return np.array([1.0 if i in self.fp_ else 0.5 for i in ids], dtype=np.float64)
+
+    val = _with_cases(random_lesion_set(24, seed=6), 4)
+    fold = np.arange(24) % 3
+    aucs, scores = selection_aucs({"memorise": Memorise}, val, fold)
+    assert np.all(scores["memorise"] == 0.5)  # never scored by a model that saw it
+    assert aucs["memorise"] == pytest.approx(0.5)
+
+
+def test_registered_gcnn_auto_saves_and_loads_with_the_same_scores(tmp_path, one_thread):
+    cfg = ExperimentConfig(gcnn=GCNN, seed=4)
+    s = make_scorer("gcnn_auto", cfg)
+    assert isinstance(s, SelectedScorer) and s.gcnn == GCNN and s.seed == 4
+    assert s.n_inner == cfg.calibration.n_inner
+    val = _plant(_with_cases(random_lesion_set(30, seed=7), 6), "size", False, 3)
+    test = random_lesion_set(9, seed=8)
+    s.fit(val)
+    s.save(tmp_path / "auto")
+    assert (tmp_path / "auto" / "chosen" / "scorer.json").is_file()
+    loaded = load_scorer("gcnn_auto", tmp_path / "auto")
+    assert loaded.choice_ == s.choice_ and loaded.inner_auc_ == s.inner_auc_
+    np.testing.assert_array_equal(loaded.score(test), s.score(test))
+
+
+def test_one_class_or_too_few_lesions_keep_the_first_candidate():
+    one = random_lesion_set(1, seed=0)
+    s = SelectedScorer(GCNN).fit(one)
+    assert s.choice_ == "entropy_mean"
+    u = one.table["entropy_mean"].to_numpy()
+    np.testing.assert_allclose(s.score(one), 1.0 / (1.0 + np.exp(-u)))
+    tp_only = random_lesion_set(10, seed=0)
+    table = tp_only.table.assign(iou_adj=0.9, is_tp=True)
+    s = SelectedScorer(GCNN, candidates=("size", "metaseg_classif")).fit(
+        LesionSet(pd.DataFrame(table), tp_only.graphs)
+    )
+    assert s.choice_ == "size" and all(np.isnan(v) for v in s.inner_auc_.values())
+
+
+def test_unknown_or_self_candidates_are_refused():
+    val = random_lesion_set(6, seed=0)
+    for bad in (("entropy_mean", "nope"), ("gcnn_auto",), ()):
+        with pytest.raises(ValueError, match="bad candidates"):
+            SelectedScorer(GCNN, candidates=bad).fit(val)
