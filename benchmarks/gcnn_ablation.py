@@ -19,7 +19,10 @@ with the best mean test AUC over folds: an oracle choice that favours the baseli
 
 Usage:
     python benchmarks/gcnn_ablation.py --run runs/demo/run [--variants paper,gcnn_ens]
-        [--folds 0,1] [--inner 3] [--csv ablation.csv]
+        [--folds 0,1] [--inner 3] [--csv ablation.csv] [--workers 2]
+
+With ``--workers N`` the folds run side by side on a local Dask cluster of N
+single-threaded processes (the results are the same: every fit is seeded).
 """
 
 from __future__ import annotations
@@ -169,60 +172,95 @@ def inner_cv_auc(factory: Factory, lesions: LesionSet, k: int, seed: int) -> flo
     return ac_auc(scores[ok], lesions.is_tp[ok])
 
 
+@dataclasses.dataclass(frozen=True)
+class FoldJob:
+    """One fold of the ablation (a task of :func:`lesionuq.parallel.map_cases`)."""
+
+    run: Path
+    fold: int
+    variants: tuple[str, ...] | None
+    inner: int
+
+
+def run_fold(job: FoldJob) -> tuple[list[dict], dict[str, np.ndarray], np.ndarray]:
+    """Every variant (and the baselines, and the inner-CV choice) on one fold.
+
+    Returns:
+        (rows: variant, fold, auc (points), seconds[, choice]; per-variant test scores
+        ranked within the fold, for the pooled AUC; the fold's test ``is_tp``).
+    """
+    torch.set_num_threads(1)
+    cfg, _, _ = RunDir(job.run).read_plan()
+    fold = job.fold
+    table = variants(cfg)
+    if job.variants:
+        table = {k: v for k, v in table.items() if k in job.variants}
+    cache: dict = {}
+    rows: list[dict] = []
+    ranks: dict[str, np.ndarray] = {}
+    val, test = (transform(job.run, fold, s, "", cache) for s in ("val", "test"))
+    is_tp = test.is_tp
+    print(f"fold {fold}: {len(val)} val lesions ({int((~val.is_tp).sum())} FP), {len(test)} test")
+
+    def record(name: str, u: np.ndarray, seconds: float) -> None:
+        rows.append({"variant": name, "fold": fold, "auc": 100 * ac_auc(u, is_tp)})
+        rows[-1]["seconds"] = seconds
+        ranks[name] = pd.Series(u).rank(pct=True).to_numpy()
+
+    for m in BASELINES:
+        record(m, make_scorer(m, cfg).fit(val, progress=False).score(test), 0.0)
+    for name, (factory, kind) in table.items():
+        t0 = time.perf_counter()
+        v, t = (transform(job.run, fold, s, kind, cache) for s in ("val", "test"))
+        record(name, factory().fit(v, progress=False).score(t), time.perf_counter() - t0)
+        print(f"  fold {fold} {name:32s} {rows[-1]['auc']:6.1f}  ({rows[-1]['seconds']:.0f}s)")
+    if job.inner:
+        t0 = time.perf_counter()
+        cands = {
+            "metaseg_classif": lambda: make_scorer("metaseg_classif", cfg),
+            "paper": variants(cfg)["paper"][0],
+            "gcnn_ens": variants(cfg)["gcnn_ens (hybrid+reg+ens5)"][0],
+        }
+        inner = {n: inner_cv_auc(f, val, job.inner, cfg.seed) for n, f in cands.items()}
+        best = max(inner, key=inner.get)
+        u = cands[best]().fit(val, progress=False).score(test)
+        record("inner-cv choice", u, time.perf_counter() - t0)
+        rows[-1]["choice"] = best
+        text = ", ".join(f"{n} {100 * a:.1f}" for n, a in inner.items())
+        print(f"  fold {fold} inner CV AUC: {text} -> {best} (test {rows[-1]['auc']:.1f})")
+    return rows, ranks, is_tp
+
+
+BASELINES = [m for m in METHODS if not m.startswith("gcnn")]
+
+
 def main() -> None:
+    from lesionuq.parallel import map_cases
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="RUN folder (config.yaml)")
     parser.add_argument("--folds", default=None, help="e.g. 0,1 (default: all)")
     parser.add_argument("--variants", default=None, help="comma list of names (default: all)")
     parser.add_argument("--inner", type=int, default=3, help="inner CV folds (0: skip)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the long table")
+    parser.add_argument("--workers", type=int, default=None, help="folds side by side (Dask)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     cfg, _, splits = RunDir(args.run).read_plan()
     folds = [int(f) for f in args.folds.split(",")] if args.folds else range(len(splits))
-    table = variants(cfg)
-    if args.variants:
-        table = {k: v for k, v in table.items() if k in args.variants.split(",")}
-    baselines = [m for m in METHODS if not m.startswith("gcnn")]
-    cache: dict = {}
-    rows, pooled = [], {}
-    for fold in folds:
-        val, test = (transform(args.run, fold, s, "", cache) for s in ("val", "test"))
-        is_tp = test.is_tp
-        pooled.setdefault("is_tp", []).append(is_tp)
-        print(
-            f"fold {fold}: {len(val)} val lesions ({int((~val.is_tp).sum())} FP), {len(test)} test"
-        )
-
-        def record(
-            name: str, u: np.ndarray, seconds: float, fold: int = fold, is_tp: np.ndarray = is_tp
-        ) -> None:
-            rows.append({"variant": name, "fold": fold, "auc": 100 * ac_auc(u, is_tp)})
-            rows[-1]["seconds"] = seconds
-            pooled.setdefault(name, []).append(pd.Series(u).rank(pct=True).to_numpy())
-
-        for m in baselines:
-            record(m, make_scorer(m, cfg).fit(val, progress=False).score(test), 0.0)
-        for name, (factory, kind) in table.items():
-            t0 = time.perf_counter()
-            v, t = (transform(args.run, fold, s, kind, cache) for s in ("val", "test"))
-            record(name, factory().fit(v, progress=False).score(t), time.perf_counter() - t0)
-            print(f"  {name:32s} {rows[-1]['auc']:6.1f}  ({rows[-1]['seconds']:.0f}s)")
-        if args.inner:
-            t0 = time.perf_counter()
-            cands = {
-                "metaseg_classif": lambda: make_scorer("metaseg_classif", cfg),
-                "paper": variants(cfg)["paper"][0],
-                "gcnn_ens": variants(cfg)["gcnn_ens (hybrid+reg+ens5)"][0],
-            }
-            inner = {n: inner_cv_auc(f, val, args.inner, cfg.seed) for n, f in cands.items()}
-            best = max(inner, key=inner.get)
-            u = cands[best]().fit(val, progress=False).score(test)
-            record("inner-cv choice", u, time.perf_counter() - t0)
-            rows[-1]["choice"] = best
-            text = ", ".join(f"{n} {100 * a:.1f}" for n, a in inner.items())
-            print(f"  inner CV AUC: {text} -> {best} (test {rows[-1]['auc']:.1f})")
+    names = tuple(args.variants.split(",")) if args.variants else None
+    table = {k: v for k, v in variants(cfg).items() if names is None or k in names}
+    jobs = {f"fold_{k}": FoldJob(args.run, k, names, args.inner) for k in folds}
+    done = map_cases(run_fold, jobs, workers=args.workers, desc="ablation folds")
+    done.raise_failed("fold")
+    rows = [r for fold_rows, _, _ in done.results.values() for r in fold_rows]
+    pooled: dict[str, list[np.ndarray]] = {"is_tp": []}
+    for _, ranks, is_tp in done.results.values():
+        pooled["is_tp"].append(is_tp)
+        for name, r in ranks.items():
+            pooled.setdefault(name, []).append(r)
+    baselines = BASELINES
 
     long = pd.DataFrame(rows)
     wide = long.pivot(index="variant", columns="fold", values="auc")

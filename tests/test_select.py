@@ -36,7 +36,8 @@ def _plant(lesions: LesionSet, column: str, informative: bool, seed: int) -> Les
 def test_a_perfect_column_is_chosen_and_keeps_its_ranking_on_new_lesions(one_thread):
     val = _plant(_with_cases(random_lesion_set(30, seed=3), 6), "variance_mean", True, 0)
     test = _plant(random_lesion_set(20, seed=4), "variance_mean", True, 1)
-    s = SelectedScorer(GCNN, n_inner=3, seed=0).fit(val, progress=False)
+    candidates = ("entropy_mean", "variance_mean", "size", "metaseg_classif", "gcnn_classif")
+    s = SelectedScorer(GCNN, candidates, n_inner=3, seed=0).fit(val, progress=False)
     assert s.choice_ == "variance_mean"
     assert s.inner_auc_["variance_mean"] == pytest.approx(1.0)
     assert set(s.inner_auc_) == set(s.candidates)
@@ -99,6 +100,8 @@ def test_registered_gcnn_auto_saves_and_loads_with_the_same_scores(tmp_path, one
 def test_one_class_or_too_few_lesions_keep_the_first_candidate():
     one = random_lesion_set(1, seed=0)
     s = SelectedScorer(GCNN).fit(one)
+    assert s.choice_ == "metaseg_classif"  # the default candidates' first
+    s = SelectedScorer(GCNN, candidates=("entropy_mean", "gcnn_classif")).fit(one)
     assert s.choice_ == "entropy_mean"
     u = one.table["entropy_mean"].to_numpy()
     np.testing.assert_allclose(s.score(one), 1.0 / (1.0 + np.exp(-u)))
