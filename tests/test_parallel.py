@@ -297,17 +297,28 @@ def test_killed_worker_leaves_no_half_written_case_and_a_rerun_completes(
     assert table.groupby("case_id").size().to_dict() == {"a": 3, "b": 3, "c": 3}
 
 
+def _run_copies(run, tmp_path, local, drop):
+    """(name, copy of ``run`` without the paths ``drop``, stage keywords): loop, then Dask."""
+    for name, where in (("loop", {}), ("dask", {"scheduler": local.scheduler_address})):
+        copy = tmp_path / name
+        shutil.copytree(run, copy)
+        for rel in drop:
+            path = copy / rel
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        yield name, copy, where
+
+
 def test_experiment_stages_on_dask_write_the_same_files(tiny_run, cluster, tmp_path, one_thread):
     from lesionuq.experiment import stage_fit, stage_graphs, stage_preprocess, stage_sample
 
     root, _, _ = tiny_run
     local, _ = cluster
     runs = {}
-    for name, where in (("loop", {}), ("dask", {"scheduler": local.scheduler_address})):
-        run = tmp_path / name
-        shutil.copytree(root / "run", run)
-        for sub in ("preprocessed", "fold_0/val", "fold_0/test", "fold_0/graphs", "fold_0/scorers"):
-            shutil.rmtree(run / sub)
+    drop = ("preprocessed", "fold_0/val", "fold_0/test", "fold_0/graphs", "fold_0/scorers")
+    for name, run, where in _run_copies(root / "run", tmp_path, local, drop):
         stage_preprocess(run, progress=False, **where)
         stage_sample(run, [0], progress=False, **where)
         stage_graphs(run, [0], progress=False, **where)
@@ -332,12 +343,9 @@ def test_folds_train_side_by_side_on_dask_with_the_same_weights(
     root, _, _ = tiny_run
     local, _ = cluster
     runs = {}
-    for name, where in (("loop", {}), ("dask", {"scheduler": local.scheduler_address})):
-        run = tmp_path / name
-        shutil.copytree(root / "run", run)
-        for fold in (0, 1):
-            for f in ("segmenter.pt", "segmenter_last.pt", "stamp_train.json"):
-                (run / f"fold_{fold}" / f).unlink()
+    names = ("segmenter.pt", "segmenter_last.pt", "stamp_train.json")
+    drop = [f"fold_{fold}/{f}" for fold in (0, 1) for f in names]
+    for name, run, where in _run_copies(root / "run", tmp_path, local, drop):
         stage_train(run, progress=False, **where)
         runs[name] = run
     for fold in (0, 1):

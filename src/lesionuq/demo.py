@@ -34,9 +34,9 @@ def demo_workers(
     ``"auto"`` gives one per CPU core, at most one per fold, when the machine has at
     least 2 cores and the run is on a CPU (``cfg.device`` "cpu", or "auto" without
     CUDA); on a GPU, or on 1 core, everything runs in this process.
-    ``benchmarks/train_throughput.py`` on 2 AVX2 cores: a 32^3-patch training step runs
-    11.1 patches/s on one thread and 15.2 on two, so two folds side by side, one thread
-    each, train 1.46x faster than one fold on both threads.
+    On a 2-core AVX2 CPU two folds side by side, one thread each, trained 1.14x faster
+    than one fold on both threads, and the scorer fits ran 2 at a time (the demo took
+    13 min 46 s there; see :func:`lesionuq.experiment.stage_train`).
 
     Args:
         workers: ``"auto"``, a count (1 or None: no workers), or its text (``"2"``).

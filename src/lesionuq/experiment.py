@@ -359,20 +359,15 @@ def stage_train(
     (:func:`lesionuq.parallel.map_cases`); the progress bar then counts finished folds.
     On a small CPU this is the faster use of its cores: a 32^3-patch training step
     scales poorly over threads (``benchmarks/train_throughput.py`` on 2 AVX2 cores:
-    11.1 patches/s on 1 thread, 15.2 on 2, so two 1-thread folds make 22.2). The weights
+    11.1 patches/s on 1 thread, 15.2 on 2); in the demo on that machine two folds side
+    by side trained ~14.3 patches/s against 10.5-13.3 for one fold on both threads
+    (1.14x: the workers share memory bandwidth and caches). The weights
     are those of a one-process run up to float rounding (the summation order of a
     convolution depends on the thread count); every draw is seeded the same way.
     """
     rd = RunDir(Path(run))
     cfg, _, splits = rd.read_plan()
-    todo = [
-        s.fold
-        for s in _folds(splits, folds)
-        if not (
-            stamp_ok(rd.fold(s.fold) / "stamp_train.json", _train_digest(cfg, s))
-            and (rd.fold(s.fold) / "segmenter.pt").exists()
-        )
-    ]
+    todo = [s.fold for s in _folds(splits, folds) if not _fold_trained(rd, cfg, s)]
     parallel = scheduler is not None or workers is not None
     if parallel and distributed.world_size() == 1 and len(todo) > 1:
         jobs = {f"fold_{k}": _TrainJob(Path(run), k) for k in todo}
@@ -418,10 +413,10 @@ def train_fold(run: Path, fold: int, progress: bool = True) -> None:
     rd = RunDir(Path(run))
     cfg, _, splits = rd.read_plan()
     split = _folds(splits, [fold])[0]
+    if _fold_trained(rd, cfg, split):
+        return
     fold_dir = rd.fold(split.fold)
     digest = _train_digest(cfg, split)
-    if stamp_ok(fold_dir / "stamp_train.json", digest) and (fold_dir / "segmenter.pt").exists():
-        return
     stale = fold_dir / "stamp_train.json"
     if main and stale.exists():  # settings changed: do not resume from the old checkpoint
         for name in ("segmenter.pt", "segmenter_last.pt", "stamp_train.json"):
@@ -436,6 +431,13 @@ def train_fold(run: Path, fold: int, progress: bool = True) -> None:
     )
     if main:
         write_stamp(fold_dir / "stamp_train.json", digest, best_dice=result.best_dice)
+
+
+def _fold_trained(rd: RunDir, cfg: ExperimentConfig, split: FoldSplit) -> bool:
+    """Whether the fold's U-Net exists and its stamp matches the current settings."""
+    fold_dir = rd.fold(split.fold)
+    digest = _train_digest(cfg, split)
+    return stamp_ok(fold_dir / "stamp_train.json", digest) and (fold_dir / "segmenter.pt").exists()
 
 
 def _pair(run: Path, case_id: str, cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -230,8 +230,8 @@ def _glibc_malloc_defaults() -> Iterator[None]:
         with dask.config.set({key: None}):
             yield
     finally:
-        if drop and inherited is not None:
-            os.environ[_TRIM] = inherited
+        if drop:
+            os.environ[_TRIM] = str(inherited)
 
 
 def _task(fn: Callable[[ItemT], T], item: ItemT) -> T:

@@ -150,13 +150,13 @@ class SelectedScorer(LesionScorer):
         from lesionuq.calibration import PlattCalibrator, inner_folds
 
         factories = self._factories()
-        platt = PlattCalibrator(transform="identity")
         if len(lesions) < 2:  # nothing to choose with: the first candidate, sigmoid(u)
             self.choice_ = self.candidates[0]
             self.inner_auc_ = {c: math.nan for c in self.candidates}
             self.chosen_ = factories[self.choice_]()
             if self.chosen_.requires_fit:
                 self.chosen_.fit(lesions, progress=False)
+            platt = PlattCalibrator(transform="identity")
             platt.a_, platt.b_, platt.n_ = 1.0, 0.0, 0
             self.platt_: Calibrator = platt
             return self
@@ -172,8 +172,8 @@ class SelectedScorer(LesionScorer):
         self.chosen_ = factories[self.choice_]()
         if self.chosen_.requires_fit:
             self.chosen_.fit(lesions, progress=False)
-        if self._probability(self.choice_):
-            platt = PlattCalibrator(transform="logit")
+        transform = "logit" if self._probability(self.choice_) else "identity"
+        platt = PlattCalibrator(transform=transform)
         self.platt_ = platt.fit(scores[self.choice_], ~lesions.is_tp)
         return self
 
