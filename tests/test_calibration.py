@@ -13,6 +13,7 @@ from lesionuq.calibration import (
     PlattCalibrator,
     calibrator_from_dict,
     cross_fit,
+    fit_monotone_logistic,
     inner_folds,
     load_calibration,
     make_calibrator,
@@ -42,6 +43,28 @@ def test_platt_recovers_a_known_logistic_map():
     cal = PlattCalibrator().fit(s, y)
     assert cal.a_ == pytest.approx(2.0, abs=0.1)
     assert cal.b_ == pytest.approx(-1.0, abs=0.1)
+
+
+def test_monotone_logistic_recovers_two_known_slopes_and_floors_a_harmful_one():
+    # labels from sigmoid(1.5 z1 + 0.5 z2 - 0.5); z3 pushes the other way (true weight -1)
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(40000, 3))
+    y = rng.random(z.shape[0]) < 1 / (1 + np.exp(-(1.5 * z[:, 0] + 0.5 * z[:, 1] - z[:, 2] - 0.5)))
+    a, b = fit_monotone_logistic(z, y, min_slope=1e-6)
+    # leaving z3's effect out attenuates the others alike: their ratio stays 3
+    assert 1.0 < a[0] < 1.55 and a[0] / a[1] == pytest.approx(3.0, rel=0.15)
+    assert a[2] == 1e-6  # a negative weight is not allowed: the floor
+    assert b == pytest.approx(-0.5, abs=0.2)
+    # one column is exactly Platt scaling
+    s = 1 / (1 + np.exp(-z[:, 0]))
+    cal = PlattCalibrator(transform="identity").fit(z[:, 0], y)
+    (a1,), b1 = fit_monotone_logistic(z[:, :1], y)
+    assert (a1, b1) == (cal.a_, cal.b_)
+    assert PlattCalibrator().fit(s, y).a_ == pytest.approx(a1, rel=1e-6)
+    with pytest.raises(ValueError, match="finite"):
+        fit_monotone_logistic(np.array([[np.nan]]), np.array([1]))
+    with pytest.raises(ValueError, match="min_slope"):
+        fit_monotone_logistic(z[:5], y[:5], min_slope=0.0)
 
 
 @pytest.mark.parametrize("kind", ["platt", "isotonic"])

@@ -1,4 +1,4 @@
-"""``gcnn_auto`` (SelectedScorer): the choice is made on validation lesions only."""
+"""``gcnn_auto`` (SelectedScorer), ``gcnn_stack`` (StackedScorer): fitted on validation only."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from lesionuq.config import ExperimentConfig, GCNNConfig
 from lesionuq.evaluation.curves import ac_auc
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.scorers import load_scorer, make_scorer
-from lesionuq.scorers.select import SelectedScorer, selection_aucs
+from lesionuq.scorers.select import (
+    STACK_CANDIDATES,
+    SelectedScorer,
+    StackedScorer,
+    selection_aucs,
+)
 
 GCNN = GCNNConfig(hidden=8, epochs=2, batch_size=4)
 
@@ -118,3 +123,40 @@ def test_unknown_or_self_candidates_are_refused():
     for bad in (("entropy_mean", "nope"), ("gcnn_auto",), ()):
         with pytest.raises(ValueError, match="bad candidates"):
             SelectedScorer(GCNN, candidates=bad).fit(val)
+
+
+def test_stacking_weighs_an_informative_candidate_over_a_random_one(one_thread):
+    val = _with_cases(random_lesion_set(40, seed=9), 8)
+    val = _plant(_plant(val, "variance_mean", True, 4), "entropy_mean", False, 5)
+    test = random_lesion_set(30, seed=10)
+    test = _plant(_plant(test, "variance_mean", True, 6), "entropy_mean", False, 7)
+    s = StackedScorer(GCNN, candidates=("entropy_mean", "variance_mean"), seed=0).fit(val)
+    assert s.inner_auc_["variance_mean"] == pytest.approx(1.0)
+    assert s.weights_["variance_mean"] > 20 * s.weights_["entropy_mean"] > 0
+    p = s.score(test)
+    assert p.shape == (30,) and np.all((p > 0) & (p < 1))
+    assert ac_auc(p, test.is_tp) > 0.95
+    # monotone in every candidate: more uncertainty in either never lowers P(FP)
+    for column in ("entropy_mean", "variance_mean"):
+        table = test.table.copy()
+        table[column] += 0.1
+        assert np.all(s.score(LesionSet(table, test.graphs)) > p)
+
+
+def test_registered_gcnn_stack_saves_and_loads_with_the_same_scores(tmp_path, one_thread):
+    cfg = ExperimentConfig(gcnn=GCNN, seed=2)
+    s = make_scorer("gcnn_stack", cfg)
+    assert isinstance(s, StackedScorer) and s.candidates == STACK_CANDIDATES
+    assert s.candidates[-1] == "gcnn_classif" and s.n_inner == cfg.calibration.n_inner
+    val = _plant(_with_cases(random_lesion_set(30, seed=11), 6), "variance_mean", True, 8)
+    test = random_lesion_set(9, seed=12)
+    s.fit(val)
+    s.save(tmp_path / "stack")
+    for c in s.candidates:
+        assert (tmp_path / "stack" / "candidates" / c / "scorer.json").is_file()
+    loaded = load_scorer("gcnn_stack", tmp_path / "stack")
+    assert loaded.weights_ == s.weights_ and loaded.intercept_ == s.intercept_
+    np.testing.assert_array_equal(loaded.score(test), s.score(test))
+    # one lesion: no inner folds, every weight 1
+    one = StackedScorer(GCNN, candidates=("entropy_mean", "size")).fit(random_lesion_set(1))
+    assert one.weights_ == {"entropy_mean": 1.0, "size": 1.0} and one.intercept_ == 0.0

@@ -67,6 +67,7 @@ __all__ = [
     "calibrator_from_dict",
     "cross_fit",
     "fit_calibrated_scorer",
+    "fit_monotone_logistic",
     "inner_folds",
     "is_regressor",
     "load_calibration",
@@ -144,6 +145,64 @@ class Calibrator(ABC):
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first.")
 
 
+def fit_monotone_logistic(
+    z: np.ndarray, is_fp: np.ndarray, min_slope: float = 1e-6
+) -> tuple[np.ndarray, float]:
+    """Logistic regression ``P(FP) = sigmoid(z @ a + b)`` with every slope ``a_k >= min_slope``.
+
+    Maximum likelihood with Platt's (1999) smoothed targets ``(N+ + 1) / (N+ + 2)`` for FP
+    and ``1 / (N- + 2)`` for TP lesions, so separable data do not drive the slopes to
+    infinity. The lower bound keeps the fit strictly increasing in every column: one
+    column is :class:`PlattCalibrator`; several are a monotone stacking of scorers
+    (:class:`lesionuq.scorers.select.StackedScorer`), where a column that adds nothing
+    gets the slope ``min_slope`` instead of a negative weight.
+
+    Args:
+        z: (N, K) scores (higher = less trusted), finite.
+        is_fp: (N,) bool or 0/1, 1 = false positive lesion.
+        min_slope: Lower bound of every slope (> 0).
+
+    Returns:
+        ((K,) slopes ``a``, intercept ``b``).
+
+    Raises:
+        ValueError: No lesions, NaN scores, non-binary labels or ``min_slope <= 0``.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim != 2 or not np.all(np.isfinite(z)):
+        raise ValueError(f"z must be a finite (N, K) array, got shape {z.shape}.")
+    y = _labels(is_fp, z.shape[0])
+    if z.shape[0] == 0:
+        raise ValueError("cannot calibrate on zero lesions.")
+    if not min_slope > 0:
+        raise ValueError(f"min_slope must be > 0, got {min_slope}.")
+    n_pos = y.sum()
+    n_neg = y.size - n_pos
+    t = np.where(y == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+    mu, sd = z.mean(axis=0), z.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    zs = (z - mu) / sd  # standardised for a well-conditioned optimisation
+    k = z.shape[1]
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        f = zs @ theta[:k] + theta[k]
+        # cross-entropy with soft targets: softplus(f) - t * f
+        val = float(np.sum(np.logaddexp(0.0, f) - t * f))
+        r = special.expit(f) - t
+        return val, np.append(r @ zs, r.sum())
+
+    b0 = float(special.logit((n_pos + 1.0) / (y.size + 2.0)))
+    res = optimize.minimize(
+        loss,
+        np.append(np.full(k, 1.0 / k), b0),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(min_slope * float(s), None) for s in sd] + [(None, None)],
+    )
+    a = np.maximum(res.x[:k] / sd, min_slope)
+    return a, float(res.x[k] - a @ mu)
+
+
 class PlattCalibrator(Calibrator):
     """Platt scaling, ``P(FP) = sigmoid(a * z(u) + b)`` with ``a >= min_slope > 0``.
 
@@ -185,32 +244,9 @@ class PlattCalibrator(Calibrator):
         y = _labels(is_fp, s.size)
         if s.size == 0:
             raise ValueError("cannot calibrate on zero lesions.")
-        n_pos = y.sum()
-        n_neg = y.size - n_pos
-        t = np.where(y == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
         z = self._z(s)
-        mu, sd = float(z.mean()), float(z.std())
-        sd = sd if sd > 0 else 1.0
-        zs = (z - mu) / sd  # standardised for a well-conditioned optimisation
-
-        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            f = theta[0] * zs + theta[1]
-            # cross-entropy with soft targets: softplus(f) - t * f
-            val = float(np.sum(np.logaddexp(0.0, f) - t * f))
-            r = special.expit(f) - t
-            return val, np.array([float(r @ zs), float(r.sum())])
-
-        b0 = float(special.logit((n_pos + 1.0) / (y.size + 2.0)))
-        res = optimize.minimize(
-            loss,
-            np.array([1.0, b0]),
-            jac=True,
-            method="L-BFGS-B",
-            bounds=[(self.min_slope * sd, None), (None, None)],
-        )
-        a_s, b_s = (float(v) for v in res.x)
-        self.a_ = max(a_s / sd, self.min_slope)
-        self.b_ = b_s - self.a_ * mu
+        (a,), b = fit_monotone_logistic(z[:, None], y, self.min_slope)
+        self.a_, self.b_ = float(a), float(b)
         self.n_ = int(s.size)
         return self
 

@@ -723,7 +723,13 @@ def stage_fit(
 
 
 # relative fit times (a fold of the quality bench): the order in which fits are submitted
-_FIT_COST = {"gcnn_ens": 5.0, "gcnn_auto": 4.0, "gcnn_classif": 1.0, "gcnn_reg": 1.0}
+_FIT_COST = {
+    "gcnn_ens": 5.0,
+    "gcnn_auto": 4.0,
+    "gcnn_stack": 4.0,
+    "gcnn_classif": 1.0,
+    "gcnn_reg": 1.0,
+}
 
 
 @dataclass

@@ -67,6 +67,7 @@ LEARNED_METHODS = (
     "metaseg_reg",
     "gcnn_ens",
     "gcnn_auto",
+    "gcnn_stack",
 )
 """The registered methods that learn from validation lesions (``requires_fit``); a test
 keeps this tuple equal to the registry's."""

@@ -27,7 +27,7 @@ from lesionuq.scorers.base import SCORER_FILE, LesionScorer
 from lesionuq.scorers.baselines import ColumnScorer, MetaSegScorer, SizeScorer
 from lesionuq.scorers.gcnn import GCNNScorer
 from lesionuq.scorers.gcnn_ens import GCNNEnsembleScorer, make_gcnn_ens
-from lesionuq.scorers.select import SelectedScorer
+from lesionuq.scorers.select import SelectedScorer, StackedScorer
 
 __all__ = ["REGISTRY", "ScorerSpec", "load_scorer", "make_scorer"]
 
@@ -70,6 +70,10 @@ def _gcnn(task: str) -> Callable[[ExperimentConfig], dict[str, Any]]:
     return lambda cfg: {"task": task, "cfg": cfg.gcnn}
 
 
+def _inner(cfg: ExperimentConfig) -> dict[str, Any]:
+    return {"gcnn": cfg.gcnn, "n_inner": cfg.calibration.n_inner, "seed": cfg.seed}
+
+
 # (colour, line style, line width): one family per colour, mean solid / logsum dashed
 REGISTRY: dict[str, ScorerSpec] = {
     "gcnn_classif": ScorerSpec(GCNNScorer, "GCNN classif", ("#d62728", "-", 2.6), _gcnn("classif")),
@@ -108,7 +112,12 @@ REGISTRY: dict[str, ScorerSpec] = {
         SelectedScorer,
         "GCNN or simpler (auto)",
         ("#bcbd22", "-", 2.6),
-        lambda cfg: {"gcnn": cfg.gcnn, "n_inner": cfg.calibration.n_inner, "seed": cfg.seed},
+        _inner,
+    ),
+    # beyond the paper: the GCNN and MetaSeg's features weighed by their out-of-fold
+    # scores, every weight >= 0 (scorers/select.py)
+    "gcnn_stack": ScorerSpec(
+        StackedScorer, "GCNN + uncertainty means (stacked)", ("#7f7f7f", "-", 2.6), _inner
     ),
 }
 """Method name -> :class:`ScorerSpec`; the default methods are ``config.METHODS``."""

@@ -44,7 +44,7 @@ from lesionuq.scorers.base import LesionScorer, check_is_fitted
 if TYPE_CHECKING:
     from lesionuq.calibration import Calibrator
 
-__all__ = ["CANDIDATES", "SelectedScorer", "selection_aucs"]
+__all__ = ["CANDIDATES", "STACK_CANDIDATES", "SelectedScorer", "StackedScorer", "selection_aucs"]
 
 #: Default candidates, simplest first (a tie goes to the earlier one): the paper's two
 #: learned lesion scorers. MetaSeg is already the fitted linear combination of every
@@ -52,7 +52,19 @@ __all__ = ["CANDIDATES", "SelectedScorer", "selection_aucs"]
 #: own: choosing among 9 noisy validation AUCs picked a worse method more often than it
 #: gained (learning curve of the quality bench, README).
 CANDIDATES: tuple[str, ...] = ("metaseg_classif", "gcnn_classif")
+#: Default inputs of ``gcnn_stack``: MetaSeg's four features as the untrained scorers they
+#: are (each an uncertainty: the monotone stacking gives none a negative weight, which
+#: MetaSeg's unconstrained logistic regression does on small validation sets) and the
+#: paper's GCNN.
+STACK_CANDIDATES: tuple[str, ...] = (
+    "entropy_mean",
+    "variance_mean",
+    "pcs_mean",
+    "size",
+    "gcnn_classif",
+)
 _CHOSEN_DIR = "chosen"
+_CANDIDATES_DIR = "candidates"
 
 
 def selection_aucs(
@@ -147,7 +159,7 @@ class SelectedScorer(LesionScorer):
         Raises:
             ValueError: Unknown candidates.
         """
-        from lesionuq.calibration import PlattCalibrator, inner_folds
+        from lesionuq.calibration import PlattCalibrator
 
         factories = self._factories()
         if len(lesions) < 2:  # nothing to choose with: the first candidate, sigmoid(u)
@@ -160,10 +172,7 @@ class SelectedScorer(LesionScorer):
             platt.a_, platt.b_, platt.n_ = 1.0, 0.0, 0
             self.platt_: Calibrator = platt
             return self
-        table = lesions.table
-        groups = table["case_id"].astype(str).to_numpy() if "case_id" in table else None
-        fold = inner_folds(lesions.is_tp, groups, self.n_inner, self.seed)
-        aucs, scores = selection_aucs(factories, lesions, fold)
+        aucs, scores = self._out_of_fold(factories, lesions)
         finite = {k: v for k, v in aucs.items() if np.isfinite(v)}
         # one class only: no AUC can tell; keep the first (simplest) candidate
         choice = max(finite, key=lambda k: (finite[k], -self.candidates.index(k)), default=None)
@@ -176,6 +185,17 @@ class SelectedScorer(LesionScorer):
         platt = PlattCalibrator(transform=transform)
         self.platt_ = platt.fit(scores[self.choice_], ~lesions.is_tp)
         return self
+
+    def _out_of_fold(
+        self, factories: dict[str, Any], lesions: LesionSet
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """:func:`selection_aucs` over ``n_inner`` inner folds by case (stratified, seeded)."""
+        from lesionuq.calibration import inner_folds
+
+        table = lesions.table
+        groups = table["case_id"].astype(str).to_numpy() if "case_id" in table else None
+        fold = inner_folds(lesions.is_tp, groups, self.n_inner, self.seed)
+        return selection_aucs(factories, lesions, fold)
 
     @staticmethod
     def _probability(method: str) -> bool:
@@ -212,3 +232,125 @@ class SelectedScorer(LesionScorer):
         }
         self.platt_ = calibrator_from_dict(state["platt"])
         self.chosen_ = LesionScorer.load(folder / _CHOSEN_DIR)
+
+
+class StackedScorer(SelectedScorer):
+    """Combine the candidates instead of choosing one: monotone stacking (``gcnn_stack``).
+
+    Near the cross-over of the learning curve the out-of-fold AUCs of a small validation
+    set cannot tell the simpler scorers from the GCNN, and a hard choice (``gcnn_auto``)
+    pays for every wrong pick. Stacking weighs them instead:
+
+    1. every candidate is scored out of fold over ``n_inner`` inner folds by case, as in
+       :class:`SelectedScorer` (an untrained candidate's scores are its own);
+    2. ``P(FP) = sigmoid(sum_k a_k z_k + b)`` is fitted on those scores
+       (:func:`~lesionuq.calibration.fit_monotone_logistic`), ``z_k`` the logit of a
+       learned classifier's P(FP) (the score itself for other methods), every ``a_k >=
+       1e-6``: the output never decreases when a candidate's uncertainty grows, and a
+       candidate that adds nothing gets a near-zero weight rather than a negative one;
+    3. every candidate is refitted on all the validation lesions (as scikit-learn's
+       ``StackingClassifier`` does); new lesions get the weighted sum of their scores.
+
+    The default candidates (:data:`STACK_CANDIDATES`) are MetaSeg's four features, each
+    an untrained uncertainty of its own, and the paper's GCNN: with few validation
+    lesions the GCNN's out-of-fold scores are poor and the voxel-uncertainty means carry
+    the sum (a MetaSeg whose weights cannot change sign); with hundreds the GCNN does.
+    The output is a P(FP) in (0, 1). Test lesions never take part.
+
+    Args:
+        gcnn: Settings of the GCNN candidate (``gcnn_classif``; the paper's model).
+        candidates: Registered method names.
+        n_inner: Inner folds (by case, stratified).
+        seed: Seed of the inner split.
+        name: Method name.
+
+    Attributes:
+        inner_auc_: Out-of-fold validation AUC (fraction) of every candidate.
+        weights_: Slope ``a_k`` of every candidate (> 0).
+        intercept_: ``b``.
+        fitted_: Every candidate, refitted on all the validation lesions.
+    """
+
+    def __init__(
+        self,
+        gcnn: GCNNConfig | None = None,
+        candidates: tuple[str, ...] | list[str] = STACK_CANDIDATES,
+        n_inner: int = 3,
+        seed: int = 0,
+        name: str = "gcnn_stack",
+    ) -> None:
+        super().__init__(gcnn, candidates, n_inner, seed, name)
+
+    def _z(self, method: str, u: np.ndarray) -> np.ndarray:
+        """(N,) the stacking input of ``method``'s (N,) scores."""
+        from scipy import special
+
+        u = np.asarray(u, dtype=np.float64)
+        return special.logit(np.clip(u, 1e-12, 1.0 - 1e-12)) if self._probability(method) else u
+
+    def fit(self, lesions: LesionSet, progress: bool = True) -> Self:
+        """Fit the stacking weights on out-of-fold scores, then refit every candidate.
+
+        Args:
+            lesions: N labelled validation lesions. With fewer than 2 there are no inner
+                folds: every weight is 1 and the intercept 0.
+            progress: Unused (the inner fits are short); kept for the interface.
+
+        Raises:
+            ValueError: Unknown candidates.
+        """
+        from lesionuq.calibration import fit_monotone_logistic
+
+        factories = self._factories()
+        if len(lesions) < 2:
+            self.inner_auc_ = {c: math.nan for c in self.candidates}
+            weights, self.intercept_ = np.ones(len(self.candidates)), 0.0
+        else:
+            aucs, scores = self._out_of_fold(factories, lesions)
+            self.inner_auc_ = {k: float(v) for k, v in aucs.items()}
+            z = np.stack([self._z(c, scores[c]) for c in self.candidates], axis=1)
+            weights, self.intercept_ = fit_monotone_logistic(z, ~lesions.is_tp)
+        self.weights_ = {c: float(w) for c, w in zip(self.candidates, weights, strict=True)}
+        self.fitted_: dict[str, LesionScorer] = {}
+        for c in self.candidates:
+            scorer = factories[c]()
+            if scorer.requires_fit:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # one class: constant
+                    scorer.fit(lesions, progress=False)
+            self.fitted_[c] = scorer
+        return self
+
+    def score(self, lesions: LesionSet) -> np.ndarray:
+        """(N,) float64 P(FP) in (0, 1): the weighted sum of the candidates' scores.
+
+        Raises:
+            NotFittedError: Not fitted.
+        """
+        from scipy import special
+
+        check_is_fitted(self)
+        f = np.full(len(lesions), self.intercept_)
+        for c, scorer in self.fitted_.items():
+            f += self.weights_[c] * self._z(c, scorer.score(lesions))
+        return np.asarray(special.expit(f), dtype=np.float64)
+
+    def _state(self, folder: Path) -> dict[str, Any]:
+        check_is_fitted(self)
+        for c, scorer in self.fitted_.items():
+            scorer.save(folder / _CANDIDATES_DIR / c)
+        return {
+            "weights": self.weights_,
+            "intercept": self.intercept_,
+            "inner_auc": {k: v if np.isfinite(v) else None for k, v in self.inner_auc_.items()},
+        }
+
+    def _set_state(self, state: dict[str, Any] | None, folder: Path) -> None:
+        if state is None:
+            raise ValueError(f"{folder}: scorer '{self.name}' was saved without its state.")
+        self.weights_ = {k: float(v) for k, v in state["weights"].items()}
+        self.intercept_ = float(state["intercept"])
+        self.inner_auc_ = {
+            k: math.nan if v is None else float(v) for k, v in state["inner_auc"].items()
+        }
+        self.fitted_ = {c: LesionScorer.load(folder / _CANDIDATES_DIR / c) for c in self.weights_}
