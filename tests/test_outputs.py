@@ -191,10 +191,13 @@ def test_run_marker(tmp_path):
 def test_pyg_generated_modules_do_not_pile_up_in_tmp(tmp_path):
     code = (
         "from torch_geometric.nn import GCNConv\n"
+        "from lesionuq.scorers.gcnn import SymmetricGCNConv\n"
         "from lesionuq.utils import remove_pyg_codegen_files\n"
         "GCNConv(2, 2)\n"
-        "remove_pyg_codegen_files()\n"
+        "SymmetricGCNConv(2, 2)\n"  # a subclass of ours: a module named after lesionuq's
+        "print(len(remove_pyg_codegen_files()))\n"
     )
     env = {**os.environ, "PYTHONPATH": SRC, "TMPDIR": str(tmp_path)}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    out = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+    assert out.stdout.split()[-1] == b"2"  # GCNConv's and SymmetricGCNConv's
     assert not [p.name for p in tmp_path.iterdir() if "propagate" in p.name]

@@ -160,3 +160,35 @@ def test_registered_gcnn_stack_saves_and_loads_with_the_same_scores(tmp_path, on
     # one lesion: no inner folds, every weight 1
     one = StackedScorer(GCNN, candidates=("entropy_mean", "size")).fit(random_lesion_set(1))
     assert one.weights_ == {"entropy_mean": 1.0, "size": 1.0} and one.intercept_ == 0.0
+
+
+def test_gcnn_stack_is_fitted_once_and_keeps_its_own_out_of_fold_p_fp(tmp_path, one_thread):
+    """The experiment does not cross-fit a calibrator around a self-calibrated scorer."""
+    from lesionuq.calibration import CALIBRATOR_FILE, fit_calibrated_scorer, load_calibration
+
+    cfg = ExperimentConfig(gcnn=GCNN, seed=1)
+    val = _plant(_with_cases(random_lesion_set(30, seed=13), 6), "variance_mean", True, 9)
+    fits = []
+    original = StackedScorer.fit
+
+    def counted(self, lesions, progress=True):
+        fits.append(len(lesions))
+        return original(self, lesions, progress)
+
+    StackedScorer.fit = counted
+    try:
+        scorer = fit_calibrated_scorer("gcnn_stack", cfg, val, tmp_path, progress=False)
+    finally:
+        StackedScorer.fit = original
+    assert fits == [30]  # once, on all the validation lesions (no outer cross-fitting)
+    cal, iou_cal, meta = load_calibration(tmp_path / CALIBRATOR_FILE)
+    assert meta["method"] == "self" and meta["n_inner"] == cfg.calibration.n_inner
+    assert iou_cal is None
+    test = random_lesion_set(12, seed=14)
+    p = scorer.score(test)
+    np.testing.assert_allclose(cal.predict(p), p, rtol=1e-9)  # the identity
+    np.testing.assert_allclose(meta["oof_p_fp"], scorer.oof_p_fp_, rtol=1e-12)
+    assert meta["oof_is_tp"] == val.is_tp.tolist()
+    # out of fold: led by the planted column (the other candidates move it a little)
+    assert ac_auc(scorer.oof_p_fp_, val.is_tp) > 0.95
+    assert max(scorer.weights_, key=scorer.weights_.get) == "variance_mean"

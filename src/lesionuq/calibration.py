@@ -680,7 +680,10 @@ def fit_calibrated_scorer(
 
     The calibrator sees only out-of-fold scores (:func:`cross_fit`); the file also keeps
     those out-of-fold P(FP) with their labels, so that ``predict`` can choose another
-    review target, and the operating point of the config's target.
+    review target, and the operating point of the config's target. A scorer that is
+    ``self_calibrated`` (``gcnn_stack``: its output is a logistic fit on out-of-fold
+    scores) is fitted once; its calibrator is the identity (``"method": "self"`` in the
+    file) and its own out-of-fold P(FP) (``oof_p_fp_``) stand for the cross-fitted ones.
 
     Args:
         method: A registered learned method (``requires_fit``).
@@ -694,19 +697,29 @@ def fit_calibrated_scorer(
     """
     from lesionuq.scorers import make_scorer
 
-    fit = cross_fit(
-        lambda: make_scorer(method, cfg),
-        val,
-        n_inner=cfg.calibration.n_inner,
-        seed=cfg.seed,
-        kind=cfg.calibration.method,
-        progress=progress,
-    )
+    scorer = make_scorer(method, cfg)
+    if scorer.self_calibrated:  # already a P(FP) on out-of-fold scores: nothing to add
+        scorer.fit(val, progress=progress)
+        identity = PlattCalibrator(transform="logit")
+        identity.a_, identity.b_, identity.n_ = 1.0, 0.0, len(val)
+        oof = np.asarray(getattr(scorer, "oof_p_fp_"), dtype=np.float64)  # noqa: B009
+        fit = CrossFitResult(scorer, identity, oof, np.zeros(len(val), int), None)
+        kind, n_inner = "self", int(getattr(scorer, "n_inner", 0))
+    else:
+        fit = cross_fit(
+            lambda: make_scorer(method, cfg),
+            val,
+            n_inner=cfg.calibration.n_inner,
+            seed=cfg.seed,
+            kind=cfg.calibration.method,
+            progress=progress,
+        )
+        kind, n_inner = cfg.calibration.method, int(fit.inner_fold.max()) + 1
     p_oof = fit.calibrator.predict(fit.oof_scores)
     is_tp = val.is_tp
     extra = {
-        "method": cfg.calibration.method,
-        "n_inner": int(fit.inner_fold.max()) + 1,
+        "method": kind,
+        "n_inner": n_inner,
         "oof_p_fp": [float(v) for v in p_oof],
         "oof_is_tp": [bool(v) for v in is_tp],
         "operating_point": operating_point_of(p_oof, is_tp, cfg.calibration.review_target),

@@ -48,7 +48,7 @@ from lesionuq.lesions.dataset import LesionSet, load_lesion_set
 from lesionuq.parallel import check_parallel, map_cases
 from lesionuq.rundir import RunDir, digest_of
 from lesionuq.scorers.base import LesionScorer
-from lesionuq.utils import track
+from lesionuq.utils import remove_pyg_codegen_files, track
 
 __all__ = [
     "LEARNED_METHODS",
@@ -312,6 +312,7 @@ def _curve_task(job: _CurveJob) -> list[tuple[Any, ...]]:
         rows.append(
             (job.fold, job.size, job.repeat, method, auc, n_tp, len(train) - n_tp, job.full)
         )
+    remove_pyg_codegen_files()
     return rows
 
 

@@ -87,9 +87,9 @@ def remove_pyg_codegen_files() -> list[Path]:
     tmp = Path(tempfile.gettempdir()).resolve()
     removed = []
     for name, module in list(sys.modules.items()):
-        if not name.startswith("torch_geometric") or not name.endswith(
-            ("_propagate", "_edge_updater")
-        ):
+        # named after the layer class's module: torch_geometric.nn.conv... for PyG's own,
+        # lesionuq.scorers.gcnn_SymmetricGCNConv_propagate for a subclass of ours
+        if not name.endswith(("_propagate", "_edge_updater")):
             continue
         file = getattr(module, "__file__", None)
         if not file:

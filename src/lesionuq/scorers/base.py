@@ -58,10 +58,15 @@ class LesionScorer(ABC):
     Attributes:
         name: Method name (a column of ``results/lesions.csv``), e.g. ``"gcnn_classif"``.
         requires_fit: Whether :meth:`score` needs :meth:`fit` first (class attribute).
+        self_calibrated: Whether :meth:`score` is already a P(FP) fitted on out-of-fold
+            scores (class attribute). Such a scorer sets ``oof_p_fp_`` ((N,) P(FP) of its
+            fitting lesions, out of fold; not saved) in :meth:`fit`, and the experiment
+            uses it instead of cross-fitting a calibrator around the scorer.
     """
 
     name: str
     requires_fit: ClassVar[bool] = True
+    self_calibrated: ClassVar[bool] = False
 
     if TYPE_CHECKING:
         # The constructor contract of every concrete scorer: it takes the method name as

@@ -269,7 +269,13 @@ class StackedScorer(SelectedScorer):
         weights_: Slope ``a_k`` of every candidate (> 0).
         intercept_: ``b``.
         fitted_: Every candidate, refitted on all the validation lesions.
+        oof_p_fp_: (N,) P(FP) of the fitting lesions from their out-of-fold candidate
+            scores (the stacking weights are fitted on them too); what the experiment
+            keeps for the review threshold instead of cross-fitting a calibrator around
+            this scorer (``self_calibrated``). Not saved.
     """
+
+    self_calibrated = True
 
     def __init__(
         self,
@@ -299,9 +305,12 @@ class StackedScorer(SelectedScorer):
         Raises:
             ValueError: Unknown candidates.
         """
+        from scipy import special
+
         from lesionuq.calibration import fit_monotone_logistic
 
         factories = self._factories()
+        z = None
         if len(lesions) < 2:
             self.inner_auc_ = {c: math.nan for c in self.candidates}
             weights, self.intercept_ = np.ones(len(self.candidates)), 0.0
@@ -319,6 +328,10 @@ class StackedScorer(SelectedScorer):
                     warnings.simplefilter("ignore", UserWarning)  # one class: constant
                     scorer.fit(lesions, progress=False)
             self.fitted_[c] = scorer
+        if z is None:  # no inner folds: the in-sample P(FP)
+            self.oof_p_fp_ = self.score(lesions)
+        else:
+            self.oof_p_fp_ = special.expit(z @ weights + self.intercept_)
         return self
 
     def score(self, lesions: LesionSet) -> np.ndarray:
