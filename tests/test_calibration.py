@@ -12,6 +12,7 @@ from lesionuq.calibration import (
     IsotonicCalibrator,
     PlattCalibrator,
     calibrator_from_dict,
+    clipped_logit,
     cross_fit,
     fit_monotone_logistic,
     inner_folds,
@@ -65,6 +66,18 @@ def test_monotone_logistic_recovers_two_known_slopes_and_floors_a_harmful_one():
         fit_monotone_logistic(np.array([[np.nan]]), np.array([1]))
     with pytest.raises(ValueError, match="min_slope"):
         fit_monotone_logistic(z[:5], y[:5], min_slope=0.0)
+
+
+def test_clipped_logit_and_the_identity_platt_map():
+    z = clipped_logit(np.array([0.0, 0.5, 0.8, 1.0]))
+    assert z[1] == 0.0 and z[2] == pytest.approx(np.log(4.0))
+    assert z[0] == pytest.approx(-np.log(1e12), rel=1e-9)  # finite, not -inf
+    assert z[3] == pytest.approx(np.log(1e12), rel=1e-5)  # 1 - 1e-12 rounds in float64
+    p = np.array([0.01, 0.3, 0.99])
+    np.testing.assert_allclose(PlattCalibrator.identity("logit", 7).predict(p), p, rtol=1e-12)
+    ident = PlattCalibrator.identity("identity")
+    np.testing.assert_allclose(ident.predict(np.array([0.0, 2.0])), [0.5, 1 / (1 + np.exp(-2))])
+    assert PlattCalibrator.identity(n=7).to_dict()["n"] == 7
 
 
 @pytest.mark.parametrize("kind", ["platt", "isotonic"])

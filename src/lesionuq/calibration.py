@@ -65,6 +65,7 @@ __all__ = [
     "IsotonicCalibrator",
     "PlattCalibrator",
     "calibrator_from_dict",
+    "clipped_logit",
     "cross_fit",
     "fit_calibrated_scorer",
     "fit_monotone_logistic",
@@ -143,6 +144,18 @@ class Calibrator(ABC):
     def _check_fitted(self, attr: str) -> None:
         if not hasattr(self, attr):
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first.")
+
+
+def clipped_logit(p: np.ndarray) -> np.ndarray:
+    """``logit(p)`` of probabilities clipped to ``[1e-12, 1 - 1e-12]`` (finite everywhere).
+
+    Args:
+        p: (N,) scores in [0, 1].
+
+    Returns:
+        (N,) float64.
+    """
+    return special.logit(np.clip(np.asarray(p, dtype=np.float64), _EPS, 1.0 - _EPS))
 
 
 def fit_monotone_logistic(
@@ -230,9 +243,19 @@ class PlattCalibrator(Calibrator):
         self.min_slope = float(min_slope)
 
     def _z(self, scores: np.ndarray) -> np.ndarray:
-        if self.transform == "logit":
-            return special.logit(np.clip(scores, _EPS, 1.0 - _EPS))
-        return scores
+        return clipped_logit(scores) if self.transform == "logit" else scores
+
+    @classmethod
+    def identity(cls, transform: str = "logit", n: int = 0) -> Self:
+        """The fitted map ``a = 1, b = 0``: P(FP) = u (``"logit"``) or sigmoid(u).
+
+        Args:
+            transform: As in the constructor.
+            n: Number of lesions to record as the fitting set.
+        """
+        cal = cls(transform=transform)
+        cal.a_, cal.b_, cal.n_ = 1.0, 0.0, int(n)
+        return cal
 
     def fit(self, scores: np.ndarray, is_fp: np.ndarray) -> Self:
         """Maximum likelihood with Platt's smoothed targets (see the module docstring).
@@ -700,8 +723,7 @@ def fit_calibrated_scorer(
     scorer = make_scorer(method, cfg)
     if scorer.self_calibrated:  # already a P(FP) on out-of-fold scores: nothing to add
         scorer.fit(val, progress=progress)
-        identity = PlattCalibrator(transform="logit")
-        identity.a_, identity.b_, identity.n_ = 1.0, 0.0, len(val)
+        identity = PlattCalibrator.identity("logit", len(val))
         oof = np.asarray(getattr(scorer, "oof_p_fp_"), dtype=np.float64)  # noqa: B009
         fit = CrossFitResult(scorer, identity, oof, np.zeros(len(val), int), None)
         kind, n_inner = "self", int(getattr(scorer, "n_inner", 0))

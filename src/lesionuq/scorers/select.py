@@ -168,9 +168,7 @@ class SelectedScorer(LesionScorer):
             self.chosen_ = factories[self.choice_]()
             if self.chosen_.requires_fit:
                 self.chosen_.fit(lesions, progress=False)
-            platt = PlattCalibrator(transform="identity")
-            platt.a_, platt.b_, platt.n_ = 1.0, 0.0, 0
-            self.platt_: Calibrator = platt
+            self.platt_: Calibrator = PlattCalibrator.identity("identity")
             return self
         aucs, scores = self._out_of_fold(factories, lesions)
         finite = {k: v for k, v in aucs.items() if np.isfinite(v)}
@@ -289,10 +287,10 @@ class StackedScorer(SelectedScorer):
 
     def _z(self, method: str, u: np.ndarray) -> np.ndarray:
         """(N,) the stacking input of ``method``'s (N,) scores."""
-        from scipy import special
+        from lesionuq.calibration import clipped_logit
 
         u = np.asarray(u, dtype=np.float64)
-        return special.logit(np.clip(u, 1e-12, 1.0 - 1e-12)) if self._probability(method) else u
+        return clipped_logit(u) if self._probability(method) else u
 
     def fit(self, lesions: LesionSet, progress: bool = True) -> Self:
         """Fit the stacking weights on out-of-fold scores, then refit every candidate.
