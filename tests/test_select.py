@@ -192,3 +192,34 @@ def test_gcnn_stack_is_fitted_once_and_keeps_its_own_out_of_fold_p_fp(tmp_path, 
     # out of fold: led by the planted column (the other candidates move it a little)
     assert ac_auc(scorer.oof_p_fp_, val.is_tp) > 0.95
     assert max(scorer.weights_, key=scorer.weights_.get) == "variance_mean"
+
+
+def test_one_scan_leaves_the_learned_candidates_out(tmp_path, one_thread):
+    """One scan cannot show how a learned scorer does on another: it gets weight 0."""
+    val = _plant(_with_cases(random_lesion_set(20, seed=15), 1), "variance_mean", True, 10)
+    s = StackedScorer(GCNN, candidates=("variance_mean", "size", "gcnn_classif"))
+    with pytest.warns(UserWarning, match=r"one scan.*gcnn_classif"):
+        s.fit(val)
+    assert s.weights_["gcnn_classif"] == 0.0 and list(s.fitted_) == ["variance_mean", "size"]
+    assert np.isnan(s.inner_auc_["gcnn_classif"]) and s.inner_auc_["variance_mean"] == 1.0
+    assert s.weights_["variance_mean"] > s.weights_["size"] > 0
+    s.save(tmp_path / "stack")
+    assert not (tmp_path / "stack" / "candidates" / "gcnn_classif").exists()
+    test = random_lesion_set(10, seed=16)
+    np.testing.assert_array_equal(
+        load_scorer("gcnn_stack", tmp_path / "stack").score(test), s.score(test)
+    )
+    # only learned candidates: nothing else to stack, so they stay (no warning)
+    alone = StackedScorer(GCNN, candidates=("metaseg_classif",)).fit(val)
+    assert list(alone.fitted_) == ["metaseg_classif"] and alone.weights_["metaseg_classif"] > 0
+
+
+def test_inner_folds_are_by_case_from_two_cases_on():
+    """2 cases and n_inner 3: 2 folds, one case each; 4 cases: 3 folds, no case split."""
+    s = StackedScorer(GCNN, n_inner=3)
+    for n_cases, n_folds in ((2, 2), (4, 3)):
+        val = _with_cases(random_lesion_set(24, seed=17), n_cases)
+        fold = s._case_folds(val)
+        cases = val.table["case_id"].to_numpy()
+        assert sorted(set(fold)) == list(range(n_folds))
+        assert all(np.unique(fold[cases == c]).size == 1 for c in np.unique(cases))

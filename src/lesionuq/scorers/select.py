@@ -239,8 +239,11 @@ class StackedScorer(SelectedScorer):
     set cannot tell the simpler scorers from the GCNN, and a hard choice (``gcnn_auto``)
     pays for every wrong pick. Stacking weighs them instead:
 
-    1. every candidate is scored out of fold over ``n_inner`` inner folds by case, as in
-       :class:`SelectedScorer` (an untrained candidate's scores are its own);
+    1. every candidate is scored out of fold over ``min(n_inner, number of cases)``
+       inner folds grouped by case, so that a learned candidate is judged on scans it
+       was not fitted on (an untrained candidate's scores are its own). Lesions from a
+       single scan cannot show that: there the learned candidates are left out (weight 0)
+       and only the untrained ones are stacked;
     2. ``P(FP) = sigmoid(sum_k a_k z_k + b)`` is fitted on those scores
        (:func:`~lesionuq.calibration.fit_monotone_logistic`), ``z_k`` the logit of a
        learned classifier's P(FP) (the score itself for other methods), every ``a_k >=
@@ -297,7 +300,9 @@ class StackedScorer(SelectedScorer):
 
         Args:
             lesions: N labelled validation lesions. With fewer than 2 there are no inner
-                folds: every weight is 1 and the intercept 0.
+                folds: every weight is 1 and the intercept 0. From one scan only (one
+                ``case_id``), the learned candidates are left out (weight 0, not fitted;
+                a warning says so) unless no other candidate is listed.
             progress: Unused (the inner fits are short); kept for the interface.
 
         Raises:
@@ -308,18 +313,22 @@ class StackedScorer(SelectedScorer):
         from lesionuq.calibration import fit_monotone_logistic
 
         factories = self._factories()
+        active = self._active(factories, lesions)
         z = None
-        if len(lesions) < 2:
-            self.inner_auc_ = {c: math.nan for c in self.candidates}
-            weights, self.intercept_ = np.ones(len(self.candidates)), 0.0
-        else:
-            aucs, scores = self._out_of_fold(factories, lesions)
-            self.inner_auc_ = {k: float(v) for k, v in aucs.items()}
-            z = np.stack([self._z(c, scores[c]) for c in self.candidates], axis=1)
+        weights = np.ones(len(active))
+        self.inner_auc_ = {c: math.nan for c in self.candidates}
+        self.intercept_ = 0.0
+        if len(lesions) >= 2:
+            aucs, scores = selection_aucs(
+                {c: factories[c] for c in active}, lesions, self._case_folds(lesions)
+            )
+            self.inner_auc_.update({k: float(v) for k, v in aucs.items()})
+            z = np.stack([self._z(c, scores[c]) for c in active], axis=1)
             weights, self.intercept_ = fit_monotone_logistic(z, ~lesions.is_tp)
-        self.weights_ = {c: float(w) for c, w in zip(self.candidates, weights, strict=True)}
+        self.weights_ = dict.fromkeys(self.candidates, 0.0)
+        self.weights_.update({c: float(w) for c, w in zip(active, weights, strict=True)})
         self.fitted_: dict[str, LesionScorer] = {}
-        for c in self.candidates:
+        for c in active:
             scorer = factories[c]()
             if scorer.requires_fit:
                 with warnings.catch_warnings():
@@ -331,6 +340,48 @@ class StackedScorer(SelectedScorer):
         else:
             self.oof_p_fp_ = special.expit(z @ weights + self.intercept_)
         return self
+
+    def _active(self, factories: dict[str, Any], lesions: LesionSet) -> list[str]:
+        """The candidates that take part: all, or the untrained ones when from one scan.
+
+        A learned candidate must be judged on scans it was not fitted on; lesions of a
+        single scan cannot show how it does on another (their inner folds mix lesions of
+        that scan, and its quirks, e.g. FPs more certain than TPs, are then learned and
+        confirmed alike).
+        """
+        cases = self._cases(lesions)
+        if cases is None or np.unique(cases).size >= 2:
+            return list(self.candidates)
+        untrained = [c for c in self.candidates if not factories[c]().requires_fit]
+        learned = [c for c in self.candidates if c not in untrained]
+        if not untrained or not learned:
+            return list(self.candidates)
+        warnings.warn(
+            f"{self.name}: the {len(lesions)} validation lesions come from one scan; "
+            f"the learned candidates ({', '.join(learned)}) are left out, since one scan "
+            "cannot show how they do on another.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return untrained
+
+    @staticmethod
+    def _cases(lesions: LesionSet) -> np.ndarray | None:
+        table = lesions.table
+        return table["case_id"].astype(str).to_numpy() if "case_id" in table else None
+
+    def _case_folds(self, lesions: LesionSet) -> np.ndarray:
+        """(N,) inner folds, by case whenever there are at least 2 cases.
+
+        ``min(n_inner, number of cases)`` folds grouped by case (so every out-of-fold
+        score comes from models that never saw that scan); by lesion otherwise.
+        """
+        from lesionuq.calibration import inner_folds
+
+        cases = self._cases(lesions)
+        n_cases = 0 if cases is None else np.unique(cases).size
+        n_inner = min(self.n_inner, n_cases) if n_cases >= 2 else self.n_inner
+        return inner_folds(lesions.is_tp, cases, n_inner, self.seed)
 
     def score(self, lesions: LesionSet) -> np.ndarray:
         """(N,) float64 P(FP) in (0, 1): the weighted sum of the candidates' scores.
@@ -352,6 +403,7 @@ class StackedScorer(SelectedScorer):
             scorer.save(folder / _CANDIDATES_DIR / c)
         return {
             "weights": self.weights_,
+            "active": list(self.fitted_),
             "intercept": self.intercept_,
             "inner_auc": {k: v if np.isfinite(v) else None for k, v in self.inner_auc_.items()},
         }
@@ -364,4 +416,5 @@ class StackedScorer(SelectedScorer):
         self.inner_auc_ = {
             k: math.nan if v is None else float(v) for k, v in state["inner_auc"].items()
         }
-        self.fitted_ = {c: LesionScorer.load(folder / _CANDIDATES_DIR / c) for c in self.weights_}
+        active = state.get("active", list(self.weights_))  # saved before "active": all
+        self.fitted_ = {c: LesionScorer.load(folder / _CANDIDATES_DIR / c) for c in active}
