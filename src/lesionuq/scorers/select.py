@@ -261,7 +261,8 @@ class StackedScorer(SelectedScorer):
     Args:
         gcnn: Settings of the GCNN candidate (``gcnn_classif``; the paper's model).
         candidates: Registered method names.
-        n_inner: Inner folds (by case, stratified).
+        n_inner: Inner folds (by case, stratified) when there are at least as many cases;
+            else one per case (2 or more cases).
         seed: Seed of the inner split.
         name: Method name.
 
