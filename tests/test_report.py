@@ -14,9 +14,11 @@ import pytest
 from lesionuq.config import METHODS, ExperimentConfig
 from lesionuq.evaluation.metrics import table1, table2
 from lesionuq.evaluation.report import (
+    FEW_VALIDATION_LESIONS,
     mean_curve,
     plot_accuracy_confidence,
     render_lesion_crop,
+    validation_summary,
     write_report,
 )
 
@@ -166,3 +168,31 @@ def test_write_report_without_images(tmp_path, no_bundle):
     text = write_report(run, method="size", n_gallery=1).read_text()
     assert "not available" in text and "table1.csv" in text
     assert "<td>Size</td>" in text and "uncertainty = <b>" in text
+
+
+def _val_table(run, fold, cases, is_tp):
+    folder = run / f"fold_{fold}/graphs/val"
+    folder.mkdir(parents=True)
+    pd.DataFrame({"case_id": cases, "lesion_id": range(len(cases)), "is_tp": is_tp}).to_csv(
+        folder / "lesions.csv", index=False
+    )
+
+
+def test_validation_summary_counts_scans_and_classes_and_warns_when_small(tmp_path, no_bundle):
+    run = tmp_path / "run"
+    make_fake_run(run, with_images=False)
+    assert validation_summary(run) is None
+    text = write_report(run, n_gallery=1).read_text()
+    assert "What the learned scorers were trained on" not in text  # nothing to say
+    _val_table(run, 1, ["a", "a", "b"], [True, False, True])
+    n = FEW_VALIDATION_LESIONS
+    _val_table(run, 0, [f"c{i % 4}" for i in range(n)], [i % 5 > 0 for i in range(n)])
+    summary = validation_summary(run)
+    assert summary.values.tolist() == [[0, 4, n, n - n // 5, n // 5], [1, 2, 3, 2, 1]]
+    text = write_report(run, n_gallery=1).read_text()
+    assert "<tr><td>1</td><td>2</td><td>3</td><td>2</td><td>1</td></tr>" in text
+    assert "as few as 3 validation lesions (fewest scans in a fold: 2)" in text
+    # enough lesions and scans in every fold: no warning
+    (run / "fold_1/graphs/val/lesions.csv").unlink()
+    text = write_report(run, n_gallery=1).read_text()
+    assert "What the learned scorers were trained on" in text and "as few as" not in text
