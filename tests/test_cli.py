@@ -100,3 +100,24 @@ def test_demo_workers_auto_uses_the_cores_on_a_cpu_up_to_the_folds():
     for bad in ("many", "0", -2):
         with pytest.raises(InputError, match="workers"):
             demo_workers(bad, cfg)
+
+
+def test_printed_tables_say_how_many_validation_lesions_the_learned_scorers_had(tmp_path):
+    import pandas as pd
+
+    from lesionuq import cli
+    from lesionuq.experiment import ExperimentResult
+
+    folder = tmp_path / "fold_0/graphs/val"
+    folder.mkdir(parents=True)
+    pd.DataFrame({"case_id": ["a", "a", "b"], "is_tp": [True, False, True]}).to_csv(
+        folder / "lesions.csv", index=False
+    )
+    t1 = pd.DataFrame({"fold": [0], "dice": [0.5], "n_tp": [2], "n_fp": [1]})
+    t2 = pd.DataFrame({"method": ["size"], "auc": [0.75], "spearman_rho": [-1.0]})
+    result = ExperimentResult(tmp_path, t1, t2, t2.assign(fold=0), tmp_path / "report.html")
+    with cli.console.capture() as captured:
+        cli.print_tables(result)
+    text = " ".join(captured.get().split())
+    assert "learned scorers fitted on 3-3 validation lesions per fold (2-2 scans): few" in text
+    assert "75.00" in text

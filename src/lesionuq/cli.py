@@ -140,6 +140,16 @@ def print_tables(result: Any) -> None:
             cells.append(f"{d:+.1f} ({lo:+.1f}, {hi:+.1f})")
         t2.add_row(*cells, style=style)
     console.print(t2)
+    from lesionuq.evaluation.report import FEW_VALIDATION_LESIONS, validation_summary
+
+    val = validation_summary(result.run)
+    if val is not None:
+        lo, hi = int(val["lesions"].min()), int(val["lesions"].max())
+        scans = f"{int(val['scans'].min())}-{int(val['scans'].max())}"
+        line = f"learned scorers fitted on {lo}-{hi} validation lesions per fold ({scans} scans)"
+        if lo < FEW_VALIDATION_LESIONS or int(val["scans"].min()) < 2:
+            line = f"[yellow]{line}: few (the paper had ~700); see the learning curve[/yellow]"
+        console.print(line)
     console.print(f"report: [link=file://{result.report}]{result.report}[/link]")
 
 
