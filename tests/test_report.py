@@ -14,13 +14,13 @@ import pytest
 from lesionuq.config import METHODS, ExperimentConfig
 from lesionuq.evaluation.metrics import table1, table2
 from lesionuq.evaluation.report import (
-    FEW_VALIDATION_LESIONS,
     mean_curve,
     plot_accuracy_confidence,
     render_lesion_crop,
     validation_summary,
     write_report,
 )
+from lesionuq.operating_point import FEW_VALIDATION_LESIONS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # lesion cubes per case: (corner, side); label = position + 1

@@ -232,7 +232,9 @@ def test_review_rule_order_and_target_met(tmp_path):
     assert (p[is_tp] >= stored.threshold).mean() <= 0.05
     fp = model.review_rule(review_target="fp:0.5")
     assert fp.source == "review target" and (p[~is_tp] >= fp.threshold).mean() >= 0.5
-    assert "validation lesions" in fp.describe()
+    n_tp, n_fp = int(is_tp.sum()), int((~is_tp).sum())
+    assert f"on the 60 validation lesions ({n_tp} true, {n_fp} false positives)" in fp.describe()
+    assert "few validation lesions" in fp.describe()  # 60 < 100
     with pytest.raises(InputError, match=r"tp:0\.95"):
         model.review_rule(review_target="half")
     old = FittedModel(tmp_path, TINY, None, {})

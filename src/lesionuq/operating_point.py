@@ -30,6 +30,7 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_TARGET",
+    "FEW_VALIDATION_LESIONS",
     "OperatingPoint",
     "choose_threshold",
     "operating_point_effect",
@@ -38,6 +39,11 @@ __all__ = [
 
 DEFAULT_TARGET = "tp:0.95"
 """Keep at least 95 % of the true lesions unflagged."""
+#: Validation lesions below which a learned scorer, or a threshold chosen on them, is
+#: flagged as resting on little evidence (reports, printed tables, the review sentence):
+#: on the project's quality bench the paper's GCNN passed the best untrained baseline
+#: between 100 and 200 training lesions; the paper trained it on ~700 per fold.
+FEW_VALIDATION_LESIONS = 100
 
 
 def parse_target(target: str) -> tuple[str, float]:

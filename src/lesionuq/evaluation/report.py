@@ -33,10 +33,10 @@ from lesionuq.evaluation.metrics import as_bool, table2
 from lesionuq.evaluation.render import escape as _e
 from lesionuq.evaluation.render import html_page, html_table, img_tag, png_bytes
 from lesionuq.io import atomic_write_bytes, atomic_write_text
+from lesionuq.operating_point import FEW_VALIDATION_LESIONS
 from lesionuq.scorers.registry import REGISTRY
 
 __all__ = [
-    "FEW_VALIDATION_LESIONS",
     "mean_curve",
     "plot_accuracy_confidence",
     "render_lesion_crop",
@@ -451,12 +451,6 @@ def _detection_html(run: Path, t1: pd.DataFrame | None) -> str:
     return "\n".join(out)
 
 
-#: Validation lesions per fold below which the report warns that the learned scorers had
-#: little to learn from: on the quality bench (README) the paper's GCNN passed the best
-#: untrained baseline between 100 and 200 lesions; the paper trained it on ~700 per fold.
-FEW_VALIDATION_LESIONS = 100
-
-
 def validation_summary(run: str | Path) -> pd.DataFrame | None:
     """What the learned scorers of each fold were fitted on: its validation lesions.
 
@@ -690,7 +684,8 @@ def write_report(
     Contents: a short guide, Table 1 (Dice, TP/FP counts per fold), Table 2 (AUC in %,
     Spearman rho, per-fold AUC; best values in bold) with the validation lesions the
     learned scorers were fitted on (:func:`validation_summary`; a warning below
-    :data:`FEW_VALIDATION_LESIONS` per fold or from one scan), Figure 2, the calibration of P(FP)
+    :data:`~lesionuq.operating_point.FEW_VALIDATION_LESIONS` per
+    fold or from one scan), Figure 2, the calibration of P(FP)
     (``calibration.csv`` / ``.png``), the operating point's effect on the test lesions
     (``operating_point.csv``), the lesion-level detection metrics (Table 1's extra
     columns, ``retention.csv``) and a gallery of the

@@ -29,7 +29,7 @@ import numpy as np
 from lesionuq.calibration import CALIBRATOR_FILE, Calibrator, IoURecalibrator, load_calibration
 from lesionuq.config import ExperimentConfig, config_digest
 from lesionuq.io import InputError, describe_load_error
-from lesionuq.operating_point import choose_threshold, parse_target
+from lesionuq.operating_point import FEW_VALIDATION_LESIONS, choose_threshold, parse_target
 from lesionuq.shift import SHIFT_FILE, ShiftReference
 from lesionuq.utils import remove_pyg_codegen_files
 
@@ -75,12 +75,17 @@ class ReviewRule:
         text += f", target {self.target})" if self.target else ")"
         v = self.validation
         if v and v.get("n_tp"):
+            n_tp, n_fp = int(v["n_tp"]), int(v.get("n_fp") or 0)
             text += (
-                f"; on the validation lesions it flagged {100 * v['tp_flagged']:.0f} % of the "
-                f"true lesions and {100 * v['fp_flagged']:.0f} % of the false positives"
-                if v.get("n_fp")
-                else f"; it flagged {100 * v['tp_flagged']:.0f} % of the validation true lesions"
+                f"; on the {n_tp + n_fp} validation lesions ({n_tp} true, {n_fp} false "
+                f"positives) it flagged {100 * v['tp_flagged']:.0f} % of the true lesions and "
+                f"{100 * v['fp_flagged']:.0f} % of the false positives"
+                if n_fp
+                else f"; it flagged {100 * v['tp_flagged']:.0f} % of the {n_tp} validation "
+                "lesions, all true"
             )
+            if n_tp + n_fp < FEW_VALIDATION_LESIONS:
+                text += " (few validation lesions: the threshold may not carry over)"
         return text + "."
 
 
