@@ -219,7 +219,7 @@ def test_inner_folds_are_by_case_from_two_cases_on():
     s = StackedScorer(GCNN, n_inner=3)
     for n_cases, n_folds in ((2, 2), (4, 3)):
         val = _with_cases(random_lesion_set(24, seed=17), n_cases)
-        fold = s._case_folds(val)
+        fold = s._inner_fold(val)
         cases = val.table["case_id"].to_numpy()
         assert sorted(set(fold)) == list(range(n_folds))
         assert all(np.unique(fold[cases == c]).size == 1 for c in np.unique(cases))

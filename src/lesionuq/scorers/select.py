@@ -187,13 +187,20 @@ class SelectedScorer(LesionScorer):
     def _out_of_fold(
         self, factories: dict[str, Any], lesions: LesionSet
     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """:func:`selection_aucs` over ``n_inner`` inner folds by case (stratified, seeded)."""
+        """:func:`selection_aucs` over the inner folds of :meth:`_inner_fold`."""
+        return selection_aucs(factories, lesions, self._inner_fold(lesions))
+
+    def _inner_fold(self, lesions: LesionSet) -> np.ndarray:
+        """(N,) ``n_inner`` inner folds by case (stratified, seeded; :func:`inner_folds`)."""
         from lesionuq.calibration import inner_folds
 
+        return inner_folds(lesions.is_tp, self._cases(lesions), self.n_inner, self.seed)
+
+    @staticmethod
+    def _cases(lesions: LesionSet) -> np.ndarray | None:
+        """(N,) case id of each lesion as str, or None without a ``case_id`` column."""
         table = lesions.table
-        groups = table["case_id"].astype(str).to_numpy() if "case_id" in table else None
-        fold = inner_folds(lesions.is_tp, groups, self.n_inner, self.seed)
-        return selection_aucs(factories, lesions, fold)
+        return table["case_id"].astype(str).to_numpy() if "case_id" in table else None
 
     @staticmethod
     def _probability(method: str) -> bool:
@@ -320,9 +327,7 @@ class StackedScorer(SelectedScorer):
         self.inner_auc_ = {c: math.nan for c in self.candidates}
         self.intercept_ = 0.0
         if len(lesions) >= 2:
-            aucs, scores = selection_aucs(
-                {c: factories[c] for c in active}, lesions, self._case_folds(lesions)
-            )
+            aucs, scores = self._out_of_fold({c: factories[c] for c in active}, lesions)
             self.inner_auc_.update({k: float(v) for k, v in aucs.items()})
             z = np.stack([self._z(c, scores[c]) for c in active], axis=1)
             weights, self.intercept_ = fit_monotone_logistic(z, ~lesions.is_tp)
@@ -353,8 +358,9 @@ class StackedScorer(SelectedScorer):
         cases = self._cases(lesions)
         if cases is None or np.unique(cases).size >= 2:
             return list(self.candidates)
-        untrained = [c for c in self.candidates if not factories[c]().requires_fit]
-        learned = [c for c in self.candidates if c not in untrained]
+        learns = {c: factories[c]().requires_fit for c in self.candidates}
+        untrained = [c for c in self.candidates if not learns[c]]
+        learned = [c for c in self.candidates if learns[c]]
         if not untrained or not learned:
             return list(self.candidates)
         warnings.warn(
@@ -366,12 +372,7 @@ class StackedScorer(SelectedScorer):
         )
         return untrained
 
-    @staticmethod
-    def _cases(lesions: LesionSet) -> np.ndarray | None:
-        table = lesions.table
-        return table["case_id"].astype(str).to_numpy() if "case_id" in table else None
-
-    def _case_folds(self, lesions: LesionSet) -> np.ndarray:
+    def _inner_fold(self, lesions: LesionSet) -> np.ndarray:
         """(N,) inner folds, by case whenever there are at least 2 cases.
 
         ``min(n_inner, number of cases)`` folds grouped by case (so every out-of-fold
