@@ -181,6 +181,27 @@ def test_importing_config_does_not_import_torch():
     assert out.stdout.strip() == "False", out.stderr
 
 
+def test_making_and_checking_a_config_imports_no_scorer_and_no_torch():
+    """The method names are checked against the catalogue, not the scorer classes."""
+    code = (
+        "import sys\n"
+        "from lesionuq.config import ConfigError, ExperimentConfig\n"
+        "cfg = ExperimentConfig.from_dict({'methods': ['gcnn_classif', 'gcnn_stack', 'size']})\n"
+        "try:\n"
+        "    ExperimentConfig(methods=('gcnn_clasif',))\n"
+        "except ConfigError as err:\n"
+        "    print(err)\n"
+        "heavy = ('torch', 'torch_geometric', 'sklearn', 'lesionuq.scorers')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(lesionuq.__file__).parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "[]", out.stderr
+    assert "methods must be one of gcnn_classif" in lines[0]
+    assert "got 'gcnn_clasif' (did you mean 'gcnn_classif'?)" in lines[0]
+
+
 def test_extra_feature_names_match_the_graph_builder():
     from lesionuq.config import ExtraFeature
     from lesionuq.lesions import EXTRA_FEATURES

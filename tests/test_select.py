@@ -177,7 +177,8 @@ def test_gcnn_stack_is_fitted_once_and_keeps_its_own_out_of_fold_p_fp(tmp_path, 
 
     StackedScorer.fit = counted
     try:
-        scorer = fit_calibrated_scorer("gcnn_stack", cfg, val, tmp_path, progress=False)
+        factory = lambda: make_scorer("gcnn_stack", cfg)  # noqa: E731
+        scorer = fit_calibrated_scorer(factory, cfg, val, tmp_path, progress=False)
     finally:
         StackedScorer.fit = original
     assert fits == [30]  # once, on all the validation lesions (no outer cross-fitting)

@@ -52,6 +52,7 @@ from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
 from lesionuq.io import InputError, atomic_write_text
 from lesionuq.lesions.dataset import LesionSet
+from lesionuq.operating_point import OperatingPoint
 
 if TYPE_CHECKING:
     from lesionuq.config import ExperimentConfig
@@ -687,8 +688,6 @@ def operating_point_of(p_fp: np.ndarray, is_tp: np.ndarray, target: str) -> dict
         is_tp: (N,) bool, whether each lesion is a true positive.
         target: A review target such as ``"tp:0.95"``.
     """
-    from lesionuq.operating_point import OperatingPoint
-
     try:
         return OperatingPoint.choose(p_fp, is_tp, target).to_dict()
     except ValueError as err:  # e.g. no true lesion among the validation lesions
@@ -697,7 +696,11 @@ def operating_point_of(p_fp: np.ndarray, is_tp: np.ndarray, target: str) -> dict
 
 
 def fit_calibrated_scorer(
-    method: str, cfg: ExperimentConfig, val: LesionSet, folder: Path, progress: bool
+    factory: Callable[[], LesionScorer],
+    cfg: ExperimentConfig,
+    val: LesionSet,
+    folder: Path,
+    progress: bool,
 ) -> LesionScorer:
     """Cross-fit a learned scorer and write its ``calibration.json`` into ``folder``.
 
@@ -709,8 +712,9 @@ def fit_calibrated_scorer(
     file) and its own out-of-fold P(FP) (``oof_p_fp_``) stand for the cross-fitted ones.
 
     Args:
-        method: A registered learned method (``requires_fit``).
-        cfg: Experiment config (``calibration``, ``seed`` and the scorer's settings).
+        factory: Zero-argument function returning the unfitted learned scorer (``requires_fit``),
+            e.g. ``lambda: make_scorer("gcnn_classif", cfg)``; called once per fit.
+        cfg: Experiment config (``calibration`` and ``seed``).
         val: The fold's validation lesions (N >= 2).
         folder: The scorer's folder (``calibration.json`` is written there).
         progress: Show progress bars.
@@ -718,9 +722,7 @@ def fit_calibrated_scorer(
     Returns:
         The scorer refitted on all of ``val``.
     """
-    from lesionuq.scorers import make_scorer
-
-    scorer = make_scorer(method, cfg)
+    scorer = factory()
     if scorer.self_calibrated:  # already a P(FP) on out-of-fold scores: nothing to add
         scorer.fit(val, progress=progress)
         identity = PlattCalibrator.identity("logit", len(val))
@@ -729,7 +731,7 @@ def fit_calibrated_scorer(
         kind, n_inner = "self", int(getattr(scorer, "n_inner", 0))
     else:
         fit = cross_fit(
-            lambda: make_scorer(method, cfg),
+            factory,
             val,
             n_inner=cfg.calibration.n_inner,
             seed=cfg.seed,

@@ -6,11 +6,13 @@ config round-trips through YAML (:meth:`ExperimentConfig.to_yaml` /
 user's YAML is never silently ignored. Every value is checked when a config is made
 (loaded, constructed or ``replace``-d), not when a stage first uses it: closed sets are
 ``Literal`` types (a typo gets a "did you mean"), ranges are checked in ``__post_init__``
-and ``methods`` against the scorer registry, each error naming the dotted key::
+and ``methods`` against the method catalogue (:mod:`lesionuq.methods`), each error naming
+the dotted key::
 
     config.gcnn.readout must be one of mean, max, sum, got 'maen' (did you mean 'mean'?).
 
-Importing this module is light (PyYAML only); the method check imports the scorers.
+Importing this module, and making a config, imports no scorer and no torch: the method
+check reads the catalogue.
 
 Example:
     >>> cfg = ExperimentConfig.from_yaml("configs/demo.yaml")
@@ -21,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import hashlib
 import json
@@ -34,7 +35,10 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from lesionuq.errors import ConfigError
+from lesionuq.errors import ConfigError, did_you_mean
+from lesionuq.io import atomic_write_text
+from lesionuq.methods import CATALOGUE, METHODS
+from lesionuq.operating_point import parse_target
 
 __all__ = [
     "METHODS",
@@ -81,19 +85,6 @@ def one_of(value: Any, options: Iterable[str], where: str) -> None:
     if value not in options:
         rule = f"one of {', '.join(options)}"
         raise ConfigError(f"{where} must be {rule}, got {value!r}{did_you_mean(value, options)}.")
-
-
-def did_you_mean(value: Any, options: list[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest option (``difflib``), or an empty string.
-
-    Args:
-        value: What was given.
-        options: The allowed values.
-    """
-    if not isinstance(value, str):
-        return ""
-    close = difflib.get_close_matches(value, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class _Invalid(ConfigError):
@@ -401,30 +392,11 @@ class CalibrationConfig(_Section):
 
     def _check(self) -> None:
         _at_least(self, "n_inner", [self.n_inner], 2)
-        from lesionuq.operating_point import parse_target
-
         try:
             parse_target(self.review_target)
         except ValueError:
             rule = "'tp:Q' or 'fp:Q' with Q in (0, 1]"
             _require(False, self, "review_target", rule, self.review_target)
-
-
-METHODS: tuple[str, ...] = (
-    "gcnn_classif",
-    "gcnn_reg",
-    "entropy_mean",
-    "entropy_logsum",
-    "variance_mean",
-    "variance_logsum",
-    "pcs_mean",
-    "pcs_logsum",
-    "size",
-    "metaseg_classif",
-    "metaseg_reg",
-)
-"""The paper's methods, the default of :attr:`ExperimentConfig.methods`; any name of
-``lesionuq.scorers.registry.REGISTRY`` may be listed."""
 
 
 @dataclass(frozen=True)
@@ -470,11 +442,9 @@ class ExperimentConfig(_Section):
         _require(ok, self, "val_fraction", "in [0, 1)", self.val_fraction)
         _at_least(self, "seed", [self.seed], 0)
         _require(len(self.methods) >= 1, self, "methods", "at least one method", self.methods)
-        from lesionuq.scorers.registry import REGISTRY  # imports torch: only when checking
-
         for method in self.methods:
-            if method not in REGISTRY:
-                known = list(REGISTRY)
+            if method not in CATALOGUE:
+                known = list(CATALOGUE)
                 rule = f"one of {', '.join(known)}"
                 raise _Invalid(self, "methods", rule, method, did_you_mean(method, known))
 
@@ -494,8 +464,6 @@ class ExperimentConfig(_Section):
 
     def to_yaml(self, path: str | Path) -> None:
         """Write the fully resolved config as YAML."""
-        from lesionuq.io import atomic_write_text
-
         atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod

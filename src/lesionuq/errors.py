@@ -7,11 +7,29 @@ prints it and exits with status 1.
 - :class:`ConfigError`: a config file, dict or dataclass value that is invalid.
 - :class:`NotFittedError`: a learned object used before ``fit`` (scikit-learn's name).
 - :class:`CasesFailedError`: some scans of a batch failed while the others finished.
+
+:func:`did_you_mean` adds the closest valid name to a message about an unknown one.
 """
 
 from __future__ import annotations
 
-__all__ = ["CasesFailedError", "ConfigError", "InputError", "NotFittedError"]
+import difflib
+from typing import Any
+
+__all__ = ["CasesFailedError", "ConfigError", "InputError", "NotFittedError", "did_you_mean"]
+
+
+def did_you_mean(value: Any, options: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest option (``difflib``), or an empty string.
+
+    Args:
+        value: What was given.
+        options: The allowed values.
+    """
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class InputError(ValueError):

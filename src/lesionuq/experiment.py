@@ -16,7 +16,6 @@ Data flow per fold K (see docs/DESIGN.md for the files)::
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from lesionuq import distributed
-from lesionuq.config import ExperimentConfig, UNetConfig
+from lesionuq.config import ExperimentConfig
 from lesionuq.evaluation.calibration_metrics import calibration_table, plot_calibration
 from lesionuq.evaluation.folds import (
     calibrate_fold,
@@ -51,6 +50,7 @@ from lesionuq.io import (
     read_manifest,
     save_nifti,
 )
+from lesionuq.methods import fit_cost, is_learned, method_spec
 from lesionuq.outputs import (
     check_output_dir,
     output_dir,
@@ -59,7 +59,18 @@ from lesionuq.outputs import (
     start_output,
 )
 from lesionuq.parallel import check_parallel, map_cases
-from lesionuq.rundir import FoldSplit, RunDir, digest_of, make_folds, stamp_ok, write_stamp
+from lesionuq.rundir import (
+    FoldSplit,
+    RunDir,
+    digest_of,
+    graphs_digest,
+    make_folds,
+    sample_digest,
+    stamp_ok,
+    train_digest,
+    unet_config,
+    write_stamp,
+)
 from lesionuq.uncertainty import VoxelMaps
 from lesionuq.utils import remove_pyg_codegen_files, track
 
@@ -183,10 +194,6 @@ def _cases_by_id(data: Path, cfg: ExperimentConfig) -> dict[str, Case]:
     return {c.case_id: c for c in read_manifest(data, cfg.sequences, require_mask=True)}
 
 
-def _unet_cfg(cfg: ExperimentConfig) -> UNetConfig:
-    return dataclasses.replace(cfg.unet, in_channels=len(cfg.sequences))
-
-
 # --------------------------------------------------------------------------- stages
 
 
@@ -268,21 +275,6 @@ def load_preprocessed(
 def _nii(path: Path) -> nib.Nifti1Image:
     """``nib.load`` of a NIfTI file of the run directory (data loaded lazily)."""
     return cast(nib.Nifti1Image, nib.load(str(path)))
-
-
-def _train_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
-    """Digest of everything a fold's U-Net depends on."""
-    return digest_of(cfg.preprocess, _unet_cfg(cfg), cfg.train, list(split.train), list(split.val))
-
-
-def _sample_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
-    """Digest of everything a fold's voxel maps depend on."""
-    return digest_of(_train_digest(cfg, split), cfg.sampling)
-
-
-def _graphs_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
-    """Digest of everything a fold's lesion tables and graphs depend on."""
-    return digest_of(_sample_digest(cfg, split), cfg.graphs)
 
 
 def _folds(folds: list[FoldSplit], only: Sequence[int] | None) -> list[FoldSplit]:
@@ -416,7 +408,7 @@ def train_fold(run: Path, fold: int, progress: bool = True) -> None:
     if _fold_trained(rd, cfg, split):
         return
     fold_dir = rd.fold(split.fold)
-    digest = _train_digest(cfg, split)
+    digest = train_digest(cfg, split)
     stale = fold_dir / "stamp_train.json"
     if main and stale.exists():  # settings changed: do not resume from the old checkpoint
         for name in ("segmenter.pt", "segmenter_last.pt", "stamp_train.json"):
@@ -427,7 +419,7 @@ def train_fold(run: Path, fold: int, progress: bool = True) -> None:
     fold_dir.mkdir(parents=True, exist_ok=True)
     logger.info("fold %d: training the U-Net on %d cases", split.fold, len(train))
     result = train_segmenter(
-        train, val, _unet_cfg(cfg), cfg.train, fold_dir, device=cfg.device, progress=progress
+        train, val, unet_config(cfg), cfg.train, fold_dir, device=cfg.device, progress=progress
     )
     if main:
         write_stamp(fold_dir / "stamp_train.json", digest, best_dice=result.best_dice)
@@ -436,7 +428,7 @@ def train_fold(run: Path, fold: int, progress: bool = True) -> None:
 def _fold_trained(rd: RunDir, cfg: ExperimentConfig, split: FoldSplit) -> bool:
     """Whether the fold's U-Net exists and its stamp matches the current settings."""
     fold_dir = rd.fold(split.fold)
-    digest = _train_digest(cfg, split)
+    digest = train_digest(cfg, split)
     return stamp_ok(fold_dir / "stamp_train.json", digest) and (fold_dir / "segmenter.pt").exists()
 
 
@@ -467,7 +459,7 @@ def stage_sample(
     cfg, _, splits = rd.read_plan()
     jobs: dict[str, _SampleJob] = {}
     for split in _folds(splits, folds):
-        digest = _sample_digest(cfg, split)
+        digest = sample_digest(cfg, split)
         checkpoint = rd.fold(split.fold) / "segmenter.pt"
         n_jobs = len(jobs)
         for s in ("val", "test"):
@@ -556,7 +548,7 @@ def stage_graphs(
     todo: list[tuple[FoldSplit, str, str]] = []
     jobs: dict[str, _GraphsJob] = {}
     for split in _folds(splits, folds):
-        digest = _graphs_digest(cfg, split)
+        digest = graphs_digest(cfg, split)
         for s in ("val", "test"):
             if stamp_ok(rd.lesion_set(split.fold, s) / "stamp.json", digest):
                 continue
@@ -618,25 +610,23 @@ def _graphs_case(job: _GraphsJob) -> tuple[LesionSet, dict[str, object]]:
 def is_calibrated(method: str, cfg: ExperimentConfig) -> bool:
     """Whether ``method`` is a learned scorer (GCNNs, MetaSeg, ...) that gets a P(FP) calibrator.
 
-    Every scorer that learns from the validation lesions (``requires_fit``) is cross-fitted
-    and calibrated; the fixed voxel aggregates and ``size`` are not.
+    Every scorer that learns from the validation lesions (the catalogue's ``learned``) is
+    cross-fitted and calibrated; the fixed voxel aggregates and ``size`` are not.
     """
-    from lesionuq.scorers.registry import REGISTRY
-
-    return bool(REGISTRY[method].cls.requires_fit)
+    return is_learned(method)
 
 
-def _fit_digest(graphs_digest: str, method: str, cfg: ExperimentConfig) -> str:
+def _fit_digest(graphs: str, method: str, cfg: ExperimentConfig) -> str:
     """Digest of a fitted scorer (and, for learned ones, its calibrator).
 
     The review target is not part of it: a new target only re-chooses the operating
     point from the stored out-of-fold P(FP) (:func:`lesionuq.calibration.update_operating_point`).
     """
-    learned = cfg.gcnn if method.startswith("gcnn") else None
+    learned = cfg.gcnn if "gcnn" in method_spec(method).sections else None
     if not is_calibrated(method, cfg):
-        return digest_of(graphs_digest, learned, method)
+        return digest_of(graphs, learned, method)
     cal = {"method": cfg.calibration.method, "n_inner": cfg.calibration.n_inner, "seed": cfg.seed}
-    return digest_of(graphs_digest, learned, method, cal)
+    return digest_of(graphs, learned, method, cal)
 
 
 def _fit_shift_reference(rd: RunDir, cfg: ExperimentConfig, split: FoldSplit, data: Path) -> None:
@@ -648,7 +638,7 @@ def _fit_shift_reference(rd: RunDir, cfg: ExperimentConfig, split: FoldSplit, da
     from lesionuq.shift import SHIFT_FILE, ShiftReference, scan_profile
 
     fold_dir = rd.fold(split.fold)
-    digest = digest_of(_sample_digest(cfg, split), "shift", cfg.preprocess.brain_threshold)
+    digest = digest_of(sample_digest(cfg, split), "shift", cfg.preprocess.brain_threshold)
     if stamp_ok(fold_dir / "stamp_shift.json", digest) and (fold_dir / SHIFT_FILE).is_file():
         return
     cases = _cases_by_id(data, cfg)
@@ -696,9 +686,9 @@ def stage_fit(
     chosen = _folds(splits, folds)
     jobs: list[tuple[str, _FitJob]] = []
     for split in chosen:
-        graphs_digest = _graphs_digest(cfg, split)
+        fold_graphs = graphs_digest(cfg, split)
         for method in methods or cfg.methods:
-            digest = _fit_digest(graphs_digest, method, cfg)
+            digest = _fit_digest(fold_graphs, method, cfg)
             folder = rd.scorer(split.fold, method)
             if stamp_ok(folder / "stamp.json", digest):
                 update_operating_point(folder, cfg.calibration.review_target)
@@ -706,7 +696,7 @@ def stage_fit(
             job = _FitJob(rd.lesion_set(split.fold, "val"), split.fold, method, folder, digest, cfg)
             jobs.append((f"fold_{split.fold}/{method}", job))
     parallel = scheduler is not None or workers is not None
-    jobs.sort(key=lambda kv: -_FIT_COST.get(kv[1].method, 0))  # long fits first
+    jobs.sort(key=lambda kv: -fit_cost(kv[1].method))  # long fits first
     for _, job in jobs:
         job.progress = progress and not parallel
     map_cases(
@@ -720,16 +710,6 @@ def stage_fit(
     for split in chosen:
         _fit_shift_reference(rd, cfg, split, data)
         cfg.to_yaml(rd.fold(split.fold) / "config.yaml")
-
-
-# relative fit times (a fold of the quality bench): the order in which fits are submitted
-_FIT_COST = {
-    "gcnn_ens": 5.0,
-    "gcnn_auto": 4.0,
-    "gcnn_stack": 4.0,
-    "gcnn_classif": 1.0,
-    "gcnn_reg": 1.0,
-}
 
 
 @dataclass
@@ -757,7 +737,8 @@ def _fit_method(job: _FitJob) -> None:
     t0 = time.perf_counter()
     with atomic_dir(job.folder) as tmp:
         if is_calibrated(job.method, cfg) and len(val) >= 2:
-            scorer = fit_calibrated_scorer(job.method, cfg, val, tmp, job.progress)
+            factory = functools.partial(make_scorer, job.method, cfg)
+            scorer = fit_calibrated_scorer(factory, cfg, val, tmp, job.progress)
         else:
             scorer = make_scorer(job.method, cfg).fit(val, progress=job.progress)
         scorer.save(tmp)

@@ -42,12 +42,18 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 from lesionuq.config import ExperimentConfig
 from lesionuq.evaluation.curves import ac_auc
-from lesionuq.evaluation.metrics import table2
+from lesionuq.evaluation.metrics import summarize_learning_curve, table2
+from lesionuq.evaluation.render import png_bytes
+from lesionuq.evaluation.report import write_report
 from lesionuq.io import InputError, atomic_write_bytes, atomic_write_text
 from lesionuq.lesions.dataset import LesionSet, load_lesion_set
+from lesionuq.methods import label as method_label
+from lesionuq.methods import learned_methods
+from lesionuq.methods import style as method_style
 from lesionuq.parallel import check_parallel, map_cases
-from lesionuq.rundir import RunDir, digest_of
+from lesionuq.rundir import RunDir, digest_of, graphs_digest
 from lesionuq.scorers.base import LesionScorer
+from lesionuq.scorers.registry import make_scorer
 from lesionuq.utils import remove_pyg_codegen_files, track
 
 __all__ = [
@@ -57,20 +63,11 @@ __all__ = [
     "parse_sizes",
     "plot_learning_curve",
     "stratified_case_subsample",
-    "summarize_learning_curve",
+    "summarize_learning_curve",  # now in lesionuq.evaluation.metrics, re-exported
 ]
 
-LEARNED_METHODS = (
-    "gcnn_classif",
-    "gcnn_reg",
-    "metaseg_classif",
-    "metaseg_reg",
-    "gcnn_ens",
-    "gcnn_auto",
-    "gcnn_stack",
-)
-"""The registered methods that learn from validation lesions (``requires_fit``); a test
-keeps this tuple equal to the registry's."""
+LEARNED_METHODS = learned_methods()
+"""The catalogue's methods that learn from validation lesions (``learned``)."""
 DEFAULT_SIZES: tuple[int | str, ...] = (25, 50, 100, 200, 400, "all")
 CSV_COLUMNS = ("fold", "size", "repeat", "method", "auc", "n_tp", "n_fp", "full")
 _KEY = ["fold", "size", "repeat", "method"]
@@ -143,8 +140,6 @@ def stratified_case_subsample(
 
 def _fit_scorer(method: str, cfg: ExperimentConfig, lesions: LesionSet) -> LesionScorer:
     """The one place that builds and fits a scorer (the registry's factory)."""
-    from lesionuq.scorers import make_scorer
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # single-class subsamples: constant
         return make_scorer(method, cfg).fit(lesions, progress=False)
@@ -204,9 +199,6 @@ def learning_curve(
     Raises:
         InputError: Not an evaluated run, a method that is not learned, bad sizes.
     """
-    from lesionuq.evaluation.report import write_report
-    from lesionuq.experiment import _graphs_digest
-
     check_parallel(scheduler, workers)
     rd = RunDir(Path(run))
     cfg, _, splits = rd.read_plan()
@@ -227,7 +219,7 @@ def learning_curve(
 
     csv, png = rd.results / "learning_curve.csv", rd.results / "learning_curve.png"
     stamp = rd.results / "learning_curve.json"
-    digest = digest_of([_graphs_digest(cfg, s) for s in splits], cfg.gcnn, cfg.seed)
+    digest = digest_of([graphs_digest(cfg, s) for s in splits], cfg.gcnn, cfg.seed)
     done = _read_rows(csv, stamp, digest)
     atomic_write_text(stamp, json.dumps({"digest": digest}) + "\n")
     finished = set(map(tuple, done[_KEY].itertuples(index=False)))
@@ -335,46 +327,6 @@ def _baseline_aucs(lesions: pd.DataFrame, methods: Sequence[str]) -> dict[str, f
     return dict(zip(t2["method"], t2["auc"], strict=True))
 
 
-def summarize_learning_curve(curve: pd.DataFrame) -> pd.DataFrame:
-    """Mean and spread of the learning curve per method and size.
-
-    For one repeat, the AUC is averaged over folds (as in Table 2); the table gives the
-    mean and the standard deviation of that fold mean over the repeats. A numeric size is
-    kept only where every fold has it (a fold with fewer validation lesions skips it);
-    ``all`` rows are the whole validation set of each fold.
-
-    Args:
-        curve: The ``learning_curve.csv`` frame.
-
-    Returns:
-        Columns ``method, size`` (an int, or ``"all"``), ``n_train`` (mean training
-        lesions), ``auc_mean``, ``auc_std`` (over repeats, population), ``repeats``;
-        sorted by method (first appearance) and ``n_train``.
-    """
-    columns = ["method", "size", "n_train", "auc_mean", "auc_std", "repeats"]
-    if curve.empty:
-        return pd.DataFrame(columns=columns)
-    n_folds = curve["fold"].nunique()
-    frame = curve.assign(
-        label=np.where(curve["full"].astype(bool), "all", curve["size"].astype(str))
-    )
-    by_repeat = frame.groupby(["method", "label", "repeat"], sort=False).agg(
-        auc=("auc", "mean"), n_train=("size", "mean"), folds=("fold", "nunique")
-    )
-    by_repeat = by_repeat[by_repeat["folds"] == n_folds].reset_index()
-    out = by_repeat.groupby(["method", "label"], sort=False).agg(
-        n_train=("n_train", "mean"),
-        auc_mean=("auc", "mean"),
-        auc_std=("auc", lambda a: float(np.std(a))),
-        repeats=("repeat", "nunique"),
-    )
-    out = out.reset_index().rename(columns={"label": "size"})
-    out["size"] = [s if s == "all" else int(s) for s in out["size"]]
-    order = {m: i for i, m in enumerate(dict.fromkeys(curve["method"]))}
-    out["rank"] = out["method"].map(order)
-    return out.sort_values(["rank", "n_train"])[columns].reset_index(drop=True)
-
-
 def plot_learning_curve(
     curve: pd.DataFrame,
     baselines: Mapping[str, float],
@@ -383,8 +335,6 @@ def plot_learning_curve(
     dpi: int = 150,
 ) -> Path:
     """Write :func:`learning_curve_figure` as a PNG (atomically); returns ``path``."""
-    from lesionuq.evaluation.render import png_bytes
-
     return atomic_write_bytes(Path(path), png_bytes(learning_curve_figure(curve, baselines), dpi))
 
 
@@ -402,28 +352,28 @@ def learning_curve_figure(curve: pd.DataFrame, baselines: Mapping[str, float]) -
     Returns:
         The figure (one axes).
     """
-    from lesionuq.evaluation.report import _label, _style
-
     summary = summarize_learning_curve(curve)
     fig = Figure(figsize=(7.0, 5.0))
     ax = fig.add_subplot(1, 1, 1)
     for i, (method, part) in enumerate(summary.groupby("method", sort=False)):
-        colour, ls, lw = _style(method, i)
+        colour, ls, lw = method_style(method, i)
         x = part["n_train"].to_numpy(dtype=float)
         y = 100 * part["auc_mean"].to_numpy(dtype=float)
         s = 100 * part["auc_std"].to_numpy(dtype=float)
-        ax.plot(x, y, color=colour, ls=ls, lw=max(lw, 1.8), marker="o", ms=4, label=_label(method))
+        ax.plot(
+            x, y, color=colour, ls=ls, lw=max(lw, 1.8), marker="o", ms=4, label=method_label(method)
+        )
         ax.fill_between(x, y - s, y + s, color=colour, alpha=0.15, lw=0)
     for i, (method, auc) in enumerate(sorted(baselines.items(), key=lambda kv: -kv[1])):
         if np.isfinite(auc):
-            colour, ls, _ = _style(method, i)
+            colour, ls, _ = method_style(method, i)
             ax.axhline(
                 100 * auc,
                 color=colour,
                 ls=ls,
                 lw=0.9,
                 alpha=0.8,
-                label=f"{_label(method)} (untrained)",
+                label=f"{method_label(method)} (untrained)",
             )
     finite = np.isfinite(summary["auc_mean"].to_numpy(dtype=float)) if len(summary) else []
     if np.any(finite):  # log axis only with something to draw on it

@@ -3,11 +3,13 @@
 A *stamp* is a small JSON file written last by a stage; it records the digest of every
 setting the stage's outputs depend on. A stage is skipped when its stamp exists and its
 digest matches, so a killed run resumes where it stopped and a changed setting reruns
-exactly the stages it affects.
+exactly the stages it affects. The digests of the stages that every later step checks
+(:func:`train_digest`, :func:`sample_digest`, :func:`graphs_digest`) are defined here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from lesionuq.config import ConfigError, ExperimentConfig, config_digest
+from lesionuq.config import ConfigError, ExperimentConfig, UNetConfig, config_digest
 from lesionuq.io import InputError, atomic_write_text
 
 __all__ = ["FoldSplit", "RunDir", "make_folds", "read_stamp", "stamp_ok", "write_stamp"]
@@ -198,10 +200,30 @@ def stamp_ok(path: Path, digest: str) -> bool:
 
 def digest_of(*parts: Any) -> str:
     """Digest of several config parts (dataclasses, dicts, lists, strings)."""
-    import dataclasses
-
     plain = [
         dataclasses.asdict(p) if dataclasses.is_dataclass(p) and not isinstance(p, type) else p
         for p in parts
     ]
     return config_digest({"parts": plain})
+
+
+def unet_config(cfg: ExperimentConfig) -> UNetConfig:
+    """The U-Net settings of a run: ``cfg.unet`` with one input channel per sequence."""
+    return dataclasses.replace(cfg.unet, in_channels=len(cfg.sequences))
+
+
+def train_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
+    """Digest of everything a fold's U-Net depends on."""
+    return digest_of(
+        cfg.preprocess, unet_config(cfg), cfg.train, list(split.train), list(split.val)
+    )
+
+
+def sample_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
+    """Digest of everything a fold's voxel maps depend on."""
+    return digest_of(train_digest(cfg, split), cfg.sampling)
+
+
+def graphs_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
+    """Digest of everything a fold's lesion tables and graphs depend on."""
+    return digest_of(sample_digest(cfg, split), cfg.graphs)

@@ -4,7 +4,8 @@ Table 1 (per fold): Dice of the U-Net averaged over the fold's test cases, and t
 number of TP and FP test lesions. Table 2 (per method): the accuracy-confidence AUC
 (:func:`lesionuq.evaluation.curves.ac_auc`) and Spearman's rho between the method's
 uncertainty and the lesion size, both computed per fold over the fold's test lesions and
-then averaged over folds (paper 3.3).
+then averaged over folds (paper 3.3). :func:`summarize_learning_curve` is the same mean
+over folds for the rows of ``results/learning_curve.csv``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from scipy.stats import spearmanr
 
 from lesionuq.evaluation.curves import ac_auc
 
-__all__ = ["as_bool", "dice", "spearman_rho", "table1", "table2"]
+__all__ = [
+    "as_bool",
+    "dice",
+    "spearman_rho",
+    "summarize_learning_curve",
+    "table1",
+    "table2",
+]
 
 TABLE1_COLUMNS = ("fold", "dice", "n_tp", "n_fp")
 TABLE2_COLUMNS = ("method", "auc", "spearman_rho")
@@ -175,3 +183,43 @@ def table2(lesions: pd.DataFrame, methods: Sequence[str]) -> tuple[pd.DataFrame,
     mean = per_fold.groupby("method", sort=False)[["auc", "spearman_rho"]].mean()
     table = mean.reindex(methods).reset_index()
     return table[list(TABLE2_COLUMNS)], per_fold
+
+
+def summarize_learning_curve(curve: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread of the learning curve per method and size.
+
+    For one repeat, the AUC is averaged over folds (as in Table 2); the table gives the
+    mean and the standard deviation of that fold mean over the repeats. A numeric size is
+    kept only where every fold has it (a fold with fewer validation lesions skips it);
+    ``all`` rows are the whole validation set of each fold.
+
+    Args:
+        curve: The ``learning_curve.csv`` frame.
+
+    Returns:
+        Columns ``method, size`` (an int, or ``"all"``), ``n_train`` (mean training
+        lesions), ``auc_mean``, ``auc_std`` (over repeats, population), ``repeats``;
+        sorted by method (first appearance) and ``n_train``.
+    """
+    columns = ["method", "size", "n_train", "auc_mean", "auc_std", "repeats"]
+    if curve.empty:
+        return pd.DataFrame(columns=columns)
+    n_folds = curve["fold"].nunique()
+    frame = curve.assign(
+        label=np.where(curve["full"].astype(bool), "all", curve["size"].astype(str))
+    )
+    by_repeat = frame.groupby(["method", "label", "repeat"], sort=False).agg(
+        auc=("auc", "mean"), n_train=("size", "mean"), folds=("fold", "nunique")
+    )
+    by_repeat = by_repeat[by_repeat["folds"] == n_folds].reset_index()
+    out = by_repeat.groupby(["method", "label"], sort=False).agg(
+        n_train=("n_train", "mean"),
+        auc_mean=("auc", "mean"),
+        auc_std=("auc", lambda a: float(np.std(a))),
+        repeats=("repeat", "nunique"),
+    )
+    out = out.reset_index().rename(columns={"label": "size"})
+    out["size"] = [s if s == "all" else int(s) for s in out["size"]]
+    order = {m: i for i, m in enumerate(dict.fromkeys(curve["method"]))}
+    out["rank"] = out["method"].map(order)
+    return out.sort_values(["rank", "n_train"])[columns].reset_index(drop=True)

@@ -29,12 +29,14 @@ import yaml
 from matplotlib.figure import Figure
 
 from lesionuq.evaluation.curves import ac_auc, accuracy_confidence_curve, curve_on_grid
-from lesionuq.evaluation.metrics import as_bool, table2
+from lesionuq.evaluation.metrics import as_bool, summarize_learning_curve, table2
 from lesionuq.evaluation.render import escape as _e
 from lesionuq.evaluation.render import html_page, html_table, img_tag, png_bytes
 from lesionuq.io import atomic_write_bytes, atomic_write_text
+from lesionuq.methods import CATALOGUE, outputs_p_fp
+from lesionuq.methods import label as method_label
+from lesionuq.methods import style as method_style
 from lesionuq.operating_point import FEW_VALIDATION_LESIONS
-from lesionuq.scorers.registry import REGISTRY
 
 __all__ = [
     "mean_curve",
@@ -46,30 +48,11 @@ __all__ = [
 
 LESION_COLUMNS = ("fold", "case_id", "lesion_id", "n_voxels", "iou_adj", "is_tp")
 
-# legend label and (colour, line style, line width) per method, from the scorer registry
-LABELS = {name: spec.label for name, spec in REGISTRY.items()}
-STYLES = {name: spec.style for name, spec in REGISTRY.items()}
-_FALLBACK_COLOURS = ("#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#843c39")
-_FALLBACK_LINES = ("-", "--", "-.", ":")
+# legend label and (colour, line style, line width) per method, from the method catalogue
+LABELS = {name: spec.label for name, spec in CATALOGUE.items()}
+STYLES = {name: spec.style for name, spec in CATALOGUE.items()}
 
 TABLE1_BASE = ("fold", "dice", "n_tp", "n_fp")
-
-# classification scorers output P(FP); the others an uncertainty score
-_PROBABILITY_METHODS = ("gcnn_classif", "metaseg_classif")
-
-
-def _label(method: str) -> str:
-    return LABELS.get(method, method)
-
-
-def _style(method: str, i: int) -> tuple[str, str, float]:
-    if method in STYLES:
-        return STYLES[method]
-    return (
-        _FALLBACK_COLOURS[i % len(_FALLBACK_COLOURS)],
-        _FALLBACK_LINES[(i // len(_FALLBACK_COLOURS)) % len(_FALLBACK_LINES)],
-        1.4,
-    )
 
 
 def mean_curve(
@@ -143,8 +126,8 @@ def plot_accuracy_confidence(
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], color="#9e9e9e", lw=1.0, ls="-", zorder=1, label="Random (50.0)")
     for method, i, tp, auc, n in curves:
-        colour, ls, lw = _style(method, i)
-        text = f"{_label(method)} ({100 * auc:.1f})" if n else f"{_label(method)} (n/a)"
+        colour, ls, lw = method_style(method, i)
+        text = f"{method_label(method)} ({100 * auc:.1f})" if n else f"{method_label(method)} (n/a)"
         x = np.concatenate([[0.0], grid])
         y = np.concatenate([[0.0], tp])
         ax.plot(x, y, color=colour, ls=ls, lw=lw, label=text, zorder=3 if lw > 2 else 2)
@@ -300,7 +283,7 @@ def _table2_html(t2: pd.DataFrame, per_fold: pd.DataFrame | None) -> str:
     for r in t2.itertuples(index=False):
         is_best = bool(np.isclose(r.auc, best_auc))
         auc_text = _bold_if(_fmt(r.auc, ".1f", 100), is_best)
-        row = [_e(_label(r.method)), auc_text]
+        row = [_e(method_label(r.method)), auc_text]
         if has_ci:
             overlaps = r.auc_hi >= best_row.auc_lo and r.auc_lo <= best_row.auc_hi
             row[1] += " &#8776;" if overlaps and not is_best else ""
@@ -320,7 +303,7 @@ def _table2_html(t2: pd.DataFrame, per_fold: pd.DataFrame | None) -> str:
             v = pivot.loc[r.method, f] if r.method in pivot.index else np.nan
             row.append(_bold_if(_fmt(v, ".1f", 100), bool(np.isclose(v, fold_best[f]))))
         rows.append(row)
-    ref = _label(diff.removeprefix("diff_vs_")) if diff is not None else ""
+    ref = method_label(diff.removeprefix("diff_vs_")) if diff is not None else ""
     header = [
         "Method",
         "AUC (%)",
@@ -370,7 +353,7 @@ def _calibration_html(run: Path) -> str:
         b = grp[grp.stage == "before"].iloc[0]
         a = grp[grp.stage == "after"].iloc[0]
         rows.append(
-            [_e(_label(str(method)))]
+            [_e(method_label(str(method)))]
             + [f"{_fmt(b[c], '.3f')} &rarr; {_fmt(a[c], '.3f')}" for c in ("ece", "brier")]
             + [f"{_fmt(b['log_loss'], '.2f')} &rarr; {_fmt(a['log_loss'], '.2f')}"]
             + [f"{_fmt(b['mae'], '.3f')} &rarr; {_fmt(a['mae'], '.3f')}"]
@@ -409,7 +392,7 @@ def _operating_point_html(run: Path) -> str:
     cols = ["threshold", "fp_flagged", "tp_flagged", "precision_before", "precision_after"]
     mean = _mean_table(op, ["method", "target"], cols)
     rows = [
-        [_e(_label(str(r.method))), _e(r.target), _fmt(r.threshold, ".3g")]
+        [_e(method_label(str(r.method))), _e(r.target), _fmt(r.threshold, ".3g")]
         + [_fmt(getattr(r, c), ".1f", 100) for c in cols[1:]]
         for r in mean.itertuples(index=False)
     ]
@@ -446,7 +429,7 @@ def _detection_html(run: Path, t1: pd.DataFrame | None) -> str:
         )
         mean = ret.groupby("method", sort=False)["f1_retention_auc"].mean()
         mean = mean.sort_values(ascending=False)
-        rows = [[_e(_label(str(m))), _fmt(v, ".3f")] for m, v in mean.items()]
+        rows = [[_e(method_label(str(m))), _fmt(v, ".3f")] for m, v in mean.items()]
         out.append(html_table(["Method", "F1-retention AUC"], rows))
     return "\n".join(out)
 
@@ -511,8 +494,6 @@ def _learning_curve_html(run: Path) -> str:
     png, csv = res / "learning_curve.png", res / "learning_curve.csv"
     if not png.is_file() or not csv.is_file():
         return ""
-    from lesionuq.learning_curve import summarize_learning_curve
-
     summary = summarize_learning_curve(pd.read_csv(csv))
     table = summary.pivot_table(index="size", columns="method", values="auc_mean", sort=False)
     n_train = summary.groupby("size", sort=False)["n_train"].mean()
@@ -520,7 +501,7 @@ def _learning_curve_html(run: Path) -> str:
         [_e(size), f"{n_train[size]:.0f}", *(_fmt(v, ".1f", 100) for v in table.loc[size])]
         for size in table.index
     ]
-    header = ["Size", "Training lesions", *(_e(_label(m)) for m in table.columns)]
+    header = ["Size", "Training lesions", *(_e(method_label(m)) for m in table.columns)]
     return "\n".join(
         [
             "<h2>Learning curve: is the validation set large enough?</h2>",
@@ -568,13 +549,13 @@ def _gallery_viewer(run: Path, lesions: pd.DataFrame, method: str, fold: int, ca
     rows = lesions[(lesions["fold"] == fold) & (lesions["case_id"].astype(str) == case)]
     rows = rows.sort_values(method, ascending=False)
     score = rows[method].to_numpy(dtype=float)
-    if method in _PROBABILITY_METHODS:
+    if outputs_p_fp(method):
         colour = np.clip(score, 0.0, 1.0)
         scale = "P(FP)"
     else:
         ranks = pd.Series(score).rank(method="average").to_numpy()
         colour = (ranks - 1) / max(len(ranks) - 1, 1)
-        scale = f"rank of {_label(method)} within the case"
+        scale = f"rank of {method_label(method)} within the case"
     image, labels = _nii(d / "image.nii.gz"), _nii(d / "lesions.nii.gz")
     voxel_ml = abs(float(np.linalg.det(labels.affine[:3, :3]))) / 1000.0
     table = pd.DataFrame(
@@ -615,7 +596,7 @@ def _gallery_html(run: Path, lesions: pd.DataFrame, method: str, n: int, margin:
             volumes[key] = tuple(arrays)
         return volumes[key]
 
-    what = "P(FP)" if method in _PROBABILITY_METHODS else "uncertainty"
+    what = "P(FP)" if outputs_p_fp(method) else "uncertainty"
 
     def tile(r: pd.Series) -> str:
         image, labels, gt = load(int(r["fold"]), str(r["case_id"]))
@@ -639,9 +620,9 @@ def _gallery_html(run: Path, lesions: pd.DataFrame, method: str, n: int, margin:
         )
 
     parts = [
-        f"<h3>Most uncertain test lesions ({_e(_label(method))})</h3>",
+        f"<h3>Most uncertain test lesions ({_e(method_label(method))})</h3>",
         '<div class="gallery">' + "".join(tile(r) for _, r in most.iterrows()) + "</div>",
-        f"<h3>Least uncertain test lesions ({_e(_label(method))})</h3>",
+        f"<h3>Least uncertain test lesions ({_e(method_label(method))})</h3>",
         '<div class="gallery">' + "".join(tile(r) for _, r in least.iterrows()) + "</div>",
     ]
     if len(most):  # one viewer (one bundle) for the case of the most uncertain lesion
@@ -726,7 +707,9 @@ def write_report(
         )
         if t2 is not None and t2["auc"].notna().any():
             best = t2.loc[t2["auc"].idxmax()]
-            summary += f"; best method: {_label(best['method'])} ({100 * best['auc']:.1f} % AUC)"
+            summary += (
+                f"; best method: {method_label(best['method'])} ({100 * best['auc']:.1f} % AUC)"
+            )
         body.append(f'<p class="sub">{_e(summary)}.</p>')
     body += ["<h2>How to read this report</h2>", HOW_TO_READ.replace("EPSILON", _epsilon(run))]
 

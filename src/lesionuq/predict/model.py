@@ -29,6 +29,7 @@ import numpy as np
 from lesionuq.calibration import CALIBRATOR_FILE, Calibrator, IoURecalibrator, load_calibration
 from lesionuq.config import ExperimentConfig, config_digest
 from lesionuq.io import InputError, describe_load_error
+from lesionuq.methods import PREDICT_METHODS
 from lesionuq.operating_point import FEW_VALIDATION_LESIONS, choose_threshold, parse_target
 from lesionuq.shift import SHIFT_FILE, ShiftReference
 from lesionuq.utils import remove_pyg_codegen_files
@@ -89,8 +90,8 @@ class ReviewRule:
         return text + "."
 
 
-#: Scorers a model folder must hold: P(FP) and the predicted IoU_adj.
-REQUIRED_SCORERS = ("gcnn_classif", "gcnn_reg")
+#: Scorers a model folder must hold: P(FP) and the predicted IoU_adj (the catalogue's).
+REQUIRED_SCORERS = PREDICT_METHODS
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Lesion scorers: the paper's GCNN and baselines behind one interface and one registry."""
+"""Lesion scorers: the paper's GCNN and baselines behind one interface, built by name."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from lesionuq.scorers.base import (
 )
 from lesionuq.scorers.baselines import ColumnScorer, MetaSegScorer, SizeScorer
 from lesionuq.scorers.gcnn import GCNNScorer, LesionGCN
-from lesionuq.scorers.registry import REGISTRY, ScorerSpec, load_scorer, make_scorer
+from lesionuq.scorers.registry import (
+    REGISTRY,
+    ScorerSpec,
+    load_scorer,
+    make_scorer,
+    scorer_class,
+)
 
 __all__ = [
     "REGISTRY",
@@ -27,5 +33,6 @@ __all__ = [
     "check_is_fitted",
     "load_scorer",
     "make_scorer",
+    "scorer_class",
     "table_column",
 ]

@@ -13,8 +13,8 @@ A fitted scorer is saved to its own folder (``RUN/fold_K/scorers/METHOD``):
 config dataclass as a dict) and the JSON-able learned state; the GCNN adds a ``model.pt``
 state dict loaded with ``torch.load(weights_only=True)``.
 
-This module imports no implementation; the method names live in
-:mod:`lesionuq.scorers.registry`.
+This module imports no implementation; the method names live in the catalogue,
+:mod:`lesionuq.methods`.
 
 Example:
     >>> scorer = MyScorer().fit(val_lesions)
@@ -41,6 +41,7 @@ from lesionuq.config import config_from_dict
 from lesionuq.errors import InputError, NotFittedError
 from lesionuq.io import atomic_write_text
 from lesionuq.lesions.dataset import LesionSet
+from lesionuq.methods import CATALOGUE
 
 __all__ = ["SCORER_FILE", "LesionScorer", "NotFittedError", "check_is_fitted", "table_column"]
 
@@ -159,7 +160,8 @@ class LesionScorer(ABC):
     def load(cls, folder: str | Path) -> LesionScorer:
         """Read a scorer written by :meth:`save` (no pickle).
 
-        The stored class is looked up among the (imported) subclasses of ``cls``.
+        The stored class is looked up among the imported subclasses of ``cls``, then
+        among those of the stored method's catalogue entry (imported now).
 
         Raises:
             InputError: ``scorer.json`` missing or unreadable, or an unknown class.
@@ -168,6 +170,10 @@ class LesionScorer(ABC):
         folder = Path(folder)
         meta = _read_meta(folder)
         target = _subclass(LesionScorer, meta["class"])
+        spec = CATALOGUE.get(meta["name"]) if isinstance(meta.get("name"), str) else None
+        if target is None and spec is not None:
+            _ = spec.cls  # imports the method's implementation module
+            target = _subclass(LesionScorer, meta["class"])
         if target is None:
             known = ", ".join(sorted(c.__name__ for c in _concrete(LesionScorer)))
             raise InputError(

@@ -1,12 +1,10 @@
-"""The scoring methods by name: how to build each, how to label and draw it.
+"""Build and load scorers by method name, from the catalogue (:mod:`lesionuq.methods`).
 
-This is the one place that knows the method names. Adding a scorer takes one class
-(a :class:`~lesionuq.scorers.base.LesionScorer`) and one line here::
-
-    "toy": ScorerSpec(ToyScorer, "Toy", ("#17becf", "-", 1.4)),
-
-after which ``methods: [toy]`` is accepted in a config, fitted and evaluated by the
-experiment, saved and loaded, and drawn in Figure 2 and the report with its label.
+The method names, labels, styles and flags live in :data:`lesionuq.methods.CATALOGUE`;
+this module turns a name into a scorer: it imports the entry's ``"module:Class"``
+implementation (checked to be a :class:`~lesionuq.scorers.base.LesionScorer`) and calls
+it with the entry's constant arguments and the config values its ``settings`` name.
+:data:`REGISTRY` is the catalogue itself, kept under its old name.
 
 Example:
     >>> scorer = make_scorer("entropy_mean", ExperimentConfig())
@@ -17,144 +15,84 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lesionuq.config import ExperimentConfig, did_you_mean
+from lesionuq.config import ExperimentConfig
+from lesionuq.methods import CATALOGUE, MethodSpec, method_spec, resolve
 from lesionuq.scorers.base import SCORER_FILE, LesionScorer
-from lesionuq.scorers.baselines import ColumnScorer, MetaSegScorer, SizeScorer
-from lesionuq.scorers.gcnn import GCNNScorer
-from lesionuq.scorers.gcnn_ens import GCNNEnsembleScorer, make_gcnn_ens
-from lesionuq.scorers.select import SelectedScorer, StackedScorer
 
-__all__ = ["REGISTRY", "ScorerSpec", "load_scorer", "make_scorer"]
+__all__ = ["REGISTRY", "ScorerSpec", "load_scorer", "make_scorer", "scorer_class"]
 
-
-def _no_params(cfg: ExperimentConfig) -> dict[str, Any]:
-    return {}
+REGISTRY = CATALOGUE
+"""Method name -> spec: :data:`lesionuq.methods.CATALOGUE` (the same dict)."""
+ScorerSpec = MethodSpec
+"""The old name of :class:`lesionuq.methods.MethodSpec`."""
 
 
-@dataclass(frozen=True)
-class ScorerSpec:
-    """One method: its scorer class, constructor arguments, label and plot style.
+def scorer_class(name: str) -> type[LesionScorer]:
+    """The implementation class of method ``name``, imported now.
 
-    Attributes:
-        cls: The scorer class.
-        label: Name in Figure 2's legend and the report.
-        style: Matplotlib (colour, line style, line width) of its curve.
-        params: Constructor keyword arguments (besides ``name``) from the experiment
-            config, e.g. ``lambda cfg: {"task": "reg", "cfg": cfg.gcnn}``.
+    Raises:
+        ValueError: Unknown name, or an implementation that is not a ``LesionScorer``
+            subclass or whose ``requires_fit`` / ``self_calibrated`` disagree with the
+            catalogue's ``learned`` / ``self_calibrated``.
     """
-
-    cls: type[LesionScorer]
-    label: str
-    style: tuple[str, str, float]
-    params: Callable[[ExperimentConfig], dict[str, Any]] = _no_params
-
-    def make(self, name: str, cfg: ExperimentConfig) -> LesionScorer:
-        """The unfitted scorer of method ``name`` (the factory)."""
-        return self.cls(name=name, **self.params(cfg))
-
-
-def _column(column: str) -> Callable[[ExperimentConfig], dict[str, Any]]:
-    return lambda cfg: {"column": column}
+    spec = method_spec(name)
+    cls = spec.cls
+    if not (isinstance(cls, type) and issubclass(cls, LesionScorer)):
+        raise ValueError(f"method '{name}': {spec.implementation!r} is not a LesionScorer.")
+    if cls.requires_fit != spec.learned or cls.self_calibrated != spec.self_calibrated:
+        raise ValueError(
+            f"method '{name}': the catalogue says learned={spec.learned}, "
+            f"self_calibrated={spec.self_calibrated}; {cls.__name__} says "
+            f"requires_fit={cls.requires_fit}, self_calibrated={cls.self_calibrated}."
+        )
+    return cls
 
 
-def _task(task: str) -> Callable[[ExperimentConfig], dict[str, Any]]:
-    return lambda cfg: {"task": task}
-
-
-def _gcnn(task: str) -> Callable[[ExperimentConfig], dict[str, Any]]:
-    return lambda cfg: {"task": task, "cfg": cfg.gcnn}
-
-
-def _inner(cfg: ExperimentConfig) -> dict[str, Any]:
-    return {"gcnn": cfg.gcnn, "n_inner": cfg.calibration.n_inner, "seed": cfg.seed}
-
-
-# (colour, line style, line width): one family per colour, mean solid / logsum dashed
-REGISTRY: dict[str, ScorerSpec] = {
-    "gcnn_classif": ScorerSpec(GCNNScorer, "GCNN classif", ("#d62728", "-", 2.6), _gcnn("classif")),
-    "gcnn_reg": ScorerSpec(GCNNScorer, "GCNN reg", ("#ff7f0e", "--", 2.6), _gcnn("reg")),
-    "entropy_mean": ScorerSpec(
-        ColumnScorer, "Entropy mean", ("#1f77b4", "-", 1.4), _column("entropy_mean")
-    ),
-    "entropy_logsum": ScorerSpec(
-        ColumnScorer, "Entropy logsum", ("#1f77b4", "--", 1.4), _column("entropy_logsum")
-    ),
-    "variance_mean": ScorerSpec(
-        ColumnScorer, "Variance mean", ("#2ca02c", "-", 1.4), _column("variance_mean")
-    ),
-    "variance_logsum": ScorerSpec(
-        ColumnScorer, "Variance logsum", ("#2ca02c", "--", 1.4), _column("variance_logsum")
-    ),
-    "pcs_mean": ScorerSpec(ColumnScorer, "PCS mean", ("#9467bd", "-", 1.4), _column("pcs_mean")),
-    "pcs_logsum": ScorerSpec(
-        ColumnScorer, "PCS logsum", ("#9467bd", "--", 1.4), _column("pcs_logsum")
-    ),
-    "size": ScorerSpec(SizeScorer, "Size", ("#000000", ":", 1.8)),
-    "metaseg_classif": ScorerSpec(
-        MetaSegScorer, "MetaSeg classif", ("#8c564b", "-.", 1.4), _task("classif")
-    ),
-    "metaseg_reg": ScorerSpec(MetaSegScorer, "MetaSeg reg", ("#e377c2", "-.", 1.4), _task("reg")),
-    # beyond the paper: a seeded ensemble of hybrid lesion GCNNs (scorers/gcnn_ens.py)
-    "gcnn_ens": ScorerSpec(
-        GCNNEnsembleScorer,
-        "GCNN ensemble",
-        ("#17becf", "-", 2.6),
-        lambda cfg: {"cfg": make_gcnn_ens(cfg).cfg},
-    ),
-    # beyond the paper: the GCNN only where the validation lesions show it helps
-    # (scorers/select.py)
-    "gcnn_auto": ScorerSpec(
-        SelectedScorer,
-        "GCNN or simpler (auto)",
-        ("#bcbd22", "-", 2.6),
-        _inner,
-    ),
-    # beyond the paper: the GCNN and MetaSeg's features weighed by their out-of-fold
-    # scores, every weight >= 0 (scorers/select.py)
-    "gcnn_stack": ScorerSpec(
-        StackedScorer, "GCNN + uncertainty means (stacked)", ("#7f7f7f", "-", 2.6), _inner
-    ),
-}
-"""Method name -> :class:`ScorerSpec`; the default methods are ``config.METHODS``."""
-
-
-def _check_name(name: str) -> None:
-    if name not in REGISTRY:
-        hint = did_you_mean(name, list(REGISTRY))
-        raise ValueError(f"Unknown scoring method '{name}'{hint} (known: {', '.join(REGISTRY)}).")
+def _setting(cfg: ExperimentConfig, path: str) -> Any:
+    value: Any = cfg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def make_scorer(name: str, cfg: ExperimentConfig) -> LesionScorer:
     """An unfitted scorer for method ``name``.
 
     Args:
-        name: A key of :data:`REGISTRY`.
-        cfg: Experiment config (the GCNN reads ``cfg.gcnn``).
+        name: A key of the catalogue.
+        cfg: Experiment config (the entry's ``settings`` name what is read, e.g.
+            ``cfg.gcnn``).
 
     Raises:
-        ValueError: Unknown name (the message lists the known ones).
+        ValueError: Unknown name (the message lists the known ones), or a bad
+            implementation (:func:`scorer_class`).
     """
-    _check_name(name)
-    return REGISTRY[name].make(name, cfg)
+    cls = scorer_class(name)
+    spec = CATALOGUE[name]
+    if spec.factory is not None:
+        scorer = resolve(spec.factory)(cfg)
+        if not isinstance(scorer, cls):
+            raise ValueError(f"method '{name}': {spec.factory} made no {cls.__name__}.")
+        return scorer
+    params = dict(spec.kwargs) | {k: _setting(cfg, p) for k, p in spec.settings.items()}
+    return cls(name=name, **params)
 
 
 def load_scorer(name: str, folder: str | Path) -> LesionScorer:
     """Load the fitted scorer of method ``name`` saved in ``folder``.
 
     Args:
-        name: A key of :data:`REGISTRY`; must match the name stored in the folder.
+        name: A key of the catalogue; must match the name stored in the folder.
         folder: The scorer's own folder (``RUN/fold_K/scorers/METHOD``).
 
     Raises:
         ValueError: Unknown name, or the folder holds another method.
         InputError: ``folder/scorer.json`` missing or unreadable.
     """
-    _check_name(name)
+    scorer_class(name)  # imports the implementation, so that its class is known
     folder = Path(folder)
     scorer = LesionScorer.load(folder)
     if scorer.name != name:

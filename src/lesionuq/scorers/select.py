@@ -33,16 +33,25 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import numpy as np
+from scipy import special
 
-from lesionuq.config import GCNNConfig
+from lesionuq.calibration import (
+    Calibrator,
+    PlattCalibrator,
+    calibrator_from_dict,
+    clipped_logit,
+    fit_monotone_logistic,
+    inner_folds,
+)
+from lesionuq.config import ExperimentConfig, GCNNConfig
+from lesionuq.evaluation.curves import ac_auc
 from lesionuq.lesions.dataset import LesionSet
+from lesionuq.methods import CATALOGUE, outputs_p_fp
 from lesionuq.scorers.base import LesionScorer, check_is_fitted
-
-if TYPE_CHECKING:
-    from lesionuq.calibration import Calibrator
+from lesionuq.scorers.registry import make_scorer
 
 __all__ = ["CANDIDATES", "STACK_CANDIDATES", "SelectedScorer", "StackedScorer", "selection_aucs"]
 
@@ -82,8 +91,6 @@ def selection_aucs(
         (AUC by name, a fraction in [0, 1] or NaN when the lesions hold one class only;
         the (N,) out-of-fold scores by name).
     """
-    from lesionuq.evaluation.curves import ac_auc
-
     aucs: dict[str, float] = {}
     scores: dict[str, np.ndarray] = {}
     is_tp = lesions.is_tp
@@ -111,7 +118,7 @@ class SelectedScorer(LesionScorer):
 
     Args:
         gcnn: Settings of the GCNN candidate (``gcnn_classif``; the paper's model).
-        candidates: Registered method names, simplest first (ties go to the earlier).
+        candidates: Method names of the catalogue, simplest first (ties go to the earlier).
         n_inner: Inner folds of the choice (by case, stratified).
         seed: Seed of the inner split (the candidates' own seeds are their configs').
         name: Method name.
@@ -138,10 +145,7 @@ class SelectedScorer(LesionScorer):
         self.name = name
 
     def _factories(self) -> dict[str, Any]:
-        from lesionuq.config import ExperimentConfig
-        from lesionuq.scorers.registry import REGISTRY, make_scorer
-
-        unknown = [c for c in self.candidates if c not in REGISTRY or c == self.name]
+        unknown = [c for c in self.candidates if c not in CATALOGUE or c == self.name]
         if unknown or not self.candidates:
             raise ValueError(f"{self.name}: bad candidates {list(self.candidates)}.")
         cfg = ExperimentConfig(gcnn=self.gcnn, seed=self.seed)
@@ -159,8 +163,6 @@ class SelectedScorer(LesionScorer):
         Raises:
             ValueError: Unknown candidates.
         """
-        from lesionuq.calibration import PlattCalibrator
-
         factories = self._factories()
         if len(lesions) < 2:  # nothing to choose with: the first candidate, sigmoid(u)
             self.choice_ = self.candidates[0]
@@ -192,8 +194,6 @@ class SelectedScorer(LesionScorer):
 
     def _inner_fold(self, lesions: LesionSet) -> np.ndarray:
         """(N,) ``n_inner`` inner folds by case (stratified, seeded; :func:`inner_folds`)."""
-        from lesionuq.calibration import inner_folds
-
         return inner_folds(lesions.is_tp, self._cases(lesions), self.n_inner, self.seed)
 
     @staticmethod
@@ -204,8 +204,8 @@ class SelectedScorer(LesionScorer):
 
     @staticmethod
     def _probability(method: str) -> bool:
-        """Whether ``method`` outputs a P(FP) in [0, 1] (the learned classifiers)."""
-        return method.endswith("_classif")
+        """Whether ``method`` outputs a P(FP) in [0, 1] (the catalogue's ``output``)."""
+        return outputs_p_fp(method)
 
     def score(self, lesions: LesionSet) -> np.ndarray:
         """(N,) float64 P(FP) in (0, 1): the chosen method's score through its Platt map.
@@ -227,8 +227,6 @@ class SelectedScorer(LesionScorer):
         }
 
     def _set_state(self, state: dict[str, Any] | None, folder: Path) -> None:
-        from lesionuq.calibration import calibrator_from_dict
-
         if state is None:
             raise ValueError(f"{folder}: scorer '{self.name}' was saved without its state.")
         self.choice_ = str(state["choice"])
@@ -267,7 +265,7 @@ class StackedScorer(SelectedScorer):
 
     Args:
         gcnn: Settings of the GCNN candidate (``gcnn_classif``; the paper's model).
-        candidates: Registered method names.
+        candidates: Method names of the catalogue.
         n_inner: Inner folds (by case, stratified) when there are at least as many cases;
             else one per case (2 or more cases).
         seed: Seed of the inner split.
@@ -298,8 +296,6 @@ class StackedScorer(SelectedScorer):
 
     def _z(self, method: str, u: np.ndarray) -> np.ndarray:
         """(N,) the stacking input of ``method``'s (N,) scores."""
-        from lesionuq.calibration import clipped_logit
-
         u = np.asarray(u, dtype=np.float64)
         return clipped_logit(u) if self._probability(method) else u
 
@@ -316,10 +312,6 @@ class StackedScorer(SelectedScorer):
         Raises:
             ValueError: Unknown candidates.
         """
-        from scipy import special
-
-        from lesionuq.calibration import fit_monotone_logistic
-
         factories = self._factories()
         active = self._active(factories, lesions)
         z = None
@@ -378,8 +370,6 @@ class StackedScorer(SelectedScorer):
         ``min(n_inner, number of cases)`` folds grouped by case (so every out-of-fold
         score comes from models that never saw that scan); by lesion otherwise.
         """
-        from lesionuq.calibration import inner_folds
-
         cases = self._cases(lesions)
         n_cases = 0 if cases is None else np.unique(cases).size
         n_inner = min(self.n_inner, n_cases) if n_cases >= 2 else self.n_inner
@@ -391,8 +381,6 @@ class StackedScorer(SelectedScorer):
         Raises:
             NotFittedError: Not fitted.
         """
-        from scipy import special
-
         check_is_fitted(self)
         f = np.full(len(lesions), self.intercept_)
         for c, scorer in self.fitted_.items():

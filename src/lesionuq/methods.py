@@ -1,0 +1,303 @@
+"""The method catalogue: every lesion-scoring method by name, in one table.
+
+Each entry says what the rest of the package needs to know about a method without
+building it: its label and plot style (Figure 2, the report, the learning curve),
+whether it learns from the validation lesions, what its score is (a P(FP), ``1 -
+IoU_hat`` of an IoU regressor, or a plain uncertainty), how long its fit takes, and its
+implementation as a ``"module:Class"`` name. The implementation is imported only when a
+scorer is built (:func:`lesionuq.scorers.registry.make_scorer`), as nnU-Net resolves its
+trainer class by name, so this module (and :mod:`lesionuq.config`, which checks method
+names against it) imports neither torch nor any scorer.
+
+Adding a scorer takes one class (a :class:`~lesionuq.scorers.base.LesionScorer`) and one
+entry here::
+
+    "toy": MethodSpec("mypackage.toy:ToyScorer", "Toy", ("#17becf", "-", 1.4)),
+
+after which ``methods: [toy]`` is accepted in a config, fitted (and, being learned,
+calibrated) and evaluated by the experiment, saved and loaded, and drawn with its label.
+
+Example:
+    >>> CATALOGUE["gcnn_classif"].label
+    'GCNN classif'
+    >>> is_learned("entropy_mean"), outputs_p_fp("metaseg_classif")
+    (False, True)
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lesionuq.errors import did_you_mean
+
+__all__ = [
+    "CATALOGUE",
+    "METHODS",
+    "PREDICT_METHODS",
+    "MethodSpec",
+    "Output",
+    "fit_cost",
+    "is_learned",
+    "label",
+    "learned_methods",
+    "method_spec",
+    "outputs_p_fp",
+    "resolve",
+    "style",
+]
+
+Output = Literal["p_fp", "iou", "uncertainty"]
+"""What a method's score is: ``"p_fp"`` a probability that the lesion is a false
+positive, ``"iou"`` ``1 - IoU_hat`` of an IoU_adj regressor, ``"uncertainty"`` any other
+score (higher = less trusted)."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of the catalogue.
+
+    Attributes:
+        implementation: The scorer class as ``"module:Class"`` (imported when a scorer is
+            built; must be a :class:`~lesionuq.scorers.base.LesionScorer` subclass), or
+            the class itself (a scorer defined in a script or a test).
+        label: Name in Figure 2's legend, the report and the learning curve.
+        style: Matplotlib (colour, line style, line width) of its curve.
+        learned: Whether it learns from the validation lesions (the class's
+            ``requires_fit``): learned methods are cross-fitted and calibrated, refitted
+            by the learning curve, and need a fit before scoring.
+        output: What its score is (:data:`Output`).
+        fit_cost: Relative fit time (a fold of the quality bench); the experiment submits
+            the costliest fits first.
+        self_calibrated: Whether its score is already a P(FP) fitted on out-of-fold scores
+            (the class's ``self_calibrated``): it gets no calibrator of its own.
+        kwargs: Constant constructor keyword arguments (besides ``name``).
+        settings: Constructor keyword arguments taken from the experiment config, as
+            keyword -> dotted attribute path (``{"cfg": "gcnn"}`` passes ``cfg.gcnn``).
+        factory: ``"module:function"`` building the unfitted scorer from the experiment
+            config, for constructors that a dotted path cannot feed (then ``kwargs`` and
+            ``settings`` are unused).
+        reads: Sections of the experiment config the scorer is built from besides
+            ``settings`` (a ``factory``'s); with the ``settings`` paths, what its fit
+            depends on.
+    """
+
+    implementation: str | type
+    label: str
+    style: tuple[str, str, float]
+    learned: bool = True
+    output: Output = "uncertainty"
+    fit_cost: float = 0.0
+    self_calibrated: bool = False
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, str] = field(default_factory=dict)
+    factory: str | None = None
+    reads: tuple[str, ...] = ()
+
+    @property
+    def cls(self) -> type:
+        """The implementation class (its module imported now, on first use)."""
+        if isinstance(self.implementation, type):
+            return self.implementation
+        return resolve(self.implementation)
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The config sections (or top-level fields) the scorer is built from."""
+        paths = [p.split(".")[0] for p in self.settings.values()]
+        return tuple(dict.fromkeys([*paths, *self.reads]))
+
+
+def resolve(name: str) -> Any:
+    """The object named ``"module:attribute"`` (``importlib``; imported on first use).
+
+    Raises:
+        ValueError: The name is not of the form ``module:attribute``, or the module has
+            no such attribute.
+        ImportError: The module cannot be imported.
+    """
+    module, sep, attr = name.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"implementation {name!r} must be 'module:attribute'.")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"implementation {name!r}: {module} has no {attr!r}.")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _column(column: str, label: str, colour: str, line: str) -> MethodSpec:
+    """A voxel-uncertainty aggregate of the lesion table (untrained)."""
+    return MethodSpec(
+        "lesionuq.scorers.baselines:ColumnScorer",
+        label,
+        (colour, line, 1.4),
+        learned=False,
+        kwargs={"column": column},
+    )
+
+
+_GCNN = "lesionuq.scorers.gcnn:GCNNScorer"
+_METASEG = "lesionuq.scorers.baselines:MetaSegScorer"
+_INNER = {"gcnn": "gcnn", "n_inner": "calibration.n_inner", "seed": "seed"}
+
+# (colour, line style, line width): one family per colour, mean solid / logsum dashed
+CATALOGUE: dict[str, MethodSpec] = {
+    "gcnn_classif": MethodSpec(
+        _GCNN,
+        "GCNN classif",
+        ("#d62728", "-", 2.6),
+        output="p_fp",
+        fit_cost=1.0,
+        kwargs={"task": "classif"},
+        settings={"cfg": "gcnn"},
+    ),
+    "gcnn_reg": MethodSpec(
+        _GCNN,
+        "GCNN reg",
+        ("#ff7f0e", "--", 2.6),
+        output="iou",
+        fit_cost=1.0,
+        kwargs={"task": "reg"},
+        settings={"cfg": "gcnn"},
+    ),
+    "entropy_mean": _column("entropy_mean", "Entropy mean", "#1f77b4", "-"),
+    "entropy_logsum": _column("entropy_logsum", "Entropy logsum", "#1f77b4", "--"),
+    "variance_mean": _column("variance_mean", "Variance mean", "#2ca02c", "-"),
+    "variance_logsum": _column("variance_logsum", "Variance logsum", "#2ca02c", "--"),
+    "pcs_mean": _column("pcs_mean", "PCS mean", "#9467bd", "-"),
+    "pcs_logsum": _column("pcs_logsum", "PCS logsum", "#9467bd", "--"),
+    "size": MethodSpec(
+        "lesionuq.scorers.baselines:SizeScorer", "Size", ("#000000", ":", 1.8), learned=False
+    ),
+    "metaseg_classif": MethodSpec(
+        _METASEG,
+        "MetaSeg classif",
+        ("#8c564b", "-.", 1.4),
+        output="p_fp",
+        kwargs={"task": "classif"},
+    ),
+    "metaseg_reg": MethodSpec(
+        _METASEG, "MetaSeg reg", ("#e377c2", "-.", 1.4), output="iou", kwargs={"task": "reg"}
+    ),
+    # beyond the paper: a seeded ensemble of hybrid lesion GCNNs (scorers/gcnn_ens.py)
+    "gcnn_ens": MethodSpec(
+        "lesionuq.scorers.gcnn_ens:GCNNEnsembleScorer",
+        "GCNN ensemble",
+        ("#17becf", "-", 2.6),
+        output="p_fp",
+        fit_cost=5.0,
+        factory="lesionuq.scorers.gcnn_ens:make_gcnn_ens",
+        reads=("gcnn",),
+    ),
+    # beyond the paper: the GCNN only where the validation lesions show it helps
+    # (scorers/select.py)
+    "gcnn_auto": MethodSpec(
+        "lesionuq.scorers.select:SelectedScorer",
+        "GCNN or simpler (auto)",
+        ("#bcbd22", "-", 2.6),
+        output="p_fp",
+        fit_cost=4.0,
+        settings=_INNER,
+    ),
+    # beyond the paper: the GCNN and MetaSeg's features weighed by their out-of-fold
+    # scores, every weight >= 0 (scorers/select.py)
+    "gcnn_stack": MethodSpec(
+        "lesionuq.scorers.select:StackedScorer",
+        "GCNN + uncertainty means (stacked)",
+        ("#7f7f7f", "-", 2.6),
+        output="p_fp",
+        fit_cost=4.0,
+        self_calibrated=True,
+        settings=_INNER,
+    ),
+}
+"""Method name -> :class:`MethodSpec`; the one table of method names."""
+
+METHODS: tuple[str, ...] = (
+    "gcnn_classif",
+    "gcnn_reg",
+    "entropy_mean",
+    "entropy_logsum",
+    "variance_mean",
+    "variance_logsum",
+    "pcs_mean",
+    "pcs_logsum",
+    "size",
+    "metaseg_classif",
+    "metaseg_reg",
+)
+"""The paper's methods, the default of ``ExperimentConfig.methods``; any name of
+:data:`CATALOGUE` may be listed."""
+
+PREDICT_METHODS: tuple[str, ...] = ("gcnn_classif", "gcnn_reg")
+"""The methods ``lesionuq predict`` reads from a model folder: the P(FP) classifier and
+the IoU_adj regressor, in that order."""
+
+_FALLBACK_COLOURS = ("#17becf", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#843c39")
+_FALLBACK_LINES = ("-", "--", "-.", ":")
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The catalogue entry of ``name``.
+
+    Raises:
+        ValueError: Unknown name (the message suggests the closest and lists the known).
+    """
+    if name not in CATALOGUE:
+        hint = did_you_mean(name, list(CATALOGUE))
+        raise ValueError(f"Unknown scoring method '{name}'{hint} (known: {', '.join(CATALOGUE)}).")
+    return CATALOGUE[name]
+
+
+def label(name: str) -> str:
+    """Display label of a method (the name itself when not in the catalogue)."""
+    spec = CATALOGUE.get(name)
+    return spec.label if spec is not None else name
+
+
+def style(name: str, i: int) -> tuple[str, str, float]:
+    """(colour, line style, line width) of a method's curve.
+
+    Args:
+        name: Method name.
+        i: Its position among the drawn methods; picks a distinct fallback style for a
+            name that is not in the catalogue.
+    """
+    spec = CATALOGUE.get(name)
+    if spec is not None:
+        return spec.style
+    return (
+        _FALLBACK_COLOURS[i % len(_FALLBACK_COLOURS)],
+        _FALLBACK_LINES[(i // len(_FALLBACK_COLOURS)) % len(_FALLBACK_LINES)],
+        1.4,
+    )
+
+
+def is_learned(name: str) -> bool:
+    """Whether method ``name`` learns from the validation lesions.
+
+    Raises:
+        ValueError: Unknown name.
+    """
+    return method_spec(name).learned
+
+
+def learned_methods() -> tuple[str, ...]:
+    """The learned methods of the catalogue, in its order."""
+    return tuple(name for name, spec in CATALOGUE.items() if spec.learned)
+
+
+def outputs_p_fp(name: str) -> bool:
+    """Whether method ``name``'s score is a P(FP) in [0, 1] (False when unknown)."""
+    spec = CATALOGUE.get(name)
+    return spec is not None and spec.output == "p_fp"
+
+
+def fit_cost(name: str) -> float:
+    """Relative fit time of method ``name`` (0 when unknown)."""
+    spec = CATALOGUE.get(name)
+    return spec.fit_cost if spec is not None else 0.0
