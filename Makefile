@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench clean viewer-bundle
+.PHONY: setup demo test test-fast lint format bench clean viewer-bundle
 
 NIIVUE_VERSION := 0.69.0
 NIIVUE_BUNDLE := src/lesionuq/export/_vendor/niivue.umd.js
@@ -39,14 +39,22 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/lesionuq demo --out demo
 
+# `make test` (and CI) runs everything: lint, the layer rule (import-linter, contracts in
+# pyproject.toml), types, and every test. `make test-fast` skips the tests marked slow
+# (the whole-protocol run, torchrun, Dask clusters, training): under a minute.
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/mypy src
 	$(BIN)/pytest -q
 
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
