@@ -6,6 +6,8 @@ import os
 from importlib import resources
 from pathlib import Path
 
+import torch
+
 from lesionuq.config import ExperimentConfig, config_digest
 from lesionuq.errors import InputError
 from lesionuq.experiment import ExperimentResult, run_experiment
@@ -61,8 +63,6 @@ def demo_workers(
             raise InputError(f"workers must be at least 1, got {workers}.")
         return workers if workers > 1 else None
     if cuda is None:
-        import torch
-
         cuda = torch.cuda.is_available()
     on_gpu = cfg.device == "cuda" or (cfg.device == "auto" and cuda)
     n = min(cpus or os.cpu_count() or 1, cfg.folds)
@@ -92,6 +92,8 @@ def run_demo(
     Returns:
         The experiment's result (tables and report path).
     """
+    # lazy: the phantom loads nilearn's MNI templates (seconds), and every CLI command
+    # imports this module for bundled_config
     from lesionuq.data.phantom import make_phantom_dataset
 
     cfg = cfg or bundled_config("demo")

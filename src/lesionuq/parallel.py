@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+import torch
+
 from lesionuq.errors import CasesFailedError, InputError
 from lesionuq.utils import make_progress
 
@@ -156,7 +158,7 @@ def _map_dask(
     failed: dict[str, str],
     advance: Callable[[str], None],
 ) -> None:
-    from distributed import as_completed
+    from distributed import as_completed  # the optional lesionuq[cluster] extra
 
     run = uuid.uuid4().hex[:8]
     with _client(scheduler, workers) as client:
@@ -180,7 +182,7 @@ def _map_dask(
 @contextlib.contextmanager
 def _client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
     """A client of the given scheduler, or of a new ``LocalCluster`` of ``workers``."""
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster  # the optional lesionuq[cluster] extra
 
     if scheduler is not None:
         try:
@@ -218,7 +220,7 @@ def _glibc_malloc_defaults() -> Iterator[None]:
     (which the workers inherit) while they start, where an earlier Dask cluster of this
     process left it; a value the user set to anything else is kept.
     """
-    import dask
+    import dask  # the optional lesionuq[cluster] extra
 
     key = f"distributed.nanny.pre-spawn-environ.{_TRIM}"
     default = dask.config.get(key, None)
@@ -241,8 +243,6 @@ def _task(fn: Callable[[ItemT], T], item: ItemT) -> T:
 
 
 def _single_threaded() -> None:
-    import torch
-
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
 

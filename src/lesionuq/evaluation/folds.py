@@ -18,7 +18,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from lesionuq.calibration import CALIBRATOR_FILE, load_calibration
+from lesionuq.evaluation.detection import case_detection_row
+from lesionuq.evaluation.metrics import as_bool
+from lesionuq.lesions.dataset import LesionSet
+from lesionuq.operating_point import operating_point_effect
 from lesionuq.rundir import FoldSplit, RunDir
+from lesionuq.scorers import load_scorer
 from lesionuq.utils import remove_pyg_codegen_files
 
 __all__ = ["OPERATING_POINT_COLUMNS", "calibrate_fold", "detection_cases", "score_fold"]
@@ -32,9 +38,6 @@ OPERATING_POINT_COLUMNS = (
 
 def score_fold(run: Path, split: FoldSplit, methods: Sequence[str]) -> pd.DataFrame:
     """One row per test lesion of a fold with every method's uncertainty."""
-    from lesionuq.lesions.dataset import LesionSet
-    from lesionuq.scorers import load_scorer
-
     rd = RunDir(Path(run))
     test = LesionSet.load(rd.lesion_set(split.fold, "test"))
     frame = test.table[["case_id", "lesion_id", "n_voxels", "iou_adj", "is_tp"]].copy()
@@ -69,10 +72,6 @@ def calibrate_fold(
         and ``op`` (per calibrated method with an operating point: its effect on the
         test lesions, :func:`lesionuq.operating_point.operating_point_effect`).
     """
-    from lesionuq.calibration import CALIBRATOR_FILE, load_calibration
-    from lesionuq.evaluation.metrics import as_bool
-    from lesionuq.operating_point import operating_point_effect
-
     rd = RunDir(Path(run))
     out = raw.copy()
     is_tp = as_bool(raw["is_tp"]) if len(raw) else np.zeros(0, dtype=bool)
@@ -109,8 +108,6 @@ def detection_cases(run: Path, split: FoldSplit) -> pd.DataFrame:
 
     Cases without a ground truth (no ``gt.nii.gz``) are left out.
     """
-    from lesionuq.evaluation.detection import case_detection_row
-
     rd = RunDir(Path(run))
     rows = []
     for c in split.test:

@@ -32,6 +32,7 @@ from lesionuq.evaluation.curves import ac_auc, accuracy_confidence_curve, curve_
 from lesionuq.evaluation.metrics import as_bool, summarize_learning_curve, table2
 from lesionuq.evaluation.render import escape as _e
 from lesionuq.evaluation.render import html_page, html_table, img_tag, png_bytes
+from lesionuq.export.viewer import NO_VIEWER_NOTE, find_niivue_bundle, viewer_html
 from lesionuq.io import atomic_write_bytes, atomic_write_text
 from lesionuq.methods import CATALOGUE, outputs_p_fp
 from lesionuq.methods import label as method_label
@@ -539,8 +540,6 @@ def _gallery_viewer(run: Path, lesions: pd.DataFrame, method: str, fold: int, ca
     Lesions are coloured by P(FP) for a classifier, else by the rank of their uncertainty
     within the case (green least, red most uncertain).
     """
-    from lesionuq.export.viewer import NO_VIEWER_NOTE, find_niivue_bundle, viewer_html
-
     d = run / f"fold_{fold}" / "test" / case
     if find_niivue_bundle() is None:
         return f'<p class="note">{_e(NO_VIEWER_NOTE)}</p>'

@@ -31,6 +31,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from scipy import ndimage
 
 __all__ = [
@@ -74,8 +75,6 @@ def pfp_rgb(p_fp: np.ndarray) -> np.ndarray:
     Returns:
         (N, 3) uint8 RGB; 0 -> green, 1 -> red.
     """
-    from matplotlib import colormaps
-
     rgba = colormaps["RdYlGn_r"](np.clip(np.asarray(p_fp, dtype=float), 0.0, 1.0))
     return np.rint(np.asarray(rgba)[..., :3] * 255).astype(np.uint8).reshape(-1, 3)
 
