@@ -43,20 +43,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 import numpy as np
 from scipy import optimize, special
 from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
+from lesionuq.config import ExperimentConfig
 from lesionuq.io import InputError, atomic_write_text
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.operating_point import OperatingPoint
-
-if TYPE_CHECKING:
-    from lesionuq.config import ExperimentConfig
-    from lesionuq.scorers.base import LesionScorer
 
 __all__ = [
     "CALIBRATOR_FILE",
@@ -65,6 +62,7 @@ __all__ = [
     "IoURecalibrator",
     "IsotonicCalibrator",
     "PlattCalibrator",
+    "Scorer",
     "calibrator_from_dict",
     "clipped_logit",
     "cross_fit",
@@ -83,6 +81,24 @@ logger = logging.getLogger(__name__)
 
 CALIBRATOR_FILE = "calibration.json"
 """Name of the calibration file written next to a scorer's ``scorer.json``."""
+
+
+class Scorer(Protocol):
+    """What calibration needs of a scorer: a :class:`~lesionuq.scorers.base.LesionScorer`.
+
+    Calibration sits below the scorers (docs/DESIGN.md, layers) and imports none of them.
+    """
+
+    self_calibrated: ClassVar[bool]
+
+    def fit(self, lesions: LesionSet, progress: bool = True) -> Any:
+        """Learn from labelled lesions; returns the scorer."""
+
+    def score(self, lesions: LesionSet) -> np.ndarray:
+        """(N,) float64 uncertainty of N lesions."""
+
+
+S = TypeVar("S", bound=Scorer)
 
 _EPS = 1e-12  # clip of scores before the logit
 _FORMAT = 1
@@ -696,12 +712,12 @@ def operating_point_of(p_fp: np.ndarray, is_tp: np.ndarray, target: str) -> dict
 
 
 def fit_calibrated_scorer(
-    factory: Callable[[], LesionScorer],
+    factory: Callable[[], S],
     cfg: ExperimentConfig,
     val: LesionSet,
     folder: Path,
     progress: bool,
-) -> LesionScorer:
+) -> S:
     """Cross-fit a learned scorer and write its ``calibration.json`` into ``folder``.
 
     The calibrator sees only out-of-fold scores (:func:`cross_fit`); the file also keeps
