@@ -58,7 +58,7 @@ from lesionuq.outputs import (
     run_lock,
     start_output,
 )
-from lesionuq.parallel import check_parallel, map_cases
+from lesionuq.parallel import check_parallel, check_scheduler, map_cases
 from lesionuq.rundir import FoldSplit, RunDir, digest_of, make_folds, stamp_ok, write_stamp
 from lesionuq.uncertainty import VoxelMaps
 from lesionuq.utils import remove_pyg_codegen_files, track
@@ -127,7 +127,12 @@ def _locked(stage: Callable) -> Callable:
     @functools.wraps(stage)
     def wrapper(run: Path, *args, **kwargs):
         marker = read_marker(run) if Path(run).is_dir() else None
-        if marker is None or marker.kind != "run" or not distributed.is_main_process():
+        if marker is None or marker.kind != "run":
+            raise InputError(
+                f"{run}: not a run directory (it has no lesionuq run marker); start it with "
+                "`lesionuq experiment`."
+            )
+        if not distributed.is_main_process():
             return stage(run, *args, **kwargs)
         with run_lock(run):
             return stage(run, *args, **kwargs)
@@ -693,6 +698,7 @@ def stage_fit(
     check_parallel(scheduler, workers)
     rd = RunDir(Path(run))
     cfg, data, splits = rd.read_plan()
+    _check_methods(methods)
     chosen = _folds(splits, folds)
     jobs: list[tuple[str, _FitJob]] = []
     for split in chosen:
@@ -720,6 +726,20 @@ def stage_fit(
     for split in chosen:
         _fit_shift_reference(rd, cfg, split, data)
         cfg.to_yaml(rd.fold(split.fold) / "config.yaml")
+
+
+def _check_methods(methods: Sequence[str] | None) -> None:
+    """Refuse an unknown ``--method`` with one sentence (and the closest name)."""
+    from lesionuq.config import did_you_mean
+    from lesionuq.scorers.registry import REGISTRY
+
+    for method in methods or ():
+        if method not in REGISTRY:
+            known = list(REGISTRY)
+            raise InputError(
+                f"--method {method!r} is not a scoring method{did_you_mean(method, known)}; "
+                f"known: {', '.join(known)}."
+            )
 
 
 # relative fit times (a fold of the quality bench): the order in which fits are submitted
@@ -865,6 +885,7 @@ def run_experiment(
     check_parallel(scheduler, workers)
     data, out = Path(data), Path(out)
     folds = validate_run(data, out, cfg)
+    check_scheduler(scheduler)  # an unreachable scheduler leaves nothing behind
     with disk_full_guard(out.parent):
         out.mkdir(parents=True, exist_ok=True)
     with run_lock(out):  # held from the plan to the last stage

@@ -28,6 +28,7 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
+from lesionuq.config import yaml_load
 from lesionuq.evaluation.curves import ac_auc, accuracy_confidence_curve, curve_on_grid
 from lesionuq.evaluation.metrics import as_bool, table2
 from lesionuq.evaluation.render import escape as _e
@@ -539,7 +540,7 @@ def _learning_curve_html(run: Path) -> str:
 def _epsilon(run: Path) -> str:
     """The TP threshold on IoU_adj from ``RUN/config.yaml`` (0.1 when unreadable)."""
     try:
-        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        cfg = yaml_load((run / "config.yaml").read_text()) or {}
         return f"{float(cfg['graphs']['epsilon']):g}"
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         return "0.1"
