@@ -280,12 +280,12 @@ def test_binary_and_gzip_manifests_are_one_sentence(tmp_path):
 def test_csv_cells_that_spreadsheets_would_run_are_neutralised(tmp_path):
     import pandas as pd
 
-    from lesionuq.io import csv_cell, csv_text
+    from lesionuq.io import csv_cell, csv_text, csv_value
 
     frame = pd.DataFrame({"case_id": ["=1+1", "+cmd", "-2", "@SUM(A1)", "ok"], "v": [-1.5] * 5})
     lines = csv_text(frame).splitlines()
     assert lines[1:] == ["'=1+1,-1.5", "'+cmd,-1.5", "'-2,-1.5", "'@SUM(A1),-1.5", "ok,-1.5"]
-    assert csv_cell(csv_cell("=x")) == "'=x"  # idempotent
+    assert csv_cell("'=x") == "''=x" and csv_value(csv_cell("'=x")) == "'=x"  # reversible
     assert csv_cell(-3.0) == -3.0  # numbers untouched
     write_manifest(tmp_path / "m.csv", [Case("=1+1", (tmp_path / "f.nii.gz",))])
     assert (tmp_path / "m.csv").read_text().splitlines()[1].startswith("'=1+1,")

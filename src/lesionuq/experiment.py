@@ -48,6 +48,7 @@ from lesionuq.io import (
     disk_full_guard,
     load_case,
     load_nifti,
+    read_csv_table,
     read_manifest,
     save_nifti,
 )
@@ -811,9 +812,7 @@ def stage_evaluate(run: Path, progress: bool = True) -> ExperimentResult:
         longs.append(long)
         ops.append(op)
         dets.append(detection_cases(run, split))
-        per_case = pd.read_csv(
-            rd.lesion_set(split.fold, "test") / "cases.csv", dtype={"case_id": str}
-        )
+        per_case = read_csv_table(rd.lesion_set(split.fold, "test") / "cases.csv")
         per_case.insert(0, "fold", split.fold)
         cases.append(per_case)
     lesions = pd.concat(frames, ignore_index=True)

@@ -43,7 +43,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from lesionuq.config import ExperimentConfig
 from lesionuq.evaluation.curves import ac_auc
 from lesionuq.evaluation.metrics import table2
-from lesionuq.io import InputError, atomic_write_bytes, atomic_write_text
+from lesionuq.io import InputError, atomic_write_bytes, atomic_write_text, read_csv_table
 from lesionuq.lesions.dataset import LesionSet, load_lesion_set
 from lesionuq.parallel import check_parallel, map_cases
 from lesionuq.rundir import RunDir, digest_of
@@ -275,7 +275,7 @@ def learning_curve(
 
     empty = pd.DataFrame(columns=list(CSV_COLUMNS))
     curve = _write_csv(pd.concat(rows, ignore_index=True) if rows else empty, csv)
-    lesions = pd.read_csv(lesions_csv, dtype={"case_id": str})
+    lesions = read_csv_table(lesions_csv)
     plot_learning_curve(curve, _baseline_aucs(lesions, cfg.methods), png)
     write_report(rd.root)
     return curve

@@ -23,7 +23,16 @@ from collections.abc import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["STYLESHEET", "escape", "html_page", "html_table", "img_tag", "png_bytes"]
+__all__ = [
+    "PLAIN",
+    "STYLESHEET",
+    "escape",
+    "html_page",
+    "html_table",
+    "img_tag",
+    "plain_text",
+    "png_bytes",
+]
 
 #: The inline CSS of every lesionuq report (no external reference).
 STYLESHEET = """
@@ -55,8 +64,52 @@ pre { background: #f6f6f6; padding: 0.8em; font-size: 0.8em; overflow-x: auto; }
 
 
 def escape(value: object) -> str:
-    """``str(value)`` with ``& < > " '`` escaped for HTML text and attributes."""
-    return html.escape(str(value))
+    """:func:`plain_text` of ``value`` with ``& < > " '`` escaped for HTML."""
+    return html.escape(plain_text(value))
+
+
+def plain_text(value: object) -> str:
+    r"""``str(value)`` that any UTF-8 writer and any figure can show as it is.
+
+    A file name in another encoding (Latin-1 bytes, which Python holds as surrogate
+    escapes such as ``\udce9``) is read as Latin-1, so ``café`` stays readable and
+    writing a page or drawing a title cannot fail. Figures draw such text with
+    :data:`PLAIN` (no mathtext), so ``$`` and ``{`` are shown as typed.
+    """
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = "".join(
+                part.decode("latin-1") if isinstance(part, bytes) else part
+                for part in _split_surrogates(text)
+            )
+    return text
+
+
+def _split_surrogates(text: str) -> list[str | bytes]:
+    """Runs of ordinary text, and the bytes that surrogate escapes stand for."""
+    parts: list[str | bytes] = []
+    for ch in text:
+        if 0xDC80 <= ord(ch) <= 0xDCFF:
+            byte = bytes([ord(ch) - 0xDC00])
+            if parts and isinstance(parts[-1], bytes):
+                parts[-1] += byte
+            else:
+                parts.append(byte)
+        elif parts and isinstance(parts[-1], str):
+            parts[-1] += ch
+        else:
+            parts.append(ch)
+    return parts
+
+
+#: Keyword arguments of a matplotlib text that shows user text literally (no mathtext).
+PLAIN = {"parse_math": False}
 
 
 def png_bytes(fig: Figure, dpi: int, *, tight: bool = False) -> bytes:

@@ -33,7 +33,7 @@ from lesionuq.evaluation.curves import ac_auc, accuracy_confidence_curve, curve_
 from lesionuq.evaluation.metrics import as_bool, table2
 from lesionuq.evaluation.render import escape as _e
 from lesionuq.evaluation.render import html_page, html_table, img_tag, png_bytes
-from lesionuq.io import atomic_write_bytes, atomic_write_text
+from lesionuq.io import atomic_write_bytes, atomic_write_text, read_csv_table
 from lesionuq.operating_point import FEW_VALIDATION_LESIONS
 from lesionuq.scorers.registry import REGISTRY
 
@@ -244,7 +244,7 @@ def render_lesion_crop(
 def _read_csv(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
-    return pd.read_csv(path, dtype={"case_id": str})
+    return read_csv_table(path)
 
 
 def _nii(path: Path) -> nib.Nifti1Image:
@@ -467,7 +467,7 @@ def validation_summary(run: str | Path) -> pd.DataFrame | None:
         fold = table.parents[2].name.removeprefix("fold_")
         if not fold.isdigit():
             continue
-        lesions = pd.read_csv(table, usecols=["case_id", "is_tp"])
+        lesions = read_csv_table(table, usecols=["case_id", "is_tp"])
         tp = int(as_bool(lesions["is_tp"]).sum())
         n = len(lesions)
         rows.append((int(fold), int(lesions["case_id"].nunique()), n, tp, n - tp))

@@ -25,6 +25,7 @@ from lesionuq.io import (
     check_threshold,
     csv_text,
     load_case,
+    read_csv_table,
     read_manifest,
 )
 from lesionuq.outputs import add_written, check_output_dir, locked_output, start_output
@@ -345,6 +346,6 @@ def _previous(
         stored = (folder / _DIGEST).read_text().strip()
         if stored != _batch_digest(model_digest, case, threshold, save_maps, bids_out):
             return None
-        return pd.read_csv(folder / "lesions.csv")
+        return read_csv_table(folder / "lesions.csv")
     except (OSError, ValueError):
         return None

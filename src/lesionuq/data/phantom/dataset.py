@@ -6,7 +6,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,10 +16,12 @@ from scipy import ndimage as ndi
 from lesionuq.config import ConfigError, config_digest
 from lesionuq.data.phantom.params import PhantomParams
 from lesionuq.data.phantom.render import generate_case
+from lesionuq.evaluation.render import PLAIN, plain_text
 from lesionuq.io import (
     Case,
     atomic_write_bytes,
     atomic_write_text,
+    available_memory,
     read_manifest,
     save_nifti,
     write_manifest,
@@ -68,20 +69,6 @@ def estimate_case_memory(spacing: float, shape: tuple[int, int, int] | None = No
         for s, n in zip(dims, TEMPLATE_FOV_MM, strict=True)
     )
     return _TEMPLATE_BYTES + _BYTES_PER_OUTPUT_VOXEL * n_out + _BYTES_PER_BOX_VOXEL * n_box
-
-
-def available_memory() -> float:
-    """Memory available to a new allocation (bytes): ``MemAvailable``, else free pages."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return math.inf
 
 
 def check_phantom_config(cfg: PhantomConfig, memory_limit_gib: float | None = None) -> None:
@@ -253,7 +240,7 @@ def write_preview(
         ax.imshow(sl, cmap="gray", origin="lower", vmin=0, vmax=vmax, aspect=zooms[1] / zooms[0])
         if mask is not None and mask[:, :, z].any():
             ax.contour(mask[:, :, z].T.astype(float), levels=[0.5], colors="r", linewidths=0.7)
-        ax.set_title(f"{title} (z={z})", fontsize=8)
+        ax.set_title(f"{plain_text(title)} (z={z})", fontsize=8, **PLAIN)
     fig.suptitle(
         "FLAIR (window 0 to 2 x brain median), axial slice with the most lesion voxels; "
         "red: ground-truth contour",
