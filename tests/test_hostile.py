@@ -502,3 +502,16 @@ def test_read_only_out_is_refused_before_any_work(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "is not writable" in " ".join(result.output.split())
     assert _snapshot(tmp_path) == before
+
+
+def test_an_unreachable_scheduler_leaves_nothing_behind(tmp_path, monkeypatch):
+    import lesionuq.parallel
+
+    monkeypatch.setattr(lesionuq.parallel, "CONNECT_TIMEOUT", 1)
+    args = _experiment(tmp_path, _dataset(tmp_path), "--scheduler", "tcp://127.0.0.1:9")
+    before = _snapshot(tmp_path)
+    result = runner.invoke(app, args)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1
+    assert "--scheduler tcp://127.0.0.1:9: cannot reach a Dask scheduler there" in text
+    assert _snapshot(tmp_path) == before  # no OUT/.lesionuq.json, no config.yaml

@@ -344,3 +344,31 @@ def test_weights_only_refusal_never_recommends_the_unsafe_option(tmp_path):
         load_segmenter(tmp_path / "segmenter.pt")
     assert "refuses to load" in str(err.value)
     assert "weights_only=False" not in str(err.value)
+
+
+def test_csv_cells_come_back_as_the_ids_they_were(tmp_path):
+    import pandas as pd
+
+    from lesionuq.io import atomic_write_text, csv_text, read_csv_table
+
+    ids = ["=1+1", "'=1+1", "-2", "ok", "'plain"]
+    frame = pd.DataFrame({"case_id": ids, "v": [1.5, -1.0, 0.0, 2.0, 3.0]})
+    atomic_write_text(tmp_path / "t.csv", csv_text(frame))
+    back = read_csv_table(tmp_path / "t.csv")
+    assert back["case_id"].tolist() == ids
+    assert back["v"].tolist() == [1.5, -1.0, 0.0, 2.0, 3.0]
+    write_manifest(tmp_path / "m.csv", [Case("=1+1", (tmp_path / "f.nii.gz",))])
+    assert read_manifest(tmp_path / "m.csv", require_mask=False)[0].case_id == "=1+1"
+
+
+def test_a_scan_too_large_for_memory_is_refused_from_its_header(tmp_path, monkeypatch):
+    import lesionuq.io as lio
+
+    path = tmp_path / "big.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 32), np.float32), np.eye(4)), str(path))
+    monkeypatch.setattr(lio, "available_memory", lambda: 2**20)  # 1 MiB left
+    read = []
+    monkeypatch.setattr(nib.Nifti1Image, "get_fdata", lambda self, **kw: read.append(1))
+    with pytest.raises(InputError, match=r"a 64 x 64 x 32 image needs about 0\.0 GiB to load"):
+        load_nifti(path)
+    assert read == []  # refused before the data were read

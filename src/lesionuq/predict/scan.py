@@ -140,13 +140,16 @@ class PredictResult:
 
     def summary(self, max_rows: int = 10) -> str:
         """A few lines for the terminal: counts, the most doubtful lesions, the folder."""
+        from lesionuq.evaluation.render import plain_text
+
+        name = plain_text(self.case_id)  # a Latin-1 file name prints as text
         if self.n_lesions == 0:
             return (
-                f"{self.case_id}: no lesion found; wrote an empty table and zero maps to "
+                f"{name}: no lesion found; wrote an empty table and zero maps to "
                 f"{self.out} ({self.seconds:.1f} s)."
             )
         head = (
-            f"{self.case_id}: {self.n_lesions} lesion(s), {self.n_review} to review "
+            f"{name}: {self.n_lesions} lesion(s), {self.n_review} to review "
             f"(P(FP) >= {self.threshold:g}); wrote {self.out} ({self.seconds:.1f} s)."
         )
         shown = self.table.head(max_rows)[
