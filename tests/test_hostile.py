@@ -66,13 +66,19 @@ def _patch_header(path: Path, **fields: object) -> None:
     path.write_bytes(bytes(raw))
 
 
+def _uncompressed_f0(tmp: Path) -> tuple[Path, Path]:
+    """The standard data set with its first scan as ``f0.nii`` (a header to patch)."""
+    csv = _dataset(tmp)
+    f0 = csv.parent / "f0.nii"
+    _nifti(f0)
+    (csv.parent / "f0.nii.gz").unlink()
+    csv.write_text(csv.read_text().replace("f0.nii.gz", "f0.nii"))
+    return csv, f0
+
+
 def _bad_affine(kind: str) -> Callable[[Path], list[str]]:
     def setup(tmp: Path) -> list[str]:
-        csv = _dataset(tmp)
-        f0 = csv.parent / "f0.nii"
-        _nifti(f0)
-        (csv.parent / "f0.nii.gz").unlink()
-        csv.write_text(csv.read_text().replace("f0.nii.gz", "f0.nii"))
+        csv, f0 = _uncompressed_f0(tmp)
         rows = {
             "zero": np.zeros((3, 4)),
             "singular": np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0.0]]),
@@ -312,11 +318,7 @@ def _maps_over_user_file(tmp: Path) -> list[str]:
 
 def _huge_header(tmp: Path) -> list[str]:
     """A tiny file whose header claims 4096^3 voxels (a compressed, mostly empty scan)."""
-    csv = _dataset(tmp)
-    f0 = csv.parent / "f0.nii"
-    _nifti(f0)
-    (csv.parent / "f0.nii.gz").unlink()
-    csv.write_text(csv.read_text().replace("f0.nii.gz", "f0.nii"))
+    csv, f0 = _uncompressed_f0(tmp)
     _patch_header(f0, dim=[3, 4096, 4096, 4096, 1, 1, 1, 1])
     return _experiment(tmp, csv)
 

@@ -1,0 +1,79 @@
+"""Does a local Dask cluster survive a suspension (Ctrl-Z) of several minutes? (issue 25)
+
+Starts ``map_cases`` on a local cluster of 2 workers in a child process (its own process
+group, as a shell job), lets the tasks start, stops the whole group with SIGSTOP for
+``--stop`` seconds (Dask's default worker time-to-live is 5 minutes), continues it with
+SIGCONT and waits up to ``--wait`` seconds for the batch to finish. Prints one line:
+whether every task finished, the seconds after SIGCONT, and how many worker tracebacks
+the child printed.
+
+Run with the lesionuq to measure on ``PYTHONPATH``::
+
+    PYTHONPATH=src python benchmarks/dask_suspend.py --stop 360
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+CHILD = """
+import time
+from lesionuq.parallel import map_cases
+
+def slow(i):
+    for _ in range(40):  # 20 s of work in small steps
+        time.sleep(0.5)
+    return i
+
+if __name__ == "__main__":
+    res = map_cases(slow, {f"scan{i}": i for i in range(6)}, workers=2, progress=False)
+    print("RESULT", len(res.results), len(res.failed), flush=True)
+"""
+
+
+def main() -> None:
+    """Measure once and print the outcome."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stop", type=float, default=360.0, help="seconds stopped")
+    parser.add_argument("--start", type=float, default=15.0, help="seconds before SIGSTOP")
+    parser.add_argument("--wait", type=float, default=300.0, help="seconds to wait after")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        script = os.path.join(tmp, "child.py")
+        with open(script, "w") as f:
+            f.write(CHILD)
+        log = open(os.path.join(tmp, "log.txt"), "w+")
+        proc = subprocess.Popen(
+            [sys.executable, script], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        time.sleep(args.start)
+        os.killpg(proc.pid, signal.SIGSTOP)
+        time.sleep(args.stop)
+        os.killpg(proc.pid, signal.SIGCONT)
+        t0 = time.monotonic()
+        try:
+            proc.wait(timeout=args.wait)
+            finished = True
+        except subprocess.TimeoutExpired:
+            finished = False
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        seconds = time.monotonic() - t0
+        log.seek(0)
+        text = log.read()
+    result = [line for line in text.splitlines() if line.startswith("RESULT")]
+    print(
+        f"stopped {args.stop:.0f} s: exited={finished} after {seconds:.1f} s; "
+        f"{result[0] if result else 'no RESULT line'}; "
+        f"tracebacks in its log: {text.count('Traceback')}"
+    )
+
+
+if __name__ == "__main__":
+    main()
