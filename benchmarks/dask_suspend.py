@@ -7,6 +7,10 @@ SIGCONT and waits up to ``--wait`` seconds for the batch to finish. Prints one l
 whether every task finished, the seconds after SIGCONT, and how many worker tracebacks
 the child printed.
 
+With ``--workers-only`` only the worker processes are stopped and the scheduler keeps
+running: what a low-priority job on a busy machine sees after a suspension, when the
+scheduler wakes before its starved workers manage to send a heartbeat.
+
 Run with the lesionuq to measure on ``PYTHONPATH``::
 
     PYTHONPATH=src python benchmarks/dask_suspend.py --stop 360
@@ -37,12 +41,31 @@ if __name__ == "__main__":
 """
 
 
+def _group(pgid: int, besides_leader: bool) -> list[int]:
+    """Processes of the process group ``pgid`` (Linux ``/proc``), the leader last."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and int(entry) != pgid:  # field 5: process group
+            members.append(int(entry))
+    return members if besides_leader else [*members, pgid]
+
+
 def main() -> None:
     """Measure once and print the outcome."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stop", type=float, default=360.0, help="seconds stopped")
     parser.add_argument("--start", type=float, default=15.0, help="seconds before SIGSTOP")
     parser.add_argument("--wait", type=float, default=300.0, help="seconds to wait after")
+    parser.add_argument(
+        "--workers-only", action="store_true", help="stop the workers, not the scheduler"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "child.py")
@@ -53,9 +76,12 @@ def main() -> None:
             [sys.executable, script], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         time.sleep(args.start)
-        os.killpg(proc.pid, signal.SIGSTOP)
+        stopped = _group(proc.pid, besides_leader=args.workers_only)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
         time.sleep(args.stop)
-        os.killpg(proc.pid, signal.SIGCONT)
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
         t0 = time.monotonic()
         try:
             proc.wait(timeout=args.wait)
@@ -69,7 +95,8 @@ def main() -> None:
         text = log.read()
     result = [line for line in text.splitlines() if line.startswith("RESULT")]
     print(
-        f"stopped {args.stop:.0f} s: exited={finished} after {seconds:.1f} s; "
+        f"stopped {'workers' if args.workers_only else 'all'} {args.stop:.0f} s: "
+        f"exited={finished} after {seconds:.1f} s; "
         f"{result[0] if result else 'no RESULT line'}; "
         f"tracebacks in its log: {text.count('Traceback')}"
     )

@@ -423,7 +423,7 @@ ROWS = [
     Row(
         "marker lists a symlink out",
         _tampered_marker(lambda t: "link.txt", link=True),
-        "leads outside its folder",
+        "not a regular file but a symbolic link",
     ),
     Row("lock file a symlink to a user file", _lock_is("symlink"), "refuses to use it as its lock"),
     Row("lock file a folder", _lock_is("folder"), "refuses to use it as its lock"),

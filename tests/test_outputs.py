@@ -209,7 +209,12 @@ def test_pyg_generated_modules_do_not_pile_up_in_tmp(tmp_path):
 
 @pytest.mark.parametrize(
     ("entry", "fragment"),
-    [("../x.txt", "outside its folder"), ("ABS", "outside its folder"), ("link", "leads outside")],
+    [
+        ("../x.txt", "outside its folder"),
+        ("ABS", "outside its folder"),
+        ("link", "symbolic link"),
+        ("sub/x.txt", "leads outside"),
+    ],
 )
 def test_a_tampered_marker_is_refused_and_deletes_nothing(tmp_path, entry, fragment):
     out = tmp_path / "out"
@@ -217,6 +222,7 @@ def test_a_tampered_marker_is_refused_and_deletes_nothing(tmp_path, entry, fragm
     victim = tmp_path / "x.txt"
     victim.write_text("the user's")
     (out / "link").symlink_to(victim)
+    (out / "sub").symlink_to(tmp_path)  # a listed file under a linked folder
     entry = str(victim) if entry == "ABS" else entry
     (out / MARKER).write_text(json.dumps({"kind": "prediction", "files": [entry]}))
     with pytest.raises(InputError, match=fragment):
@@ -235,7 +241,8 @@ def test_a_marker_listing_a_link_inside_or_a_folder_is_refused(tmp_path):
     for entry in ("link.txt", "sub"):
         (out / MARKER).write_text(json.dumps({"kind": "prediction", "files": [entry]}))
         with pytest.raises(InputError, match="not a regular file"):
-            read_marker(out)
+            check_output_dir(out, "prediction", overwrite=True)
+    assert (out / "real.txt").read_text() == "x"
 
 
 @pytest.mark.parametrize("kind", ["symlink", "folder", "fifo"])

@@ -27,14 +27,14 @@ from helpers import TINY
 from lesionuq.cli import app
 from lesionuq.errors import CasesFailedError
 from lesionuq.io import InputError, check_threshold
-from lesionuq.outputs import TMP_PREFIX
+from lesionuq.outputs import LOCK_FILE, TMP_PREFIX
 from lesionuq.parallel import check_parallel, map_cases
 from lesionuq.predict import load_model, predict_manifest
 from test_predict import brain_scan, make_model_dir
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # files whose content holds the wall time of the prediction
-TIMED = {"prediction.json", "report.html"}
+TIMED = {"prediction.json", "report.html", LOCK_FILE}  # and the lock's PID
 
 
 def _square(x: int) -> int:
@@ -286,7 +286,7 @@ def test_killed_worker_leaves_no_half_written_case_and_a_rerun_completes(
         )
     for cid in ("a", "b"):
         assert (out / cid / ".batch_digest").is_file()
-    left = [p for p in (out / "c").rglob("*") if p.is_file()]
+    left = [p for p in (out / "c").rglob("*") if p.is_file() and p.name != LOCK_FILE]
     assert left and all(TMP_PREFIX in p.as_posix() for p in left)  # killed mid-write
     assert not (out / "c" / "lesions.csv").exists() and not (out / "lesions.csv").exists()
     again = predict_manifest(model_dir, three_scans, out, progress=False, workers=1)

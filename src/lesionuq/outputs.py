@@ -63,6 +63,7 @@ __all__ = [
     "remove_written",
     "run_lock",
     "start_output",
+    "verify_marker",
 ]
 
 #: Marker file of every output folder lesionuq writes (kind, settings key, files written).
@@ -103,12 +104,12 @@ def read_marker(folder: str | Path) -> OutputMarker | None:
     """The marker of ``folder``, or None when lesionuq did not write it.
 
     Only the marker file :data:`MARKER` counts: a folder holding a ``config.yaml`` and a
-    ``folds.json`` but no marker is not lesionuq's.
+    ``folds.json`` but no marker is not lesionuq's. Every entry is checked by its text
+    (cheap, on every read); :func:`verify_marker` also checks the files on disk.
 
     Raises:
-        InputError: The marker is tampered with: it lists a path that is absolute, leaves
-            the folder (``..``, or through a symbolic link), or is not a regular file
-            (a listed sub-folder: not a real folder).
+        InputError: The marker is tampered with: it lists an absolute path or one that
+            leaves the folder with ``..``.
     """
     folder = Path(folder)
     try:
@@ -123,11 +124,52 @@ def read_marker(folder: str | Path) -> OutputMarker | None:
     marker = OutputMarker(
         data["kind"], data.get("key"), [str(f) for f in files], [str(d) for d in dirs]
     )
-    for name in marker.files:
-        _check_listed(folder, name, directory=False)
-    for name in marker.dirs:
-        _check_listed(folder, name, directory=True)
+    for name in [*marker.files, *marker.dirs]:
+        parts = name.replace(os.sep, "/").split("/")
+        if not name or os.path.isabs(name) or ".." in parts or parts[0] == MARKER:
+            raise _tampered(folder, f"the path {name[:80]!r} outside its folder")
     return marker
+
+
+def verify_marker(folder: str | Path, marker: OutputMarker | None = None) -> None:
+    """Check on disk that every entry of a marker is a regular file (folder) inside it.
+
+    Called before an output may replace or remove what the marker lists
+    (:func:`check_output_dir`, :func:`remove_written`), so a tampered marker cannot make
+    lesionuq delete or overwrite a file elsewhere, through a symbolic link or otherwise.
+
+    Args:
+        folder: The output folder.
+        marker: Its marker (default: read it).
+
+    Raises:
+        InputError: An entry leads outside the folder (through a symbolic link), or is a
+            symbolic link or not a regular file (a listed sub-folder: not a folder).
+    """
+    folder = Path(folder)
+    marker = read_marker(folder) if marker is None else marker
+    if marker is None:
+        return
+    root = folder.resolve()
+    inside: dict[Path, bool] = {}  # parent folder -> resolves inside ``root``
+    for name, directory in [*((f, False) for f in marker.files), *((d, True) for d in marker.dirs)]:
+        path = folder / name
+        parent = path.parent
+        if parent not in inside:
+            real = parent.resolve()
+            inside[parent] = real == root or root in real.parents
+        shown = repr(name[:80])
+        if not inside[parent]:
+            raise _tampered(folder, f"the path {shown}, which leads outside its folder")
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if not (stat.S_ISDIR(mode) if directory else stat.S_ISREG(mode)):
+            kind = "folder" if directory else "regular file"
+            raise _tampered(
+                folder, f"{shown}, which is not a {kind} but a symbolic link or another kind"
+            )
 
 
 def _tampered(folder: Path, what: str) -> InputError:
@@ -135,25 +177,6 @@ def _tampered(folder: Path, what: str) -> InputError:
         f"{folder / MARKER}: lists {what}, so the marker was not written by lesionuq; "
         "lesionuq refuses to touch the folder (remove the marker or choose another folder)."
     )
-
-
-def _check_listed(folder: Path, name: str, directory: bool) -> None:
-    """Refuse a marker entry that is not a regular file (folder) inside ``folder``."""
-    rel = Path(name)
-    shown = repr(name[:80])
-    if not name or rel.is_absolute() or ".." in rel.parts or rel.parts[:1] == (MARKER,):
-        raise _tampered(folder, f"the path {shown} outside its folder")
-    path = folder / rel
-    root = folder.resolve()
-    if root not in path.resolve().parents:
-        raise _tampered(folder, f"the path {shown}, which leads outside its folder")
-    if not os.path.lexists(path):
-        return
-    kind = "folder" if directory else "regular file"
-    if path.is_symlink() or not (path.is_dir() if directory else path.is_file()):
-        raise _tampered(
-            folder, f"{shown}, which is not a {kind} but a symbolic link or another kind"
-        )
 
 
 def _write_marker(folder: Path, marker: OutputMarker) -> None:
@@ -245,6 +268,7 @@ def check_output_dir(
                 f"{out}: holds an earlier lesionuq {KINDS[kind]}; add --overwrite to replace "
                 "it (only the files lesionuq wrote there are removed)."
             )
+        verify_marker(out, marker)
         check_not_foreign(out, writes, marker)
     _writable_dir(target, out)
     return out
@@ -284,6 +308,7 @@ def remove_written(folder: str | Path) -> None:
     marker = read_marker(folder)
     if marker is None:
         return
+    verify_marker(folder, marker)
     for d in marker.dirs:
         sub = folder / d
         if sub.is_dir() and not sub.is_symlink():

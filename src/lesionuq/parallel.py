@@ -221,7 +221,7 @@ def _map_dask(
     failed: dict[str, str],
     advance: Callable[[str], None],
 ) -> None:
-    from distributed import wait
+    from distributed import as_completed
 
     run = uuid.uuid4().hex[:8]
     watch = _WorkerWatch(WORKERLESS_GRACE) if scheduler is None else None
@@ -230,24 +230,27 @@ def _map_dask(
             client.submit(_task, fn, item, key=f"lesionuq-{key}-{run}", pure=False): key
             for key, item in items.items()
         }
-        pending = set(futures)
-        while pending:
-            try:
-                finished, pending = wait(pending, timeout=_POLL, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                finished = set()
-            for future in finished:
+        completed = as_completed(futures)
+        next_look = time.monotonic() + _POLL
+        while not completed.is_empty():
+            batch = completed.next_batch(block=False)
+            for future in batch:
                 key = futures[future]
                 _gather_one(future, key, done, failed)
                 future.release()
                 advance(key)
-            if watch is not None and pending:
-                n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-                if watch.lost(n_workers, time.monotonic()):
-                    for future in pending:
-                        failed[futures[future]] = watch.sentence()
+            if not batch:
+                time.sleep(0.05)
+            if watch is None or time.monotonic() < next_look:
+                continue
+            next_look = time.monotonic() + _POLL
+            n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+            if watch.lost(n_workers, time.monotonic()):
+                for future, key in futures.items():
+                    if key not in done and key not in failed:
+                        failed[key] = watch.sentence()
                         future.release()
-                    return
+                return
 
 
 def _gather_one(future: Any, key: str, done: dict[str, Any], failed: dict[str, str]) -> None:
