@@ -216,3 +216,59 @@ def test_a_list_of_choices_names_the_bad_item():
         "GraphConfig.extra_features must be a list of extra features among "
         "position, border_distance, got 'colour'."
     )
+
+
+# --------------------------------------------------------------------------- issue 25
+
+
+def test_numbers_written_as_text_are_read_as_numbers(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        'train:\n  lr: 3e-3\n  max_epochs: "7"\ngcnn:\n  lr: "0.003"\ngraphs:\n  epsilon: "0.1"\n'
+    )
+    cfg = ExperimentConfig.from_yaml(tmp_path / "c.yaml")  # YAML 1.1 reads 3e-3 as text
+    assert (cfg.train.lr, cfg.train.max_epochs, cfg.gcnn.lr, cfg.graphs.epsilon) == (
+        0.003,
+        7,
+        0.003,
+        0.1,
+    )
+    assert isinstance(cfg.train.lr, float) and isinstance(cfg.train.max_epochs, int)
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ({"train": {"lr": "fast"}}, None, "config.train.lr must be a number, got 'fast'."),
+        ({"train": {"max_epochs": "7.5"}}, None, "config.train.max_epochs must be an integer"),
+        ({"graphs": {"epsilon": [0.1]}}, None, "config.graphs.epsilon must be a number, got [0.1]"),
+        ({"train": {"lr": True}}, None, "config.train.lr must be a number, got True."),
+    ],
+)
+def test_text_that_is_not_a_number_names_the_key(section, value, message):
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig.from_dict(section)
+    assert message in str(err.value)
+
+
+def test_messages_about_huge_values_are_short():
+    for data in (
+        {"train": {"lr": list(range(1_200_000))}},
+        {"graphs": {"epsilon": "x" * 10_000_000}},
+        {"unet": {"norm": "y" * 10_000_000}},
+        {"x" * 1_000_000: 1},
+    ):
+        with pytest.raises(ConfigError) as err:
+            ExperimentConfig.from_dict(data)
+        assert len(str(err.value)) < 600, str(err.value)[:200]
+
+
+def test_yaml_aliases_are_refused_before_expansion(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{k}: &{k} [*{j}, *{j}, *{j}, *{j}, *{j}, *{j}, *{j}, *{j}, *{j}]\n"
+        for j, k in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    (tmp_path / "bomb.yaml").write_text(bomb + "train:\n  lr: *i\n")
+    with pytest.raises(
+        ConfigError, match=r"YAML aliases \(\*name\) are not accepted in a config at line 2"
+    ):
+        ExperimentConfig.from_yaml(tmp_path / "bomb.yaml")

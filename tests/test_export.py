@@ -231,3 +231,18 @@ def test_scan_report_shows_viewer_else_the_note():
     without = scan_report_html(table, png, **kw)
     assert "make viewer-bundle" in without and "VIEWER" not in without
     assert without.count("data:image/png;base64,") == 1  # the static figure stays
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sub-01_ses-.._FLAIR.nii.gz",  # was read as sub-01 alone: the session dropped
+        "sub-01_<img src=x onerror=alert(1)>-a_FLAIR.nii.gz",
+        "sub-01_ses-_FLAIR.nii.gz",
+        "sub-01_ses-a_ses-b_FLAIR.nii.gz",
+        "sub-01_ses-a.b_FLAIR.nii.gz",
+    ],
+)
+def test_bids_entities_must_follow_the_label_rule(name):
+    with pytest.raises(ValueError, match="not a BIDS entity"):
+        bids_entities(name)

@@ -1,6 +1,6 @@
 """Hostile but realistic inputs: one sentence, exit 1, and the file system unchanged.
 
-One row per input of issue 10. Each row builds a small valid data set (four 8^3 cases)
+One row per input of issues 10 and 25. Each row builds a small valid data set (four 8^3 cases)
 plus the hostile part, snapshots every file under the test folder, runs the command
 through Typer's runner, and checks the exit code, the sentence and that nothing was
 created, changed or removed anywhere (a refused command writes nothing at all).
@@ -24,6 +24,8 @@ from typer.testing import CliRunner
 
 from lesionuq.cli import app
 from lesionuq.config import ExperimentConfig
+from lesionuq.outputs import LOCK_FILE, MARKER, run_lock, start_output
+from lesionuq.rundir import FoldSplit, RunDir
 
 runner = CliRunner()
 
@@ -64,13 +66,19 @@ def _patch_header(path: Path, **fields: object) -> None:
     path.write_bytes(bytes(raw))
 
 
+def _uncompressed_f0(tmp: Path) -> tuple[Path, Path]:
+    """The standard data set with its first scan as ``f0.nii`` (a header to patch)."""
+    csv = _dataset(tmp)
+    f0 = csv.parent / "f0.nii"
+    _nifti(f0)
+    (csv.parent / "f0.nii.gz").unlink()
+    csv.write_text(csv.read_text().replace("f0.nii.gz", "f0.nii"))
+    return csv, f0
+
+
 def _bad_affine(kind: str) -> Callable[[Path], list[str]]:
     def setup(tmp: Path) -> list[str]:
-        csv = _dataset(tmp)
-        f0 = csv.parent / "f0.nii"
-        _nifti(f0)
-        (csv.parent / "f0.nii.gz").unlink()
-        csv.write_text(csv.read_text().replace("f0.nii.gz", "f0.nii"))
+        csv, f0 = _uncompressed_f0(tmp)
         rows = {
             "zero": np.zeros((3, 4)),
             "singular": np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0.0]]),
@@ -233,6 +241,120 @@ def _phantom(*extra: str) -> Callable[[Path], list[str]]:
     return setup
 
 
+# ------------------------------------------------------------ issue 25: tampered folders
+
+
+def _tampered_marker(
+    listed: Callable[[Path], str], link: bool = False
+) -> Callable[[Path], list[str]]:
+    """A prediction folder whose marker lists a path outside it (or a link out of it)."""
+
+    def setup(tmp: Path) -> list[str]:
+        args = _predict(tmp, str(tmp / "pred"), "--overwrite")
+        (tmp / "pred").mkdir()
+        (tmp / "x.txt").write_text("the user's file outside --out")
+        if link:
+            (tmp / "pred" / "link.txt").symlink_to(tmp / "x.txt")
+        entry = listed(tmp)
+        (tmp / "pred" / MARKER).write_text(f'{{"kind": "prediction", "files": ["{entry}"]}}')
+        return args
+
+    return setup
+
+
+def _run_dir(tmp: Path) -> Path:
+    """A real run directory (plan and marker) over the standard data set."""
+    run = tmp / "run"
+    csv = _dataset(tmp)
+    folds = [
+        FoldSplit(0, ("c0", "c1"), ("c2",), ("c3",)),
+        FoldSplit(1, ("c2", "c3"), ("c0",), ("c1",)),
+    ]
+    RunDir(run).write_plan(ExperimentConfig(), csv, folds)
+    start_output(run, "run")
+    return run
+
+
+def _lock_is(kind: str) -> Callable[[Path], list[str]]:
+    def setup(tmp: Path) -> list[str]:
+        run = _run_dir(tmp)
+        (tmp / "precious.txt").write_text("a user's file")
+        if kind == "symlink":
+            (run / LOCK_FILE).symlink_to(tmp / "precious.txt")
+        else:
+            (run / LOCK_FILE).mkdir()
+        return ["fit", "--run", str(run), "--quiet"]
+
+    return setup
+
+
+def _fit_bogus(tmp: Path) -> list[str]:
+    run = _run_dir(tmp)
+    with run_lock(run):  # the lock file exists (the command rewrites the same PID)
+        pass
+    return ["fit", "--run", str(run), "--method", "bogus", "--quiet"]
+
+
+def _phantom_into_data(tmp: Path) -> list[str]:
+    _dataset(tmp)
+    return ["phantom", "--out", str(tmp / "data"), "--cases", "1", "--quiet"]
+
+
+def _experiment_look_alike(tmp: Path) -> list[str]:
+    (tmp / "run").mkdir()
+    (tmp / "run" / "config.yaml").write_text("someone: else's\n")
+    (tmp / "run" / "folds.json").write_text('{"theirs": true}')
+    return _experiment(tmp, _dataset(tmp))
+
+
+def _maps_over_user_file(tmp: Path) -> list[str]:
+    args = _predict(tmp, str(tmp / "pred"), "--overwrite", "--maps")
+    (tmp / "pred").mkdir()
+    (tmp / "pred" / "seg.nii.gz").write_text("lesionuq's")
+    (tmp / "pred" / "entropy.nii.gz").write_text("the user's own entropy map")
+    (tmp / "pred" / MARKER).write_text('{"kind": "prediction", "files": ["seg.nii.gz"]}')
+    return args
+
+
+def _huge_header(tmp: Path) -> list[str]:
+    """A tiny file whose header claims 4096^3 voxels (a compressed, mostly empty scan)."""
+    csv, f0 = _uncompressed_f0(tmp)
+    _patch_header(f0, dim=[3, 4096, 4096, 4096, 1, 1, 1, 1])
+    return _experiment(tmp, csv)
+
+
+_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{k}: &{k} [*{j}, *{j}, *{j}, *{j}, *{j}, *{j}, *{j}, *{j}, *{j}]\n"
+    for j, k in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+def _model_bomb(tmp: Path) -> list[str]:
+    args = _predict(tmp, str(tmp / "pred"))
+    _model_folder(tmp, _BOMB + "seed: *i\n")
+    return args
+
+
+def _bids_name(name: str) -> Callable[[Path], list[str]]:
+    def setup(tmp: Path) -> list[str]:
+        scan = _nifti(_dataset(tmp).parent / name)
+        model = tmp / "model"
+        out, deriv = str(tmp / "pred"), str(tmp / "deriv")
+        return [
+            "predict",
+            "--model",
+            str(model),
+            "--image",
+            str(scan),
+            "--out",
+            out,
+            "--bids-out",
+            deriv,
+        ]
+
+    return setup
+
+
 ROWS = [
     Row("case_id absolute path of a folder", _absolute_id, "cannot name a folder"),
     Row("case_id ../../../x", _with_id("../../../x"), "cannot name a folder"),
@@ -291,6 +413,54 @@ ROWS = [
         _phantom("--shape", "4000", "4000", "4000"),
         "memory",
     ),
+    # issue 25
+    Row("marker lists ../x.txt", _tampered_marker(lambda t: "../x.txt"), "outside its folder"),
+    Row(
+        "marker lists an absolute path",
+        _tampered_marker(lambda t: str(t / "x.txt")),
+        "outside its folder",
+    ),
+    Row(
+        "marker lists a symlink out",
+        _tampered_marker(lambda t: "link.txt", link=True),
+        "not a regular file but a symbolic link",
+    ),
+    Row("lock file a symlink to a user file", _lock_is("symlink"), "refuses to use it as its lock"),
+    Row("lock file a folder", _lock_is("folder"), "refuses to use it as its lock"),
+    Row("phantom --out a user's data folder", _phantom_into_data, "not written by lesionuq"),
+    Row(
+        "experiment --out a look-alike run (config.yaml, folds.json)",
+        _experiment_look_alike,
+        "not written by lesionuq",
+    ),
+    Row(
+        "predict --overwrite --maps over the user's entropy.nii.gz",
+        _maps_over_user_file,
+        "is not a file lesionuq wrote",
+    ),
+    Row("NIfTI header of 4096^3 voxels", _huge_header, "GiB to load and preprocess"),
+    Row(
+        "YAML alias bomb under a scalar key",
+        _config(_BOMB + "train:\n  lr: *i\n"),
+        "YAML aliases (*name) are not accepted",
+    ),
+    Row("YAML alias bomb in a model folder", _model_bomb, "YAML aliases (*name) are not accepted"),
+    Row(
+        "BIDS name sub-01_ses-.._FLAIR",
+        _bids_name("sub-01_ses-.._FLAIR.nii.gz"),
+        "not a BIDS file name",
+    ),
+    Row(
+        "BIDS entity key <img src=x onerror=alert(1)>",
+        _bids_name("sub-01_<img src=x onerror=alert(1)>-a_FLAIR.nii.gz"),
+        "not a BIDS file name",
+    ),
+    Row("fit --method bogus", _fit_bogus, "'bogus' is not a scoring method"),
+    Row(
+        "config lr: not a number",
+        _config("train:\n  lr: fast\n"),
+        "config.train.lr must be a number, got 'fast'",
+    ),
 ]
 
 
@@ -334,3 +504,16 @@ def test_read_only_out_is_refused_before_any_work(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "is not writable" in " ".join(result.output.split())
     assert _snapshot(tmp_path) == before
+
+
+def test_an_unreachable_scheduler_leaves_nothing_behind(tmp_path, monkeypatch):
+    import lesionuq.parallel
+
+    monkeypatch.setattr(lesionuq.parallel, "CONNECT_TIMEOUT", 1)
+    args = _experiment(tmp_path, _dataset(tmp_path), "--scheduler", "tcp://127.0.0.1:9")
+    before = _snapshot(tmp_path)
+    result = runner.invoke(app, args)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1
+    assert "--scheduler tcp://127.0.0.1:9: cannot reach a Dask scheduler there" in text
+    assert _snapshot(tmp_path) == before  # no OUT/.lesionuq.json, no config.yaml

@@ -280,12 +280,12 @@ def test_binary_and_gzip_manifests_are_one_sentence(tmp_path):
 def test_csv_cells_that_spreadsheets_would_run_are_neutralised(tmp_path):
     import pandas as pd
 
-    from lesionuq.io import csv_cell, csv_text
+    from lesionuq.io import csv_cell, csv_text, csv_value
 
     frame = pd.DataFrame({"case_id": ["=1+1", "+cmd", "-2", "@SUM(A1)", "ok"], "v": [-1.5] * 5})
     lines = csv_text(frame).splitlines()
     assert lines[1:] == ["'=1+1,-1.5", "'+cmd,-1.5", "'-2,-1.5", "'@SUM(A1),-1.5", "ok,-1.5"]
-    assert csv_cell(csv_cell("=x")) == "'=x"  # idempotent
+    assert csv_cell("'=x") == "''=x" and csv_value(csv_cell("'=x")) == "'=x"  # reversible
     assert csv_cell(-3.0) == -3.0  # numbers untouched
     write_manifest(tmp_path / "m.csv", [Case("=1+1", (tmp_path / "f.nii.gz",))])
     assert (tmp_path / "m.csv").read_text().splitlines()[1].startswith("'=1+1,")
@@ -344,3 +344,31 @@ def test_weights_only_refusal_never_recommends_the_unsafe_option(tmp_path):
         load_segmenter(tmp_path / "segmenter.pt")
     assert "refuses to load" in str(err.value)
     assert "weights_only=False" not in str(err.value)
+
+
+def test_csv_cells_come_back_as_the_ids_they_were(tmp_path):
+    import pandas as pd
+
+    from lesionuq.io import atomic_write_text, csv_text, read_csv_table
+
+    ids = ["=1+1", "'=1+1", "-2", "ok", "'plain"]
+    frame = pd.DataFrame({"case_id": ids, "v": [1.5, -1.0, 0.0, 2.0, 3.0]})
+    atomic_write_text(tmp_path / "t.csv", csv_text(frame))
+    back = read_csv_table(tmp_path / "t.csv")
+    assert back["case_id"].tolist() == ids
+    assert back["v"].tolist() == [1.5, -1.0, 0.0, 2.0, 3.0]
+    write_manifest(tmp_path / "m.csv", [Case("=1+1", (tmp_path / "f.nii.gz",))])
+    assert read_manifest(tmp_path / "m.csv", require_mask=False)[0].case_id == "=1+1"
+
+
+def test_a_scan_too_large_for_memory_is_refused_from_its_header(tmp_path, monkeypatch):
+    import lesionuq.io as lio
+
+    path = tmp_path / "big.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 32), np.float32), np.eye(4)), str(path))
+    monkeypatch.setattr(lio, "available_memory", lambda: 2**20)  # 1 MiB left
+    read = []
+    monkeypatch.setattr(nib.Nifti1Image, "get_fdata", lambda self, **kw: read.append(1))
+    with pytest.raises(InputError, match=r"a 64 x 64 x 32 image needs about 0\.0 GiB to load"):
+        load_nifti(path)
+    assert read == []  # refused before the data were read

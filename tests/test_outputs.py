@@ -19,6 +19,7 @@ from lesionuq.outputs import (
     check_output_dir,
     output_dir,
     read_marker,
+    remove_written,
     run_lock,
     start_output,
 )
@@ -201,3 +202,95 @@ def test_pyg_generated_modules_do_not_pile_up_in_tmp(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
     assert out.stdout.split()[-1] == b"2"  # GCNConv's and SymmetricGCNConv's
     assert not [p.name for p in tmp_path.iterdir() if "propagate" in p.name]
+
+
+# --------------------------------------------------------------------------- issue 25
+
+
+@pytest.mark.parametrize(
+    ("entry", "fragment"),
+    [
+        ("../x.txt", "outside its folder"),
+        ("ABS", "outside its folder"),
+        ("link", "symbolic link"),
+        ("sub/x.txt", "leads outside"),
+    ],
+)
+def test_a_tampered_marker_is_refused_and_deletes_nothing(tmp_path, entry, fragment):
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "x.txt"
+    victim.write_text("the user's")
+    (out / "link").symlink_to(victim)
+    (out / "sub").symlink_to(tmp_path)  # a listed file under a linked folder
+    entry = str(victim) if entry == "ABS" else entry
+    (out / MARKER).write_text(json.dumps({"kind": "prediction", "files": [entry]}))
+    with pytest.raises(InputError, match=fragment):
+        check_output_dir(out, "prediction", overwrite=True)
+    with pytest.raises(InputError, match=fragment):
+        remove_written(out)
+    assert victim.read_text() == "the user's"
+
+
+def test_a_marker_listing_a_link_inside_or_a_folder_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "real.txt").write_text("x")
+    (out / "link.txt").symlink_to(out / "real.txt")
+    (out / "sub").mkdir()
+    for entry in ("link.txt", "sub"):
+        (out / MARKER).write_text(json.dumps({"kind": "prediction", "files": [entry]}))
+        with pytest.raises(InputError, match="not a regular file"):
+            check_output_dir(out, "prediction", overwrite=True)
+    assert (out / "real.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "folder", "fifo"])
+def test_the_lock_is_never_followed_nor_a_non_file(tmp_path, kind):
+    run = _make_run(tmp_path)
+    target = tmp_path / "precious.txt"
+    target.write_text("a user's file")
+    lock = run / LOCK_FILE
+    if kind == "symlink":
+        lock.symlink_to(target)
+    elif kind == "folder":
+        lock.mkdir()
+    else:
+        os.mkfifo(lock)
+    with pytest.raises(InputError, match="refuses to use it as its lock"), run_lock(run):
+        pass
+    assert target.read_text() == "a user's file"
+
+
+def test_a_look_alike_run_is_not_taken_for_a_run(tmp_path):
+    from lesionuq.experiment import stage_fit
+
+    run = tmp_path / "run"
+    folds = [FoldSplit(0, ("a",), ("b",), ("c",)), FoldSplit(1, ("c",), ("b",), ("a",))]
+    RunDir(run).write_plan(ExperimentConfig(), tmp_path / "cases.csv", folds)  # no marker
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert read_marker(run) is None
+    with pytest.raises(InputError, match="not written by lesionuq"):
+        check_output_dir(run, "run")
+    with pytest.raises(InputError, match="no lesionuq run marker"):
+        stage_fit(run, progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_publishing_never_replaces_a_file_the_marker_does_not_list(tmp_path):
+    out = tmp_path / "out"
+    with output_dir(out, "maps") as tmp:
+        (tmp / "prob.nii.gz").write_text("ours")
+    check_output_dir(out, "maps", overwrite=True, writes=["prob.nii.gz", "entropy.nii.gz"])
+    (out / "entropy.nii.gz").write_text("the user's")
+    with pytest.raises(InputError, match="is not a file lesionuq wrote"):
+        check_output_dir(out, "maps", overwrite=True, writes=["prob.nii.gz", "entropy.nii.gz"])
+    (out / "entropy.nii.gz").unlink()
+    with (
+        pytest.raises(InputError, match="is not a file lesionuq wrote"),
+        output_dir(out, "maps") as tmp,
+    ):
+        (tmp / "entropy.nii.gz").write_text("new")
+        (out / "entropy.nii.gz").write_text("the user's, made meanwhile")
+    assert (out / "entropy.nii.gz").read_text() == "the user's, made meanwhile"
+    assert (out / "prob.nii.gz").read_text() == "ours"

@@ -26,15 +26,15 @@ from typer.testing import CliRunner
 from helpers import TINY
 from lesionuq.cli import app
 from lesionuq.errors import CasesFailedError
-from lesionuq.io import InputError
-from lesionuq.outputs import TMP_PREFIX
+from lesionuq.io import InputError, check_threshold
+from lesionuq.outputs import LOCK_FILE, TMP_PREFIX
 from lesionuq.parallel import check_parallel, map_cases
 from lesionuq.predict import load_model, predict_manifest
 from test_predict import brain_scan, make_model_dir
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # files whose content holds the wall time of the prediction
-TIMED = {"prediction.json", "report.html"}
+TIMED = {"prediction.json", "report.html", LOCK_FILE}  # and the lock's PID
 
 
 def _square(x: int) -> int:
@@ -286,7 +286,7 @@ def test_killed_worker_leaves_no_half_written_case_and_a_rerun_completes(
         )
     for cid in ("a", "b"):
         assert (out / cid / ".batch_digest").is_file()
-    left = [p for p in (out / "c").rglob("*") if p.is_file()]
+    left = [p for p in (out / "c").rglob("*") if p.is_file() and p.name != LOCK_FILE]
     assert left and all(TMP_PREFIX in p.as_posix() for p in left)  # killed mid-write
     assert not (out / "c" / "lesions.csv").exists() and not (out / "lesions.csv").exists()
     again = predict_manifest(model_dir, three_scans, out, progress=False, workers=1)
@@ -379,3 +379,57 @@ def test_local_workers_start_without_dasks_malloc_trim_threshold(monkeypatch):
     with _client(None, 1) as client:
         (worker_env,) = client.run(lambda: dict(os.environ)).values()
     assert worker_env["MALLOC_TRIM_THRESHOLD_"] == "1048576"
+
+
+# --------------------------------------------------------------------------- issue 25
+
+
+def test_workers_are_capped_at_the_cpu_count_with_one_sentence(caplog):
+    from lesionuq.parallel import local_workers
+
+    with caplog.at_level(logging.WARNING, logger="lesionuq.parallel"):
+        assert local_workers(999, cpus=4) == 4
+        assert local_workers(999, cpus=4) == 4  # told once
+        assert local_workers(3, cpus=4) == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        "--workers 999 is more than the 4 CPU core(s) of this machine; using 4 worker processes."
+    ]
+
+
+def test_a_cluster_without_workers_is_noticed_after_the_grace():
+    from lesionuq.parallel import _WorkerWatch
+
+    watch = _WorkerWatch(grace=60.0)
+    assert not watch.lost(2, now=0.0)
+    assert not watch.lost(0, now=10.0)  # e.g. a worker restarting
+    assert not watch.lost(0, now=69.0)
+    assert not watch.lost(1, now=70.0)  # back: the clock starts again
+    assert not watch.lost(0, now=100.0)
+    assert watch.lost(0, now=160.0)
+    assert "no worker left for 60 s" in watch.sentence()
+
+
+def test_a_task_error_comes_back_as_text_not_raised_on_the_worker():
+    from lesionuq.parallel import _Failure, _task
+
+    assert _task(str.upper, "a") == "A"
+    failure = _task(check_threshold, "nan")
+    assert failure == _Failure(
+        "InputError: threshold must be a finite number in [0, 1], got 'nan'."
+    )
+
+
+def test_local_cluster_keeps_its_workers_and_prints_no_worker_traceback(capfd):
+    pytest.importorskip("distributed")
+    from lesionuq.parallel import _client
+
+    with _client(None, 1) as client:  # no time-to-live: a suspended cluster keeps its workers
+        assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.worker_ttl) is None
+    capfd.readouterr()
+    res = map_cases(check_threshold, {"a": "nan", "b": 0.5}, workers=1, progress=False)
+    assert res.results == {"b": 0.5}
+    assert res.failed == {
+        "a": "InputError: threshold must be a finite number in [0, 1], got 'nan'."
+    }
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Compute Failed" not in err

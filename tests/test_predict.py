@@ -10,6 +10,7 @@ of 0.9 x 0.9 x 3 mm voxels.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import nibabel as nib
@@ -613,3 +614,121 @@ def test_bids_out_refuses_non_bids_name_and_its_own_out(model_dir, oblique, tmp_
         predict_scan(model_dir, [a / "sub-1_FLAIR.nii.gz"], tmp_path / "o", progress=False,
                      bids_out=tmp_path / "d")  # fmt: skip
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- issue 25
+
+
+def test_a_second_prediction_into_a_folder_in_use_is_refused(model_dir, oblique, tmp_path):
+    import fcntl
+    import os
+
+    from lesionuq.outputs import LOCK_FILE
+
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another predict holds the folder
+        os.write(fd, b"4242\n")
+        with pytest.raises(InputError, match=r"in use by another lesionuq process \(PID 4242\)"):
+            predict_scan(model_dir, [oblique], out, progress=False)
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing written meanwhile
+
+
+def test_a_failed_prediction_into_a_new_folder_leaves_no_lock(
+    model_dir, oblique, tmp_path, monkeypatch
+):
+    import lesionuq.predict.scan as scan
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("summary figure failed")
+
+    monkeypatch.setattr(scan, "summary_png", broken)
+    with pytest.raises(RuntimeError, match="summary figure failed"):
+        predict_scan(model_dir, [oblique], tmp_path / "new", progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_scan_failing_after_its_bids_export_leaves_no_export(
+    model_dir, oblique, tmp_path, monkeypatch
+):
+    import lesionuq.predict.scan as scan
+
+    flair, _ = _bids_tree(tmp_path / "ds", oblique)
+    deriv = tmp_path / "ds" / "derivatives" / "lesionuq"
+    real, calls = scan.summary_png, []
+
+    def once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("summary figure failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scan, "summary_png", once)
+    with pytest.raises(RuntimeError):
+        predict_scan(model_dir, [flair], tmp_path / "pred", progress=False, bids_out=deriv)
+    assert not (deriv / "sub-01").exists()  # the scan's export was not left behind
+    # the rerun the error suggests finishes it, without --overwrite
+    predict_scan(model_dir, [flair], tmp_path / "pred", progress=False, bids_out=deriv)
+    assert len(list((deriv / "sub-01" / "ses-a" / "anat").glob("*_mask.nii.gz"))) == 1
+
+
+def test_bids_overwrite_replaces_only_listed_files(model_dir, oblique, tmp_path):
+    flair, _ = _bids_tree(tmp_path / "ds", oblique)
+    deriv = tmp_path / "ds" / "derivatives" / "lesionuq"
+    model = load_model(model_dir, n_images=1)
+    predict_scan(model, [flair], tmp_path / "p1", progress=False, bids_out=deriv)
+    anat = deriv / "sub-01" / "ses-a" / "anat"
+    mine = anat / "sub-01_ses-a_space-orig_desc-manualfix_mask.nii.gz"
+    mine.write_text("a user's corrected mask")
+    predict_scan(model, [flair], tmp_path / "p2", progress=False, bids_out=deriv, overwrite=True)
+    assert mine.read_text() == "a user's corrected mask"
+    # a user's file where lesionuq would write (not in its marker) is refused, before the work
+    ours = anat / "sub-01_ses-a_space-orig_label-lesion_mask.nii.gz"
+    from lesionuq.outputs import MARKER
+
+    marker = json.loads((deriv / MARKER).read_text())
+    marker["files"].remove(str(ours.relative_to(deriv)))
+    (deriv / MARKER).write_text(json.dumps(marker))
+    with pytest.raises(InputError, match="is not a file lesionuq wrote"):
+        predict_scan(
+            model, [flair], tmp_path / "p3", progress=False, bids_out=deriv, overwrite=True
+        )
+    assert not (tmp_path / "p3").exists()
+
+
+def test_file_names_with_dollar_braces_and_latin1_bytes(model_dir, oblique, tmp_path):
+    import os
+
+    name = os.fsdecode(b"caf\xe9 $x{$y}.nii.gz")  # Latin-1 byte: a surrogate escape in Python
+    scan = tmp_path / name
+    shutil.copy(oblique, scan)
+    res = predict_scan(model_dir, [scan], tmp_path / "out", progress=False)
+    assert res.n_lesions == 3
+    assert (tmp_path / "out" / "summary.png").stat().st_size > 0
+    assert "café $x{$y}" in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+
+
+def test_case_id_naming_the_batch_table_is_refused(model_dir, oblique, tmp_path):
+    csv = tmp_path / "cases.csv"
+    csv.write_text(f"case_id,flair\nLesions.csv,{oblique}\n")
+    with pytest.raises(InputError, match="name of the batch's own table"):
+        predict_manifest(model_dir, csv, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_case_id_formula_keeps_its_text_in_the_batch(model_dir, oblique, tmp_path):
+    from lesionuq.io import read_csv_table
+
+    csv = tmp_path / "cases.csv"
+    csv.write_text(f"case_id,flair\n=1+1,{oblique}\n")
+    out = tmp_path / "out"
+    predict_manifest(model_dir, csv, out, progress=False)
+    assert (out / "=1+1" / "lesions.csv").is_file()
+    assert (out / "lesions.csv").read_text().splitlines()[1].startswith("'=1+1,")
+    assert set(read_csv_table(out / "lesions.csv")["case_id"]) == {"=1+1"}
+    again = predict_manifest(model_dir, csv, out, progress=False)  # reused, same ids
+    assert again.results == {"=1+1": None}

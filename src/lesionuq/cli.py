@@ -190,6 +190,7 @@ def phantom(
     ] = None,
     spacing: Annotated[float, typer.Option(help="Voxel size in mm.")] = 1.0,
     preview: Annotated[bool, typer.Option(help="Write preview.png.")] = False,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Generate a synthetic MS data set on the MNI152 brain."""
@@ -197,7 +198,7 @@ def phantom(
     from lesionuq.data.phantom import make_phantom_dataset
 
     cfg = PhantomConfig(n_cases=cases, seed=seed, shape=shape, spacing=spacing)
-    path = make_phantom_dataset(out, cfg, preview=preview, progress=not quiet)
+    path = make_phantom_dataset(out, cfg, preview=preview, progress=not quiet, overwrite=overwrite)
     console.print(f"wrote {cases} cases: {path}")
 
 

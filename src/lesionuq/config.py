@@ -26,6 +26,8 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
+import reprlib
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -56,6 +58,8 @@ __all__ = [
     "config_from_dict",
     "did_you_mean",
     "one_of",
+    "shown",
+    "yaml_load",
 ]
 
 C = TypeVar("C")
@@ -84,7 +88,24 @@ def one_of(value: Any, options: Iterable[str], where: str) -> None:
     options = [str(o) for o in options]
     if value not in options:
         rule = f"one of {', '.join(options)}"
-        raise ConfigError(f"{where} must be {rule}, got {value!r}{did_you_mean(value, options)}.")
+        raise ConfigError(
+            f"{where} must be {rule}, got {shown(value)}{did_you_mean(value, options)}."
+        )
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+_REPR.maxlevel = 3
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut short (60 characters of text, 6 items, 3 levels).
+
+    Every message that quotes a config value uses it, so that a huge or deeply nested
+    value (a 1-million-item list) gives a one-line message, not megabytes.
+    """
+    return _REPR.repr(value)
 
 
 class _Invalid(ConfigError):
@@ -96,7 +117,7 @@ class _Invalid(ConfigError):
 
     def describe(self) -> str:
         """The message without the owner: ``KEY must be RULE, got VALUE (hint).``."""
-        return f"{self.key} must be {self.rule}, got {self.value!r}{self.hint}."
+        return f"{self.key} must be {self.rule}, got {shown(self.value)}{self.hint}."
 
 
 def _require(ok: bool, owner: object, key: str, rule: str, value: Any) -> None:
@@ -476,7 +497,7 @@ class ExperimentConfig(_Section):
         """
         with open(path) as f:
             try:
-                data = yaml.safe_load(f)
+                data = yaml_load(f)
             except yaml.YAMLError as err:
                 mark = getattr(err, "problem_mark", None)
                 line = f" at line {mark.line + 1}" if mark is not None else ""
@@ -492,6 +513,41 @@ class ExperimentConfig(_Section):
     def replace(self, **changes: Any) -> ExperimentConfig:
         """Return a copy with top-level fields replaced, checked like a loaded config."""
         return dataclasses.replace(self, **changes)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases (``*name``), which a config never needs.
+
+    An alias repeats a whole node, so a few lines can stand for billions of items (the
+    "billion laughs"); any alias is refused while composing, before it is expanded.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not accepted in a config", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def yaml_load(stream: Any) -> Any:
+    """``yaml.safe_load`` refusing aliases (see :class:`_NoAliasLoader`).
+
+    Args:
+        stream: YAML text or an open file.
+
+    Returns:
+        The plain Python data.
+
+    Raises:
+        yaml.YAMLError: Invalid YAML, or an alias (a ``ComposerError`` with its line).
+    """
+    loader = _NoAliasLoader(stream)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def config_digest(obj: Any) -> str:
@@ -545,9 +601,8 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any], where: str = "config
     unknown = sorted(set(data) - known)
     if unknown:
         hint = did_you_mean(unknown[0], sorted(known))
-        raise ConfigError(
-            f"Unknown key {where}.{unknown[0]}{hint} (known: {', '.join(sorted(known))})."
-        )
+        name = unknown[0] if len(str(unknown[0])) <= 60 else shown(unknown[0])
+        raise ConfigError(f"Unknown key {where}.{name}{hint} (known: {', '.join(sorted(known))}).")
     kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
@@ -569,17 +624,45 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return value
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where} must be a list, got {value!r}.")
+            raise ConfigError(f"{where} must be a list, got {shown(value)}.")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{where} must have {len(args)} items, got {len(value)}.")
         return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, str, bool) and not isinstance(value, tp):
-        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}.")
-    if tp is int and isinstance(value, bool):
-        raise ConfigError(f"{where} must be int, got {value!r}.")
+    if tp in (int, float):
+        return _number(tp, value, where)
+    if tp in (str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"{where} must be {tp.__name__}, got {shown(value)}.")
     return value
+
+
+_INT_TEXT = re.compile(r"[+-]?\d+")
+
+
+def _number(tp: type, value: Any, where: str) -> int | float:
+    """``value`` as an int or float: a number, or text that reads as one unambiguously.
+
+    YAML 1.1 reads ``3e-3`` (no dot) as text, and a quoted ``"0.003"`` is text too; both
+    are taken as the number they spell. An int field takes only whole-number text.
+
+    Raises:
+        ConfigError: A bool, a list, a mapping or text that is not a number, naming the key.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if tp is int and _INT_TEXT.fullmatch(text):
+                return int(text)
+            if tp is float and len(text) <= 64:
+                return float(text)
+        except ValueError:
+            pass
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if tp is float:
+            return float(value)
+        if isinstance(value, int):
+            return value
+    kind = "an integer" if tp is int else "a number"
+    raise ConfigError(f"{where} must be {kind}, got {shown(value)}.")

@@ -11,6 +11,7 @@ import torch
 from lesionuq.config import ExperimentConfig, config_digest
 from lesionuq.errors import InputError
 from lesionuq.experiment import ExperimentResult, run_experiment
+from lesionuq.outputs import add_written
 from lesionuq.rundir import read_stamp, write_stamp
 
 __all__ = ["bundled_config", "demo_workers", "run_demo"]
@@ -103,8 +104,11 @@ def run_demo(
     digest = config_digest(cfg.phantom)
     stamp_content = read_stamp(stamp)
     if stamp_content is None or stamp_content.get("digest") != digest:
-        make_phantom_dataset(data_dir, cfg.phantom, preview=True, progress=progress)
+        make_phantom_dataset(
+            data_dir, cfg.phantom, preview=True, progress=progress, overwrite=True
+        )  # the demo's own data folder: an earlier demo's data is replaced
         write_stamp(stamp, digest)
+        add_written(data_dir, [stamp.name])
     result = run_experiment(
         data_dir / "cases.csv", Path(out) / "run", cfg, progress=progress, workers=n_workers
     )

@@ -19,6 +19,10 @@ from typing import Any
 __all__ = ["CasesFailedError", "ConfigError", "InputError", "NotFittedError", "did_you_mean"]
 
 
+#: Longest text offered a "did you mean" (difflib is quadratic in its length).
+_MAX_SUGGEST = 100
+
+
 def did_you_mean(value: Any, options: list[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest option (``difflib``), or an empty string.
 
@@ -26,7 +30,7 @@ def did_you_mean(value: Any, options: list[str]) -> str:
         value: What was given.
         options: The allowed values.
     """
-    if not isinstance(value, str):
+    if not isinstance(value, str) or len(value) > _MAX_SUGGEST:
         return ""
     close = difflib.get_close_matches(value, options, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -32,6 +32,7 @@ import pandas as pd
 
 from lesionuq import distributed
 from lesionuq.config import ExperimentConfig
+from lesionuq.errors import did_you_mean
 from lesionuq.evaluation.calibration_metrics import calibration_table, plot_calibration
 from lesionuq.evaluation.folds import (
     calibrate_fold,
@@ -47,10 +48,11 @@ from lesionuq.io import (
     disk_full_guard,
     load_case,
     load_nifti,
+    read_csv_table,
     read_manifest,
     save_nifti,
 )
-from lesionuq.methods import fit_cost, is_learned, method_spec
+from lesionuq.methods import CATALOGUE, fit_cost, is_learned, method_spec
 from lesionuq.outputs import (
     check_output_dir,
     output_dir,
@@ -58,7 +60,7 @@ from lesionuq.outputs import (
     run_lock,
     start_output,
 )
-from lesionuq.parallel import check_parallel, map_cases
+from lesionuq.parallel import check_parallel, check_scheduler, map_cases
 from lesionuq.rundir import (
     FoldSplit,
     RunDir,
@@ -138,7 +140,12 @@ def _locked(stage: Callable) -> Callable:
     @functools.wraps(stage)
     def wrapper(run: Path, *args, **kwargs):
         marker = read_marker(run) if Path(run).is_dir() else None
-        if marker is None or marker.kind != "run" or not distributed.is_main_process():
+        if marker is None or marker.kind != "run":
+            raise InputError(
+                f"{run}: not a run directory (it has no lesionuq run marker); start it with "
+                "`lesionuq experiment`."
+            )
+        if not distributed.is_main_process():
             return stage(run, *args, **kwargs)
         with run_lock(run):
             return stage(run, *args, **kwargs)
@@ -683,6 +690,7 @@ def stage_fit(
     check_parallel(scheduler, workers)
     rd = RunDir(Path(run))
     cfg, data, splits = rd.read_plan()
+    _check_methods(methods)
     chosen = _folds(splits, folds)
     jobs: list[tuple[str, _FitJob]] = []
     for split in chosen:
@@ -710,6 +718,17 @@ def stage_fit(
     for split in chosen:
         _fit_shift_reference(rd, cfg, split, data)
         cfg.to_yaml(rd.fold(split.fold) / "config.yaml")
+
+
+def _check_methods(methods: Sequence[str] | None) -> None:
+    """Refuse an unknown ``--method`` with one sentence (and the closest name)."""
+    for method in methods or ():
+        if method not in CATALOGUE:
+            known = list(CATALOGUE)
+            raise InputError(
+                f"--method {method!r} is not a scoring method{did_you_mean(method, known)}; "
+                f"known: {', '.join(known)}."
+            )
 
 
 @dataclass
@@ -772,9 +791,7 @@ def stage_evaluate(run: Path, progress: bool = True) -> ExperimentResult:
         longs.append(long)
         ops.append(op)
         dets.append(detection_cases(run, split))
-        per_case = pd.read_csv(
-            rd.lesion_set(split.fold, "test") / "cases.csv", dtype={"case_id": str}
-        )
+        per_case = read_csv_table(rd.lesion_set(split.fold, "test") / "cases.csv")
         per_case.insert(0, "fold", split.fold)
         cases.append(per_case)
     lesions = pd.concat(frames, ignore_index=True)
@@ -846,6 +863,7 @@ def run_experiment(
     check_parallel(scheduler, workers)
     data, out = Path(data), Path(out)
     folds = validate_run(data, out, cfg)
+    check_scheduler(scheduler)  # an unreachable scheduler leaves nothing behind
     with disk_full_guard(out.parent):
         out.mkdir(parents=True, exist_ok=True)
     with run_lock(out):  # held from the plan to the last stage

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import errno
 import io
+import math
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -36,6 +38,7 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_text",
+    "available_memory",
     "case_id_problem",
     "check_affine",
     "check_image",
@@ -43,16 +46,21 @@ __all__ = [
     "check_threshold",
     "csv_cell",
     "csv_text",
+    "csv_value",
     "describe_load_error",
     "disk_full_guard",
     "load_case",
     "load_nifti",
+    "read_csv_table",
     "read_manifest",
     "save_nifti",
     "write_manifest",
 ]
 
 AFFINE_TOL = 1e-3
+#: Peak bytes per input voxel of loading, checking and preprocessing a scan: several
+#: float32 copies (a 1024 x 1024 x 512 scan, 0.5 G voxels, took more than 9.5 GB).
+BYTES_PER_INPUT_VOXEL = 20
 #: Longest case id accepted (case ids name folders; most file systems allow 255 bytes).
 MAX_CASE_ID = 100
 #: Characters a case id may not hold: path separators and what Windows forbids in names.
@@ -93,7 +101,10 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
     try:
         img = nib.load(str(path))
         if isinstance(img, nib.Nifti1Image):  # also NIfTI-2, a subclass
+            check_memory(img.shape, path)  # from the header, before the data are read
             img.get_fdata(dtype=np.float32)  # force a read so that corruption shows here
+    except InputError:
+        raise
     except Exception as exc:  # nibabel raises many types for bad files
         raise InputError(
             f"{path}: cannot be read as NIfTI ({exc.__class__.__name__}: {exc})."
@@ -102,6 +113,46 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
         raise InputError(f"{path}: is not a NIfTI image (nibabel reads a {type(img).__name__}).")
     check_affine(img, path)
     return img
+
+
+def available_memory() -> float:
+    """Memory available to a new allocation (bytes): ``MemAvailable``, else free pages."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return math.inf
+
+
+def check_memory(shape: Sequence[int], path: str | Path) -> None:
+    """Refuse, from its header's shape, a scan too large for the memory available.
+
+    A NIfTI file compresses a mostly empty volume to almost nothing, so a 2.4 MB file
+    can hold a 1024 x 1024 x 512 grid; its size on disk says nothing.
+
+    Args:
+        shape: The image's shape as the header states it.
+        path: Its file, for the message.
+
+    Raises:
+        InputError: About :data:`BYTES_PER_INPUT_VOXEL` bytes per voxel are more than
+            the memory available now.
+    """
+    n_voxels = math.prod(int(s) for s in shape)
+    need = float(n_voxels) * BYTES_PER_INPUT_VOXEL
+    have = available_memory()
+    if need > have:
+        shown = " x ".join(str(int(s)) for s in shape)
+        raise InputError(
+            f"{path}: a {shown} image needs about {need / 2**30:.1f} GiB to load and "
+            f"preprocess, more than the {have / 2**30:.1f} GiB of memory available; "
+            "crop or resample it first."
+        )
 
 
 def _raw_header(img: nib.Nifti1Image, path: Path) -> nib.Nifti1Header | None:
@@ -269,7 +320,11 @@ def read_manifest(
         reader = csv.reader(io.StringIO(text, newline=""))
         header = [h.strip() for h in next(reader, [])]
         columns = header
-        rows = [dict(zip(header, (c.strip() for c in r), strict=False)) for r in reader if r]
+        rows = [
+            dict(zip(header, (str(csv_value(c.strip())) for c in r), strict=False))
+            for r in reader
+            if r
+        ]
     except csv.Error as exc:
         raise InputError(f"{csv_path}: is not a valid CSV ({exc}).") from None
     missing = [c for c in ("case_id", *sequences) if c not in columns]
@@ -336,23 +391,41 @@ def case_id_problem(case_id: str) -> str | None:
 
 
 def csv_cell(value: object) -> object:
-    """A CSV cell neutralised against CSV injection (the OWASP rule).
+    """A CSV cell neutralised against CSV injection (the OWASP rule), reversibly.
 
     Text that a spreadsheet would run as a formula (starting with ``= + - @``, tab or CR)
-    gets a leading ``'``.
+    gets a leading ``'``, as does text that already starts with ``'`` before such a
+    character, so that :func:`csv_value` gives back exactly the original text. Only the
+    cell is neutralised: ids and paths inside lesionuq keep their text.
 
-    Numbers and other text are returned unchanged, and the rule is idempotent.
+    Numbers and other text are returned unchanged.
     """
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
+    if isinstance(value, str) and value.lstrip("'").startswith(_FORMULA_START):
         return "'" + value
     return value
+
+
+def csv_value(cell: object) -> object:
+    """The value a cell written by :func:`csv_cell` stands for (its inverse).
+
+    A spreadsheet reads a leading ``'`` the same way, so a manifest saved by one gives
+    back its ids and paths too.
+    """
+    if (
+        isinstance(cell, str)
+        and cell.startswith("'")
+        and cell.lstrip("'").startswith(_FORMULA_START)
+    ):
+        return cell[1:]
+    return cell
 
 
 def csv_text(frame: pd.DataFrame) -> str:
     """``frame.to_csv(index=False)`` with every text cell passed through :func:`csv_cell`.
 
     Every CSV lesionuq writes goes through this function (or :func:`csv_cell`), so a
-    case id such as ``=1+1`` is never run as a formula by a spreadsheet.
+    case id such as ``=1+1`` is never run as a formula by a spreadsheet; every CSV it
+    reads back goes through :func:`read_csv_table`, which restores the id.
     """
     safe = frame.copy()
     for column in safe.columns:
@@ -360,6 +433,28 @@ def csv_text(frame: pd.DataFrame) -> str:
             safe[column] = safe[column].map(csv_cell)
     safe.columns = [csv_cell(str(c)) for c in safe.columns]
     return safe.to_csv(index=False)
+
+
+def read_csv_table(path: str | Path, **kwargs: Any) -> pd.DataFrame:
+    """``pd.read_csv`` of a CSV written by :func:`csv_text`, its text cells restored.
+
+    ``case_id`` is read as text. A cell ``'=1+1`` comes back as the case id ``=1+1``
+    (see :func:`csv_value`), so ids read back name the same folders.
+
+    Args:
+        path: The CSV file.
+        **kwargs: Passed to ``pd.read_csv``.
+
+    Returns:
+        The table.
+    """
+    kwargs.setdefault("dtype", {"case_id": str})
+    table = pd.read_csv(path, **kwargs)
+    for column in table.columns:
+        if table[column].dtype == object or pd.api.types.is_string_dtype(table[column]):
+            table[column] = table[column].map(csv_value)
+    table.columns = [str(csv_value(str(c))) for c in table.columns]
+    return table
 
 
 def check_threshold(value: float, name: str = "threshold") -> float:

@@ -45,7 +45,7 @@ from lesionuq.evaluation.curves import ac_auc
 from lesionuq.evaluation.metrics import summarize_learning_curve, table2
 from lesionuq.evaluation.render import png_bytes
 from lesionuq.evaluation.report import write_report
-from lesionuq.io import InputError, atomic_write_bytes, atomic_write_text
+from lesionuq.io import InputError, atomic_write_bytes, atomic_write_text, read_csv_table
 from lesionuq.lesions.dataset import LesionSet, load_lesion_set
 from lesionuq.methods import label as method_label
 from lesionuq.methods import learned_methods
@@ -267,7 +267,7 @@ def learning_curve(
 
     empty = pd.DataFrame(columns=list(CSV_COLUMNS))
     curve = _write_csv(pd.concat(rows, ignore_index=True) if rows else empty, csv)
-    lesions = pd.read_csv(lesions_csv, dtype={"case_id": str})
+    lesions = read_csv_table(lesions_csv)
     plot_learning_curve(curve, _baseline_aucs(lesions, cfg.methods), png)
     write_report(rd.root)
     return curve

@@ -12,9 +12,18 @@ and ``graphs``) hands its scans to :func:`map_cases`:
 Each scan is one task; results come back as they complete (``as_completed``) behind a
 progress bar. A scan whose task fails (an exception, or its worker process dying) is
 recorded by id with the error's text while the other scans finish; the caller then
-raises :class:`~lesionuq.errors.CasesFailedError` listing them. Tasks write their
-outputs with the existing atomic writes and stamps, so rerunning the same command
-redoes only the failed scans. Workers run torch single-threaded.
+raises :class:`~lesionuq.errors.CasesFailedError` listing them. A task's exception is
+caught on its worker and sent back as text, so no worker traceback is printed before
+that one-sentence summary. Tasks write their outputs with the existing atomic writes
+and stamps, so rerunning the same command redoes only the failed scans. Workers run
+torch single-threaded.
+
+A local cluster has at most one worker per CPU core (more are capped, with one
+sentence: each worker is a process with its own copy of the model and the scans). Its
+scheduler has no worker time-to-live, so a cluster suspended for minutes (Ctrl-Z, a
+busy machine) keeps its workers; should it still lose every worker for
+:data:`WORKERLESS_GRACE` seconds, the scans left are reported failed instead of waiting
+for ever.
 
 Example:
     >>> res = map_cases(str.upper, {"a": "x", "b": "y"}, progress=False)
@@ -28,10 +37,11 @@ import contextlib
 import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 
@@ -41,7 +51,7 @@ from lesionuq.utils import make_progress
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["CaseResults", "check_parallel", "map_cases"]
+__all__ = ["CaseResults", "check_parallel", "check_scheduler", "local_workers", "map_cases"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +60,10 @@ ItemT = TypeVar("ItemT")
 
 #: Seconds to wait for a ``--scheduler`` to answer before giving up.
 CONNECT_TIMEOUT = 10
+#: Seconds a local cluster may have no worker at all before its scans are failed.
+WORKERLESS_GRACE = 120.0
+#: Seconds between two looks at a local cluster's workers while waiting for results.
+_POLL = 5.0
 _ADDRESS = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?[^\s/:]+(?::\d+)?/?$", re.IGNORECASE)
 
 
@@ -96,6 +110,57 @@ def check_parallel(scheduler: str | None, workers: int | None) -> None:
             f"--scheduler {scheduler!r} is not a Dask scheduler address "
             "(expected e.g. tcp://10.0.0.5:8786)."
         )
+
+
+def check_scheduler(scheduler: str | None) -> None:
+    """Connect to ``scheduler`` once, before anything is written (nothing when None).
+
+    Raises:
+        InputError: The scheduler cannot be reached (one sentence).
+    """
+    if scheduler is None:
+        return
+    with _connect(scheduler):
+        pass
+
+
+def _cpu_count() -> int:
+    """CPU cores this process may run on (its affinity mask, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+_CAPPED: set[tuple[int, int]] = set()  # (asked, cores) already told about
+
+
+def local_workers(workers: int, cpus: int | None = None) -> int:
+    """The number of local worker processes: ``workers``, at most one per CPU core.
+
+    A larger number is capped, with one sentence (logged once per process): each
+    worker is a process with its own memory, so 999 workers would exhaust the machine.
+
+    Args:
+        workers: The number asked for (``--workers``).
+        cpus: Cores to allow (default: those this process may run on).
+
+    Returns:
+        ``min(workers, cpus)``.
+    """
+    cpus = _cpu_count() if cpus is None else cpus
+    if workers <= cpus:
+        return workers
+    if (workers, cpus) not in _CAPPED:
+        _CAPPED.add((workers, cpus))
+        logger.warning(
+            "--workers %d is more than the %d CPU core(s) of this machine; using %d worker "
+            "processes.",
+            workers,
+            cpus,
+            cpus,
+        )
+    return cpus
 
 
 def map_cases(
@@ -161,42 +226,121 @@ def _map_dask(
     from distributed import as_completed  # the optional lesionuq[cluster] extra
 
     run = uuid.uuid4().hex[:8]
+    watch = _WorkerWatch(WORKERLESS_GRACE) if scheduler is None else None
     with _client(scheduler, workers) as client:
         futures = {
             client.submit(_task, fn, item, key=f"lesionuq-{key}-{run}", pure=False): key
             for key, item in items.items()
         }
-        for future in as_completed(futures):
-            key = futures[future]
-            if future.status == "finished":
-                try:
-                    done[key] = future.result()
-                except Exception as exc:  # the result could not be sent back
-                    failed[key] = _describe(exc)
-            else:
-                failed[key] = _describe(future.exception())
-            future.release()
-            advance(key)
+        completed = as_completed(futures)
+        next_look = time.monotonic() + _POLL
+        while not completed.is_empty():
+            batch = completed.next_batch(block=False)
+            for future in batch:
+                key = futures[future]
+                _gather_one(future, key, done, failed)
+                future.release()
+                advance(key)
+            if not batch:
+                time.sleep(0.05)
+            if watch is None or time.monotonic() < next_look:
+                continue
+            next_look = time.monotonic() + _POLL
+            n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+            if watch.lost(n_workers, time.monotonic()):
+                for future, key in futures.items():
+                    if key not in done and key not in failed:
+                        failed[key] = watch.sentence()
+                        future.release()
+                return
+
+
+def _gather_one(future: Any, key: str, done: dict[str, Any], failed: dict[str, str]) -> None:
+    """Record one finished future: its result, or its error's text."""
+    if future.status != "finished":
+        failed[key] = _describe(future.exception())
+        return
+    try:
+        value = future.result()
+    except Exception as exc:  # the result could not be sent back
+        failed[key] = _describe(exc)
+        return
+    if isinstance(value, _Failure):
+        failed[key] = value.text
+    else:
+        done[key] = value
+
+
+@dataclass
+class _WorkerWatch:
+    """Tells when a local cluster has had no worker for ``grace`` seconds.
+
+    Attributes:
+        grace: Seconds without any worker that are tolerated (start-up, a restart).
+        since: When the cluster was first seen without workers (None: it has some).
+    """
+
+    grace: float
+    since: float | None = None
+
+    def lost(self, n_workers: int, now: float) -> bool:
+        """Whether the cluster has had no worker from ``since`` to ``now`` (seconds)."""
+        if n_workers > 0:
+            self.since = None
+            return False
+        if self.since is None:
+            self.since = now
+        return now - self.since >= self.grace
+
+    def sentence(self) -> str:
+        """What each scan left is failed with."""
+        return (
+            f"the local Dask cluster had no worker left for {self.grace:.0f} s, so the scan "
+            "was not run"
+        )
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A task's exception, as text, returned by :func:`_task` instead of raised."""
+
+    text: str
+
+
+@contextlib.contextmanager
+def _connect(scheduler: str) -> Iterator[Client]:
+    """A client of a running scheduler, or one sentence why it cannot be reached."""
+    from distributed import Client
+
+    try:
+        client = Client(str(scheduler).strip(), timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise InputError(
+            f"--scheduler {scheduler}: cannot reach a Dask scheduler there ({exc})."
+        ) from None
+    with client:
+        yield client
 
 
 @contextlib.contextmanager
 def _client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
-    """A client of the given scheduler, or of a new ``LocalCluster`` of ``workers``."""
+    """A client of the given scheduler, or of a new ``LocalCluster`` of ``workers``.
+
+    The local scheduler has no worker time-to-live (``distributed.scheduler.worker-ttl``
+    None): its workers are its own child processes, watched by their nannies, and a
+    time-to-live would only remove them after the whole process group was suspended.
+    """
+    import dask
     from distributed import Client, LocalCluster  # the optional lesionuq[cluster] extra
 
     if scheduler is not None:
-        try:
-            client = Client(str(scheduler).strip(), timeout=CONNECT_TIMEOUT)
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise InputError(
-                f"--scheduler {scheduler}: cannot reach a Dask scheduler there ({exc})."
-            ) from None
-        with client:
+        with _connect(scheduler) as client:
             yield client
         return
-    with _glibc_malloc_defaults():
+    n = local_workers(int(workers or 1))
+    with _glibc_malloc_defaults(), dask.config.set({"distributed.scheduler.worker-ttl": None}):
         cluster = LocalCluster(
-            n_workers=workers,
+            n_workers=n,
             threads_per_worker=1,
             processes=True,
             dashboard_address=":0",
@@ -236,10 +380,18 @@ def _glibc_malloc_defaults() -> Iterator[None]:
             os.environ[_TRIM] = str(inherited)
 
 
-def _task(fn: Callable[[ItemT], T], item: ItemT) -> T:
-    """Run one scan's task on a worker: torch single-threaded, then ``fn(item)``."""
+def _task(fn: Callable[[ItemT], T], item: ItemT) -> T | _Failure:
+    """Run one scan's task on a worker: torch single-threaded, then ``fn(item)``.
+
+    An exception is returned as a :class:`_Failure` (its text) rather than raised, so
+    the worker does not log its traceback ("Compute Failed") over the terminal.
+    """
     _single_threaded()
-    return fn(item)
+    try:
+        return fn(item)
+    except Exception as exc:
+        logger.debug("task failed", exc_info=True)
+        return _Failure(_describe(exc))
 
 
 def _single_threaded() -> None:

@@ -1,4 +1,4 @@
-"""Small shared helpers: device choice and progress bars."""
+"""Small shared helpers: device choice, progress bars, and user text that any writer can show."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from rich.progress import (
 )
 
 __all__ = [
+    "PLAIN",
     "make_progress",
+    "plain_text",
     "remove_pyg_codegen_files",
     "resolve_device",
     "track",
@@ -117,3 +119,47 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def plain_text(value: object) -> str:
+    r"""``str(value)`` that any UTF-8 writer and any figure can show as it is.
+
+    A file name in another encoding (Latin-1 bytes, which Python holds as surrogate
+    escapes such as ``\udce9``) is read as Latin-1, so ``café`` stays readable and
+    writing a page or drawing a title cannot fail. Figures draw such text with
+    :data:`PLAIN` (no mathtext), so ``$`` and ``{`` are shown as typed.
+    """
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = "".join(
+                part.decode("latin-1") if isinstance(part, bytes) else part
+                for part in _split_surrogates(text)
+            )
+    return text
+
+
+def _split_surrogates(text: str) -> list[str | bytes]:
+    """Runs of ordinary text, and the bytes that surrogate escapes stand for."""
+    parts: list[str | bytes] = []
+    for ch in text:
+        if 0xDC80 <= ord(ch) <= 0xDCFF:
+            byte = bytes([ord(ch) - 0xDC00])
+            if parts and isinstance(parts[-1], bytes):
+                parts[-1] += byte
+            else:
+                parts.append(byte)
+        elif parts and isinstance(parts[-1], str):
+            parts[-1] += ch
+        else:
+            parts.append(ch)
+    return parts
+
+
+#: Keyword arguments of a matplotlib text that shows user text literally (no mathtext).
+PLAIN = {"parse_math": False}

@@ -8,6 +8,8 @@ user's backend is left as it was.
 
 Example:
     >>> from matplotlib.figure import Figure
+
+from lesionuq.utils import PLAIN, plain_text
     >>> fig = Figure(figsize=(2, 2))
     >>> _ = fig.add_subplot(1, 1, 1).plot([0, 1], [0, 1])
     >>> page = html_page("demo", img_tag(png_bytes(fig, dpi=50), "a line", "fig"))
@@ -23,7 +25,18 @@ from collections.abc import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["STYLESHEET", "escape", "html_page", "html_table", "img_tag", "png_bytes"]
+from lesionuq.utils import PLAIN, plain_text
+
+__all__ = [
+    "PLAIN",
+    "STYLESHEET",
+    "escape",
+    "html_page",
+    "html_table",
+    "img_tag",
+    "plain_text",
+    "png_bytes",
+]
 
 #: The inline CSS of every lesionuq report (no external reference).
 STYLESHEET = """
@@ -55,8 +68,8 @@ pre { background: #f6f6f6; padding: 0.8em; font-size: 0.8em; overflow-x: auto; }
 
 
 def escape(value: object) -> str:
-    """``str(value)`` with ``& < > " '`` escaped for HTML text and attributes."""
-    return html.escape(str(value))
+    """:func:`plain_text` of ``value`` with ``& < > " '`` escaped for HTML."""
+    return html.escape(plain_text(value))
 
 
 def png_bytes(fig: Figure, dpi: int, *, tight: bool = False) -> bytes:

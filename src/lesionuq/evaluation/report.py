@@ -28,12 +28,13 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
+from lesionuq.config import yaml_load
 from lesionuq.evaluation.curves import ac_auc, accuracy_confidence_curve, curve_on_grid
 from lesionuq.evaluation.metrics import as_bool, summarize_learning_curve, table2
 from lesionuq.evaluation.render import escape as _e
 from lesionuq.evaluation.render import html_page, html_table, img_tag, png_bytes
 from lesionuq.export.viewer import NO_VIEWER_NOTE, find_niivue_bundle, viewer_html
-from lesionuq.io import atomic_write_bytes, atomic_write_text
+from lesionuq.io import atomic_write_bytes, atomic_write_text, read_csv_table
 from lesionuq.methods import CATALOGUE, outputs_p_fp
 from lesionuq.methods import label as method_label
 from lesionuq.methods import style as method_style
@@ -227,7 +228,7 @@ def render_lesion_crop(
 def _read_csv(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
-    return pd.read_csv(path, dtype={"case_id": str})
+    return read_csv_table(path)
 
 
 def _nii(path: Path) -> nib.Nifti1Image:
@@ -450,7 +451,7 @@ def validation_summary(run: str | Path) -> pd.DataFrame | None:
         fold = table.parents[2].name.removeprefix("fold_")
         if not fold.isdigit():
             continue
-        lesions = pd.read_csv(table, usecols=["case_id", "is_tp"])
+        lesions = read_csv_table(table, usecols=["case_id", "is_tp"])
         tp = int(as_bool(lesions["is_tp"]).sum())
         n = len(lesions)
         rows.append((int(fold), int(lesions["case_id"].nunique()), n, tp, n - tp))
@@ -521,7 +522,7 @@ def _learning_curve_html(run: Path) -> str:
 def _epsilon(run: Path) -> str:
     """The TP threshold on IoU_adj from ``RUN/config.yaml`` (0.1 when unreadable)."""
     try:
-        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        cfg = yaml_load((run / "config.yaml").read_text()) or {}
         return f"{float(cfg['graphs']['epsilon']):g}"
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         return "0.1"

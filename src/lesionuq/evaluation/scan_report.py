@@ -24,7 +24,15 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 
 from lesionuq import __version__
-from lesionuq.evaluation.render import escape, html_page, html_table, img_tag, png_bytes
+from lesionuq.evaluation.render import (
+    PLAIN,
+    escape,
+    html_page,
+    html_table,
+    img_tag,
+    plain_text,
+    png_bytes,
+)
 from lesionuq.export.viewer import NO_VIEWER_NOTE
 
 __all__ = ["scan_report_html", "summary_png", "warnings_html"]
@@ -95,7 +103,12 @@ def summary_png(
         ax.set_axis_off()
     if n == 0:
         axes[0][0].set_title("no lesion found", fontsize=10)
-    fig.suptitle(f"{case_id}: {n} lesion(s), contours coloured by P(FP)", fontsize=10, y=1.06)
+    fig.suptitle(
+        f"{plain_text(case_id)}: {n} lesion(s), contours coloured by P(FP)",
+        fontsize=10,
+        y=1.06,
+        **PLAIN,
+    )
     mappable = ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(mappable, ax=axes[0].tolist(), fraction=0.03, pad=0.02, label="P(FP)")
     return png_bytes(fig, 110, tight=True)

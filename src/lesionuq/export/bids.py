@@ -40,7 +40,14 @@ import pandas as pd
 from lesionuq import __version__
 from lesionuq.export.labels import FLAGGED_RGB, KEPT_RGB
 from lesionuq.io import InputError, atomic_write_text, save_nifti
-from lesionuq.outputs import TMP_PREFIX, add_written, check_output_dir, start_output
+from lesionuq.outputs import (
+    TMP_PREFIX,
+    add_written,
+    check_not_foreign,
+    check_output_dir,
+    read_marker,
+    start_output,
+)
 
 __all__ = [
     "BIDS_KEY",
@@ -58,6 +65,8 @@ BIDS_VERSION = "1.10.0"
 #: Entities in the order the BIDS entity table puts them (those lesionuq may meet).
 _ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "run", "echo", "part", "space", "label", "desc")
 _LABEL = re.compile(r"[A-Za-z0-9]+")
+#: File extensions stripped before the entities are read.
+_EXTENSIONS = (".nii.gz", ".nii", ".json", ".tsv")
 #: Sidecar descriptions of lesionuq's voxel maps (``lesionuq.uncertainty.VoxelMaps``).
 MAP_DESCRIPTIONS = {
     "entropy": "Voxel-wise predictive entropy of the MC-dropout mean lesion probability (nats).",
@@ -85,21 +94,40 @@ _TSV_COLUMNS = {
 def bids_entities(name: str | Path) -> dict[str, str]:
     """Entities of a BIDS file name or case id, in file order.
 
+    Every ``_``-separated part but a final suffix must be ``key-label`` with an
+    alphanumeric key and label (BIDS's label rule), so that a name such as
+    ``sub-01_ses-.._FLAIR`` is refused instead of silently losing its session.
+
     Args:
         name: ``sub-01_ses-a_acq-3d_FLAIR.nii.gz``, a path to it, or a case id such as
             ``sub-01_ses-a``.
 
     Returns:
         e.g. ``{"sub": "01", "ses": "a", "acq": "3d"}`` (the suffix is dropped).
+
+    Raises:
+        ValueError: No ``sub-<label>``, a repeated or malformed entity, or a key or
+            label that is not alphanumeric.
     """
-    stem = Path(name).name.split(".")[0]
-    out = {}
-    for part in stem.split("_"):
+    stem = Path(name).name
+    for ext in _EXTENSIONS:
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    if not stem.startswith("sub-"):
+        raise ValueError(f"{name}: no sub-<label> entity (a BIDS name starts with it).")
+    parts = stem.split("_")
+    out: dict[str, str] = {}
+    for i, part in enumerate(parts):
         key, sep, value = part.partition("-")
-        if sep and key and value:
-            out[key] = value
-    if "sub" not in out:
-        raise ValueError(f"{name}: no sub-<label> entity.")
+        if not sep and i == len(parts) - 1 and _LABEL.fullmatch(part) and out:
+            break  # the suffix (FLAIR, T1w...)
+        if not (sep and _LABEL.fullmatch(key) and _LABEL.fullmatch(value)) or key in out:
+            raise ValueError(
+                f"{name}: {part[:40]!r} is not a BIDS entity key-label with alphanumeric "
+                "key and label."
+            )
+        out[key] = value
     return out
 
 
@@ -107,8 +135,8 @@ def _stem(entities: Mapping[str, str], **extra: str) -> str:
     ents = {k: v for k, v in entities.items() if k not in ("space", "label", "desc")}
     ents.update(extra)
     for key, value in ents.items():
-        if not _LABEL.fullmatch(str(value)):
-            raise ValueError(f"BIDS entity {key}-{value}: labels must be alphanumeric.")
+        if not (_LABEL.fullmatch(str(key)) and _LABEL.fullmatch(str(value))):
+            raise ValueError(f"BIDS entity {key}-{value}: keys and labels must be alphanumeric.")
     tail = ("space", "label", "desc")
     keys = [k for k in _ORDER if k in ents and k not in tail]
     keys += [k for k in ents if k not in _ORDER]  # unknown entities go before space
@@ -308,12 +336,31 @@ def _anat(root: Path, entities: Mapping[str, str]) -> Path:
     return folder / "anat"
 
 
+def _scan_names(entities: Mapping[str, str]) -> list[str]:
+    """Every file (relative to the data set folder) that one scan's export may write."""
+    anat = _anat(Path(), entities)
+    mask = _stem(entities, space="orig", label="lesion")
+    dseg = _stem(entities, space="orig", desc="lesions") + "_dseg"
+    stems = [f"{mask}_mask", f"{mask}_probseg"]
+    stems += [
+        _stem(entities, space="orig", label="lesion", desc=m) + "_uncertainty"
+        for m in MAP_DESCRIPTIONS
+    ]
+    names = [f"{st}{ext}" for st in stems for ext in (".nii.gz", ".json")]
+    names += [f"{dseg}{ext}" for ext in (".nii.gz", ".json", ".tsv")]
+    return [(anat / n).as_posix() for n in names]
+
+
 def _scan_files(root: Path, entities: Mapping[str, str]) -> list[Path]:
-    """Files of one scan already in the derivatives folder ``root``."""
-    folder = _anat(root, entities)
-    if not folder.is_dir():
-        return []
-    return sorted(folder.glob(f"{_stem(entities, space='orig')}_*"))
+    """Files of one scan already in the derivatives folder ``root`` that lesionuq wrote.
+
+    Only files its marker lists count: a file of the user's next to them (say a
+    ``..._desc-manualfix_mask.nii.gz``) is never taken for lesionuq's.
+    """
+    marker = read_marker(root)
+    listed = set(marker.files) if marker is not None else set()
+    prefix = (_anat(Path(), entities) / f"{_stem(entities, space='orig')}_").as_posix()
+    return sorted(root / f for f in listed if f.startswith(prefix) and "/" not in f[len(prefix) :])
 
 
 def check_bids_out(
@@ -351,10 +398,12 @@ def check_bids_out(
                 "its own sub/ses/acq/run."
             )
         seen.add(stem)
-        if not overwrite and _scan_files(root, entities):
+        if not overwrite and any(p.exists() for p in _scan_files(root, entities)):
             raise InputError(
                 f"{root}: already holds the derivatives of {stem}; add --overwrite to replace them."
             )
+        if root.is_dir():
+            check_not_foreign(root, _scan_names(entities))
     return root
 
 
@@ -387,12 +436,21 @@ def publish_bids_scan(
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=root))
     try:
         built = write_bids_derivatives(tmp, entities, images, lesions, **kwargs)
+        new = sorted(p for p in tmp.rglob("*") if p.is_file())
+        keep_readme = (root / "README.md").exists()
+        rels = [
+            str(p.relative_to(tmp))
+            for p in new
+            if not (keep_readme and p.name == "README.md" and p.parent == tmp)
+        ]
+        check_not_foreign(root, rels)
         for old in _scan_files(root, entities):
-            old.unlink()
+            if old.is_file() and not old.is_symlink():
+                old.unlink()
         moved = []
-        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        for path in new:
             rel = path.relative_to(tmp)
-            if rel.name == "README.md" and (root / rel).exists():
+            if str(rel) not in rels:
                 continue
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, root / rel)

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch_geometric.data import Data
 
-from lesionuq.io import InputError, atomic_torch_save, atomic_write_text
+from lesionuq.io import InputError, atomic_torch_save, atomic_write_text, csv_text, read_csv_table
 
 __all__ = ["LesionSet", "load_lesion_set"]
 
@@ -78,7 +78,7 @@ class LesionSet:
         """Write ``folder/lesions.csv`` and ``folder/graphs.pt`` (plain tensors only)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / _TABLE, self.table.to_csv(index=False))
+        atomic_write_text(folder / _TABLE, csv_text(self.table))
         payload = {
             "x": [g.x for g in self.graphs],
             "edge_index": [g.edge_index for g in self.graphs],
@@ -95,7 +95,7 @@ class LesionSet:
         folder = Path(folder)
         if not (folder / _TABLE).is_file():
             raise InputError(f"{folder / _TABLE}: file not found.")
-        table = pd.read_csv(folder / _TABLE, dtype={"case_id": str})
+        table = read_csv_table(folder / _TABLE)
         graphs: list[Data] = []
         if (folder / _GRAPHS).is_file():
             payload = torch.load(folder / _GRAPHS, weights_only=True)

@@ -25,10 +25,11 @@ from lesionuq.io import (
     check_threshold,
     csv_text,
     load_case,
+    read_csv_table,
     read_manifest,
 )
-from lesionuq.outputs import add_written, check_output_dir, start_output
-from lesionuq.parallel import check_parallel, map_cases
+from lesionuq.outputs import add_written, check_output_dir, locked_output, start_output
+from lesionuq.parallel import check_parallel, check_scheduler, map_cases
 from lesionuq.predict.model import FittedModel, load_model, load_model_cached
 from lesionuq.predict.scan import PredictResult, empty_table, predict_scan
 from lesionuq.utils import track
@@ -36,6 +37,8 @@ from lesionuq.utils import track
 __all__ = ["BatchResult", "predict_manifest"]
 
 _DIGEST = ".batch_digest"
+#: The table of all cases' lesions, ``OUT/lesions.csv`` (so no case may be named so).
+_TABLE = "lesions.csv"
 
 
 @dataclass
@@ -130,11 +133,48 @@ def predict_manifest(
     out = Path(out)
     model_digest = model.digest()
     key = config_digest([model_digest, str(Path(cases_csv).resolve()), threshold, save_maps])
-    check_output_dir(out, "batch", overwrite=overwrite, inputs=inputs, key=key)
+    _check_reserved(cases_csv, cases)
+    writes = [_TABLE]
+    check_output_dir(out, "batch", overwrite=overwrite, inputs=inputs, key=key, writes=writes)
     for case in track(cases, "checking inputs", enabled=progress):
         load_case(Case(case.case_id, case.images))
     if bids_out is not None:
         _check_bids(bids_out, out, cases, inputs, model_digest, threshold, save_maps, overwrite)
+    check_scheduler(scheduler)  # before anything is written
+    with locked_output(out):  # a second batch into ``out`` is refused meanwhile
+        check_output_dir(out, "batch", overwrite=overwrite, inputs=inputs, key=key, writes=writes)
+        return _run_batch(
+            model, cases, out, key, model_digest, given, threshold, save_maps, review_target,
+            bids_out, scheduler, workers, progress,
+        )  # fmt: skip
+
+
+def _check_reserved(cases_csv: str | Path, cases: list[Case]) -> None:
+    """Refuse a case id that is the name of a file the batch writes in its folder."""
+    for case in cases:
+        if case.case_id.casefold() == _TABLE.casefold():
+            raise InputError(
+                f"{cases_csv}: case_id {case.case_id!r} is the name of the batch's own table "
+                f"({_TABLE}); rename the case."
+            )
+
+
+def _run_batch(
+    model: FittedModel,
+    cases: list[Case],
+    out: Path,
+    key: str,
+    model_digest: str,
+    given: float | None,
+    threshold: float,
+    save_maps: bool,
+    review_target: str | None,
+    bids_out: str | Path | None,
+    scheduler: str | None,
+    workers: int | None,
+    progress: bool,
+) -> BatchResult:
+    """The checked batch, under the folder's lock (see :func:`predict_manifest`)."""
     start_output(out, "batch", key, dirs=[c.case_id for c in cases])
     reused = {
         c.case_id: table
@@ -182,8 +222,8 @@ def predict_manifest(
     else:
         table = empty_table()
         table.insert(0, "case_id", pd.Series(dtype=str))
-    atomic_write_text(out / "lesions.csv", csv_text(table))
-    add_written(out, ["lesions.csv"])
+    atomic_write_text(out / _TABLE, csv_text(table))
+    add_written(out, [_TABLE])
     return BatchResult(out, table, results)
 
 
@@ -306,6 +346,6 @@ def _previous(
         stored = (folder / _DIGEST).read_text().strip()
         if stored != _batch_digest(model_digest, case, threshold, save_maps, bids_out):
             return None
-        return pd.read_csv(folder / "lesions.csv")
+        return read_csv_table(folder / "lesions.csv")
     except (OSError, ValueError):
         return None

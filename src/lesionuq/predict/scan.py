@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,7 +42,7 @@ from lesionuq.io import (
     load_case,
     save_nifti,
 )
-from lesionuq.outputs import check_output_dir, output_dir
+from lesionuq.outputs import check_output_dir, locked_output, output_dir
 from lesionuq.predict.model import (
     REQUIRED_SCORERS,
     UNCALIBRATED_NOTE,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAP_NAMES",
+    "OUTPUT_FILES",
     "TABLE_COLUMNS",
     "PredictResult",
     "empty_table",
@@ -83,6 +85,19 @@ TABLE_COLUMNS = (
 #: Voxel maps written with ``save_maps`` (``NAME.nii.gz``, linear resampling).
 MAP_NAMES = ("prob", "entropy", "variance", "pcs")
 _STAMP = "prediction.json"
+#: Files every prediction writes in its folder (plus ``NAME.nii.gz`` of the maps).
+OUTPUT_FILES = (
+    "seg.nii.gz",
+    "lesions.nii.gz",
+    "lesion_uncertainty.nii.gz",
+    "lesions.csv",
+    "label_description.txt",
+    "lesions.lut",
+    "lesions.json",
+    "summary.png",
+    "report.html",
+    _STAMP,
+)
 _STEPS = ("load", "preprocess", "MC dropout", "lesions", "scores", "write")
 
 
@@ -125,13 +140,16 @@ class PredictResult:
 
     def summary(self, max_rows: int = 10) -> str:
         """A few lines for the terminal: counts, the most doubtful lesions, the folder."""
+        from lesionuq.evaluation.render import plain_text
+
+        name = plain_text(self.case_id)  # a Latin-1 file name prints as text
         if self.n_lesions == 0:
             return (
-                f"{self.case_id}: no lesion found; wrote an empty table and zero maps to "
+                f"{name}: no lesion found; wrote an empty table and zero maps to "
                 f"{self.out} ({self.seconds:.1f} s)."
             )
         head = (
-            f"{self.case_id}: {self.n_lesions} lesion(s), {self.n_review} to review "
+            f"{name}: {self.n_lesions} lesion(s), {self.n_review} to review "
             f"(P(FP) >= {self.threshold:g}); wrote {self.out} ({self.seconds:.1f} s)."
         )
         shown = self.table.head(max_rows)[
@@ -335,7 +353,8 @@ def predict_scan(
         raise InputError("no input image was given.")
     if threshold is not None:
         threshold = check_threshold(threshold)
-    check_output_dir(out, "prediction", overwrite=overwrite, inputs=paths)
+    writes = output_names(save_maps)
+    check_output_dir(out, "prediction", overwrite=overwrite, inputs=paths, writes=writes)
     bids = _check_exports(bids_out, out, paths, overwrite)
     if not isinstance(model, FittedModel):
         model = load_model(model, n_images=len(paths))
@@ -343,14 +362,22 @@ def predict_scan(
     rule = model.review_rule(threshold, review_target)
     case_id = case_id or _case_name(paths[0])
     out = Path(out)
-    with _Steps(_STEPS, progress, case_id).run() as step:
-        grid = _infer(model, paths, case_id, step)
-        step("write")
-        result = _write_outputs(
-            out, grid, model, paths, case_id, rule.threshold, save_maps, t0, bids=bids, rule=rule
-        )
-        step("done")
+    with locked_output(out):  # a second prediction into ``out`` is refused meanwhile
+        check_output_dir(out, "prediction", overwrite=overwrite, inputs=paths, writes=writes)
+        with _Steps(_STEPS, progress, case_id).run() as step:
+            grid = _infer(model, paths, case_id, step)
+            step("write")
+            result = _write_outputs(
+                out, grid, model, paths, case_id, rule.threshold, save_maps, t0, bids, rule
+            )
+            step("done")
     return result
+
+
+def output_names(save_maps: bool) -> tuple[str, ...]:
+    """The files :func:`predict_scan` writes in its folder (with or without the maps)."""
+    maps = tuple(f"{name}.nii.gz" for name in MAP_NAMES) if save_maps else ()
+    return OUTPUT_FILES + maps
 
 
 def _infer(
@@ -490,7 +517,9 @@ def _write_outputs(
         for name, vol in native_maps.items():
             save_nifti(tmp / f"{name}.nii.gz", vol, affine)
         atomic_write_text(tmp / "lesions.csv", csv_text(table))
-        viewer = _write_exports(tmp, bids, grid, paths, table, lab_native, native_maps, threshold)
+        viewer, publish_bids = _write_exports(
+            tmp, bids, grid, paths, table, lab_native, native_maps, threshold
+        )
         _write_review_json(tmp, model, rule, grid.warnings)
         png = summary_png(grid.pre.image[0], grid.labels, scores["gcnn_classif"], table, case_id)
         (tmp / "summary.png").write_bytes(png)
@@ -526,6 +555,7 @@ def _write_outputs(
             "input_affine": affine.tolist(),
         }
         atomic_write_text(tmp / _STAMP, json.dumps(meta, indent=1) + "\n")
+        publish_bids()  # last: a scan that failed above leaves nothing in the BIDS folder
     return result
 
 
@@ -558,11 +588,13 @@ def _write_exports(
     lab_native: np.ndarray,
     native_maps: dict[str, np.ndarray],
     threshold: float,
-) -> str | None:
-    """Viewer label files into ``tmp``, the scan into ``bids``, and the report's viewer.
+) -> tuple[str | None, Callable[[], object]]:
+    """Viewer label files into ``tmp``, the scan's BIDS images, and the report's viewer.
 
     Returns:
-        The NiiVue viewer fragment of ``report.html``, or None without the bundle.
+        The NiiVue viewer fragment of ``report.html`` (None without the bundle), and the
+        call that adds the scan to the BIDS folder (nothing without ``bids``), made once
+        every other output was built.
     """
     import nibabel as nib
 
@@ -586,11 +618,24 @@ def _write_exports(
         for name in ("entropy", "variance", "pcs"):
             if name in native_maps:
                 images[name] = nib.Nifti1Image(native_maps[name], affine)
-        publish_bids_scan(
-            bids[0], bids[1], images, table, threshold=threshold, **bids_sources(paths[0])
+        publish: Callable[[], object] = functools.partial(
+            publish_bids_scan,
+            bids[0],
+            bids[1],
+            images,
+            table,
+            threshold=threshold,
+            **bids_sources(paths[0]),
         )
+    else:
+        publish = _nothing
     flair = cast(nib.Nifti1Image, nib.load(str(paths[0])))
-    return viewer_html(nib.Nifti1Image(np.asanyarray(flair.dataobj), affine), labels_img, table)
+    viewer = viewer_html(nib.Nifti1Image(np.asanyarray(flair.dataobj), affine), labels_img, table)
+    return viewer, publish
+
+
+def _nothing() -> None:
+    """No BIDS folder to add the scan to."""
 
 
 def _score(model: FittedModel, lesions: LesionSet) -> dict[str, np.ndarray]:

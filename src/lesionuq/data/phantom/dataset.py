@@ -1,4 +1,4 @@
-"""Write a phantom data set: validated first, one atomic folder per case, manifest last."""
+"""Write a phantom data set: validated first, built in a temporary folder, published whole."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import dataclasses
 import io
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,20 +13,20 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from lesionuq.config import ConfigError
+from lesionuq.config import ConfigError, config_digest
 from lesionuq.data.phantom.params import PhantomParams
 from lesionuq.data.phantom.render import generate_case
 from lesionuq.io import (
     Case,
-    InputError,
-    atomic_dir,
     atomic_write_bytes,
     atomic_write_text,
+    available_memory,
     read_manifest,
     save_nifti,
     write_manifest,
 )
-from lesionuq.utils import track
+from lesionuq.outputs import check_output_dir, output_dir
+from lesionuq.utils import PLAIN, plain_text, track
 
 if TYPE_CHECKING:
     from lesionuq.config import PhantomConfig
@@ -70,20 +68,6 @@ def estimate_case_memory(spacing: float, shape: tuple[int, int, int] | None = No
         for s, n in zip(dims, TEMPLATE_FOV_MM, strict=True)
     )
     return _TEMPLATE_BYTES + _BYTES_PER_OUTPUT_VOXEL * n_out + _BYTES_PER_BOX_VOXEL * n_box
-
-
-def available_memory() -> float:
-    """Memory available to a new allocation (bytes): ``MemAvailable``, else free pages."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return math.inf
 
 
 def check_phantom_config(cfg: PhantomConfig, memory_limit_gib: float | None = None) -> None:
@@ -134,70 +118,73 @@ def make_phantom_dataset(
     preview: bool = False,
     progress: bool = True,
     memory_limit_gib: float | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Generate ``cfg.n_cases`` cases under ``out_dir`` and their manifest.
 
-    Everything is checked before anything is written (:func:`check_phantom_config`).
-    Each case folder ``out_dir/<case_id>/`` (``flair.nii.gz``, ``mask.nii.gz``) is built
-    under a temporary name and moved into place whole; ``out_dir/phantom.json`` (config,
-    parameters and per-case summary) follows, then ``out_dir/cases.csv`` last, so an
-    interrupted run never leaves a half-written case or a manifest of missing cases; with
-    ``preview`` also ``out_dir/preview.png`` (:func:`write_preview`).
+    Everything is checked before anything is written (:func:`check_phantom_config`), and
+    ``out_dir`` follows lesionuq's output-folder rule (:mod:`lesionuq.outputs`): new,
+    empty, or a phantom data set lesionuq wrote (the same settings are made again; other
+    settings need ``overwrite``). A user's data folder is refused. The whole data set
+    is built in a temporary folder inside ``out_dir`` and moved into place when
+    complete, so an interrupted run leaves nothing: each case ``out_dir/<case_id>/``
+    (``flair.nii.gz``, ``mask.nii.gz``), ``out_dir/phantom.json`` (config, parameters and
+    per-case summary), ``out_dir/cases.csv`` and with ``preview`` ``out_dir/preview.png``
+    (:func:`write_preview`).
 
     Args:
-        out_dir: Output folder (created; other files in it are left alone).
+        out_dir: Output folder.
         cfg: Number of cases, master seed, grid, lesion bound and physical parameters.
             Case ``i`` is ``case_{i:03d}`` with seed :func:`case_seed` (cfg.seed, i).
         preview: Also write the preview picture.
         progress: Show a progress bar.
         memory_limit_gib: Refuse when one case needs more memory (GiB); default half of
             the available memory.
+        overwrite: Replace an earlier phantom data set made with other settings (only
+            the files lesionuq wrote there).
 
     Returns:
         The manifest path ``out_dir/cases.csv``.
 
     Raises:
         ConfigError: An invalid config or too large a grid (nothing written).
-        InputError: ``out_dir`` exists and is not a folder (nothing written).
+        InputError: ``out_dir`` is refused by the output-folder rule (nothing written).
     """
     out_dir = Path(out_dir)
     check_phantom_config(cfg, memory_limit_gib)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"The phantom output {out_dir} exists and is not a folder.")
+    key = config_digest({"phantom": dataclasses.asdict(cfg), "preview": preview})
+    check_output_dir(out_dir, "phantom", overwrite=overwrite, key=key)
     params = PhantomParams.from_dict(cfg.params)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".tmp-case_*"):  # left by a killed run (see ``atomic_dir``)
-        shutil.rmtree(stale, ignore_errors=True)
     cases, summary = [], []
-    for i in track(range(cfg.n_cases), "phantom cases", enabled=progress):
-        case_id = f"case_{i:03d}"
-        seed = case_seed(cfg.seed, i)
-        case = generate_case(seed, cfg.spacing, cfg.shape, cfg.max_lesions, params)
-        with atomic_dir(out_dir / case_id) as tmp:
-            save_nifti(tmp / "flair.nii.gz", case.flair.dataobj, case.flair.affine, dtype=np.int16)
-            save_nifti(tmp / "mask.nii.gz", case.mask.dataobj, case.mask.affine, dtype=np.uint8)
-        folder = out_dir / case_id
-        cases.append(Case(case_id, (folder / "flair.nii.gz",), folder / "mask.nii.gz"))
-        info = case.info
-        summary.append(
-            {
-                "case_id": case_id,
-                "seed": seed,
-                "lesions": info["lesions"],
-                "mimics": info["mimics"],
-                "scanner": info["scanner"],
-                "ti_ms": info["ti_ms"],
-            }
-        )
-    config = dataclasses.asdict(cfg)
-    config.pop("params", None)  # recorded in full under "params"
-    meta = {"config": config, "params": params.to_dict(), "cases": summary}
-    atomic_write_text(out_dir / "phantom.json", json.dumps(meta, indent=1))
-    csv_path = out_dir / "cases.csv"
-    write_manifest(csv_path, cases)
-    if preview:
-        write_preview(csv_path, out_dir / "preview.png")
-    return csv_path
+    with output_dir(out_dir, "phantom", key) as tmp:
+        for i in track(range(cfg.n_cases), "phantom cases", enabled=progress):
+            case_id = f"case_{i:03d}"
+            seed = case_seed(cfg.seed, i)
+            case = generate_case(seed, cfg.spacing, cfg.shape, cfg.max_lesions, params)
+            folder = tmp / case_id
+            flair, mask = folder / "flair.nii.gz", folder / "mask.nii.gz"
+            save_nifti(flair, case.flair.dataobj, case.flair.affine, dtype=np.int16)
+            save_nifti(mask, case.mask.dataobj, case.mask.affine, dtype=np.uint8)
+            cases.append(Case(case_id, (flair,), mask))
+            info = case.info
+            summary.append(
+                {
+                    "case_id": case_id,
+                    "seed": seed,
+                    "lesions": info["lesions"],
+                    "mimics": info["mimics"],
+                    "scanner": info["scanner"],
+                    "ti_ms": info["ti_ms"],
+                }
+            )
+        config = dataclasses.asdict(cfg)
+        config.pop("params", None)  # recorded in full under "params"
+        meta = {"config": config, "params": params.to_dict(), "cases": summary}
+        atomic_write_text(tmp / "phantom.json", json.dumps(meta, indent=1))
+        write_manifest(tmp / "cases.csv", cases)
+        if preview:
+            write_preview(tmp / "cases.csv", tmp / "preview.png")
+    return out_dir / "cases.csv"
 
 
 def write_preview(
@@ -252,7 +239,7 @@ def write_preview(
         ax.imshow(sl, cmap="gray", origin="lower", vmin=0, vmax=vmax, aspect=zooms[1] / zooms[0])
         if mask is not None and mask[:, :, z].any():
             ax.contour(mask[:, :, z].T.astype(float), levels=[0.5], colors="r", linewidths=0.7)
-        ax.set_title(f"{title} (z={z})", fontsize=8)
+        ax.set_title(f"{plain_text(title)} (z={z})", fontsize=8, **PLAIN)
     fig.suptitle(
         "FLAIR (window 0 to 2 x brain median), axial slice with the most lesion voxels; "
         "red: ground-truth contour",
