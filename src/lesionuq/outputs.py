@@ -69,6 +69,7 @@ KINDS = {
     "maps": "set of voxel maps",
     "bids": "BIDS-derivatives data set",
     "run": "run directory",
+    "derived": "set of derived masks",
 }
 
 
