@@ -47,6 +47,7 @@ __all__ = [
     "describe_load_error",
     "disk_full_guard",
     "load_case",
+    "load_ignore",
     "load_nifti",
     "read_manifest",
     "save_nifti",
@@ -242,6 +243,24 @@ def load_case(case: Case) -> tuple[list[nib.Nifti1Image], nib.Nifti1Image | None
         check_mask(mask, case.mask)
         _check_same_grid(images[0], case.images[0], mask, case.mask)
     return images, mask
+
+
+def load_ignore(case: Case, reference: nib.Nifti1Image) -> nib.Nifti1Image | None:
+    """Load and check a case's ignore region (binary, on the grid of its first image).
+
+    Args:
+        case: The case; ``case.ignore`` None gives None.
+        reference: The case's first image (from :func:`load_case`).
+
+    Returns:
+        The ignore-region image, or None.
+    """
+    if case.ignore is None:
+        return None
+    img = load_nifti(case.ignore)
+    check_mask(img, case.ignore)
+    _check_same_grid(reference, case.images[0], img, case.ignore)
+    return img
 
 
 def read_manifest(

@@ -25,6 +25,7 @@ from lesionuq.io import (
     check_threshold,
     csv_text,
     load_case,
+    load_ignore,
     read_manifest,
 )
 from lesionuq.outputs import add_written, check_output_dir, start_output
@@ -132,7 +133,8 @@ def predict_manifest(
     key = config_digest([model_digest, str(Path(cases_csv).resolve()), threshold, save_maps])
     check_output_dir(out, "batch", overwrite=overwrite, inputs=inputs, key=key)
     for case in track(cases, "checking inputs", enabled=progress):
-        load_case(Case(case.case_id, case.images))
+        images, _ = load_case(Case(case.case_id, case.images))
+        load_ignore(case, images[0])
     if bids_out is not None:
         _check_bids(bids_out, out, cases, inputs, model_digest, threshold, save_maps, overwrite)
     start_output(out, "batch", key, dirs=[c.case_id for c in cases])
@@ -229,6 +231,7 @@ def _predict_case(job: _CaseJob) -> PredictResult:
         True,
         review_target=job.review_target,
         bids_out=job.bids_out,
+        ignore=job.case.ignore,
     )
     _mark(job.folder, job.model_digest, job.case, job.rule_threshold, job.save_maps, job.bids_out)
     return res
