@@ -583,3 +583,31 @@ def test_manifest_command(tmp_path):
     assert result.exit_code == 1
     assert "consensus or 1..7" in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_bids_queries_do_not_grow_with_subjects(tmp_path, monkeypatch):
+    """Issue 25 item 14: a constant number of pybids queries (one per suffix), not a few
+    per subject, each of which rescanned the whole index (quadratic in the subjects)."""
+    bids = pytest.importorskip("bids")
+    calls = []
+    original = bids.BIDSLayout.get
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs.get("suffix"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(bids.BIDSLayout, "get", counting)
+    counts = []
+    for n in (1, 4):
+        root = tmp_path / f"ds{n}"
+        _bids_tree(root)
+        for i in range(3, 3 + n):
+            _nii(root / f"sub-{i:02d}/anat/sub-{i:02d}_FLAIR.nii.gz")
+            _nii(root / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz")
+            mask = f"derivatives/manual/sub-{i:02d}/anat/sub-{i:02d}_label-lesion_mask.nii.gz"
+            _mask(root / mask)
+        calls.clear()
+        rows = _rows(build_manifest("bids", root, tmp_path / f"c{n}.csv", ("flair", "t1")))
+        assert len(rows) == 3 + n
+        counts.append(len(calls))
+    assert counts[0] == counts[1] == 5  # FLAIR, T1w; derivatives mask, roi; raw roi

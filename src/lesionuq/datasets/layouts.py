@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -736,6 +737,15 @@ def _by_lesionuq(folder: Path) -> bool:
         return False
 
 
+def _by_scan(files: Sequence[Any]) -> dict[tuple[str, str | None], list[str]]:
+    """The paths of a pybids query by (subject, session or None), each list sorted."""
+    groups: dict[tuple[str, str | None], list[str]] = {}
+    for f in files:
+        key = (str(f.entities["subject"]), f.entities.get("session"))
+        groups.setdefault(key, []).append(f.path)
+    return {k: sorted(v) for k, v in groups.items()}
+
+
 def bids(
     root: str | Path, sequences: Sequence[str] = ("flair",), rater: str | None = None
 ) -> list[Case]:
@@ -759,7 +769,7 @@ def bids(
         One case per subject (and session), id ``sub-X[_ses-Y]``.
     """
     try:
-        from bids import BIDSLayout
+        from bids import BIDSLayout, BIDSLayoutIndexer
     except ImportError:  # pragma: no cover - depends on the installed extras
         raise InputError("the bids layout needs pybids: pip install 'lesionuq[bids]'.") from None
     root = _check_root(root)
@@ -768,43 +778,48 @@ def bids(
         raise InputError(f"{root}: not a BIDS data set (no dataset_description.json).")
     names = {"flair": "FLAIR", "t1": "T1w", "t2": "T2w", "pd": "PDw"}
     suffixes = _sequence_files("bids", names, sequences)
-    layout = BIDSLayout(str(root), validate=False, derivatives=False)
+
+    def index(folder: Path, **kwargs: Any) -> BIDSLayout:
+        # file names only: the JSON sidecars' metadata is not needed for a manifest
+        indexer = BIDSLayoutIndexer(validate=False, index_metadata=False)
+        return BIDSLayout(str(folder), validate=False, indexer=indexer, **kwargs)
+
+    layout = index(root, derivatives=False)
     deriv_layouts = []
     deriv_root = root / "derivatives"
     if deriv_root.is_dir():
         for folder in sorted(p for p in deriv_root.iterdir() if p.is_dir()):
             if (folder / "dataset_description.json").is_file() and not _by_lesionuq(folder):
-                deriv_layouts.append(BIDSLayout(str(folder), validate=False, is_derivative=True))
+                deriv_layouts.append(index(folder, is_derivative=True))
     ext = [".nii.gz", ".nii"]
-    cases_found = layout.get(suffix="FLAIR", datatype="anat", extension=ext)
-    keys = sorted({(f.entities["subject"], f.entities.get("session")) for f in cases_found})
+    # one query per suffix over the whole index, grouped by (subject, session): a query per
+    # subject rescans the index each time, which made this quadratic in the subjects
+    anat = {"datatype": "anat", "extension": ext}
+    images_by = {sfx: _by_scan(layout.get(suffix=sfx, **anat)) for sfx in suffixes}
+    flair = images_by.get("FLAIR") or _by_scan(layout.get(suffix="FLAIR", **anat))
+    keys = sorted(flair, key=lambda k: (k[0], k[1] or ""))
     if not keys:
         raise InputError(
             f"{root}: no BIDS case found (expected sub-*/[ses-*/]anat/*_FLAIR.nii.gz)."
         )
+    derived_masks: dict[tuple[str, str | None], list[str]] = {}
+    for dl in deriv_layouts:
+        for suffix in ("mask", "roi"):
+            found = _by_scan(dl.get(suffix=suffix, label="lesion", **anat))
+            for key, paths in found.items():
+                derived_masks.setdefault(key, []).extend(paths)
+    # "label" is not a raw-data entity for pybids: allow it as a filter
+    raw_rois = _by_scan(layout.get(suffix="roi", label="lesion", invalid_filters="allow", **anat))
     cases, missing_mask = [], []
     for sub, ses in keys:
-        query = {"subject": sub, "datatype": "anat", "extension": ext}
-        if ses is not None:
-            query["session"] = ses
         folder = root / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
         images = []
         for suffix in suffixes:
-            found = sorted(f.path for f in layout.get(suffix=suffix, **query))
-            if not found:
+            listed = images_by[suffix].get((sub, ses), [])
+            if not listed:
                 raise InputError(f"{folder}: missing *_{suffix}.nii[.gz].")
-            images.append(Path(found[0]))
-        masks = []
-        for dl in deriv_layouts:
-            for suffix in ("mask", "roi"):
-                masks += [f.path for f in dl.get(suffix=suffix, label="lesion", **query)]
-        if not masks:
-            # "label" is not a raw-data entity for pybids: allow it as a filter
-            found = layout.get(suffix="roi", label="lesion", invalid_filters="allow", **query)
-            masks = [f.path for f in found]
-        if ses is None:  # a subject without sessions must not pick up session files
-            images_ok = all("ses-" not in Path(p).name for p in images)
-            masks = [m for m in masks if "ses-" not in Path(m).name] if images_ok else masks
+            images.append(Path(listed[0]))
+        masks = derived_masks.get((sub, ses)) or raw_rois.get((sub, ses), [])
         cid = f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
         mask = Path(sorted(masks)[0]) if masks else None
         if mask is None:

@@ -1,0 +1,118 @@
+"""Time of ``lesionuq manifest --layout bids`` against the number of subjects.
+
+Each size builds a BIDS tree of N subjects (``sub-XXXXX/anat/sub-XXXXX_{FLAIR,T1w}.nii.gz``
+and a lesion mask in ``derivatives/manual``; empty files, which pybids indexes by name)
+and times, in the same run:
+
+- ``index``: pybids' ``BIDSLayout`` of the raw and derivatives data sets alone (file
+  names, no sidecar metadata, as the layout builds them), the floor any pybids-based
+  manifest pays;
+- ``manifest``: :func:`lesionuq.datasets.build_manifest` (``bids``, ``flair,t1``), which
+  builds the same indexes and then runs one query per suffix;
+- ``per-subject queries`` (reference, up to ``--ref-max`` subjects): the earlier
+  strategy, three pybids queries per subject after indexing, which rescan the index and
+  made the manifest quadratic in the subjects (issue 25 item 14).
+
+Run: ``python benchmarks/bids_manifest.py [--sizes 500,1000,2500,5000,10000]
+[--ref-max 1000]``. Needs pybids (``pip install 'lesionuq[bids]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from lesionuq.datasets import build_manifest
+
+
+def make_tree(root: Path, n: int) -> None:
+    """A BIDS data set of ``n`` subjects with a derivatives folder of lesion masks."""
+    (root / "dataset_description.json").parent.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "bench", "BIDSVersion": "1.10.0"})
+    )
+    deriv = root / "derivatives" / "manual"
+    deriv.mkdir(parents=True)
+    (deriv / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "masks",
+                "BIDSVersion": "1.10.0",
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "Manual"}],
+            }
+        )
+    )
+    for i in range(n):
+        sub = f"sub-{i:05d}"
+        anat = root / sub / "anat"
+        anat.mkdir(parents=True)
+        (anat / f"{sub}_FLAIR.nii.gz").touch()
+        (anat / f"{sub}_T1w.nii.gz").touch()
+        (deriv / sub / "anat").mkdir(parents=True)
+        (deriv / sub / "anat" / f"{sub}_space-orig_label-lesion_mask.nii.gz").touch()
+
+
+def _layouts(root: Path):
+    """The raw and derivatives indexes, built as the bids layout builds them."""
+    from bids import BIDSLayout, BIDSLayoutIndexer
+
+    def index(folder: Path, **kwargs):
+        indexer = BIDSLayoutIndexer(validate=False, index_metadata=False)
+        return BIDSLayout(str(folder), validate=False, indexer=indexer, **kwargs)
+
+    deriv = index(root / "derivatives" / "manual", is_derivative=True)
+    return index(root, derivatives=False), deriv
+
+
+def index_only(root: Path) -> None:
+    _layouts(root)
+
+
+def per_subject_queries(root: Path) -> None:
+    """Reference: index, then three queries per subject (the earlier, quadratic loop)."""
+    layout, deriv = _layouts(root)
+    ext = [".nii.gz", ".nii"]
+    for sub in layout.get_subjects():
+        query = {"subject": sub, "datatype": "anat", "extension": ext}
+        for suffix in ("FLAIR", "T1w"):
+            layout.get(suffix=suffix, **query)
+        deriv.get(suffix="mask", label="lesion", **query)
+
+
+def timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="500,1000,2500,5000,10000")
+    parser.add_argument("--ref-max", type=int, default=1000)
+    args = parser.parse_args()
+    print(
+        "| subjects | index (s) | manifest (s) | manifest - index (s) | per-subject queries (s) |"
+    )
+    print("|---:|---:|---:|---:|---:|")
+    for n in (int(s) for s in args.sizes.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "ds"
+            make_tree(root, n)
+            t_index = timed(index_only, root)
+            t_manifest = timed(build_manifest, "bids", root, Path(tmp) / "c.csv", ("flair", "t1"))
+            lines = (Path(tmp) / "c.csv").read_text().count("\n") - 1
+            assert lines == n, (lines, n)
+            t_ref = timed(per_subject_queries, root) if n <= args.ref_max else float("nan")
+        ref = f"{t_ref:.1f}" if t_ref == t_ref else "-"
+        print(
+            f"| {n} | {t_index:.1f} | {t_manifest:.1f} | {t_manifest - t_index:.1f} | {ref} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
