@@ -30,22 +30,12 @@ from lesionuq.datasets import build_manifest
 
 def make_tree(root: Path, n: int) -> None:
     """A BIDS data set of ``n`` subjects with a derivatives folder of lesion masks."""
-    (root / "dataset_description.json").parent.mkdir(parents=True, exist_ok=True)
-    (root / "dataset_description.json").write_text(
-        json.dumps({"Name": "bench", "BIDSVersion": "1.10.0"})
-    )
     deriv = root / "derivatives" / "manual"
     deriv.mkdir(parents=True)
-    (deriv / "dataset_description.json").write_text(
-        json.dumps(
-            {
-                "Name": "masks",
-                "BIDSVersion": "1.10.0",
-                "DatasetType": "derivative",
-                "GeneratedBy": [{"Name": "Manual"}],
-            }
-        )
-    )
+    raw = {"Name": "bench", "BIDSVersion": "1.10.0"}
+    made = {"DatasetType": "derivative", "GeneratedBy": [{"Name": "Manual"}]}
+    for folder, desc in ((root, raw), (deriv, {**raw, **made})):
+        (folder / "dataset_description.json").write_text(json.dumps(desc))
     for i in range(n):
         sub = f"sub-{i:05d}"
         anat = root / sub / "anat"

@@ -85,11 +85,13 @@ class Case:
     extra: tuple[tuple[str, str], ...] = ()
 
 
-def load_nifti(path: str | Path) -> nib.Nifti1Image:
+def load_nifti(path: str | Path, read_data: bool = True) -> nib.Nifti1Image:
     """Load a NIfTI file, turning every failure into one clear :class:`InputError`.
 
     Args:
         path: ``.nii`` or ``.nii.gz`` file.
+        read_data: Read the voxels once, so that a corrupt file fails here (False: the
+            header only, e.g. to compare grids cheaply).
 
     Returns:
         The image, with its data loaded lazily by nibabel (affine and header kept).
@@ -101,7 +103,7 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
         raise InputError(f"{path}: file not found.")
     try:
         img = nib.load(str(path))
-        if isinstance(img, nib.Nifti1Image):  # also NIfTI-2, a subclass
+        if read_data and isinstance(img, nib.Nifti1Image):  # also NIfTI-2, a subclass
             img.get_fdata(dtype=np.float32)  # force a read so that corruption shows here
     except Exception as exc:  # nibabel raises many types for bad files
         raise InputError(

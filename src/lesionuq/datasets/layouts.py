@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from lesionuq.io import (
@@ -116,27 +115,14 @@ class _Entry:
     extra: tuple[tuple[str, str], ...] = ()
 
 
-def _header(path: Path) -> nib.Nifti1Image:
-    """The image with its header only (the data are not read)."""
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises many types for bad files
-        raise InputError(
-            f"{path}: cannot be read as NIfTI ({exc.__class__.__name__}: {exc})."
-        ) from None
-    if not isinstance(img, nib.Nifti1Image):
-        raise InputError(f"{path}: is not a NIfTI image (nibabel reads a {type(img).__name__}).")
-    return img
-
-
 def _check_grid(case: Case, hint: str) -> None:
     """Refuse an image that is not on the voxel grid of the case's mask (or first image)."""
     ref = case.mask if case.mask is not None else case.images[0]
-    ref_img = _header(ref)
+    ref_img = load_nifti(ref, read_data=False)
     for path in case.images:
         if path == ref:
             continue
-        img = _header(path)
+        img = load_nifti(path, read_data=False)
         same_shape = tuple(img.shape[:3]) == tuple(ref_img.shape[:3])
         if not same_shape or not np.allclose(img.affine, ref_img.affine, atol=AFFINE_TOL):
             raise InputError(
