@@ -723,12 +723,20 @@ def _by_lesionuq(folder: Path) -> bool:
         return False
 
 
-def _by_scan(files: Sequence[Any]) -> dict[tuple[str, str | None], list[str]]:
-    """The paths of a pybids query by (subject, session or None), each list sorted."""
+_BIDS_SCAN = re.compile(r"sub-([a-zA-Z0-9]+)(?:_ses-([a-zA-Z0-9]+))?_")
+
+
+def _by_scan(paths: Sequence[str]) -> dict[tuple[str, str | None], list[str]]:
+    """Paths of a pybids query by (subject, session or None), each list sorted.
+
+    The entities are read from the file name (BIDS names start ``sub-X[_ses-Y]_``): asking
+    pybids for each file's entities costs a database query per file.
+    """
     groups: dict[tuple[str, str | None], list[str]] = {}
-    for f in files:
-        key = (str(f.entities["subject"]), f.entities.get("session"))
-        groups.setdefault(key, []).append(f.path)
+    for path in paths:
+        found = _BIDS_SCAN.match(Path(path).name)
+        if found is not None:
+            groups.setdefault((found.group(1), found.group(2)), []).append(path)
     return {k: sorted(v) for k, v in groups.items()}
 
 
@@ -780,7 +788,7 @@ def bids(
     ext = [".nii.gz", ".nii"]
     # one query per suffix over the whole index, grouped by (subject, session): a query per
     # subject rescans the index each time, which made this quadratic in the subjects
-    anat = {"datatype": "anat", "extension": ext}
+    anat = {"datatype": "anat", "extension": ext, "return_type": "filename"}
     images_by = {sfx: _by_scan(layout.get(suffix=sfx, **anat)) for sfx in suffixes}
     flair = images_by.get("FLAIR") or _by_scan(layout.get(suffix="FLAIR", **anat))
     keys = sorted(flair, key=lambda k: (k[0], k[1] or ""))
