@@ -38,6 +38,11 @@ IGNORE = _strip([2, 3, 5, 6, 7])
 GT = _strip([0, 1])
 
 
+def _thick(strip: np.ndarray) -> np.ndarray:
+    """The (13, 1, 1) strip repeated over a (13, 3, 3) volume (each x holds 9 voxels)."""
+    return np.repeat(np.repeat(strip, 3, axis=1), 3, axis=2)
+
+
 def _maps(shape: tuple[int, ...]) -> VoxelMaps:
     z = np.zeros(shape, np.float32)
     return VoxelMaps(prob=z, entropy=z + 0.5, variance=z + 0.1, pcs=z + 0.9)
@@ -123,3 +128,50 @@ def test_run_graphs_leave_ignored_lesions_out(tmp_path):
     # training masks carry the region as IGNORE_LABEL (masked from the loss)
     _, mask = _pair(run, "c", cfg)
     assert mask[:, 1, 1].tolist() == [1, 1, 2, 2, 0, 2, 2, 2, 0, 0, 0, 0, 0]
+
+
+def test_preprocessing_carries_the_ignore_column(tmp_path):
+    """cases.csv ``ignore`` -> ``RUN/preprocessed/CASE/ignore.nii.gz`` on the mask's grid;
+    a non-binary region is refused in one sentence when the run is validated."""
+    import dataclasses
+
+    import nibabel as nib
+
+    from lesionuq.config import ExperimentConfig, PreprocessConfig
+    from lesionuq.experiment import _preprocess_case, _PreprocessJob, validate_run
+    from lesionuq.io import InputError, read_manifest
+
+    data = tmp_path / "data"
+    data.mkdir()
+    flair = np.full((13, 3, 3), 1.0, np.float32)
+    lines = ["case_id,flair,mask,ignore"]
+    for i in range(4):  # the default config's folds need a few cases
+        nib.save(nib.Nifti1Image(flair, np.eye(4)), str(data / f"f{i}.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(_thick(GT), np.eye(4)),
+            str(data / f"m{i}.nii.gz"),
+        )
+        nib.save(
+            nib.Nifti1Image(_thick(IGNORE), np.eye(4)),
+            str(data / f"i{i}.nii.gz"),
+        )
+        lines.append(
+            f"c{i},f{i}.nii.gz,m{i}.nii.gz,i{i}.nii.gz" if i else f"c{i},f{i}.nii.gz,m{i}.nii.gz,"
+        )
+    (data / "cases.csv").write_text("\n".join(lines) + "\n")
+    cfg = dataclasses.replace(
+        ExperimentConfig(), preprocess=PreprocessConfig(spacing=(1.0, 1.0, 1.0), shape=(13, 3, 3))
+    )
+    cases = read_manifest(data / "cases.csv", cfg.sequences)
+    assert cases[0].ignore is None and cases[1].ignore == data / "i1.nii.gz"
+    folder = tmp_path / "pre" / "c1"
+    _preprocess_case(_PreprocessJob(cases[1], folder, "d", cfg))
+    region = np.asarray(nib.load(str(folder / "ignore.nii.gz")).dataobj)
+    assert region[:, 1, 1].tolist() == IGNORE[:, 0, 0].tolist()
+    assert not (tmp_path / "pre" / "c0").exists()
+    # a region with a value other than 0/1 stops the run before any work
+    bad = _thick(IGNORE).astype(np.float32) * 2
+    nib.save(nib.Nifti1Image(bad, np.eye(4)), str(data / "i2.nii.gz"))
+    with pytest.raises(InputError, match=r"i2.nii.gz: the mask is not binary"):
+        validate_run(data / "cases.csv", tmp_path / "run", cfg)
+    assert not (tmp_path / "run").exists()
