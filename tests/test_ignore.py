@@ -175,3 +175,22 @@ def test_preprocessing_carries_the_ignore_column(tmp_path):
     with pytest.raises(InputError, match=r"i2.nii.gz: the mask is not binary"):
         validate_run(data / "cases.csv", tmp_path / "run", cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_detection_metrics_leave_the_ignore_region_out(tmp_path):
+    """Lesion-level detection (WMH challenge style): pred and gt are masked by ~I first."""
+    from lesionuq.evaluation.folds import detection_cases
+    from lesionuq.io import save_nifti
+    from lesionuq.rundir import FoldSplit
+
+    run = tmp_path / "run"
+    case_dir = run / "fold_0" / "test" / "c"
+    save_nifti(case_dir / "prob.nii.gz", SEG.astype(np.float32) * 0.9, np.eye(4))
+    save_nifti(case_dir / "gt.nii.gz", GT, np.eye(4))
+    split = FoldSplit(fold=0, train=(), val=(), test=("c",))
+    before = detection_cases(run, split).iloc[0]
+    assert (before["n_pred"], before["overlap_tp"], before["overlap_fp"]) == (3, 1, 2)
+    save_nifti(run / "preprocessed" / "c" / "ignore.nii.gz", IGNORE, np.eye(4))
+    after = detection_cases(run, split).iloc[0]
+    # B vanishes (wholly inside I); A keeps its 2 voxels outside I and matches G; C is FP
+    assert (after["n_pred"], after["overlap_tp"], after["overlap_fp"]) == (2, 1, 1)
