@@ -422,6 +422,8 @@ def test_wmh2017_extra_observers_and_clean_ids(tmp_path):
         )
         for cid, sub in (("Amsterdam_GE3T_100", "Amsterdam/GE3T/100"), ("Utrecht_0", "Utrecht/0"))
     ]
+    with pytest.raises(InputError, match=r"wmh2017 has no consensus: wmh.nii.gz is observer"):
+        build_manifest("wmh2017", tmp_path / "wmh" / "training", out, rater="consensus")
     with pytest.raises(InputError, match=r"raters are o12 .* o3 and o4; got --rater 5"):
         build_manifest("wmh2017", tmp_path / "wmh" / "training", out, rater="5")
     rows = _rows(build_manifest("wmh2017", tmp_path / "wmh" / "test", tmp_path / "t.csv"))

@@ -655,7 +655,12 @@ def wmh2017(
         One case per subject, id ``[<split>_]<site>[_<scanner>]_<id>``.
     """
     root = _check_root(root)
-    rater = "o12" if rater in (None, "consensus") else str(rater)
+    if rater == "consensus":
+        raise InputError(
+            "wmh2017 has no consensus: wmh.nii.gz is observer O1's delineation reviewed by "
+            "O2 (--rater o12, the default); o3 and o4 are two more observers."
+        )
+    rater = "o12" if rater is None else str(rater)
     if rater not in _WMH_RATERS:
         raise InputError(
             f"wmh2017 raters are o12 (wmh.nii.gz, the default), o3 and o4; got --rater {rater}."
