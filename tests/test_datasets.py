@@ -39,6 +39,9 @@ def _rows(csv_path: Path) -> list[dict[str, str]]:
 
 
 def _msseg_tree(root: Path) -> None:
+    """MSSEG-2016 from Shanoir: ``Training|Testing/Center_XX/Patient_YY/Preprocessed_Data/
+    *_preprocessed.nii.gz`` and ``Masks/{Consensus,ManualSegmentation_N}.nii.gz``
+    (Commowick et al., Sci. Rep. 2018; sergivalverde/cnn-ms-lesion-segmentation)."""
     for split, center, patient in [
         ("Training", "Center_01", "Patient_01"),
         ("Training", "Center_07", "Patient_02"),
@@ -507,6 +510,9 @@ def test_manifest_path_cells_are_neutralised(tmp_path):
 
 
 def _bids_tree(root: Path) -> None:
+    """BIDS 1.10 raw data with a manual-mask derivatives data set ("Common derivatives:
+    segmentations", ``*_label-lesion_mask``; the ``_label-lesion_roi`` form of fMRIPrep's
+    usage notes)."""
     (root / "dataset_description.json").parent.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(
         json.dumps({"Name": "fake", "BIDSVersion": "1.10.0"})
