@@ -517,3 +517,92 @@ def test_an_unreachable_scheduler_leaves_nothing_behind(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "--scheduler tcp://127.0.0.1:9: cannot reach a Dask scheduler there" in text
     assert _snapshot(tmp_path) == before  # no OUT/.lesionuq.json, no config.yaml
+
+
+# ------------------------------- issue 25 items 3 and 8: manifest --out and derived masks
+
+
+def _wmh_download(tmp: Path, bad_label: bool = False) -> Path:
+    """A WMH 2017 ``training`` folder of two subjects (``pre/FLAIR.nii.gz``, ``wmh.nii.gz``
+    with labels 0/1/2); ``bad_label`` puts a 5 in the second subject's reference."""
+    root = tmp / "wmh" / "training"
+    for i, site in enumerate(("Singapore/50", "Utrecht/0")):
+        (root / site / "pre").mkdir(parents=True)
+        _nifti(root / site / "pre" / "FLAIR.nii.gz")
+        labels = np.zeros((8, 8, 8), np.float32)
+        labels[1, 1, 1], labels[5, 5, 5] = 1, 2
+        if bad_label and i == 1:
+            labels[3, 3, 3] = 5
+        _nifti(root / site / "wmh.nii.gz", labels)
+    return root
+
+
+def _manifest(out: Callable[[Path], Path], bad: bool = False) -> Callable[[Path], list[str]]:
+    def setup(tmp: Path) -> list[str]:
+        root = _wmh_download(tmp, bad)
+        return ["manifest", "--layout", "wmh2017", "--root", str(root), "--out", str(out(tmp))]
+
+    return setup
+
+
+def _out_existing_folder(tmp: Path) -> Path:
+    (tmp / "existing").mkdir()
+    return tmp / "existing"
+
+
+def _out_users_csv(tmp: Path) -> Path:
+    (tmp / "grades.csv").write_text("student,grade\nann,A\n")
+    return tmp / "grades.csv"
+
+
+def _out_foreign_derived(tmp: Path) -> Path:
+    (tmp / "m" / "wmh2017_derived").mkdir(parents=True)
+    (tmp / "m" / "wmh2017_derived" / "my_mask.nii.gz").write_text("user's mask")
+    return tmp / "m" / "cases.csv"
+
+
+def _rater_change(tmp: Path) -> list[str]:
+    from lesionuq.datasets import build_manifest
+
+    root = _wmh_download(tmp)
+    obs = tmp / "wmh" / "additional_annotations" / "observer_o3" / "training"
+    for site in ("Singapore/50", "Utrecht/0"):
+        (obs / site).mkdir(parents=True)
+        _nifti(obs / site / "result.nii.gz", np.zeros((8, 8, 8), np.float32))
+    build_manifest("wmh2017", root, tmp / "m" / "cases.csv")  # derived masks of rater o12
+    args = ["manifest", "--layout", "wmh2017", "--root", str(root)]
+    return [*args, "--out", str(tmp / "m" / "cases.csv"), "--rater", "o3"]
+
+
+FLAIR = "wmh/training/Singapore/50/pre/FLAIR.nii.gz"
+MANIFEST_ROWS = [
+    Row("manifest --out the input FLAIR", _manifest(lambda t: t / FLAIR), "must name a .csv"),
+    Row(
+        "manifest --out the input mask",
+        _manifest(lambda t: t / "wmh/training/Utrecht/0/wmh.nii.gz"),
+        "must name a .csv",
+    ),
+    Row("manifest --out existing folder", _manifest(_out_existing_folder), "is a folder"),
+    Row("manifest --out a user's CSV", _manifest(_out_users_csv), "is not a cases.csv manifest"),
+    Row(
+        "manifest --out inside the data set",
+        _manifest(lambda t: t / "wmh/training/cases.csv"),
+        "lies inside the data set folder",
+    ),
+    Row(
+        "manifest derived folder holds a user's files",
+        _manifest(_out_foreign_derived),
+        "not written by lesionuq",
+    ),
+    Row(
+        "manifest wmh2017 second case refused",
+        _manifest(lambda t: t / "m" / "cases.csv", bad=True),
+        "labels must be 0, 1, 2; found 5",
+    ),
+    Row("manifest derived masks of another rater", _rater_change, "add --overwrite"),
+]
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.name) for r in MANIFEST_ROWS])
+def test_hostile_manifest(row: Row, tmp_path, monkeypatch):
+    test_hostile_input(row, tmp_path, monkeypatch)

@@ -732,3 +732,22 @@ def test_case_id_formula_keeps_its_text_in_the_batch(model_dir, oblique, tmp_pat
     assert set(read_csv_table(out / "lesions.csv")["case_id"]) == {"=1+1"}
     again = predict_manifest(model_dir, csv, out, progress=False)  # reused, same ids
     assert again.results == {"=1+1": None}
+
+
+def test_lesion_in_ignore_region_is_reported_and_marked(model_dir, oblique, tmp_path):
+    """Issue 29.1: a lesion mostly inside the case's ignore region stays in lesions.csv,
+    with ``in_ignore`` True; the other two are False."""
+    affine = oblique_affine()
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in OBLIQUE_SHAPE], indexing="ij"), -1)
+    xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
+    region = (np.linalg.norm(xyz - LESIONS[0], axis=-1) <= LESION_RADIUS + 2.0).astype(np.uint8)
+    ignore = tmp_path / "ignore.nii.gz"
+    nib.save(nib.Nifti1Image(region, affine), str(ignore))
+    out = tmp_path / "out"
+    res = predict_scan(model_dir, [oblique], out, threshold=0.5, progress=False, ignore=ignore)
+    table = pd.read_csv(out / "lesions.csv")
+    assert len(table) == 3 == res.n_lesions
+    centres = table[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy()
+    nearest = np.linalg.norm(centres[:, None] - LESIONS[None], axis=-1).argmin(1)
+    assert table["in_ignore"].tolist() == (nearest == 0).tolist()
+    assert int(table["in_ignore"].sum()) == 1

@@ -442,13 +442,24 @@ def manifest(
     root: Annotated[Path, typer.Option(help="The data set's download folder.")],
     out: Annotated[Path, typer.Option(help="The cases.csv to write.")] = Path("cases.csv"),
     sequences: Annotated[str, typer.Option(help="Comma-separated, e.g. flair,t1.")] = "flair",
-    rater: Annotated[str, typer.Option(help="consensus or a rater number.")] = "consensus",
+    rater: Annotated[
+        str | None,
+        typer.Option(help="Default: the layout's reference (isbi2015: 1, 2, union, intersection)."),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="shifts: comma-separated split folders, e.g. train,dev_in.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace derived masks made with other settings.")
+    ] = False,
 ) -> None:
     """Write cases.csv for a public data set as distributed (paths relative to the CSV)."""
     from lesionuq.datasets import build_manifest
     from lesionuq.io import read_manifest
 
     seqs = tuple(s.strip() for s in sequences.split(",") if s.strip())
-    path = build_manifest(layout, root, out, sequences=seqs, rater=rater)
+    path = build_manifest(
+        layout, root, out, sequences=seqs, rater=rater, split=split, overwrite=overwrite
+    )
     n = len(read_manifest(path, seqs, require_mask=False))
     console.print(f"wrote {n} case(s) to {path}")

@@ -47,6 +47,7 @@ from lesionuq.io import (
     csv_text,
     disk_full_guard,
     load_case,
+    load_ignore,
     load_nifti,
     read_csv_table,
     read_manifest,
@@ -170,7 +171,8 @@ def validate_run(data: Path, out: Path, cfg: ExperimentConfig) -> list[FoldSplit
     check_output_dir(out, "run", inputs=inputs)
     folds = make_folds([c.case_id for c in cases], cfg.folds, cfg.val_fraction, cfg.seed)
     for case in cases:
-        load_case(case)
+        images, _ = load_case(case)
+        load_ignore(case, images[0])
     return folds
 
 
@@ -223,7 +225,8 @@ def stage_preprocess(
     cfg, data, _ = rd.read_plan()
     jobs: dict[str, _PreprocessJob] = {}
     for case in _cases_by_id(data, cfg).values():
-        digest = digest_of(cfg.preprocess, list(cfg.sequences), [str(p) for p in case.images])
+        paths = [str(p) for p in (*case.images, *([case.ignore] if case.ignore else []))]
+        digest = digest_of(cfg.preprocess, list(cfg.sequences), paths)
         folder = rd.preprocessed / case.case_id
         if not stamp_ok(folder / "stamp.json", digest):
             jobs[case.case_id] = _PreprocessJob(case, folder, digest, cfg)
@@ -249,16 +252,20 @@ class _PreprocessJob:
 
 def _preprocess_case(job: _PreprocessJob) -> None:
     """Preprocess one case into its folder, atomically, stamp last (a map_cases task)."""
-    from lesionuq.data.preprocess import preprocess
+    from lesionuq.data.preprocess import mask_to_grid, preprocess
 
     cfg = job.cfg
     images, mask = load_case(job.case)
+    ignore = load_ignore(job.case, images[0])
     pre = preprocess(images, mask, cfg.preprocess)
     with atomic_dir(job.folder) as tmp:
         for i, seq in enumerate(cfg.sequences):
             save_nifti(tmp / f"{seq}.nii.gz", pre.image[i], pre.affine)
         if pre.mask is not None:
             save_nifti(tmp / "mask.nii.gz", pre.mask.astype(np.uint8), pre.affine)
+        if ignore is not None:  # the ignore region, on the grid of the mask
+            region = mask_to_grid(ignore, pre.affine, pre.image.shape[1:])
+            save_nifti(tmp / "ignore.nii.gz", region, pre.affine)
         atomic_write_text(tmp / "transform.json", json.dumps(pre.transform.to_dict()))
         write_stamp(tmp / "stamp.json", job.digest)
 
@@ -277,6 +284,12 @@ def load_preprocessed(
     mask_path = folder / "mask.nii.gz"
     mask = np.asarray(_nii(mask_path).dataobj, dtype=np.uint8) if mask_path.exists() else None
     return image, mask, imgs[0].affine
+
+
+def load_preprocessed_ignore(run: Path, case_id: str) -> np.ndarray | None:
+    """A preprocessed case's ignore region, (X, Y, Z) bool, or None when it has none."""
+    path = RunDir(Path(run)).preprocessed / case_id / "ignore.nii.gz"
+    return np.asarray(_nii(path).dataobj) > 0 if path.exists() else None
 
 
 def _nii(path: Path) -> nib.Nifti1Image:
@@ -440,9 +453,14 @@ def _fold_trained(rd: RunDir, cfg: ExperimentConfig, split: FoldSplit) -> bool:
 
 
 def _pair(run: Path, case_id: str, cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:
+    from lesionuq.segmentation.train import IGNORE_LABEL
+
     image, mask, _ = load_preprocessed(run, case_id, cfg.sequences)
     if mask is None:
         raise InputError(f"case {case_id}: no ground-truth mask, which training needs.")
+    ignore = load_preprocessed_ignore(run, case_id)
+    if ignore is not None:  # masked from the loss by train_segmenter
+        mask = np.where(ignore, IGNORE_LABEL, mask).astype(np.uint8)
     return image, mask
 
 
@@ -601,15 +619,22 @@ def _graphs_case(job: _GraphsJob) -> tuple[LesionSet, dict[str, object]]:
     cfg, c = job.cfg, job.case_id
     image, mask, affine = load_preprocessed(job.run, c, cfg.sequences)
     maps = VoxelMaps.load(job.case_dir)
-    labels, lesions = case_lesions(maps.seg, image, maps, mask, affine, cfg.graphs, c)
+    ignore = load_preprocessed_ignore(job.run, c)
+    labels, lesions = case_lesions(
+        maps.seg, image, maps, mask, affine, cfg.graphs, c, ignore=ignore
+    )
     save_nifti(job.case_dir / "lesions.nii.gz", labels.astype(np.int32), affine)
+    ignored = lesions.table["in_ignore"].to_numpy(dtype=bool)
+    # lesions mostly in the ignore region are neither TP nor FP: not fitted, not evaluated
+    lesions = lesions.subset(np.flatnonzero(~ignored))
     is_tp = lesions.is_tp
     row = {
         "case_id": c,
-        "dice": dice(maps.seg, mask > 0) if mask is not None else float("nan"),
+        "dice": dice(maps.seg, mask > 0, ignore) if mask is not None else float("nan"),
         "n_lesions": len(lesions),
         "n_tp": int(is_tp.sum()),
         "n_fp": int((~is_tp).sum()),
+        "n_ignored": int(ignored.sum()),
     }
     return lesions, row
 

@@ -4,8 +4,9 @@ Every problem with a user's data is reported as an :class:`InputError` whose mes
 one sentence naming the file and what is wrong; the CLI prints it and exits non-zero.
 
 The manifest (docs/DESIGN.md) has a ``case_id`` column, one column per input sequence (named
-by the config's ``sequences``) and a ``mask`` column (ground truth; may be empty or absent
-for prediction-only data). Paths are relative to the CSV's folder.
+by the config's ``sequences``), a ``mask`` column (ground truth; may be empty or absent
+for prediction-only data) and an optional ``ignore`` column (a binary "do not score" mask
+per case, e.g. WMH 2017's label 2; may be empty). Paths are relative to the CSV's folder.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ __all__ = [
     "describe_load_error",
     "disk_full_guard",
     "load_case",
+    "load_ignore",
     "load_nifti",
     "read_csv_table",
     "read_manifest",
@@ -77,18 +79,27 @@ class Case:
         case_id: Unique identifier.
         images: Path of each input sequence, in the config's sequence order.
         mask: Path of the ground-truth mask, or None.
+        ignore: Path of the case's ignore region (a binary mask on the mask's grid whose
+            voxels count neither way: left out of Dice, lesion matching and training), or
+            None.
+        extra: Further manifest columns written as they are, as (column, value) pairs
+            (e.g. ``source_id``, a data set's original case name).
     """
 
     case_id: str
     images: tuple[Path, ...]
     mask: Path | None = None
+    ignore: Path | None = None
+    extra: tuple[tuple[str, str], ...] = ()
 
 
-def load_nifti(path: str | Path) -> nib.Nifti1Image:
+def load_nifti(path: str | Path, read_data: bool = True) -> nib.Nifti1Image:
     """Load a NIfTI file, turning every failure into one clear :class:`InputError`.
 
     Args:
         path: ``.nii`` or ``.nii.gz`` file.
+        read_data: Read the voxels once, so that a corrupt file fails here (False: the
+            header only, e.g. to compare grids cheaply).
 
     Returns:
         The image, with its data loaded lazily by nibabel (affine and header kept).
@@ -100,7 +111,7 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
         raise InputError(f"{path}: file not found.")
     try:
         img = nib.load(str(path))
-        if isinstance(img, nib.Nifti1Image):  # also NIfTI-2, a subclass
+        if read_data and isinstance(img, nib.Nifti1Image):  # also NIfTI-2, a subclass
             check_memory(img.shape, path)  # from the header, before the data are read
             img.get_fdata(dtype=np.float32)  # force a read so that corruption shows here
     except InputError:
@@ -287,6 +298,24 @@ def load_case(case: Case) -> tuple[list[nib.Nifti1Image], nib.Nifti1Image | None
     return images, mask
 
 
+def load_ignore(case: Case, reference: nib.Nifti1Image) -> nib.Nifti1Image | None:
+    """Load and check a case's ignore region (binary, on the grid of its first image).
+
+    Args:
+        case: The case; ``case.ignore`` None gives None.
+        reference: The case's first image (from :func:`load_case`).
+
+    Returns:
+        The ignore-region image, or None.
+    """
+    if case.ignore is None:
+        return None
+    img = load_nifti(case.ignore)
+    check_mask(img, case.ignore)
+    _check_same_grid(reference, case.images[0], img, case.ignore)
+    return img
+
+
 def read_manifest(
     csv_path: str | Path, sequences: Sequence[str] = ("flair",), require_mask: bool = True
 ) -> list[Case]:
@@ -358,7 +387,9 @@ def read_manifest(
         mask_value = (row.get("mask") or "").strip()
         if require_mask and not mask_value:
             raise InputError(f"{csv_path}: case {cid!r} has no mask path (line {i}).")
-        cases.append(Case(cid, tuple(paths), root / mask_value if mask_value else None))
+        ignore_value = (row.get("ignore") or "").strip()
+        mask = root / mask_value if mask_value else None
+        cases.append(Case(cid, tuple(paths), mask, root / ignore_value if ignore_value else None))
     return cases
 
 
@@ -497,19 +528,42 @@ def describe_load_error(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
 
 
+def _path_cell(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as a CSV cell that no spreadsheet runs as a formula.
+
+    A relative path starting with a formula character (``=x.nii.gz``) is written as
+    ``./=x.nii.gz``: the same file, read back unchanged by :func:`read_manifest`, where a
+    leading ``'`` would change the path.
+    """
+    rel = os.path.relpath(Path(path).resolve(), root)
+    return f"./{rel}" if rel.startswith(_FORMULA_START) else rel
+
+
 def write_manifest(
     csv_path: str | Path, cases: Sequence[Case], sequences: Sequence[str] = ("flair",)
 ) -> None:
-    """Write a manifest with paths relative to its folder."""
+    """Write a manifest with paths relative to its folder.
+
+    Columns: ``case_id``, the sequences, ``mask``, then ``ignore`` when a case has an
+    ignore region, then the cases' ``extra`` columns (in first-seen order).
+    """
     csv_path = Path(csv_path)
     root = csv_path.parent.resolve()
+    extra: list[str] = []
+    for case in cases:
+        extra += [k for k, _ in case.extra if k not in extra]
+    with_ignore = any(c.ignore is not None for c in cases)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case_id", *sequences, "mask"])
+    writer.writerow(["case_id", *sequences, "mask", *(["ignore"] if with_ignore else []), *extra])
     for case in cases:
         cells = [csv_cell(case.case_id)]
-        cells += [os.path.relpath(Path(p).resolve(), root) for p in case.images]
-        cells.append(os.path.relpath(Path(case.mask).resolve(), root) if case.mask else "")
+        cells += [_path_cell(p, root) for p in case.images]
+        cells.append(_path_cell(case.mask, root) if case.mask else "")
+        if with_ignore:
+            cells.append(_path_cell(case.ignore, root) if case.ignore else "")
+        values = dict(case.extra)
+        cells += [csv_cell(values.get(k, "")) for k in extra]
         writer.writerow(cells)
     atomic_write_text(csv_path, buffer.getvalue())
 

@@ -80,6 +80,7 @@ KINDS = {
     "bids": "BIDS-derivatives data set",
     "run": "run directory",
     "phantom": "phantom data set",
+    "derived": "set of derived masks",
 }
 
 

@@ -49,6 +49,7 @@ from lesionuq.io import InputError
 __all__ = [
     "GridTransform",
     "Preprocessed",
+    "mask_to_grid",
     "native_labels",
     "preprocess",
     "target_grid",
@@ -285,14 +286,7 @@ def preprocess(
         means.append(mu)
         stds.append(sd)
 
-    out_mask = None
-    if mask is not None:
-        mdata = np.asarray(mask.dataobj)
-        while mdata.ndim > 3 and mdata.shape[-1] == 1:
-            mdata = mdata[..., 0]
-        mdata = (mdata > 0.5).astype(np.uint8)
-        m = _voxel_map(np.asarray(mask.affine, np.float64), target)
-        out_mask = _resample(mdata, m, shape, order=0)
+    out_mask = mask_to_grid(mask, target, shape) if mask is not None else None
 
     transform = GridTransform(
         original_affine=affine0,
@@ -303,6 +297,25 @@ def preprocess(
         std=tuple(stds),
     )
     return Preprocessed(image=image, mask=out_mask, affine=target, transform=transform)
+
+
+def mask_to_grid(mask: nib.Nifti1Image, affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A binary mask (ground truth or ignore region) on a target grid, nearest neighbour.
+
+    Args:
+        mask: The mask on its own grid (values > 0.5 are inside).
+        affine: (4, 4) target affine, e.g. :attr:`Preprocessed.affine`.
+        shape: Target (X, Y, Z).
+
+    Returns:
+        (X, Y, Z) uint8 in {0, 1}.
+    """
+    mdata = np.asarray(mask.dataobj)
+    while mdata.ndim > 3 and mdata.shape[-1] == 1:
+        mdata = mdata[..., 0]
+    mdata = (mdata > 0.5).astype(np.uint8)
+    m = _voxel_map(np.asarray(mask.affine, np.float64), np.asarray(affine, np.float64))
+    return _resample(mdata, m, shape, order=0)
 
 
 def to_original(volume: np.ndarray, transform: GridTransform, order: int = 1) -> np.ndarray:

@@ -106,7 +106,9 @@ def calibrate_fold(
 def detection_cases(run: Path, split: FoldSplit) -> pd.DataFrame:
     """:func:`~lesionuq.evaluation.detection.case_detection_row` of every test case of a fold.
 
-    Cases without a ground truth (no ``gt.nii.gz``) are left out.
+    Cases without a ground truth (no ``gt.nii.gz``) are left out. A case's ignore region
+    (``RUN/preprocessed/CASE/ignore.nii.gz``) is removed from both the segmentation and
+    the ground truth first, as the WMH challenge's ``evaluation.py`` removes label 2.
     """
     rd = RunDir(Path(run))
     rows = []
@@ -116,6 +118,10 @@ def detection_cases(run: Path, split: FoldSplit) -> pd.DataFrame:
             continue
         seg = _read(case_dir / "prob.nii.gz") > 0.5  # VoxelMaps.seg: argmax of the mean softmax
         gt = _read(case_dir / "gt.nii.gz") > 0
+        ignore = rd.preprocessed / c / "ignore.nii.gz"
+        if ignore.is_file():
+            keep = _read(ignore) == 0
+            seg, gt = seg & keep, gt & keep
         rows.append({"fold": split.fold, "case_id": c, **case_detection_row(seg, gt)})
     return pd.DataFrame(rows)
 

@@ -33,16 +33,18 @@ TABLE2_COLUMNS = ("method", "auc", "spearman_rho")
 PER_FOLD_COLUMNS = ("fold", "method", "auc", "spearman_rho")
 
 
-def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    r"""Dice coefficient of two binary masks.
+def dice(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> float:
+    r"""Dice coefficient of two binary masks, outside an optional ignore region.
 
     .. math::
 
-        D = \frac{2 |P \cap G|}{|P| + |G|}
+        D = \frac{2 |P \cap G|}{|P| + |G|}, \quad P = P_0 \setminus I,\ G = G_0 \setminus I
 
     Args:
         pred: (X, Y, Z) bool (or 0/1), the segmentation.
         gt: (X, Y, Z) bool (or 0/1), the ground truth, same shape.
+        ignore: (X, Y, Z) ignore region :math:`I` (nonzero = left out, as the WMH
+            challenge leaves out label 2), or None.
 
     Returns:
         Dice in [0, 1]; 1.0 when both masks are empty (nothing to find, nothing found).
@@ -51,6 +53,11 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     g = np.asarray(gt).astype(bool)
     if p.shape != g.shape:
         raise ValueError(f"pred and gt must have the same shape, got {p.shape} and {g.shape}.")
+    if ignore is not None:
+        if np.shape(ignore) != p.shape:
+            raise ValueError(f"ignore shape {np.shape(ignore)} differs from {p.shape}.")
+        keep = np.asarray(ignore) == 0
+        p, g = p & keep, g & keep
     total = int(p.sum()) + int(g.sum())
     if total == 0:
         return 1.0

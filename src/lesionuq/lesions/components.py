@@ -28,7 +28,18 @@ from lesionuq.config import GraphConfig
 if TYPE_CHECKING:
     from lesionuq.uncertainty import VoxelMaps
 
-__all__ = ["LESION_TABLE_COLUMNS", "adjusted_iou", "label_lesions", "lesion_table"]
+__all__ = [
+    "IGNORE_FRACTION",
+    "LESION_TABLE_COLUMNS",
+    "adjusted_iou",
+    "ignored_lesions",
+    "label_lesions",
+    "lesion_table",
+]
+
+IGNORE_FRACTION = 0.5
+"""A lesion with *more than* this fraction of its voxels in the case's ignore region is
+an ignored lesion: neither TP nor FP (``in_ignore``), left out of fitting and evaluation."""
 
 LESION_TABLE_COLUMNS: tuple[str, ...] = (
     "case_id",
@@ -41,6 +52,7 @@ LESION_TABLE_COLUMNS: tuple[str, ...] = (
     "bbox",
     "iou_adj",
     "is_tp",
+    "in_ignore",
     "entropy_mean",
     "entropy_logsum",
     "variance_mean",
@@ -164,7 +176,33 @@ def adjusted_iou(labels: np.ndarray, n: int, gt: np.ndarray, connectivity: int =
     inter = np.bincount(k_of, weights=counts, minlength=n + 1)[1:]
     extra = np.bincount(k_of, weights=uncovered[j_of], minlength=n + 1)[1:]
     size = np.bincount(p, minlength=n + 1)[1 : n + 1].astype(np.float64)
-    return inter / (size + extra)
+    denominator = size + extra  # 0 only for a lesion with no voxel left (all ignored)
+    return np.divide(inter, denominator, out=np.zeros(n), where=denominator > 0)
+
+
+def ignored_lesions(labels: np.ndarray, n: int, ignore: np.ndarray | None) -> np.ndarray:
+    r"""Which lesions lie mostly in the ignore region.
+
+    Lesion :math:`k` is ignored when :math:`|k \cap I| / |k| >` :data:`IGNORE_FRACTION`
+    (strictly more than half of its voxels; a lesion exactly half inside is kept).
+
+    Args:
+        labels: (X, Y, Z) int lesion labels 0..N.
+        n: Number of lesions N.
+        ignore: (X, Y, Z) ignore region (nonzero = ignored), or None (no lesion ignored).
+
+    Returns:
+        (N,) bool, entry ``k - 1`` for lesion ``k``.
+    """
+    if ignore is None or n == 0:
+        return np.zeros(n, dtype=bool)
+    labels = np.asarray(labels)
+    if np.shape(ignore) != labels.shape:
+        raise ValueError(f"ignore shape {np.shape(ignore)} differs from labels {labels.shape}.")
+    flat = labels.reshape(-1)
+    size = np.bincount(flat, minlength=n + 1)[1 : n + 1]
+    inside = np.bincount(flat[np.asarray(ignore).reshape(-1) != 0], minlength=n + 1)[1 : n + 1]
+    return inside > IGNORE_FRACTION * size
 
 
 def lesion_table(
@@ -176,6 +214,7 @@ def lesion_table(
     cfg: GraphConfig,
     case_id: str,
     connectivity: int = 26,
+    ignore: np.ndarray | None = None,
 ) -> pd.DataFrame:
     r"""One row per lesion: size, position, IoU_adj, TP/FP and uncertainty aggregates.
 
@@ -197,6 +236,11 @@ def lesion_table(
         cfg: ``epsilon`` (TP threshold) and ``logsum_eps`` (log clip).
         case_id: Written in every row.
         connectivity: Connectivity used to split ``gt`` into components.
+        ignore: (X, Y, Z) ignore region (nonzero = "do not score", e.g. WMH label 2), or
+            None. Its voxels are removed from the lesions and from ``gt`` before IoU_adj
+            (they count neither as overlap nor as miss); a lesion mostly inside it
+            (:func:`ignored_lesions`) gets ``in_ignore`` True, ``iou_adj`` NaN and
+            ``is_tp`` False, and is neither TP nor FP.
 
     Returns:
         DataFrame with the :data:`LESION_TABLE_COLUMNS`, one row per lesion in label order.
@@ -235,13 +279,20 @@ def lesion_table(
         cols[f"centroid_{name}"] = per_lesion(coords[axis].astype(np.float64)) / cnt
     slices = ndimage.find_objects(labels, max_label=n)
     cols["bbox"] = [",".join(f"{s.start}:{s.stop}" for s in sl) for sl in slices]
+    in_ignore = ignored_lesions(labels, n, ignore)
     if gt is None:
         cols["iou_adj"] = np.full(n, np.nan)
         cols["is_tp"] = np.zeros(n, dtype=bool)
     else:
-        iou = adjusted_iou(labels, n, gt, connectivity)
+        if ignore is not None:
+            keep = np.asarray(ignore) == 0
+            iou = adjusted_iou(np.where(keep, labels, 0), n, (gt != 0) & keep, connectivity)
+        else:
+            iou = adjusted_iou(labels, n, gt, connectivity)
+        iou[in_ignore] = np.nan
         cols["iou_adj"] = iou
-        cols["is_tp"] = iou >= cfg.epsilon
+        cols["is_tp"] = (iou >= cfg.epsilon) & ~in_ignore
+    cols["in_ignore"] = in_ignore
     uncertainties = {
         "entropy": np.asarray(maps.entropy).reshape(-1)[idx],
         "variance": np.asarray(maps.variance).reshape(-1)[idx],
@@ -256,7 +307,7 @@ def lesion_table(
 
 def _empty_table() -> pd.DataFrame:
     dtypes = {"case_id": object, "lesion_id": np.int64, "n_voxels": np.int64}
-    dtypes |= {"bbox": object, "is_tp": bool}
+    dtypes |= {"bbox": object, "is_tp": bool, "in_ignore": bool}
     return pd.DataFrame(
         {c: pd.Series(dtype=dtypes.get(c, np.float64)) for c in LESION_TABLE_COLUMNS},
         columns=list(LESION_TABLE_COLUMNS),

@@ -248,6 +248,7 @@ def case_lesions(
     cfg: GraphConfig,
     case_id: str,
     connectivity: int = 26,
+    ignore: np.ndarray | None = None,
 ) -> tuple[np.ndarray, LesionSet]:
     """Label, tabulate and graph the lesions of one case.
 
@@ -260,11 +261,13 @@ def case_lesions(
         cfg: Graph config.
         case_id: Case identifier for the table and graphs.
         connectivity: Lesion connectivity (26 in the paper).
+        ignore: (X, Y, Z) ignore region, or None (see
+            :func:`~lesionuq.lesions.components.lesion_table`).
 
     Returns:
         labels: (X, Y, Z) int32 lesion labels 1..N (``lesions.nii.gz``).
         lesions: :class:`LesionSet` of the N lesions (table + graphs).
     """
     labels, n = label_lesions(seg, connectivity)
-    table = lesion_table(labels, n, maps, gt, affine, cfg, case_id, connectivity)
+    table = lesion_table(labels, n, maps, gt, affine, cfg, case_id, connectivity, ignore)
     return labels, LesionSet(table, build_graphs(labels, image, maps, table, cfg))

@@ -25,6 +25,7 @@ from lesionuq.io import (
     check_threshold,
     csv_text,
     load_case,
+    load_ignore,
     read_csv_table,
     read_manifest,
 )
@@ -137,7 +138,8 @@ def predict_manifest(
     writes = [_TABLE]
     check_output_dir(out, "batch", overwrite=overwrite, inputs=inputs, key=key, writes=writes)
     for case in track(cases, "checking inputs", enabled=progress):
-        load_case(Case(case.case_id, case.images))
+        images, _ = load_case(Case(case.case_id, case.images))
+        load_ignore(case, images[0])
     if bids_out is not None:
         _check_bids(bids_out, out, cases, inputs, model_digest, threshold, save_maps, overwrite)
     check_scheduler(scheduler)  # before anything is written
@@ -269,6 +271,7 @@ def _predict_case(job: _CaseJob) -> PredictResult:
         True,
         review_target=job.review_target,
         bids_out=job.bids_out,
+        ignore=job.case.ignore,
     )
     _mark(job.folder, job.model_digest, job.case, job.rule_threshold, job.save_maps, job.bids_out)
     return res

@@ -40,6 +40,7 @@ from lesionuq.io import (
     check_threshold,
     csv_text,
     load_case,
+    load_ignore,
     save_nifti,
 )
 from lesionuq.outputs import check_output_dir, locked_output, output_dir
@@ -269,6 +270,7 @@ class _OnGrid:
         native_affine: (4, 4) affine of the input scan.
         native_shape: (X', Y', Z') shape of the input scan.
         warnings: Shift warning and calibration note (:func:`_review_warnings`).
+        in_ignore: (N,) bool, lesions mostly in the ignore region; None without one.
     """
 
     pre: Preprocessed
@@ -278,6 +280,7 @@ class _OnGrid:
     native_affine: np.ndarray
     native_shape: tuple[int, ...]
     warnings: list[str] = field(default_factory=list)
+    in_ignore: np.ndarray | None = None
 
 
 def predict_scan(
@@ -291,6 +294,7 @@ def predict_scan(
     overwrite: bool = False,
     bids_out: str | Path | None = None,
     review_target: str | None = None,
+    ignore: str | Path | None = None,
 ) -> PredictResult:
     """Segment one scan and score each lesion's uncertainty, in the scan's own space.
 
@@ -338,6 +342,10 @@ def predict_scan(
         review_target: Choose the threshold for this target (``"tp:0.95"``, ``"fp:0.5"``)
             on the model's validation lesions; default: the stored operating point
             (:meth:`FittedModel.review_rule`).
+        ignore: The scan's ignore region (a binary mask on the first image's grid, the
+            manifest's ``ignore`` column), or None. Lesions mostly inside it
+            (:func:`~lesionuq.lesions.components.ignored_lesions`) are still reported,
+            with ``in_ignore`` True in ``lesions.csv`` (a column present only then).
 
     Returns:
         The result (its :meth:`PredictResult.summary` is what the CLI prints).
@@ -365,10 +373,19 @@ def predict_scan(
     with locked_output(out):  # a second prediction into ``out`` is refused meanwhile
         check_output_dir(out, "prediction", overwrite=overwrite, inputs=paths, writes=writes)
         with _Steps(_STEPS, progress, case_id).run() as step:
-            grid = _infer(model, paths, case_id, step)
+            grid = _infer(model, paths, case_id, step, ignore)
             step("write")
             result = _write_outputs(
-                out, grid, model, paths, case_id, rule.threshold, save_maps, t0, bids, rule
+                out,
+                grid,
+                model,
+                paths,
+                case_id,
+                rule.threshold,
+                save_maps,
+                t0,
+                bids=bids,
+                rule=rule,
             )
             step("done")
     return result
@@ -381,21 +398,33 @@ def output_names(save_maps: bool) -> tuple[str, ...]:
 
 
 def _infer(
-    model: FittedModel, paths: tuple[Path, ...], case_id: str, step: Callable[[str], None]
+    model: FittedModel,
+    paths: tuple[Path, ...],
+    case_id: str,
+    step: Callable[[str], None],
+    ignore: str | Path | None = None,
 ) -> _OnGrid:
     """Load, preprocess, MC-dropout sample, find and score the lesions of one scan."""
+    from lesionuq.data.preprocess import mask_to_grid
     from lesionuq.lesions.graphs import case_lesions
     from lesionuq.segmentation.sampling import mc_sample
 
     cfg = model.cfg
-    imgs, _ = load_case(Case(case_id, paths))
+    case = Case(case_id, paths, ignore=Path(ignore) if ignore is not None else None)
+    imgs, _ = load_case(case)
     native = imgs[0]
+    ignore_img = load_ignore(case, native)
     step("preprocess")
     pre = preprocess(imgs, None, cfg.preprocess)
+    region = None
+    if ignore_img is not None:
+        region = mask_to_grid(ignore_img, pre.affine, pre.image.shape[1:])
     step("MC dropout")
     maps = mc_sample(model.segmenter, pre.image, cfg.sampling, device=model.device)
     step("lesions")
-    labels, lesions = case_lesions(maps.seg, pre.image, maps, None, pre.affine, cfg.graphs, case_id)
+    labels, lesions = case_lesions(
+        maps.seg, pre.image, maps, None, pre.affine, cfg.graphs, case_id, ignore=region
+    )
     labels = np.asarray(labels, dtype=np.int32)
     n = len(lesions)
     if int(labels.max(initial=0)) != n:
@@ -410,6 +439,7 @@ def _infer(
         np.asarray(native.affine, dtype=np.float64),
         tuple(native.shape[:3]),
         _review_warnings(model, native, maps, pre),
+        lesions.table["in_ignore"].to_numpy(dtype=bool) if region is not None else None,
     )
 
 
@@ -495,6 +525,8 @@ def _write_outputs(
     for m in scores:
         if m not in REQUIRED_SCORERS:
             table[f"u_{m}"] = scores[m][table["lesion_id"].to_numpy() - 1]
+    if grid.in_ignore is not None:  # reported, marked: neither TP nor FP in evaluation
+        table["in_ignore"] = grid.in_ignore[table["lesion_id"].to_numpy() - 1]
     p_lut = np.zeros(n + 1, dtype=np.float32)
     p_lut[1:] = scores["gcnn_classif"]
     native_maps = {}

@@ -6,6 +6,14 @@ which a fraction ``cfg.pos_fraction`` is centred on a lesion voxel, MONAI augmen
 After each epoch the Dice of the argmax segmentation (dropout off) is measured on the
 full validation volumes (sliding window when a volume exceeds the patch).
 
+Ignore regions (a case's ``ignore`` mask, e.g. WMH 2017 label 2): the training masks
+carry them as :data:`IGNORE_LABEL` and they are *masked from the loss*
+(:func:`mask_ignored`), not learned as background. "Other pathology" can look like a
+lesion; teaching the network that it is background would bias it against real lesions
+of the same appearance, and teaching it as lesion would contradict the reference, so the
+network gets no gradient there. Validation Dice leaves them out too, and patches are
+never centred on them as if they were lesions.
+
 Files written in ``out_dir`` (atomically: temporary file, then rename):
 
 - ``segmenter.pt``: the best epoch by validation Dice, a dict of tensors and plain Python
@@ -76,6 +84,7 @@ __all__ = [
     "augmentation",
     "learning_rate",
     "load_segmenter",
+    "mask_ignored",
     "train_segmenter",
     "training_dtype",
     "validation_dice",
@@ -86,6 +95,10 @@ LAST_NAME = "segmenter_last.pt"
 FORMAT = "lesionuq.segmenter/1"
 #: Validation volumes up to this many voxels run in one forward pass (no sliding window).
 WHOLE_VOLUME_VOXELS = 2**23
+#: Training-mask value of an ignore-region voxel (masked from the loss, see mask_ignored).
+IGNORE_LABEL = 2
+#: Constant logit margin given to ignored voxels: background with certainty (p ~ 1e-26).
+_IGNORE_LOGIT = 30.0
 #: On CPU, train in the channels-last 3-D memory layout (oneDNN's fast convolution layout;
 #: same fp32 results, measured 1.5x faster forward + backward for 8 x 32^3 patches).
 CHANNELS_LAST_ON_CPU = True
@@ -245,7 +258,7 @@ class _PatchSampler:
         self.cases = cases
         self.patch = np.asarray(patch)
         self.pos_fraction = pos_fraction
-        self.lesion_voxels = [np.flatnonzero(m) for _, m in cases]
+        self.lesion_voxels = [np.flatnonzero(m == 1) for _, m in cases]
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One (image (C, *patch), mask (*patch)) pair."""
@@ -346,6 +359,8 @@ def _dice_scores(
                 logits = model(x)
         pred = _plain(logits).argmax(1)
         gt = torch.as_tensor(np.asarray(mask), device=device).long()[None]
+        ignore = gt == IGNORE_LABEL  # left out of Dice: neither lesion nor background
+        pred, gt = pred.masked_fill(ignore, 0), gt.masked_fill(ignore, 0)
         onehot = [F.one_hot(t, 2).permute(0, 4, 1, 2, 3) for t in (pred, gt)]
         d = compute_dice(onehot[0], onehot[1], include_background=False, ignore_empty=False)
         scores.append(float(d.mean()))
@@ -542,7 +557,8 @@ def _train_epoch(
         opt.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
             logits = model(x)
-        loss = loss_fn(logits.float(), y)  # float32 loss; .float() is a no-op in float32
+        logits, y = mask_ignored(logits.float(), y)  # float32 loss (no-op in float32)
+        loss = loss_fn(logits, y)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
@@ -550,6 +566,29 @@ def _train_epoch(
         if bar is not None:
             bar.update(task, advance=1, info=f"epoch {epoch} | loss {losses[-1]:.4f}")
     return float(np.mean(losses))
+
+
+def mask_ignored(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Take the voxels labelled :data:`IGNORE_LABEL` out of the loss.
+
+    At those voxels the label becomes background and the logits a constant that predicts
+    background with certainty (:data:`_IGNORE_LOGIT`), detached from the network: they add
+    no gradient (the network is taught neither lesion nor background there) and only a
+    constant, near-zero term to Dice and cross-entropy.
+
+    Args:
+        logits: (B, 2, X, Y, Z) float32.
+        labels: (B, 1, X, Y, Z) in {0, 1, IGNORE_LABEL}.
+
+    Returns:
+        The logits and labels to pass to the loss (unchanged without ignored voxels).
+    """
+    ignore = labels == IGNORE_LABEL
+    if not bool(ignore.any()):
+        return logits, labels
+    fixed = torch.tensor([_IGNORE_LOGIT, -_IGNORE_LOGIT], dtype=logits.dtype, device=logits.device)
+    logits = torch.where(ignore, fixed.view(1, 2, 1, 1, 1), logits)
+    return logits, labels.masked_fill(ignore, 0)
 
 
 def _draw_batch(
