@@ -5,7 +5,8 @@ one sentence naming the file and what is wrong; the CLI prints it and exits non-
 
 The manifest (docs/DESIGN.md) has a ``case_id`` column, one column per input sequence (named
 by the config's ``sequences``) and a ``mask`` column (ground truth; may be empty or absent
-for prediction-only data). Paths are relative to the CSV's folder.
+for prediction-only data), optionally a ``samples`` column (T probability maps of the
+user's own segmenter, :mod:`lesionuq.samples`). Paths are relative to the CSV's folder.
 """
 
 from __future__ import annotations
@@ -69,11 +70,15 @@ class Case:
         case_id: Unique identifier.
         images: Path of each input sequence, in the config's sequence order.
         mask: Path of the ground-truth mask, or None.
+        samples: The ``samples`` column: T probability maps of a segmenter of the user's
+            (a 4-D NIfTI, last axis = sample, or a folder of 3-D maps), or None
+            (see :mod:`lesionuq.samples`).
     """
 
     case_id: str
     images: tuple[Path, ...]
     mask: Path | None = None
+    samples: Path | None = None
 
 
 def load_nifti(path: str | Path) -> nib.Nifti1Image:
@@ -303,7 +308,15 @@ def read_manifest(
         mask_value = (row.get("mask") or "").strip()
         if require_mask and not mask_value:
             raise InputError(f"{csv_path}: case {cid!r} has no mask path (line {i}).")
-        cases.append(Case(cid, tuple(paths), root / mask_value if mask_value else None))
+        samples_value = (row.get("samples") or "").strip()
+        cases.append(
+            Case(
+                cid,
+                tuple(paths),
+                root / mask_value if mask_value else None,
+                root / samples_value if samples_value else None,
+            )
+        )
     return cases
 
 
@@ -410,11 +423,13 @@ def write_manifest(
     root = csv_path.parent.resolve()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case_id", *sequences, "mask"])
+    with_samples = any(c.samples is not None for c in cases)
+    writer.writerow(["case_id", *sequences, "mask", *(["samples"] if with_samples else [])])
     for case in cases:
         cells = [csv_cell(case.case_id)]
         cells += [os.path.relpath(Path(p).resolve(), root) for p in case.images]
-        cells.append(os.path.relpath(Path(case.mask).resolve(), root) if case.mask else "")
+        for path in (case.mask, case.samples) if with_samples else (case.mask,):
+            cells.append(os.path.relpath(Path(path).resolve(), root) if path else "")
         writer.writerow(cells)
     atomic_write_text(csv_path, buffer.getvalue())
 

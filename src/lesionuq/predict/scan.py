@@ -39,6 +39,7 @@ from lesionuq.io import (
     check_threshold,
     csv_text,
     load_case,
+    load_nifti,
     save_nifti,
 )
 from lesionuq.outputs import check_output_dir, output_dir
@@ -251,6 +252,7 @@ class _OnGrid:
         native_affine: (4, 4) affine of the input scan.
         native_shape: (X', Y', Z') shape of the input scan.
         warnings: Shift warning and calibration note (:func:`_review_warnings`).
+        samples: With the user's samples: ``{"path", "n_samples"}``; None for MC dropout.
     """
 
     pre: Preprocessed
@@ -260,6 +262,7 @@ class _OnGrid:
     native_affine: np.ndarray
     native_shape: tuple[int, ...]
     warnings: list[str] = field(default_factory=list)
+    samples: dict[str, object] | None = None
 
 
 def predict_scan(
@@ -273,6 +276,7 @@ def predict_scan(
     overwrite: bool = False,
     bids_out: str | Path | None = None,
     review_target: str | None = None,
+    samples: str | Path | None = None,
 ) -> PredictResult:
     """Segment one scan and score each lesion's uncertainty, in the scan's own space.
 
@@ -320,6 +324,11 @@ def predict_scan(
         review_target: Choose the threshold for this target (``"tp:0.95"``, ``"fp:0.5"``)
             on the model's validation lesions; default: the stored operating point
             (:meth:`FittedModel.review_rule`).
+        samples: T probability maps of this scan from the user's own segmenter (a 4-D
+            NIfTI, last axis = sample, or a folder of 3-D maps; any grid covering the
+            scan, :mod:`lesionuq.samples`): the segmentation and voxel maps come from
+            them instead of the model's U-Net (a note says so when the model has one).
+            Required by a model folder of the samples protocol (no U-Net).
 
     Returns:
         The result (its :meth:`PredictResult.summary` is what the CLI prints).
@@ -335,16 +344,23 @@ def predict_scan(
         raise InputError("no input image was given.")
     if threshold is not None:
         threshold = check_threshold(threshold)
-    check_output_dir(out, "prediction", overwrite=overwrite, inputs=paths)
+    inputs = (*paths, Path(samples)) if samples is not None else paths
+    check_output_dir(out, "prediction", overwrite=overwrite, inputs=inputs)
     bids = _check_exports(bids_out, out, paths, overwrite)
     if not isinstance(model, FittedModel):
         model = load_model(model, n_images=len(paths))
     model.check_images(len(paths))
+    if samples is None and model.segmenter is None:
+        raise InputError(
+            f"{model.folder}: this model has no U-Net (its scorers learned from another "
+            "segmenter's samples): give that segmenter's samples of this scan with --samples "
+            "STACK (a 4-D NIfTI, last axis = sample, or a folder of 3-D maps)."
+        )
     rule = model.review_rule(threshold, review_target)
     case_id = case_id or _case_name(paths[0])
     out = Path(out)
     with _Steps(_STEPS, progress, case_id).run() as step:
-        grid = _infer(model, paths, case_id, step)
+        grid = _infer(model, paths, case_id, step, None if samples is None else Path(samples))
         step("write")
         result = _write_outputs(
             out, grid, model, paths, case_id, rule.threshold, save_maps, t0, bids=bids, rule=rule
@@ -354,19 +370,34 @@ def predict_scan(
 
 
 def _infer(
-    model: FittedModel, paths: tuple[Path, ...], case_id: str, step: Callable[[str], None]
+    model: FittedModel,
+    paths: tuple[Path, ...],
+    case_id: str,
+    step: Callable[[str], None],
+    samples: Path | None = None,
 ) -> _OnGrid:
-    """Load, preprocess, MC-dropout sample, find and score the lesions of one scan."""
+    """Load, preprocess, MC-dropout sample (or read ``samples``), find and score lesions."""
     from lesionuq.lesions.graphs import case_lesions
+    from lesionuq.samples import samples_onto_grid
     from lesionuq.segmentation.sampling import mc_sample
 
     cfg = model.cfg
-    imgs, _ = load_case(Case(case_id, paths))
-    native = imgs[0]
-    step("preprocess")
-    pre = preprocess(imgs, None, cfg.preprocess)
-    step("MC dropout")
-    maps = mc_sample(model.segmenter, pre.image, cfg.sampling, device=model.device)
+    given: dict[str, object] | None = None
+    if samples is not None:  # every file checked before any work
+        pre, maps, info = samples_onto_grid(
+            Case(case_id, paths, None, samples), cfg.preprocess, check_values=True
+        )
+        native = load_nifti(paths[0])
+        given = {"path": str(samples.resolve()), "n_samples": info.n_samples}
+        step("preprocess")
+        step("samples")
+    else:
+        imgs, _ = load_case(Case(case_id, paths))
+        native = imgs[0]
+        step("preprocess")
+        pre = preprocess(imgs, None, cfg.preprocess)
+        step("MC dropout")
+        maps = mc_sample(model.segmenter, pre.image, cfg.sampling, device=model.device)
     step("lesions")
     labels, lesions = case_lesions(maps.seg, pre.image, maps, None, pre.affine, cfg.graphs, case_id)
     labels = np.asarray(labels, dtype=np.int32)
@@ -375,6 +406,12 @@ def _infer(
         raise RuntimeError(f"case_lesions returned {n} lesions but labels up to {labels.max()}.")
     step("scores")
     scores = _calibrate(model, _score(model, lesions))
+    notes = _review_warnings(model, native, maps, pre)
+    if given is not None and model.segmenter is not None:
+        notes.append(
+            f"The segmentation comes from the samples given ({samples}, T = "
+            f"{given['n_samples']}), not from the model's U-Net."
+        )
     return _OnGrid(
         pre,
         maps,
@@ -382,7 +419,8 @@ def _infer(
         scores,
         np.asarray(native.affine, dtype=np.float64),
         tuple(native.shape[:3]),
-        _review_warnings(model, native, maps, pre),
+        notes,
+        given,
     )
 
 
@@ -513,6 +551,8 @@ def _write_outputs(
             "case_id": case_id,
             "model": str(model.folder.resolve()),
             "images": [str(p.resolve()) for p in paths],
+            "segmentation_from": "samples" if grid.samples is not None else "unet",
+            "samples": grid.samples,
             "threshold": float(threshold),
             "threshold_source": rule.source,
             "review_target": rule.target,
