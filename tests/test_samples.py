@@ -106,16 +106,32 @@ def test_run_records_protocol_and_samples(samples_run):
     assert list(result.table2["method"])  # Table 2 as usual
 
 
-def test_predict_with_own_samples_matches_the_unet(samples_run, tiny_run, tmp_path):
-    """U-Net path vs the same MC samples as a stack: the same lesions.csv, byte for byte."""
-    from lesionuq.predict import predict_scan
+def test_predict_with_own_samples_matches_the_unet(samples_run, tmp_path):
+    """U-Net path vs the same MC samples as a stack: the same lesions.csv, byte for byte.
+
+    The stack is made from predict's own preprocessing of the scan (a C-ordered array:
+    with bfloat16 sampling on a CPU with native bf16, the U-Net's rounding depends on
+    the input's memory layout, and the run's preprocessed NIfTI is read F-ordered).
+    """
+    from lesionuq.data.preprocess import preprocess
+    from lesionuq.io import Case, load_case
+    from lesionuq.predict import load_model, predict_scan
+    from lesionuq.samples import save_sample_stack
+    from lesionuq.segmentation.sampling import mc_samples
 
     unet_run, _run, manifest, _ = samples_run
     _, _, splits = RunDir(unet_run).read_plan()
     case = {c.case_id: c for c in read_manifest(manifest)}[splits[0].test[0]]
-    model = RunDir(unet_run).fold(0)
+    model = load_model(RunDir(unet_run).fold(0))
+    pre = preprocess(load_case(Case(case.case_id, case.images))[0], None, model.cfg.preprocess)
+    parts = mc_samples(model.segmenter, pre.image, model.cfg.sampling, device=model.device)
+    save_sample_stack(
+        tmp_path / "stack.nii.gz", np.concatenate([p.cpu().numpy() for p in parts]), pre.affine
+    )
     a = predict_scan(model, case.images, tmp_path / "a", progress=False)
-    b = predict_scan(model, case.images, tmp_path / "b", progress=False, samples=case.samples)
+    b = predict_scan(
+        model, case.images, tmp_path / "b", progress=False, samples=tmp_path / "stack.nii.gz"
+    )
     assert a.n_lesions > 0
     assert (tmp_path / "a" / "lesions.csv").read_bytes() == (
         tmp_path / "b" / "lesions.csv"

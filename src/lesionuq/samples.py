@@ -57,6 +57,7 @@ __all__ = [
     "manifest_protocol",
     "samples_onto_grid",
     "samples_table",
+    "save_sample_stack",
     "stack_info",
 ]
 
@@ -281,3 +282,25 @@ def samples_table(rows: Sequence[tuple[str, StackInfo]]) -> pd.DataFrame:
             "shape": ["x".join(str(v) for v in i.shape) for _, i in rows],
         }
     )
+
+
+def save_sample_stack(
+    path: str | Path, samples: Sequence[np.ndarray] | np.ndarray, affine: np.ndarray
+) -> Path:
+    """Write T foreground-probability maps as one 4-D NIfTI (last axis = sample).
+
+    The file a ``samples`` column points to (e.g. the project's own MC-dropout samples,
+    :func:`lesionuq.segmentation.sampling.mc_samples`, or any other model's).
+
+    Args:
+        path: Destination ``.nii.gz``.
+        samples: T arrays (X, Y, Z), or one (T, X, Y, Z) array, values in [0, 1].
+        affine: (4, 4) voxel-to-world affine of their grid.
+
+    Returns:
+        ``path``.
+    """
+    from lesionuq.io import save_nifti
+
+    stack = np.stack([np.asarray(s, dtype=np.float32) for s in samples], axis=-1)
+    return save_nifti(path, stack, affine)
