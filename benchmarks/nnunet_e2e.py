@@ -83,18 +83,20 @@ def main() -> None:
         "nnUNet_raw": str(out / "nnUNet_raw"),
         "nnUNet_preprocessed": str(out / "nnUNet_preprocessed"),
         "nnUNet_results": str(out / "nnUNet_results"),
-        "nnUNet_n_proc_DA": "0",
+        "nnUNet_n_proc_DA": "1",  # 0 breaks its planner (set_num_threads(0))
     }
     os.environ.update(env)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     times: dict[str, float] = {}
 
     with _timed("phantom", times):
-        csv = make_phantom_dataset(
-            out / "phantom",
-            PhantomConfig(n_cases=args.cases, seed=7, spacing=args.spacing),
-            progress=False,
-        )
+        csv = out / "phantom" / "cases.csv"
+        if not csv.is_file():  # a rerun in the same --out keeps the phantom
+            csv = make_phantom_dataset(
+                out / "phantom",
+                PhantomConfig(n_cases=args.cases, seed=7, spacing=args.spacing),
+                progress=False,
+            )
         cases = read_manifest(csv)
         pool, test = cases[: args.cases - args.test], cases[args.cases - args.test :]
         raw = out / "nnUNet_raw" / DATASET
@@ -117,22 +119,13 @@ def main() -> None:
         }
         (raw / "dataset.json").write_text(json.dumps(ds, indent=1))
 
+    planned = out / "nnUNet_preprocessed" / DATASET / "nnUNetPlans.json"
     with _timed("nnU-Net plan + preprocess", times):
         bindir = Path(sys.executable).parent
-        subprocess.run(
-            [
-                str(bindir / "nnUNetv2_plan_and_preprocess"),
-                "-d",
-                str(DATASET_ID),
-                "-c",
-                "3d_fullres",
-                "-np",
-                "1",
-                "--verify_dataset_integrity",
-            ],
-            check=True,
-            env={**os.environ, **env},
-        )
+        if planned.is_file():  # a rerun in the same --out: nnU-Net's plans are kept
+            print("   (kept from an earlier run)")
+        else:
+            _plan(bindir, env)
 
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -143,14 +136,14 @@ def main() -> None:
     pre = out / "nnUNet_preprocessed" / DATASET
     plans = load_json(str(pre / "nnUNetPlans.json"))
     dataset_json = load_json(str(pre / "dataset.json"))
-    model_dir = out / "nnUNet_results" / DATASET / "nnUNetTrainer_1epoch__nnUNetPlans__3d_fullres"
     pred_dirs = []
     fold_rows = []
     by_id = {c.case_id: c for c in cases}
     for k in range(5):
         with _timed(f"nnU-Net train fold {k}", times):
+            fold_plans = {**plans, "continue_training": False}  # what nnUNetv2_train adds
             trainer = nnUNetTrainer_1epoch(
-                plans, "3d_fullres", k, dataset_json, device=torch.device("cpu")
+                fold_plans, "3d_fullres", k, dataset_json, device=torch.device("cpu")
             )
             trainer.num_iterations_per_epoch = args.iterations
             trainer.num_val_iterations_per_epoch = max(1, args.iterations // 5)
@@ -165,8 +158,17 @@ def main() -> None:
                 device=torch.device("cpu"),
                 allow_tqdm=False,
             )
-            predictor.initialize_from_trained_model_folder(
-                str(model_dir), use_folds=(k,), checkpoint_name="checkpoint_final.pth"
+            # the trained network in hand (initialize_from_trained_model_folder looks the
+            # trainer class up by importing every trainer module, which pulls in timm and
+            # torchvision; torchvision's PyPI wheel does not load with a CPU-only torch)
+            predictor.manual_initialization(
+                trainer.network,
+                trainer.plans_manager,
+                trainer.configuration_manager,
+                [trainer.network.state_dict()],
+                trainer.dataset_json,
+                type(trainer).__name__,
+                trainer.inference_allowed_mirroring_axes,
             )
             folder = out / "pred" / f"fold_{k}"
             todo = [*val_ids, *(c.case_id for c in test)]
@@ -202,6 +204,24 @@ def main() -> None:
     print("\nTable 2")
     cols = [c for c in ("method", "auc", "auc_lo", "auc_hi", "spearman_rho") if c in result.table2]
     print(result.table2[cols].round(3).to_string(index=False))
+
+
+def _plan(bindir: Path, env: dict[str, str]) -> None:
+    """nnU-Net's fingerprint, planning and preprocessing (3d_fullres), by its own command."""
+    subprocess.run(
+        [
+            str(bindir / "nnUNetv2_plan_and_preprocess"),
+            "-d",
+            str(DATASET_ID),
+            "-c",
+            "3d_fullres",
+            "-np",
+            "1",
+            "--verify_dataset_integrity",
+        ],
+        check=True,
+        env={**os.environ, **env},
+    )
 
 
 if __name__ == "__main__":
