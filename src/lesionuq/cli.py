@@ -113,10 +113,10 @@ def _yaml_where(exc: Exception) -> str:
 
 def print_tables(result: Any) -> None:
     """Print Table 1 and Table 2 of an :class:`ExperimentResult` as Rich tables."""
-    from lesionuq.rundir import RunDir
-
-    cfg = RunDir(result.run).read_plan()[0]
-    who = "U-Net" if cfg.protocol == "unet" else "your segmenter's"
+    plan = Path(result.run) / "config.yaml"
+    cfg = (yaml.safe_load(plan.read_text()) if plan.is_file() else None) or {}
+    samples = cfg.get("protocol") == "samples"
+    who = "your segmenter's" if samples else "U-Net"
     t1 = Table(title=f"Table 1 - {who} segmentation on the test folds")
     for col in ("fold", "Dice", "# TP lesions", "# FP lesions"):
         t1.add_column(col, justify="right")
@@ -155,8 +155,9 @@ def print_tables(result: Any) -> None:
         if lo < FEW_VALIDATION_LESIONS or int(val["scans"].min()) < 2:
             line = f"[yellow]{line}: few (the paper had ~700); see the learning curve[/yellow]"
         console.print(line)
-    if cfg.protocol == "samples":
-        console.print(f"samples protocol (no U-Net): samples from {escape(cfg.samples_source)}")
+    if samples:
+        source = escape(str(cfg.get("samples_source", "")))
+        console.print(f"samples protocol (no U-Net): samples from {source}")
     console.print(f"report: [link=file://{result.report}]{result.report}[/link]")
 
 
