@@ -147,7 +147,11 @@ def main() -> None:
             )
             trainer.num_iterations_per_epoch = args.iterations
             trainer.num_val_iterations_per_epoch = max(1, args.iterations // 5)
-            trainer.run_training()
+            final = Path(trainer.output_folder) / "checkpoint_final.pth"
+            if final.is_file():  # trained by an earlier run in this --out (its own file)
+                trainer.load_checkpoint(str(final))
+            else:
+                trainer.run_training()
         splits = load_json(str(pre / "splits_final.json"))
         val_ids = list(splits[k]["val"])
         with _timed(f"nnU-Net predict fold {k}", times):
@@ -161,6 +165,8 @@ def main() -> None:
             # the trained network in hand (initialize_from_trained_model_folder looks the
             # trainer class up by importing every trainer module, which pulls in timm and
             # torchvision; torchvision's PyPI wheel does not load with a CPU-only torch)
+            trainer.set_deep_supervision_enabled(False)  # as nnU-Net's own final validation
+            trainer.network.eval()
             predictor.manual_initialization(
                 trainer.network,
                 trainer.plans_manager,
@@ -171,34 +177,52 @@ def main() -> None:
                 trainer.inference_allowed_mirroring_axes,
             )
             folder = out / "pred" / f"fold_{k}"
+            folder.mkdir(parents=True, exist_ok=True)
             todo = [*val_ids, *(c.case_id for c in test)]
             predictor.predict_from_files_sequential(
                 [[str(by_id[c].images[0])] for c in todo],
-                str(folder),
+                [str(folder / c) for c in todo],  # truncated output names: CASE.{npz,nii.gz}
                 save_probabilities=True,
                 overwrite=True,
             )
             pred_dirs.append(folder)
-        d = [
-            dice(
-                np.asarray(nib.load(folder / f"{c}.nii.gz").dataobj) > 0,
-                np.asarray(nib.load(by_id[c].mask).dataobj) > 0,
-            )
-            for c in val_ids
-        ]
-        fold_rows.append({"fold": k, "val_cases": len(val_ids), "dice_val": float(np.mean(d))})
+        segs = [np.asarray(nib.load(folder / f"{c}.nii.gz").dataobj) > 0 for c in val_ids]
+        masks = [np.asarray(nib.load(by_id[c].mask).dataobj) > 0 for c in val_ids]
+        p_max = 0.0
+        for c in val_ids:
+            with np.load(folder / f"{c}.npz", allow_pickle=False) as z:
+                p_max = max(p_max, float(z["probabilities"][1].max()))
+        fold_rows.append(
+            {
+                "fold": k,
+                "val_cases": len(val_ids),
+                "dice_val": float(np.mean([dice(a, b) for a, b in zip(segs, masks, strict=True)])),
+                "lesion_voxels_pred": int(sum(a.sum() for a in segs)),
+                "lesion_voxels_true": int(sum(b.sum() for b in masks)),
+                "max_p_lesion": round(p_max, 3),
+            }
+        )
 
     with _timed("lesionuq samples-from nnunet", times):
-        manifest = stacks_from_nnunet(pred_dirs, out / "stacks", progress=False, cases=csv)
+        manifest = stacks_from_nnunet(
+            pred_dirs, out / "stacks", progress=False, cases=csv, overwrite=True
+        )
+    result, failed = None, None
     with _timed("lesionuq experiment (samples protocol)", times):
         cfg = bundled_config("demo").replace(folds=args.folds)
-        result = run_experiment(manifest, out / "run", cfg, progress=False)
+        try:
+            result = run_experiment(manifest, out / "run", cfg, progress=False)
+        except Exception as exc:  # reported below with the steps that ran
+            failed = f"{exc.__class__.__name__}: {exc}"
 
     pd.set_option("display.width", 160)
     print("\nwall time per step (s)")
     print(pd.Series(times).round(1).to_string())
-    print("\nnnU-Net folds (Dice on each fold's validation cases)")
+    print("\nnnU-Net folds (each fold's validation cases)")
     print(pd.DataFrame(fold_rows).round(3).to_string(index=False))
+    if result is None:
+        print(f"\nlesionuq experiment did not finish: {failed}")
+        return
     print("\nTable 1 (lesionuq folds, samples protocol)")
     print(result.table1.round(3).to_string(index=False))
     print("\nTable 2")

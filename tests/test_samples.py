@@ -278,3 +278,23 @@ def test_train_refused_on_a_samples_run(samples_run, tmp_path):
     shutil.copytree(run, copy)
     with pytest.raises(InputError, match="there is no U-Net to train"):
         train_run(copy, progress=False)
+
+
+def test_cli_predict_with_samples(samples_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from lesionuq.cli import app
+
+    _, run, manifest, _ = samples_run
+    case = read_manifest(manifest)[0]
+    args = ["predict", "--model", str(run / "fold_0"), "--image", str(case.images[0])]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and "has no U-Net" in text and "--samples STACK" in text
+    res = CliRunner().invoke(
+        app, [*args, "--samples", str(case.samples), "--out", str(tmp_path / "y"), "--quiet"]
+    )
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(tmp_path / "y" / "lesions.csv")
+    assert {"p_fp", "review"} <= set(table.columns)
+    assert nib.load(tmp_path / "y" / "lesions.nii.gz").shape == nib.load(case.images[0]).shape
