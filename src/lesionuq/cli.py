@@ -113,7 +113,11 @@ def _yaml_where(exc: Exception) -> str:
 
 def print_tables(result: Any) -> None:
     """Print Table 1 and Table 2 of an :class:`ExperimentResult` as Rich tables."""
-    t1 = Table(title="Table 1 - U-Net segmentation on the test folds")
+    plan = Path(result.run) / "config.yaml"
+    cfg = (yaml.safe_load(plan.read_text()) if plan.is_file() else None) or {}
+    samples = cfg.get("protocol") == "samples"
+    who = "your segmenter's" if samples else "U-Net"
+    t1 = Table(title=f"Table 1 - {who} segmentation on the test folds")
     for col in ("fold", "Dice", "# TP lesions", "# FP lesions"):
         t1.add_column(col, justify="right")
     for row in result.table1.itertuples():
@@ -151,6 +155,9 @@ def print_tables(result: Any) -> None:
         if lo < FEW_VALIDATION_LESIONS or int(val["scans"].min()) < 2:
             line = f"[yellow]{line}: few (the paper had ~700); see the learning curve[/yellow]"
         console.print(line)
+    if samples:
+        source = escape(str(cfg.get("samples_source", "")))
+        console.print(f"samples protocol (no U-Net): samples from {source}")
     console.print(f"report: [link=file://{result.report}]{result.report}[/link]")
 
 
@@ -386,6 +393,13 @@ def predict(
             help="Also add each scan to this BIDS-derivatives folder (BIDS-named inputs)."
         ),
     ] = None,
+    samples: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your segmenter's T probability maps of the scan (4-D NIfTI, last axis = "
+            "sample, or a folder of 3-D maps); with --image. In batch: a samples column."
+        ),
+    ] = None,
     overwrite: OverwriteOpt = False,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
@@ -396,6 +410,8 @@ def predict(
 
     if (image is None) == (cases is None):
         raise InputError("give either --image (one per sequence) or --cases CSV.")
+    if samples is not None and cases is not None:
+        raise InputError("--samples goes with --image; with --cases give a samples column.")
     if image is not None and (scheduler is not None or workers is not None):
         raise InputError("--scheduler and --workers spread a batch: use them with --cases CSV.")
     if image is not None:
@@ -409,6 +425,7 @@ def predict(
             overwrite=overwrite,
             bids_out=bids_out,
             review_target=review_target,
+            samples=samples,
         )
         for warning in res.warnings:
             console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
@@ -463,3 +480,38 @@ def manifest(
     )
     n = len(read_manifest(path, seqs, require_mask=False))
     console.print(f"wrote {n} case(s) to {path}")
+
+
+samples_from = typer.Typer(
+    no_args_is_help=True, help="Write sample stacks (and a manifest fragment) from another tool."
+)
+app.add_typer(samples_from, name="samples-from")
+
+
+@samples_from.command("nnunet")
+@_friendly
+def samples_from_nnunet(
+    fold_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="nnUNetv2_predict -f K --save_probabilities output folders."),
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for CASE.nii.gz stacks and samples.csv.")],
+    label: Annotated[int, typer.Option(help="The foreground label (class index).")] = 1,
+    cases: Annotated[
+        Path | None,
+        typer.Option(help="Your cases.csv: also write OUT/cases.csv with a samples column."),
+    ] = None,
+    sequences: Annotated[str, typer.Option(help="Image columns of --cases, e.g. flair,t1.")] = (
+        "flair"
+    ),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """nnU-Net v2 folds -> one 4-D stack per case (T = folds) and a manifest."""
+    from lesionuq.nnunet import stacks_from_nnunet
+
+    seqs = tuple(s.strip() for s in sequences.split(",") if s.strip())
+    csv = stacks_from_nnunet(
+        fold_dirs, out, label, overwrite, not quiet, cases=cases, sequences=seqs
+    )
+    console.print(f"wrote the sample stacks and {csv}")

@@ -71,6 +71,7 @@ ExtraFeature = Literal["position", "border_distance"]
 Precision = Literal["auto", "fp32", "bf16"]
 CalibrationMethod = Literal["platt", "isotonic"]
 LRSchedule = Literal["constant", "poly"]
+Protocol = Literal["unet", "samples"]
 
 
 def one_of(value: Any, options: Iterable[str], where: str) -> None:
@@ -439,6 +440,12 @@ class ExperimentConfig(_Section):
         gcnn: See :class:`GCNNConfig`.
         calibration: See :class:`CalibrationConfig`.
         phantom: Used by ``lesionuq demo`` to generate its data.
+        protocol: Set by the run from its manifest (a value given here is replaced):
+            ``"unet"`` (the paper's: each fold trains an MC-dropout U-Net on its train
+            cases) or ``"samples"`` (a fixed segmenter: every case's ``samples`` column
+            holds T probability maps made elsewhere; no U-Net, the scorers learn from
+            every non-test case; see :mod:`lesionuq.samples`).
+        samples_source: Where the samples came from (``"samples"`` protocol), in words.
     """
 
     sequences: tuple[str, ...] = ("flair",)
@@ -455,6 +462,8 @@ class ExperimentConfig(_Section):
     gcnn: GCNNConfig = field(default_factory=GCNNConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
+    protocol: Protocol = "unet"
+    samples_source: str = ""
 
     def _check(self) -> None:
         _require(len(self.sequences) >= 1, self, "sequences", "at least one name", self.sequences)

@@ -89,6 +89,7 @@ __all__ = [
     "maps_from_stack",
     "plot_calibration",
     "prepare_run",
+    "resolve_protocol",
     "run_experiment",
     "score_fold",
     "stage_evaluate",
@@ -166,14 +167,41 @@ def validate_run(data: Path, out: Path, cfg: ExperimentConfig) -> list[FoldSplit
     Raises:
         InputError: The first problem found, as one sentence.
     """
+    from lesionuq.samples import load_samples_case
+
+    cfg = resolve_protocol(data, cfg)
     cases = read_manifest(data, cfg.sequences, require_mask=True)
     inputs = [Path(data), *(p for c in cases for p in c.images)]
+    inputs += [c.samples for c in cases if c.samples is not None]
     check_output_dir(out, "run", inputs=inputs)
-    folds = make_folds([c.case_id for c in cases], cfg.folds, cfg.val_fraction, cfg.seed)
+    ids = [c.case_id for c in cases]
+    fixed = cfg.protocol == "samples"
+    folds = make_folds(ids, cfg.folds, cfg.val_fraction, cfg.seed, fixed_segmenter=fixed)
     for case in cases:
-        images, _ = load_case(case)
-        load_ignore(case, images[0])
+        if fixed:
+            load_samples_case(case, cfg.preprocess.brain_threshold)
+            load_ignore(case, load_nifti(case.images[0], read_data=False))
+        else:
+            images, _ = load_case(case)
+            load_ignore(case, images[0])
     return folds
+
+
+def resolve_protocol(data: Path, cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config with ``protocol`` and ``samples_source`` set from the manifest.
+
+    ``"samples"`` when every case has a ``samples`` column (the user's segmenter: no
+    U-Net is trained; see :mod:`lesionuq.samples`), ``"unet"`` when none has.
+
+    Raises:
+        InputError: A mixed manifest (some cases with samples, some without).
+    """
+    from lesionuq.samples import describe_source, manifest_protocol
+
+    cases = read_manifest(data, cfg.sequences, require_mask=True)
+    protocol = manifest_protocol(cases, data)
+    source = describe_source(cases, data) if protocol == "samples" else ""
+    return cfg.replace(protocol=protocol, samples_source=source)
 
 
 def prepare_run(data: Path, out: Path, cfg: ExperimentConfig) -> list[FoldSplit]:
@@ -186,6 +214,7 @@ def prepare_run(data: Path, out: Path, cfg: ExperimentConfig) -> list[FoldSplit]
     Returns:
         The fold splits.
     """
+    cfg = resolve_protocol(Path(data), cfg)
     folds = validate_run(Path(data), Path(out), cfg)
     _write_plan(Path(data), Path(out), cfg, folds)
     return folds
@@ -226,6 +255,8 @@ def stage_preprocess(
     jobs: dict[str, _PreprocessJob] = {}
     for case in _cases_by_id(data, cfg).values():
         paths = [str(p) for p in (*case.images, *([case.ignore] if case.ignore else []))]
+        if cfg.protocol == "samples":
+            paths.append(f"samples={case.samples}")
         digest = digest_of(cfg.preprocess, list(cfg.sequences), paths)
         folder = rd.preprocessed / case.case_id
         if not stamp_ok(folder / "stamp.json", digest):
@@ -236,8 +267,16 @@ def stage_preprocess(
         scheduler=scheduler,
         workers=workers,
         progress=progress,
-        desc="preprocess",
+        desc="preprocess" if cfg.protocol == "unet" else "images onto the samples' grid, maps",
     ).raise_failed("case")
+    if cfg.protocol == "samples":
+        _write_samples_table(rd)
+
+
+def _write_samples_table(rd: RunDir) -> None:
+    """``RUN/samples.csv``: each case's samples and T (gathered from the preprocess stage)."""
+    rows = [json.loads(p.read_text()) for p in sorted(rd.preprocessed.glob("*/samples.json"))]
+    atomic_write_text(rd.root / "samples.csv", csv_text(pd.DataFrame(rows)))
 
 
 @dataclass(frozen=True)
@@ -253,11 +292,17 @@ class _PreprocessJob:
 def _preprocess_case(job: _PreprocessJob) -> None:
     """Preprocess one case into its folder, atomically, stamp last (a map_cases task)."""
     from lesionuq.data.preprocess import mask_to_grid, preprocess
+    from lesionuq.samples import samples_onto_grid, samples_table
 
     cfg = job.cfg
-    images, mask = load_case(job.case)
-    ignore = load_ignore(job.case, images[0])
-    pre = preprocess(images, mask, cfg.preprocess)
+    maps = None
+    if cfg.protocol == "samples":  # onto the samples' grid; the maps from the samples
+        pre, maps, info = samples_onto_grid(job.case, cfg.preprocess)
+        ignore = load_ignore(job.case, load_nifti(job.case.images[0], read_data=False))
+    else:
+        images, mask = load_case(job.case)
+        ignore = load_ignore(job.case, images[0])
+        pre = preprocess(images, mask, cfg.preprocess)
     with atomic_dir(job.folder) as tmp:
         for i, seq in enumerate(cfg.sequences):
             save_nifti(tmp / f"{seq}.nii.gz", pre.image[i], pre.affine)
@@ -267,6 +312,11 @@ def _preprocess_case(job: _PreprocessJob) -> None:
             region = mask_to_grid(ignore, pre.affine, pre.image.shape[1:])
             save_nifti(tmp / "ignore.nii.gz", region, pre.affine)
         atomic_write_text(tmp / "transform.json", json.dumps(pre.transform.to_dict()))
+        if maps is not None:
+            for name, value in maps.items():
+                save_nifti(tmp / f"{name}.nii.gz", value, pre.affine)
+            row = samples_table([(job.case.case_id, info)]).iloc[0].to_dict()
+            atomic_write_text(tmp / "samples.json", json.dumps(row, default=int) + "\n")
         write_stamp(tmp / "stamp.json", job.digest)
 
 
@@ -336,6 +386,7 @@ def train_run(
             of processes.
         InputError: ``workers`` under torchrun (each rank already trains every fold).
     """
+    _refuse_training(RunDir(Path(run)))
     env = distributed.TorchrunEnv.from_environ(os.environ if environ is None else environ)
     if env is None:
         stage_preprocess(run, progress=progress, workers=workers)
@@ -378,6 +429,7 @@ def stage_train(
     convolution depends on the thread count); every draw is seeded the same way.
     """
     rd = RunDir(Path(run))
+    _refuse_training(rd)
     cfg, _, splits = rd.read_plan()
     todo = [s.fold for s in _folds(splits, folds) if not _fold_trained(rd, cfg, s)]
     parallel = scheduler is not None or workers is not None
@@ -394,6 +446,15 @@ def stage_train(
         return
     for fold in todo:
         train_fold(Path(run), fold, progress=progress)
+
+
+def _refuse_training(rd: RunDir) -> None:
+    """One sentence for ``train`` on a run of the samples protocol (nothing to train)."""
+    if rd.read_plan()[0].protocol == "samples":
+        raise InputError(
+            f"{rd.root}: this run scores the samples of your own segmenter (protocol "
+            "samples): there is no U-Net to train; run `lesionuq sample --run` next."
+        )
 
 
 @dataclass(frozen=True)
@@ -474,6 +535,9 @@ def stage_sample(
 ) -> None:
     """MC-dropout sampling of each fold's val and test cases (voxel uncertainty maps).
 
+    In the samples protocol the maps made from the user's samples by the preprocess
+    stage are copied into each fold's case folders instead (no U-Net).
+
     One task per case and fold (:func:`lesionuq.parallel.map_cases`: here, or on a Dask
     ``scheduler`` / a local cluster of ``workers``, each loading a fold's U-Net once);
     a case that fails is named in the :class:`~lesionuq.errors.CasesFailedError` raised
@@ -485,7 +549,8 @@ def stage_sample(
     jobs: dict[str, _SampleJob] = {}
     for split in _folds(splits, folds):
         digest = sample_digest(cfg, split)
-        checkpoint = rd.fold(split.fold) / "segmenter.pt"
+        unet = cfg.protocol == "unet"
+        checkpoint = rd.fold(split.fold) / "segmenter.pt" if unet else None
         n_jobs = len(jobs)
         for s in ("val", "test"):
             for c in split.cases(s):
@@ -494,7 +559,7 @@ def stage_sample(
                     jobs[f"fold_{split.fold}/{s}/{c}"] = _SampleJob(
                         rd.root, c, case_dir, checkpoint, digest, cfg
                     )
-        if len(jobs) > n_jobs and not checkpoint.is_file():
+        if len(jobs) > n_jobs and checkpoint is not None and not checkpoint.is_file():
             raise InputError(f"{checkpoint}: file not found (train fold {split.fold} first).")
     map_cases(
         _sample_case,
@@ -502,18 +567,21 @@ def stage_sample(
         scheduler=scheduler,
         workers=workers,
         progress=progress,
-        desc=f"MC sampling (T={cfg.sampling.n_samples})",
+        desc=f"MC sampling (T={cfg.sampling.n_samples})" if unet else "maps per fold",
     ).raise_failed("case")
 
 
 @dataclass(frozen=True)
 class _SampleJob:
-    """One case of :func:`stage_sample`: run, case, its folder, the fold's U-Net, digest."""
+    """One case of :func:`stage_sample`: run, case, its folder, the fold's U-Net, digest.
+
+    ``checkpoint`` is None in the samples protocol (the preprocess stage's maps are copied).
+    """
 
     run: Path
     case_id: str
     case_dir: Path
-    checkpoint: Path
+    checkpoint: Path | None
     digest: str
     cfg: ExperimentConfig
 
@@ -523,9 +591,12 @@ def _sample_case(job: _SampleJob) -> None:
     from lesionuq.segmentation.sampling import mc_sample
 
     cfg = job.cfg
-    model = _segmenter(job.checkpoint, cfg.device)
     image, mask, affine = load_preprocessed(job.run, job.case_id, cfg.sequences)
-    maps = mc_sample(model, image, cfg.sampling, device=cfg.device)
+    if job.checkpoint is None:
+        maps = VoxelMaps.load(RunDir(job.run).preprocessed / job.case_id)
+    else:
+        model = _segmenter(job.checkpoint, cfg.device)
+        maps = mc_sample(model, image, cfg.sampling, device=cfg.device)
     with atomic_dir(job.case_dir) as tmp:
         for name, value in maps.items():
             save_nifti(tmp / f"{name}.nii.gz", value, affine)
@@ -887,6 +958,7 @@ def run_experiment(
         raise InputError(f"stop_after must be one of {', '.join(STAGES)}, got {stop_after!r}.")
     check_parallel(scheduler, workers)
     data, out = Path(data), Path(out)
+    cfg = resolve_protocol(data, cfg)
     folds = validate_run(data, out, cfg)
     check_scheduler(scheduler)  # an unreachable scheduler leaves nothing behind
     with disk_full_guard(out.parent):
@@ -907,6 +979,9 @@ def _run_stages(
         "graphs": functools.partial(stage_graphs, **parallel),
         "fit": functools.partial(stage_fit, **parallel),
     }
+    if RunDir(Path(out)).read_plan()[0].protocol == "samples":
+        del steps["train"]  # the user's segmenter: nothing to train
+        stop_after = "preprocess" if stop_after == "train" else stop_after
     for name, fn in steps.items():
         t0 = time.perf_counter()
         fn(Path(out), progress=progress)

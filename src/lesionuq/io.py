@@ -5,8 +5,10 @@ one sentence naming the file and what is wrong; the CLI prints it and exits non-
 
 The manifest (docs/DESIGN.md) has a ``case_id`` column, one column per input sequence (named
 by the config's ``sequences``), a ``mask`` column (ground truth; may be empty or absent
-for prediction-only data) and an optional ``ignore`` column (a binary "do not score" mask
-per case, e.g. WMH 2017's label 2; may be empty). Paths are relative to the CSV's folder.
+for prediction-only data), an optional ``ignore`` column (a binary "do not score" mask
+per case, e.g. WMH 2017's label 2; may be empty) and an optional ``samples`` column (T
+probability maps of the user's own segmenter, :mod:`lesionuq.samples`). Paths are
+relative to the CSV's folder.
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ class Case:
             None.
         extra: Further manifest columns written as they are, as (column, value) pairs
             (e.g. ``source_id``, a data set's original case name).
+        samples: The ``samples`` column: T probability maps of a segmenter of the user's
+            (a 4-D NIfTI, last axis = sample, or a folder of 3-D maps), or None
+            (see :mod:`lesionuq.samples`).
     """
 
     case_id: str
@@ -91,6 +96,7 @@ class Case:
     mask: Path | None = None
     ignore: Path | None = None
     extra: tuple[tuple[str, str], ...] = ()
+    samples: Path | None = None
 
 
 def load_nifti(path: str | Path, read_data: bool = True) -> nib.Nifti1Image:
@@ -388,8 +394,16 @@ def read_manifest(
         if require_mask and not mask_value:
             raise InputError(f"{csv_path}: case {cid!r} has no mask path (line {i}).")
         ignore_value = (row.get("ignore") or "").strip()
-        mask = root / mask_value if mask_value else None
-        cases.append(Case(cid, tuple(paths), mask, root / ignore_value if ignore_value else None))
+        samples_value = (row.get("samples") or "").strip()
+        cases.append(
+            Case(
+                cid,
+                tuple(paths),
+                root / mask_value if mask_value else None,
+                ignore=root / ignore_value if ignore_value else None,
+                samples=root / samples_value if samples_value else None,
+            )
+        )
     return cases
 
 
@@ -545,7 +559,8 @@ def write_manifest(
     """Write a manifest with paths relative to its folder.
 
     Columns: ``case_id``, the sequences, ``mask``, then ``ignore`` when a case has an
-    ignore region, then the cases' ``extra`` columns (in first-seen order).
+    ignore region, ``samples`` when a case has samples, then the cases' ``extra`` columns
+    (in first-seen order).
     """
     csv_path = Path(csv_path)
     root = csv_path.parent.resolve()
@@ -555,13 +570,17 @@ def write_manifest(
     with_ignore = any(c.ignore is not None for c in cases)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case_id", *sequences, "mask", *(["ignore"] if with_ignore else []), *extra])
+    with_samples = any(c.samples is not None for c in cases)
+    optional = [("ignore", with_ignore), ("samples", with_samples)]
+    columns = [name for name, present in optional if present]
+    writer.writerow(["case_id", *sequences, "mask", *columns, *extra])
     for case in cases:
         cells = [csv_cell(case.case_id)]
         cells += [_path_cell(p, root) for p in case.images]
         cells.append(_path_cell(case.mask, root) if case.mask else "")
-        if with_ignore:
-            cells.append(_path_cell(case.ignore, root) if case.ignore else "")
+        for name in columns:
+            path = getattr(case, name)
+            cells.append(_path_cell(path, root) if path else "")
         values = dict(case.extra)
         cells += [csv_cell(values.get(k, "")) for k in extra]
         writer.writerow(cells)

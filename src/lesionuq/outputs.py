@@ -77,6 +77,7 @@ KINDS = {
     "prediction": "prediction",
     "batch": "batch prediction",
     "maps": "set of voxel maps",
+    "samples": "set of sample stacks",
     "bids": "BIDS-derivatives data set",
     "run": "run directory",
     "phantom": "phantom data set",

@@ -51,7 +51,11 @@ class FoldSplit:
 
 
 def make_folds(
-    case_ids: Sequence[str], k: int, val_fraction: float = 0.2, seed: int = 0
+    case_ids: Sequence[str],
+    k: int,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    fixed_segmenter: bool = False,
 ) -> list[FoldSplit]:
     """The paper's k-fold protocol: each case is in exactly one test fold.
 
@@ -59,11 +63,16 @@ def make_folds(
     fold the remaining cases are shuffled again and ``val_fraction`` of them (at least
     one) form the validation set, the rest train the U-Net.
 
+    With ``fixed_segmenter`` (the ``samples`` protocol: the segmentation comes from a
+    model trained elsewhere) nothing is trained here: the test chunks are the same as
+    without it, and every other case is a validation case (``train`` is empty).
+
     Args:
         case_ids: All case ids (unique).
         k: Number of folds (>= 2).
         val_fraction: Fraction of the non-test cases used for validation.
         seed: Seed of both shuffles.
+        fixed_segmenter: No U-Net split: validation = every non-test case.
 
     Returns:
         k splits, fold 0 first.
@@ -74,10 +83,11 @@ def make_folds(
     if k < 2:
         raise InputError(f"cross-validation needs at least 2 folds, got {k}.")
     largest_test = -(-len(ids) // k)
-    if len(ids) < k or len(ids) - largest_test < 2:
+    if len(ids) < k or len(ids) - largest_test < (1 if fixed_segmenter else 2):
+        need = "one validation case" if fixed_segmenter else "one validation and one training case"
         raise InputError(
             f"{len(ids)} cases are too few for {k}-fold cross-validation "
-            "(every fold needs at least one test, one validation and one training case)."
+            f"(every fold needs at least one test case and {need})."
         )
     rng = np.random.default_rng(seed)
     order = [ids[i] for i in rng.permutation(len(ids))]
@@ -86,6 +96,9 @@ def make_folds(
     for f, chunk in enumerate(chunks):
         test = [order[i] for i in chunk]
         rest = [c for c in order if c not in set(test)]
+        if fixed_segmenter:
+            folds.append(FoldSplit(f, (), tuple(sorted(rest)), tuple(test)))
+            continue
         rest = [rest[i] for i in rng.permutation(len(rest))]
         n_val = max(1, round(val_fraction * len(rest)))
         n_val = min(n_val, len(rest) - 1)
@@ -221,6 +234,8 @@ def train_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
 
 def sample_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
     """Digest of everything a fold's voxel maps depend on."""
+    if cfg.protocol == "samples":  # the maps of the preprocess stage, copied per fold
+        return digest_of(cfg.preprocess, "samples", list(split.val), list(split.test))
     return digest_of(train_digest(cfg, split), cfg.sampling)
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "mask_to_grid",
     "native_labels",
     "preprocess",
+    "preprocess_to_grid",
     "target_grid",
     "to_original",
 ]
@@ -169,6 +170,18 @@ def _name(img: nib.Nifti1Image, default: str) -> str:
     return str(img.get_filename() or default)
 
 
+def _first_brain(first: nib.Nifti1Image, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y, Z) data of the first image and its brain voxels (> the brain threshold)."""
+    data0 = _data(first, _name(first, "image 1"))
+    brain0 = data0 > cfg.brain_threshold
+    if not brain0.any():
+        raise InputError(
+            f"{_name(first, 'image 1')}: no voxel is above the brain threshold "
+            f"{cfg.brain_threshold:g}."
+        )
+    return data0, brain0
+
+
 def target_grid(
     brain: np.ndarray, affine: np.ndarray, cfg: PreprocessConfig
 ) -> tuple[np.ndarray, bool]:
@@ -248,16 +261,41 @@ def preprocess(
     if not images:
         raise ValueError("preprocess needs at least one image.")
     first = images[0]
-    data0 = _data(first, _name(first, "image 1"))
-    brain0 = data0 > cfg.brain_threshold
-    if not brain0.any():
-        raise InputError(
-            f"{_name(first, 'image 1')}: no voxel is above the brain threshold "
-            f"{cfg.brain_threshold:g}."
-        )
+    _data0, brain0 = _first_brain(first, cfg)
     affine0 = np.asarray(first.affine, dtype=np.float64)
     target, _ = target_grid(brain0, affine0, cfg)
-    shape = _shape3(cfg.shape)
+    return preprocess_to_grid(images, mask, cfg, target, _shape3(cfg.shape))
+
+
+def preprocess_to_grid(
+    images: Sequence[nib.Nifti1Image],
+    mask: nib.Nifti1Image | None,
+    cfg: PreprocessConfig,
+    target: np.ndarray,
+    shape: Sequence[int],
+) -> Preprocessed:
+    """:func:`preprocess` onto a given grid (e.g. the grid of samples made elsewhere).
+
+    The same resampling (linear with anti-aliasing for images, nearest for the mask),
+    brain z-score and crop warning as :func:`preprocess`; only the target grid is given
+    instead of chosen. On the grid :func:`preprocess` would choose, it gives the same
+    arrays; an input already on ``target`` is copied exactly.
+
+    Args:
+        images: One image per sequence; the first defines the brain and the original grid.
+        mask: Ground-truth mask (any grid; nearest neighbour), or None.
+        cfg: Brain threshold (``spacing`` and ``shape`` are not used).
+        target: (4, 4) affine of the target grid.
+        shape: (X, Y, Z) of the target grid.
+
+    Returns:
+        The case on the target grid, as :func:`preprocess`.
+    """
+    first = images[0]
+    data0, brain0 = _first_brain(first, cfg)
+    affine0 = np.asarray(first.affine, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    shape = _shape3(shape)
 
     channels = []
     for i, img in enumerate(images):
@@ -272,8 +310,8 @@ def preprocess(
     if kept < (1.0 - CROP_WARN_FRACTION) * total:
         warnings.warn(
             f"{_name(first, 'image 1')}: {100 * (1 - kept / total):.0f}% of the brain volume "
-            f"lies outside the target field of view {tuple(cfg.shape)} x "
-            f"{tuple(cfg.spacing)} mm and is cropped.",
+            f"lies outside the target field of view {tuple(shape)} x "
+            f"{_spacing_text(target)} mm and is cropped.",
             stacklevel=2,
         )
     means, stds = [], []
@@ -316,6 +354,12 @@ def mask_to_grid(mask: nib.Nifti1Image, affine: np.ndarray, shape: Sequence[int]
     mdata = (mdata > 0.5).astype(np.uint8)
     m = _voxel_map(np.asarray(mask.affine, np.float64), np.asarray(affine, np.float64))
     return _resample(mdata, m, shape, order=0)
+
+
+def _spacing_text(affine: np.ndarray) -> str:
+    """Voxel sizes of an affine as ``(1, 1, 3)`` for messages."""
+    sizes = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    return "(" + ", ".join(f"{v:g}" for v in sizes) + ")"
 
 
 def to_original(volume: np.ndarray, transform: GridTransform, order: int = 1) -> np.ndarray:

@@ -17,6 +17,7 @@ grid) to the mean of the per-fold AUCs shown in the legend and in Table 2.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -653,6 +654,26 @@ the model's doubt; a good method beats Size on AUC with a weaker dependence on s
 """
 
 
+def _protocol_html(run: Path) -> str:
+    """A paragraph on the samples protocol (the user's segmenter), or "" for the U-Net's."""
+    try:
+        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ""
+    if cfg.get("protocol") != "samples":
+        return ""
+    t = ""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        n = pd.read_csv(run / "samples.csv")["n_samples"]
+        t = f" (T = {n.min()}" + (f" to {n.max()}" if n.max() != n.min() else "") + " per case)"
+    return (
+        '<p class="sub"><b>Scorer-only (samples) protocol.</b> The segmentation and its '
+        f"samples{_e(t)} come from {_e(str(cfg.get('samples_source') or 'the manifest'))}; "
+        "no U-Net was trained, and each fold's scorers learned from every case outside "
+        "its test fold (<code>samples.csv</code> lists each case's samples).</p>"
+    )
+
+
 def write_report(
     run_dir: str | Path,
     *,
@@ -711,9 +732,18 @@ def write_report(
                 f"; best method: {method_label(best['method'])} ({100 * best['auc']:.1f} % AUC)"
             )
         body.append(f'<p class="sub">{_e(summary)}.</p>')
-    body += ["<h2>How to read this report</h2>", HOW_TO_READ.replace("EPSILON", _epsilon(run))]
+    protocol = _protocol_html(run)
+    body += [protocol] if protocol else []
+    guide = HOW_TO_READ.replace("EPSILON", _epsilon(run))
+    segmenter = "U-Net" if not protocol else "given"
+    body += ["<h2>How to read this report</h2>", guide.replace("U-Net", segmenter)]
 
-    body.append("<h2>Table 1. U-Net segmentation of the test scans</h2>")
+    title = (
+        "U-Net segmentation of the test scans"
+        if not protocol
+        else "Segmentation of the test scans (your segmenter)"
+    )
+    body.append(f"<h2>Table 1. {title}</h2>")
     if t1 is not None:
         body.append(_table1_html(t1))
         body.append(

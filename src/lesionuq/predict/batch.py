@@ -26,6 +26,7 @@ from lesionuq.io import (
     csv_text,
     load_case,
     load_ignore,
+    load_nifti,
     read_csv_table,
     read_manifest,
 )
@@ -33,6 +34,7 @@ from lesionuq.outputs import add_written, check_output_dir, locked_output, start
 from lesionuq.parallel import check_parallel, check_scheduler, map_cases
 from lesionuq.predict.model import FittedModel, load_model, load_model_cached
 from lesionuq.predict.scan import PredictResult, empty_table, predict_scan
+from lesionuq.samples import load_samples_case
 from lesionuq.utils import track
 
 __all__ = ["BatchResult", "predict_manifest"]
@@ -80,6 +82,10 @@ def predict_manifest(
     workers: int | None = None,
 ) -> BatchResult:
     """Predict every case of a ``cases.csv`` (the ``mask`` column is optional and unused).
+
+    A case with a ``samples`` column is segmented from those samples (the user's own
+    segmenter, see :func:`predict_scan`); a model folder without a U-Net needs them for
+    every case.
 
     Every case's files are checked before anything is written, the model is loaded once
     (once per worker on Dask), and each case is written atomically to ``out/CASE`` (see
@@ -131,6 +137,13 @@ def predict_manifest(
     threshold = model.review_rule(threshold, review_target).threshold
     cases = read_manifest(cases_csv, model.sequences, require_mask=False)
     inputs = [Path(cases_csv), *(p for c in cases for p in c.images)]
+    inputs += [c.samples for c in cases if c.samples is not None]
+    no_samples = [c.case_id for c in cases if c.samples is None]
+    if model.segmenter is None and no_samples:
+        raise InputError(
+            f"{cases_csv}: case {no_samples[0]!r} has no samples path but {model.folder} has no "
+            "U-Net; give every case a samples column (your segmenter's T probability maps)."
+        )
     out = Path(out)
     model_digest = model.digest()
     key = config_digest([model_digest, str(Path(cases_csv).resolve()), threshold, save_maps])
@@ -138,8 +151,12 @@ def predict_manifest(
     writes = [_TABLE]
     check_output_dir(out, "batch", overwrite=overwrite, inputs=inputs, key=key, writes=writes)
     for case in track(cases, "checking inputs", enabled=progress):
-        images, _ = load_case(Case(case.case_id, case.images))
-        load_ignore(case, images[0])
+        if case.samples is not None:
+            load_samples_case(case, model.cfg.preprocess.brain_threshold)
+            load_ignore(case, load_nifti(case.images[0], read_data=False))
+        else:
+            images, _ = load_case(Case(case.case_id, case.images))
+            load_ignore(case, images[0])
     if bids_out is not None:
         _check_bids(bids_out, out, cases, inputs, model_digest, threshold, save_maps, overwrite)
     check_scheduler(scheduler)  # before anything is written
@@ -272,6 +289,7 @@ def _predict_case(job: _CaseJob) -> PredictResult:
         review_target=job.review_target,
         bids_out=job.bids_out,
         ignore=job.case.ignore,
+        samples=job.case.samples,
     )
     _mark(job.folder, job.model_digest, job.case, job.rule_threshold, job.save_maps, job.bids_out)
     return res
@@ -315,12 +333,21 @@ def _batch_digest(
     payload = {
         "model": model_digest,
         "images": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in case.images],
+        **_samples_key(case),
         "threshold": float(threshold),
         "save_maps": bool(save_maps),
     }
     if bids_out is not None:  # absent key: digests of batches without BIDS are unchanged
         payload["bids_out"] = str(Path(bids_out).resolve())
     return config_digest(payload)
+
+
+def _samples_key(case: Case) -> dict[str, object]:
+    """The batch-digest entry of a case's samples (none without: old digests unchanged)."""
+    if case.samples is None:
+        return {}
+    p = case.samples
+    return {"samples": [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]}
 
 
 def _mark(

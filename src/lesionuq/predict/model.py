@@ -101,7 +101,8 @@ class FittedModel:
     Attributes:
         folder: The model folder (``RUN/fold_K``).
         cfg: The resolved experiment config of the run.
-        segmenter: The U-Net (``lesionuq.segmentation.unet.UNet3D``).
+        segmenter: The U-Net (``lesionuq.segmentation.unet.UNet3D``), or None for a model
+            folder of the samples protocol (the user's segmenter: predict needs samples).
         scorers: Fitted scorers by method name; always holds :data:`REQUIRED_SCORERS`.
         device: Device of the U-Net (``"auto"``, ``"cpu"`` or ``"cuda"``).
         calibrator: ``gcnn_classif``'s raw score -> P(FP), or None (old model folder).
@@ -199,12 +200,13 @@ class FittedModel:
 
     def digest(self) -> str:
         """Identity of the model: its folder, config and segmenter file (size, mtime)."""
-        st = (self.folder / "segmenter.pt").stat()
+        unet = self.folder / "segmenter.pt"
+        st = [unet.stat().st_size, unet.stat().st_mtime_ns] if unet.is_file() else None
         return config_digest(
             {
                 "folder": str(self.folder.resolve()),
                 "cfg": self.cfg.to_dict(),
-                "segmenter": [st.st_size, st.st_mtime_ns],
+                "segmenter": st,
                 "scorers": sorted(self.scorers),
             }
         )
@@ -218,7 +220,8 @@ def load_model(
     Args:
         folder: ``RUN/fold_K`` with ``config.yaml``, ``segmenter.pt`` and
             ``scorers/gcnn_classif`` / ``scorers/gcnn_reg`` (other scorers found under
-            ``scorers/`` are loaded too).
+            ``scorers/`` are loaded too). A fold of a samples-protocol run has no
+            ``segmenter.pt`` (``protocol: samples`` in its config).
         n_images: Number of images that will be given, checked against the model's
             sequences (None: no check).
         device: Device of the U-Net; default the config's, except that a model trained
@@ -240,6 +243,8 @@ def load_model(
     needed = ["config.yaml", "segmenter.pt"]
     needed += [f"scorers/{m}/{SCORER_FILE}" for m in REQUIRED_SCORERS]
     missing = [name for name in needed if not (folder / name).is_file()]
+    if "segmenter.pt" in missing and _fixed_segmenter(folder / "config.yaml"):
+        missing.remove("segmenter.pt")  # the samples protocol: the user's segmenter
     if missing:
         raise InputError(
             f"{folder}: incomplete model folder, missing {', '.join(missing)} "
@@ -254,7 +259,8 @@ def load_model(
     if n_images is not None:
         model.check_images(n_images)
     try:
-        model.segmenter = load_segmenter(folder / "segmenter.pt", device=device)
+        if (folder / "segmenter.pt").is_file():
+            model.segmenter = load_segmenter(folder / "segmenter.pt", device=device)
     except InputError:
         raise
     except Exception as exc:  # torch raises many types for bad checkpoints
@@ -291,6 +297,17 @@ def load_model(
     remove_pyg_codegen_files()
     _load_calibration(model)
     return model
+
+
+def _fixed_segmenter(config_yaml: Path) -> bool:
+    """Whether a model folder's config says ``protocol: samples`` (no U-Net of its own)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(config_yaml.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and data.get("protocol") == "samples"
 
 
 def load_model_cached(folder: str | Path, device: str | None = None) -> FittedModel:

@@ -41,6 +41,7 @@ from lesionuq.io import (
     csv_text,
     load_case,
     load_ignore,
+    load_nifti,
     save_nifti,
 )
 from lesionuq.outputs import check_output_dir, locked_output, output_dir
@@ -271,6 +272,7 @@ class _OnGrid:
         native_shape: (X', Y', Z') shape of the input scan.
         warnings: Shift warning and calibration note (:func:`_review_warnings`).
         in_ignore: (N,) bool, lesions mostly in the ignore region; None without one.
+        samples: With the user's samples: ``{"path", "n_samples"}``; None for MC dropout.
     """
 
     pre: Preprocessed
@@ -281,6 +283,7 @@ class _OnGrid:
     native_shape: tuple[int, ...]
     warnings: list[str] = field(default_factory=list)
     in_ignore: np.ndarray | None = None
+    samples: dict[str, object] | None = None
 
 
 def predict_scan(
@@ -295,6 +298,7 @@ def predict_scan(
     bids_out: str | Path | None = None,
     review_target: str | None = None,
     ignore: str | Path | None = None,
+    samples: str | Path | None = None,
 ) -> PredictResult:
     """Segment one scan and score each lesion's uncertainty, in the scan's own space.
 
@@ -346,6 +350,11 @@ def predict_scan(
             manifest's ``ignore`` column), or None. Lesions mostly inside it
             (:func:`~lesionuq.lesions.components.ignored_lesions`) are still reported,
             with ``in_ignore`` True in ``lesions.csv`` (a column present only then).
+        samples: T probability maps of this scan from the user's own segmenter (a 4-D
+            NIfTI, last axis = sample, or a folder of 3-D maps; any grid covering the
+            scan, :mod:`lesionuq.samples`): the segmentation and voxel maps come from
+            them instead of the model's U-Net (a note says so when the model has one).
+            Required by a model folder of the samples protocol (no U-Net).
 
     Returns:
         The result (its :meth:`PredictResult.summary` is what the CLI prints).
@@ -362,18 +371,32 @@ def predict_scan(
     if threshold is not None:
         threshold = check_threshold(threshold)
     writes = output_names(save_maps)
-    check_output_dir(out, "prediction", overwrite=overwrite, inputs=paths, writes=writes)
+    inputs = (*paths, Path(samples)) if samples is not None else paths
+    check_output_dir(out, "prediction", overwrite=overwrite, inputs=inputs, writes=writes)
     bids = _check_exports(bids_out, out, paths, overwrite)
     if not isinstance(model, FittedModel):
         model = load_model(model, n_images=len(paths))
     model.check_images(len(paths))
+    if samples is None and model.segmenter is None:
+        raise InputError(
+            f"{model.folder}: this model has no U-Net (its scorers learned from another "
+            "segmenter's samples): give that segmenter's samples of this scan with --samples "
+            "STACK (a 4-D NIfTI, last axis = sample, or a folder of 3-D maps)."
+        )
     rule = model.review_rule(threshold, review_target)
     case_id = case_id or _case_name(paths[0])
     out = Path(out)
     with locked_output(out):  # a second prediction into ``out`` is refused meanwhile
-        check_output_dir(out, "prediction", overwrite=overwrite, inputs=paths, writes=writes)
+        check_output_dir(out, "prediction", overwrite=overwrite, inputs=inputs, writes=writes)
         with _Steps(_STEPS, progress, case_id).run() as step:
-            grid = _infer(model, paths, case_id, step, ignore)
+            grid = _infer(
+                model,
+                paths,
+                case_id,
+                step,
+                ignore,
+                None if samples is None else Path(samples),
+            )
             step("write")
             result = _write_outputs(
                 out,
@@ -403,24 +426,40 @@ def _infer(
     case_id: str,
     step: Callable[[str], None],
     ignore: str | Path | None = None,
+    samples: Path | None = None,
 ) -> _OnGrid:
-    """Load, preprocess, MC-dropout sample, find and score the lesions of one scan."""
+    """Load, preprocess, MC-dropout sample (or read ``samples``), find and score lesions."""
     from lesionuq.data.preprocess import mask_to_grid
     from lesionuq.lesions.graphs import case_lesions
+    from lesionuq.samples import samples_onto_grid
     from lesionuq.segmentation.sampling import mc_sample
 
     cfg = model.cfg
-    case = Case(case_id, paths, ignore=Path(ignore) if ignore is not None else None)
-    imgs, _ = load_case(case)
-    native = imgs[0]
-    ignore_img = load_ignore(case, native)
-    step("preprocess")
-    pre = preprocess(imgs, None, cfg.preprocess)
+    case = Case(
+        case_id,
+        paths,
+        ignore=Path(ignore) if ignore is not None else None,
+        samples=samples,
+    )
+    given: dict[str, object] | None = None
+    if samples is not None:  # every file checked before any work
+        native = load_nifti(paths[0])
+        ignore_img = load_ignore(case, native)
+        pre, maps, info = samples_onto_grid(case, cfg.preprocess, check_values=True)
+        given = {"path": str(samples.resolve()), "n_samples": info.n_samples}
+        step("preprocess")
+        step("samples")
+    else:
+        imgs, _ = load_case(case)
+        native = imgs[0]
+        ignore_img = load_ignore(case, native)
+        step("preprocess")
+        pre = preprocess(imgs, None, cfg.preprocess)
+        step("MC dropout")
+        maps = mc_sample(model.segmenter, pre.image, cfg.sampling, device=model.device)
     region = None
     if ignore_img is not None:
         region = mask_to_grid(ignore_img, pre.affine, pre.image.shape[1:])
-    step("MC dropout")
-    maps = mc_sample(model.segmenter, pre.image, cfg.sampling, device=model.device)
     step("lesions")
     labels, lesions = case_lesions(
         maps.seg, pre.image, maps, None, pre.affine, cfg.graphs, case_id, ignore=region
@@ -431,6 +470,12 @@ def _infer(
         raise RuntimeError(f"case_lesions returned {n} lesions but labels up to {labels.max()}.")
     step("scores")
     scores = _calibrate(model, _score(model, lesions))
+    notes = _review_warnings(model, native, maps, pre)
+    if given is not None and model.segmenter is not None:
+        notes.append(
+            f"The segmentation comes from the samples given ({samples}, T = "
+            f"{given['n_samples']}), not from the model's U-Net."
+        )
     return _OnGrid(
         pre,
         maps,
@@ -438,8 +483,9 @@ def _infer(
         scores,
         np.asarray(native.affine, dtype=np.float64),
         tuple(native.shape[:3]),
-        _review_warnings(model, native, maps, pre),
+        notes,
         lesions.table["in_ignore"].to_numpy(dtype=bool) if region is not None else None,
+        given,
     )
 
 
@@ -574,6 +620,8 @@ def _write_outputs(
             "case_id": case_id,
             "model": str(model.folder.resolve()),
             "images": [str(p.resolve()) for p in paths],
+            "segmentation_from": "samples" if grid.samples is not None else "unet",
+            "samples": grid.samples,
             "threshold": float(threshold),
             "threshold_source": rule.source,
             "review_target": rule.target,

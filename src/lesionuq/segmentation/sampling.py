@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -73,6 +73,7 @@ __all__ = [
     "fg_prob",
     "mc_sample",
     "mc_sample_naive",
+    "mc_samples",
     "sampling_dtype",
 ]
 
@@ -664,6 +665,39 @@ def mc_sample(
         :func:`mc_sample_naive` with the same masks (within 1e-5 in float32; bfloat16
         differs by rounding).
     """
+    rm = RunningMoments()
+    for p in mc_samples(model, image, cfg, device, masks=masks, amp=amp):
+        rm.update(p)
+    return rm.finalize()
+
+
+def mc_samples(
+    model: UNet3D,
+    image: np.ndarray,
+    cfg: SamplingConfig,
+    device: str = "auto",
+    *,
+    masks: Sequence[torch.Tensor] | None = None,
+    amp: bool = True,
+) -> Iterator[torch.Tensor]:
+    """The T MC-dropout foreground probabilities of :func:`mc_sample`, batch by batch.
+
+    :func:`mc_sample` streams these batches into :class:`RunningMoments`; a 4-D stack of
+    them (e.g. for the ``samples`` protocol, :mod:`lesionuq.samples`) gives the same
+    maps through :func:`lesionuq.uncertainty.maps_from_samples` bit for bit. The
+    generator holds ``torch.inference_mode`` (and, on CUDA, autocast) while it runs.
+
+    Args:
+        model: As :func:`mc_sample`.
+        image: (C, X, Y, Z) float32 preprocessed image.
+        cfg: As :func:`mc_sample`.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        masks: As :func:`mc_sample`.
+        amp: As :func:`mc_sample`.
+
+    Yields:
+        (B, X, Y, Z) float32 tensors (on ``device``), T samples in all, in mask order.
+    """
     dev = resolve_device(device)
     _check_model(model)
     model = model.to(dev).eval()
@@ -688,7 +722,6 @@ def mc_sample(
         p = fast.sample(shared if shared is not None else fast.shared(xp), batch)
         return p[:, : shape[0], : shape[1], : shape[2]]
 
-    rm = RunningMoments()
     with torch.inference_mode(), autocast:
         shared = None if window else fast.shared(model.pad(x)[0])
         for start in range(0, n, bsz):
@@ -701,5 +734,4 @@ def mc_sample(
                 p = _sliding(x, roi, window_probs)[0]
             else:
                 p = probs(x, shared, batch)
-            rm.update(p.float())
-    return rm.finalize()
+            yield p.float()
