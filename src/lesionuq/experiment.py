@@ -719,7 +719,17 @@ def stage_fit(
     ).raise_failed("scorer")
     for split in chosen:
         _fit_shift_reference(rd, cfg, split, data)
+        _fit_default_method(rd, cfg, split)
         cfg.to_yaml(rd.fold(split.fold) / "config.yaml")
+
+
+def _fit_default_method(rd: RunDir, cfg: ExperimentConfig, split: FoldSplit) -> None:
+    """Choose the fold's default P(FP) method (``lesionuq.predict.default_method``)."""
+    from lesionuq.lesions.dataset import load_lesion_set
+    from lesionuq.predict.default_method import fit_default_method
+
+    val = load_lesion_set(rd.lesion_set(split.fold, "val"))
+    fit_default_method(rd.fold(split.fold), val, cfg.calibration.review_target)
 
 
 # relative fit times (a fold of the quality bench): the order in which fits are submitted

@@ -27,7 +27,8 @@ from lesionuq.scorers.base import SCORER_FILE, LesionScorer
 from lesionuq.scorers.baselines import ColumnScorer, MetaSegScorer, SizeScorer
 from lesionuq.scorers.gcnn import GCNNScorer
 from lesionuq.scorers.gcnn_ens import GCNNEnsembleScorer, make_gcnn_ens
-from lesionuq.scorers.select import SelectedScorer, StackedScorer
+from lesionuq.scorers.robust import RobustGCNNScorer
+from lesionuq.scorers.select import STACK_CANDIDATES, SelectedScorer, StackedScorer
 
 __all__ = ["REGISTRY", "ScorerSpec", "load_scorer", "make_scorer"]
 
@@ -74,6 +75,20 @@ def _inner(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"gcnn": cfg.gcnn, "n_inner": cfg.calibration.n_inner, "seed": cfg.seed}
 
 
+def _robust(scan_norm: bool, augment: bool) -> Callable[[ExperimentConfig], dict[str, Any]]:
+    return lambda cfg: {
+        "task": "classif",
+        "cfg": cfg.gcnn,
+        "n_sequences": len(cfg.sequences),
+        "scan_norm": scan_norm,
+        "augment": augment,
+    }
+
+
+def _stack_robust(cfg: ExperimentConfig) -> dict[str, Any]:
+    return {**_inner(cfg), "candidates": (*STACK_CANDIDATES[:-1], "gcnn_robust")}
+
+
 # (colour, line style, line width): one family per colour, mean solid / logsum dashed
 REGISTRY: dict[str, ScorerSpec] = {
     "gcnn_classif": ScorerSpec(GCNNScorer, "GCNN classif", ("#d62728", "-", 2.6), _gcnn("classif")),
@@ -118,6 +133,27 @@ REGISTRY: dict[str, ScorerSpec] = {
     # scores, every weight >= 0 (scorers/select.py)
     "gcnn_stack": ScorerSpec(
         StackedScorer, "GCNN + uncertainty means (stacked)", ("#7f7f7f", "-", 2.6), _inner
+    ),
+    # beyond the paper (issue 31): GCNNs meant to carry over to other data
+    # (scorers/robust.py): intensities relative to each scan's perilesional ring,
+    # augmented training graphs, both, and both stacked like gcnn_stack
+    "gcnn_nawm": ScorerSpec(
+        RobustGCNNScorer, "GCNN, ring-normalised", ("#e7969c", "-", 2.0), _robust(True, False)
+    ),
+    "gcnn_aug": ScorerSpec(
+        RobustGCNNScorer, "GCNN, augmented", ("#ad494a", "-", 2.0), _robust(False, True)
+    ),
+    "gcnn_robust": ScorerSpec(
+        RobustGCNNScorer,
+        "GCNN, ring-normalised + augmented",
+        ("#843c39", "-", 2.0),
+        _robust(True, True),
+    ),
+    "gcnn_stack_robust": ScorerSpec(
+        StackedScorer,
+        "Robust GCNN + uncertainty means (stacked)",
+        ("#525252", "-", 2.6),
+        _stack_robust,
     ),
 }
 """Method name -> :class:`ScorerSpec`; the default methods are ``config.METHODS``."""
