@@ -25,6 +25,10 @@ one line per setting:
 
     RESULT families <setting> <method> auc <auc> diff_best <d> ci <lo> <hi> best <name>
 
+and, for the variants of the paper's GCNN, the issue's rule (:func:`verdicts`). The
+``default`` row is each source fold's default P(FP) method
+(``fold_K/default_method.json``, :mod:`lesionuq.predict.default_method`).
+
 Usage:
     python benchmarks/families.py [--out runs/families] [--config FILE] [--workers 2]
         [--extra gcnn_nawm,gcnn_aug,gcnn_robust,gcnn_stack_robust] [--families a,b]
@@ -45,6 +49,7 @@ from lesionuq.data.families import make_dataset
 from lesionuq.evaluation.bootstrap import bootstrap_auc
 from lesionuq.experiment import run_experiment, stage_fit
 from lesionuq.lesions.dataset import LesionSet
+from lesionuq.predict.default_method import load_default_method
 from lesionuq.rundir import RunDir
 from lesionuq.scorers import load_scorer
 
@@ -53,7 +58,14 @@ DEFAULT_EXTRA = ("gcnn_nawm", "gcnn_aug", "gcnn_robust", "gcnn_stack_robust")
 
 def is_baseline(method: str) -> bool:
     """Whether a method is a baseline (not a GCNN): the voxel aggregates, size, MetaSeg."""
-    return not method.startswith("gcnn")
+    return not method.startswith("gcnn") and method != "default"
+
+
+def fitted(run: Path, method: str) -> bool:
+    """Whether ``method`` is fitted (stamped) in every fold of ``run``."""
+    rd = RunDir(run)
+    _, _, splits = rd.read_plan()
+    return all((rd.scorer(s.fold, method) / "stamp.json").is_file() for s in splits)
 
 
 def cross_scores(source: Path, target: Path, methods: list[str]) -> pd.DataFrame:
@@ -78,6 +90,12 @@ def cross_scores(source: Path, target: Path, methods: list[str]) -> pd.DataFrame
         for m in methods:
             scorer = load_scorer(m, src.scorer(split.fold, m))
             frame[m] = scorer.score(test) if len(test) else np.zeros(0)
+        choice = load_default_method(src.fold(split.fold))
+        if choice is not None and choice.method in frame:
+            # the source fold's default P(FP) method (chosen on its validation lesions;
+            # a baseline's Platt map is monotone, so its raw score ranks the same)
+            frame["default"] = frame[choice.method]
+            frame["default_is"] = choice.method
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
@@ -90,6 +108,7 @@ def setting_table(lesions: pd.DataFrame, methods: list[str], n_boot: int) -> pd.
     point = dict(zip(methods, boot.point, strict=True))
     best = max(base, key=lambda m: point[m])
     diff, dlo, dhi = boot.difference(best)
+    pdiff, plo, phi = boot.difference("gcnn_classif")
     return pd.DataFrame(
         {
             "method": methods,
@@ -100,8 +119,35 @@ def setting_table(lesions: pd.DataFrame, methods: list[str], n_boot: int) -> pd.
             "diff_best": 100 * diff,
             "diff_lo": 100 * dlo,
             "diff_hi": 100 * dhi,
+            "diff_paper": 100 * pdiff,
+            "paper_lo": 100 * plo,
+            "paper_hi": 100 * phi,
         }
     )
+
+
+def verdicts(table: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
+    """The issue's rule for each variant of the paper's GCNN, from the four settings.
+
+    A variant *counts* when it loses at most 0.5 AUC points to ``gcnn_classif`` within
+    each family (A->A, B->B) and gains over it (difference > 0) on both cross-family
+    settings (A->B, B->A). Fixed before any result was seen.
+    """
+    rows = []
+    d = table.set_index(["setting", "method"])["diff_paper"]
+    for v in variants:
+        keep = all((s, v) in d.index and d[(s, v)] >= -0.5 for s in ("A->A", "B->B"))
+        gain = all((s, v) in d.index and d[(s, v)] > 0 for s in ("A->B", "B->A"))
+        rows.append(
+            {
+                "variant": v,
+                **{
+                    f"vs_paper {s}": d.get((s, v), np.nan) for s in ("A->A", "B->B", "A->B", "B->A")
+                },
+                "counts": keep and gain,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def main() -> None:
@@ -112,6 +158,11 @@ def main() -> None:
     parser.add_argument("--extra", default=",".join(DEFAULT_EXTRA))
     parser.add_argument("--families", default="a,b")
     parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="only score and tabulate the existing runs (the methods fitted in every fold)",
+    )
     args = parser.parse_args()
 
     base_cfg = ExperimentConfig.from_yaml(args.config)
@@ -122,21 +173,28 @@ def main() -> None:
         cfg = base_cfg.replace(phantom=dataclasses.replace(base_cfg.phantom, family=fam))
         data = args.out / f"fam{fam.upper()}" / "data"
         run = args.out / f"fam{fam.upper()}" / "run"
+        runs[fam] = run
+        if args.tables_only:
+            continue
         if not (data / "cases.csv").exists():
             make_dataset(data, cfg.phantom)
         run_experiment(data / "cases.csv", run, cfg, workers=args.workers)
         if extra:
             stage_fit(run, methods=extra, workers=args.workers)
-        runs[fam] = run
         print(f"family {fam}: {time.perf_counter() - t0:.0f}s", flush=True)
 
     methods = list(base_cfg.methods) + [m for m in extra if m not in base_cfg.methods]
+    methods = [m for m in methods if all(fitted(run, m) for run in runs.values())]
     pd.set_option("display.width", 200)
     rows = []
     for src, tgt in [(s, t) for s in runs for t in runs]:
         setting = f"{src.upper()}->{tgt.upper()}"
         lesions = cross_scores(runs[src], runs[tgt], methods)
-        table = setting_table(lesions, methods, args.n_boot)
+        cols = methods + (["default"] if "default" in lesions else [])
+        table = setting_table(lesions, cols, args.n_boot)
+        if "default" in lesions:
+            chosen = lesions.groupby("fold")["default_is"].first()
+            print(f"default P(FP) method per fold ({setting}): {chosen.to_dict()}")
         table.insert(0, "setting", setting)
         n_val = [
             len(LesionSet.load(RunDir(runs[src]).lesion_set(k, "val")).table)
@@ -157,6 +215,9 @@ def main() -> None:
                     f"{r.diff_best:.2f} ci {r.diff_lo:.2f} {r.diff_hi:.2f} best {r.best_baseline}"
                 )
     out = pd.concat(rows, ignore_index=True)
+    variants = [m for m in out["method"].unique() if m.startswith("gcnn") and m != "gcnn_classif"]
+    print("\nvariants of the paper's GCNN, AUC difference to gcnn_classif (points):")
+    print(verdicts(out, variants).round(2).to_string(index=False))
     args.out.mkdir(parents=True, exist_ok=True)
     out.to_csv(args.out / "families.csv", index=False)
     print(f"wrote {args.out / 'families.csv'}")
