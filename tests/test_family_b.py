@@ -112,3 +112,16 @@ def test_family_is_checked_and_b_takes_no_params(tmp_path) -> None:
     cfg = PhantomConfig(n_cases=1, family="b", params={"tr_ms": 8000})
     with pytest.raises(ConfigError, match="family b takes none"):
         make_dataset(tmp_path / "x", cfg, progress=False)
+
+
+def test_cli_family_b(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from lesionuq.cli import app
+
+    out = tmp_path / "ph"
+    args = ["phantom", "--out", str(out), "--cases", "1", "--spacing", "4", "--family", "b"]
+    result = CliRunner().invoke(app, [*args, "--max-lesions", "10", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "phantom.json").read_text())["family"] == "b"
+    assert (out / "cases.csv").read_text().splitlines()[0] == "case_id,flair,mask"
