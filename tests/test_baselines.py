@@ -188,7 +188,15 @@ def test_bad_inputs_give_clear_errors(tmp_path) -> None:
 
 def test_registry_covers_every_method() -> None:
     # the paper's methods, plus the documented extras beyond the paper
-    assert set(REGISTRY) - set(METHODS) == {"gcnn_ens", "gcnn_auto", "gcnn_stack"}
+    assert set(REGISTRY) - set(METHODS) == {
+        "gcnn_ens",
+        "gcnn_auto",
+        "gcnn_stack",
+        "gcnn_nawm",
+        "gcnn_aug",
+        "gcnn_robust",
+        "gcnn_stack_robust",
+    }
     assert set(METHODS) <= set(REGISTRY)
     cfg = ExperimentConfig()
     for name in METHODS:

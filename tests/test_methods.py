@@ -36,14 +36,19 @@ def test_one_table_under_every_old_name() -> None:
     assert LEARNED_METHODS == (
         "gcnn_classif", "gcnn_reg", "metaseg_classif", "metaseg_reg",
         "gcnn_ens", "gcnn_auto", "gcnn_stack",
+        "gcnn_nawm", "gcnn_aug", "gcnn_robust", "gcnn_stack_robust",
     )  # fmt: skip
     assert LABELS["gcnn_stack"] == "GCNN + uncertainty means (stacked)"
     assert REQUIRED_SCORERS == ("gcnn_classif", "gcnn_reg")
     p_fp = {n for n in CATALOGUE if methods.outputs_p_fp(n)}
-    assert p_fp == {"gcnn_classif", "metaseg_classif", "gcnn_ens", "gcnn_auto", "gcnn_stack"}
+    robust = {"gcnn_nawm", "gcnn_aug", "gcnn_robust", "gcnn_stack_robust"}
+    assert (
+        p_fp == {"gcnn_classif", "metaseg_classif", "gcnn_ens", "gcnn_auto", "gcnn_stack"} | robust
+    )
     assert {n for n, s in CATALOGUE.items() if "gcnn" in s.sections} == {
         "gcnn_classif", "gcnn_reg", "gcnn_ens", "gcnn_auto", "gcnn_stack",
-    }  # fmt: skip
+    } | robust  # fmt: skip
+    assert CATALOGUE["gcnn_robust"].sections == ("gcnn", "sequences")
     assert CATALOGUE["gcnn_auto"].sections == ("gcnn", "calibration", "seed")
     assert methods.fit_cost("gcnn_ens") == 5.0 and methods.fit_cost("size") == 0.0
 

@@ -35,6 +35,7 @@ from lesionuq.lesions.dataset import LesionSet
 from lesionuq.predict import load_model, predict_scan
 from lesionuq.predict.model import UNCALIBRATED_NOTE, FittedModel
 from lesionuq.rundir import RunDir
+from lesionuq.scorers.default_method import DEFAULT_METHOD_FILE
 from lesionuq.shift import SHIFT_FILE
 
 LEARNED = [m for m in METHODS if is_calibrated(m, TINY)]
@@ -301,6 +302,7 @@ def test_old_model_folder_still_predicts(scans, tmp_path):
     shutil.copytree(folder, old, ignore=shutil.ignore_patterns("*test", "*val", "graphs"))
     for p in [*old.glob(f"scorers/*/{CALIBRATOR_FILE}"), old / SHIFT_FILE]:
         p.unlink()
+    (old / DEFAULT_METHOD_FILE).unlink(missing_ok=True)  # newer than calibration too
     res = predict_scan(old, [image], tmp_path / "out", progress=False)
     assert res.threshold == 0.5
     assert res.warnings == [UNCALIBRATED_NOTE[0].upper() + UNCALIBRATED_NOTE[1:]]
@@ -315,3 +317,22 @@ def test_every_learned_scorer_is_calibrated_and_no_fixed_one() -> None:
     assert set(LEARNED) == {"gcnn_classif", "gcnn_reg", "metaseg_classif", "metaseg_reg"}
     assert is_calibrated("gcnn_ens", TINY)  # a registered learned method beyond the paper
     assert not any(is_calibrated(m, TINY) for m in ("size", "entropy_mean", "pcs_logsum"))
+
+
+def test_predict_reports_the_folders_default_method(scans, tmp_path):
+    folder, image, _ = scans
+    chosen = json.loads((folder / DEFAULT_METHOD_FILE).read_text())
+    model = load_model(folder)
+    assert model.p_fp_method == chosen["method"]
+    res = predict_scan(model, [image], tmp_path / "out", progress=False)
+    side = json.loads((tmp_path / "out" / "lesions.json").read_text())
+    assert side["p_fp_method"] == chosen["method"]
+    assert side["p_fp_method_reason"] == chosen["reason"]
+    assert side["p_fp_method_validation_auc"] == chosen["val_auc"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "P(FP) method" in page and "Validation AUC of the untrained baselines" in page
+    # p_fp is the chosen method's calibrated P(FP): a monotone map of its raw score
+    raw = res.table[f"u_{chosen['method']}"] if chosen["method"] != "gcnn_classif" else None
+    if raw is not None and len(res.table) > 1:
+        order = np.argsort(raw.to_numpy(), kind="stable")
+        assert np.all(np.diff(res.table["p_fp"].to_numpy()[order]) >= -1e-12)

@@ -197,15 +197,26 @@ def phantom(
     ] = None,
     spacing: Annotated[float, typer.Option(help="Voxel size in mm.")] = 1.0,
     preview: Annotated[bool, typer.Option(help="Write preview.png.")] = False,
+    family: Annotated[
+        str, typer.Option(help="Generator: a (MNI152, the default) or b (fsaverage, other rules).")
+    ] = "a",
+    max_lesions: Annotated[int, typer.Option(help="Lesion-load scale.")] = 40,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Generate a synthetic MS data set on the MNI152 brain."""
+    """Generate a synthetic MS data set (family a: MNI152 brain; b: fsaverage brain)."""
     from lesionuq.config import PhantomConfig
-    from lesionuq.data.phantom import make_phantom_dataset
+    from lesionuq.data.families import make_dataset
 
-    cfg = PhantomConfig(n_cases=cases, seed=seed, shape=shape, spacing=spacing)
-    path = make_phantom_dataset(out, cfg, preview=preview, progress=not quiet, overwrite=overwrite)
+    cfg = PhantomConfig(
+        n_cases=cases,
+        seed=seed,
+        shape=shape,
+        spacing=spacing,
+        family=family,
+        max_lesions=max_lesions,
+    )
+    path = make_dataset(out, cfg, preview=preview, progress=not quiet, overwrite=overwrite)
     console.print(f"wrote {cases} cases: {path}")
 
 

@@ -206,6 +206,8 @@ class PhantomConfig(_Section):
         max_lesions: Upper bound of the per-case lesion count.
         params: Overrides of the physical parameters
             (``lesionuq.data.phantom.PhantomParams`` field -> value); None for the defaults.
+        family: Generator: ``"a"`` (``lesionuq.data.phantom``, MNI152) or ``"b"``
+            (``lesionuq.data.family_b``, fsaverage, other rules; takes no ``params``).
     """
 
     n_cases: int = 20
@@ -214,8 +216,11 @@ class PhantomConfig(_Section):
     spacing: float = 1.0
     max_lesions: int = 40
     params: dict[str, Any] | None = None
+    family: str = "a"
 
     def _check(self) -> None:
+        if self.family not in ("a", "b"):
+            raise ConfigError(f"phantom.family must be 'a' or 'b', got {self.family!r}.")
         _at_least(self, "n_cases", [self.n_cases], 1)
         _at_least(self, "seed", [self.seed], 0)
         _at_least(self, "shape", self.shape or (), 1)

@@ -74,6 +74,7 @@ from lesionuq.rundir import (
     unet_config,
     write_stamp,
 )
+from lesionuq.scorers.default_method import fit_default_method
 from lesionuq.uncertainty import VoxelMaps
 from lesionuq.utils import remove_pyg_codegen_files, track
 
@@ -813,6 +814,7 @@ def stage_fit(
     ).raise_failed("scorer")
     for split in chosen:
         _fit_shift_reference(rd, cfg, split, data)
+        _fit_default_method(rd, cfg, split)
         cfg.to_yaml(rd.fold(split.fold) / "config.yaml")
 
 
@@ -825,6 +827,14 @@ def _check_methods(methods: Sequence[str] | None) -> None:
                 f"--method {method!r} is not a scoring method{did_you_mean(method, known)}; "
                 f"known: {', '.join(known)}."
             )
+
+
+def _fit_default_method(rd: RunDir, cfg: ExperimentConfig, split: FoldSplit) -> None:
+    """Choose the fold's default P(FP) method (``lesionuq.scorers.default_method``)."""
+    from lesionuq.lesions.dataset import load_lesion_set
+
+    val = load_lesion_set(rd.lesion_set(split.fold, "val"))
+    fit_default_method(rd.fold(split.fold), val, cfg.calibration.review_target)
 
 
 @dataclass

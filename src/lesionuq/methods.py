@@ -140,6 +140,19 @@ def _column(column: str, label: str, colour: str, line: str) -> MethodSpec:
     )
 
 
+def _robust(name: str, label: str, colour: str) -> MethodSpec:
+    """A GCNN of ``scorers/robust.py`` (built by its ``make_<name>``)."""
+    return MethodSpec(
+        "lesionuq.scorers.robust:RobustGCNNScorer",
+        label,
+        (colour, "-", 2.0),
+        output="p_fp",
+        fit_cost=1.0,
+        factory=f"lesionuq.scorers.robust:make_{name}",
+        reads=("gcnn", "sequences"),
+    )
+
+
 _GCNN = "lesionuq.scorers.gcnn:GCNNScorer"
 _METASEG = "lesionuq.scorers.baselines:MetaSegScorer"
 _INNER = {"gcnn": "gcnn", "n_inner": "calibration.n_inner", "seed": "seed"}
@@ -212,6 +225,22 @@ CATALOGUE: dict[str, MethodSpec] = {
         output="p_fp",
         fit_cost=4.0,
         self_calibrated=True,
+        settings=_INNER,
+    ),
+    # beyond the paper (issue 31): GCNNs meant to carry over to other data
+    # (scorers/robust.py): intensities relative to each scan's perilesional ring,
+    # augmented training graphs, both, and both stacked like gcnn_stack
+    "gcnn_nawm": _robust("gcnn_nawm", "GCNN, ring-normalised", "#e7969c"),
+    "gcnn_aug": _robust("gcnn_aug", "GCNN, augmented", "#ad494a"),
+    "gcnn_robust": _robust("gcnn_robust", "GCNN, ring-normalised + augmented", "#843c39"),
+    "gcnn_stack_robust": MethodSpec(
+        "lesionuq.scorers.select:StackedScorer",
+        "Robust GCNN + uncertainty means (stacked)",
+        ("#525252", "-", 2.6),
+        output="p_fp",
+        fit_cost=4.0,
+        self_calibrated=True,
+        kwargs={"candidates": ("entropy_mean", "variance_mean", "pcs_mean", "size", "gcnn_robust")},
         settings=_INNER,
     ),
 }

@@ -135,6 +135,7 @@ def scan_report_html(
     viewer: str | None = None,
     warnings: Sequence[str] = (),
     threshold_note: str | None = None,
+    method_note: str | None = None,
 ) -> str:
     """A self-contained HTML page: the viewer, the summary figure (base64), the lesion table.
 
@@ -152,6 +153,8 @@ def scan_report_html(
             :data:`~lesionuq.export.viewer.NO_VIEWER_NOTE` instead, above the static figure.
         warnings: Sentences shown in a box at the top (:func:`warnings_html`).
         threshold_note: How the review threshold was chosen, shown under the counts.
+        method_note: Which method gives P(FP) and why (with the baselines' validation
+            AUCs), shown under it.
 
     Returns:
         The page text.
@@ -177,6 +180,7 @@ def scan_report_html(
         f"<tr><td>lesions</td><td>{len(table)}, of which {n_review} to review "
         f"(P(FP) &ge; {threshold:g}, highlighted)</td></tr>",
         f"<tr><td>review rule</td><td>{escape(threshold_note)}</td></tr>" if threshold_note else "",
+        f"<tr><td>P(FP) method</td><td>{escape(method_note)}</td></tr>" if method_note else "",
         f"<tr><td>lesionuq</td><td>{escape(__version__)}, {seconds:.1f} s</td></tr>",
         "</table>",
         "<h2>Viewer</h2>",
@@ -185,7 +189,8 @@ def scan_report_html(
         "<h2>Lesions (sorted by P(FP), most doubtful first)</h2>",
         body,
         '<p class="note">p_fp: probability that the lesion is a false positive '
-        "(gcnn_classif); iou_pred: predicted IoU_adj with the true lesion (gcnn_reg); "
+        "(the P(FP) method above; gcnn_classif by default); iou_pred: predicted IoU_adj "
+        "with the true lesion (gcnn_reg); "
         "entropy/variance/pcs_mean: mean voxel entropy, variance and PCS confidence over the "
         "lesion; volume and centroid (world mm) on the input scan's grid.</p>",
     ]

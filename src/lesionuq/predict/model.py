@@ -31,6 +31,7 @@ from lesionuq.config import ExperimentConfig, config_digest
 from lesionuq.io import InputError, describe_load_error
 from lesionuq.methods import PREDICT_METHODS
 from lesionuq.operating_point import FEW_VALIDATION_LESIONS, choose_threshold, parse_target
+from lesionuq.scorers.default_method import MethodChoice
 from lesionuq.shift import SHIFT_FILE, ShiftReference
 from lesionuq.utils import remove_pyg_codegen_files
 
@@ -110,6 +111,8 @@ class FittedModel:
         calibration: The whole ``gcnn_classif/calibration.json`` (operating point,
             out-of-fold P(FP) of the validation lesions); empty when absent.
         shift: The validation scans' :class:`~lesionuq.shift.ShiftReference`, or None.
+        default: The folder's default P(FP) method and why
+            (:mod:`lesionuq.scorers.default_method`), or None (older folder: gcnn_classif).
     """
 
     folder: Path
@@ -121,15 +124,39 @@ class FittedModel:
     iou_calibrator: IoURecalibrator | None = None
     calibration: dict[str, Any] = field(default_factory=dict)
     shift: ShiftReference | None = None
+    default: MethodChoice | None = None
+
+    @property
+    def p_fp_method(self) -> str:
+        """The method whose P(FP) is reported: ``default_method.json``'s, else gcnn_classif."""
+        d = self.default
+        if d is not None and d.method in self.scorers and (d.calibrator or not d.is_baseline):
+            return d.method
+        return "gcnn_classif"
 
     @property
     def calibrated(self) -> bool:
         """Whether P(FP) is calibrated (the folder holds ``gcnn_classif``'s calibrator)."""
         return self.calibrator is not None
 
+    def p_fp_note(self) -> str:
+        """One sentence: the P(FP) method, why, and the baselines' validation AUCs."""
+        if self.default is None:
+            return "gcnn_classif (the paper's GCNN; this model folder chose no default method)."
+        text = f"{self.p_fp_method}: {self.default.reason}"
+        base = self.default.baselines_text()
+        return f"{text} Validation AUC of the untrained baselines: {base}." if base else text
+
     def p_fp(self, raw: np.ndarray) -> np.ndarray:
-        """(N,) P(FP) from ``gcnn_classif``'s (N,) raw scores (unchanged when uncalibrated)."""
-        raw = np.clip(np.asarray(raw, dtype=np.float64), 0.0, 1.0)
+        """(N,) P(FP) from the reported method's (N,) raw scores (unchanged when uncalibrated).
+
+        The reported method is :attr:`p_fp_method` (``gcnn_classif`` unless the folder's
+        ``default_method.json`` chose another); a baseline's raw score is not clipped.
+        """
+        raw = np.asarray(raw, dtype=np.float64)
+        d = self.default
+        if d is None or not (d.is_baseline and self.p_fp_method == d.method):
+            raw = np.clip(raw, 0.0, 1.0)  # a probability (a baseline's score is any real)
         if self.calibrator is None or raw.size == 0:
             return raw
         return np.clip(self.calibrator.predict(raw), 0.0, 1.0)
@@ -343,9 +370,18 @@ def _load_model_once(
 
 def _load_calibration(model: FittedModel) -> None:
     """Attach the calibrators and the shift reference when the folder has them."""
+    from lesionuq.calibration import calibrator_from_dict
+    from lesionuq.scorers.default_method import load_default_method
+
     root = model.folder / "scorers"
-    path = root / "gcnn_classif" / CALIBRATOR_FILE
-    if path.is_file():
+    model.default = load_default_method(model.folder)
+    method = model.p_fp_method
+    path = root / method / CALIBRATOR_FILE
+    if model.default is not None and model.default.calibrator and method != "gcnn_classif":
+        payload = dict(model.default.calibrator or {})
+        model.calibrator = calibrator_from_dict(payload["calibrator"])
+        model.calibration = payload
+    elif path.is_file():
         model.calibrator, _, model.calibration = load_calibration(path)
     path = root / "gcnn_reg" / CALIBRATOR_FILE
     if path.is_file():

@@ -324,7 +324,10 @@ def predict_scan(
     (:func:`lesionuq.export.bids.write_bids_derivatives`, entities from the first
     image's BIDS file name).
 
-    ``p_fp`` is the calibrated P(FP) of ``gcnn_classif`` and ``iou_pred`` the recalibrated
+    ``p_fp`` is the calibrated P(FP) of the model folder's default method
+    (:mod:`lesionuq.scorers.default_method`: ``gcnn_classif`` unless another ranked the
+    validation lesions better; ``lesions.json`` and the report say which and why) and
+    ``iou_pred`` the recalibrated
     IoU_adj of ``gcnn_reg`` (raw outputs for a model folder fitted before calibration).
     When the scan is unlike the model's validation scans (:mod:`lesionuq.shift`) a
     warning goes to :attr:`PredictResult.warnings`, ``prediction.json``, ``lesions.json``
@@ -496,7 +499,9 @@ def _calibrate(model: FittedModel, scores: dict[str, np.ndarray]) -> dict[str, n
     ``1 -`` the recalibrated IoU_adj; the other scorers keep their raw uncertainty.
     """
     out = dict(scores)
-    out["gcnn_classif"] = model.p_fp(scores["gcnn_classif"])
+    # the reported P(FP) (kept under the "gcnn_classif" key the writers read) comes from
+    # the model folder's default method (default_method.json; gcnn_classif without it)
+    out["gcnn_classif"] = model.p_fp(scores[model.p_fp_method])
     out["gcnn_reg"] = 1.0 - model.iou_pred(scores["gcnn_reg"])
     return out
 
@@ -538,6 +543,13 @@ def _write_review_json(
             else "raw gcnn_classif output (uncalibrated model folder)"
         ),
         "calibration": model.calibrator.to_dict() if model.calibrator is not None else None,
+        "p_fp_method": model.p_fp_method,
+        "p_fp_method_reason": model.default.reason
+        if model.default is not None
+        else ("model folder without default_method.json: the paper's gcnn_classif"),
+        "p_fp_method_validation_auc": (
+            model.default.to_dict()["val_auc"] if model.default is not None else None
+        ),
         "warnings": list(warnings),
     }
     return atomic_write_text(folder / "lesions.json", json.dumps(payload, indent=1) + "\n")
@@ -613,6 +625,7 @@ def _write_outputs(
             viewer=viewer,
             warnings=grid.warnings,
             threshold_note=rule.describe(),
+            method_note=model.p_fp_note(),
         )
         atomic_write_text(tmp / "report.html", page)
         meta = {

@@ -354,7 +354,7 @@ class GCNNScorer(LesionScorer):
                 model.train()
                 loss_sum, n_seen = 0.0, 0
                 for batch in loader:
-                    batch = batch.to(device)
+                    batch = self._augment(batch.to(device))
                     optimiser.zero_grad()
                     loss = self._loss(
                         model(batch.x, batch.edge_index, batch.batch, batch.edge_weight),
@@ -402,6 +402,10 @@ class GCNNScorer(LesionScorer):
         self.class_weight_ = None
         self.fit_seconds_ = 0.0
         self.n_train_ = self.n_val_ = 0
+
+    def _augment(self, batch: Data) -> Data:
+        """A training batch as the model sees it: unchanged here (a subclass's hook)."""
+        return batch
 
     def _loss(self, out: torch.Tensor, batch: Data, weight: torch.Tensor | None) -> torch.Tensor:
         if self.task == "classif":

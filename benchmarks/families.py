@@ -1,0 +1,263 @@
+"""Cross-family bench (issue 31): Table 2 on phantom families A and B, and across them.
+
+Runs the paper's protocol (``configs/families.yaml``, a reduced version of the quality
+bench: 2 mm grid, 32 cases, 2 folds, 300 U-Net steps, T = 10; see the config's header)
+once on family A (``lesionuq.data.phantom``, MNI152) and once on family B
+(``lesionuq.data.family_b``, fsaverage5 and other generative rules), then scores every
+fold's test lesions of each family with the scorers fitted on the *same* fold of either
+family:
+
+    A -> A, B -> B   the within-family Table 2;
+    A -> B, B -> A   the lesion scorers fitted on one family's validation lesions
+                     score the other family's test lesions (each family's own U-Net
+                     and voxel maps: only the lesion scorer is moved).
+
+Every setting gets the case-bootstrap intervals of ``lesionuq.evaluation.bootstrap``
+(B = 1000 replicates of the target family's test cases, the same replicates for all
+methods) and the paired difference of every method to the best baseline of that
+setting (the method with the highest AUC among those that are not GCNNs: the voxel
+aggregates, size and MetaSeg). The extra methods (``--extra``, default the robust
+variants of ``lesionuq.scorers.robust`` and ``gcnn_stack_robust``) are fitted into each
+run after the protocol (``lesionuq.experiment.stage_fit``).
+
+Writes ``OUT/families.csv`` (one row per setting and method) and prints the tables and
+one line per setting:
+
+    RESULT families <setting> <method> auc <auc> diff_best <d> ci <lo> <hi> best <name>
+
+and, for the variants of the paper's GCNN, the issue's rule (:func:`verdicts`). The
+``default`` row is each source fold's default P(FP) method
+(``fold_K/default_method.json``, :mod:`lesionuq.scorers.default_method`).
+
+Usage:
+    python benchmarks/families.py [--out runs/families] [--config FILE] [--workers 2]
+        [--extra gcnn_nawm,gcnn_aug,gcnn_robust,gcnn_stack_robust] [--families a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lesionuq.config import ExperimentConfig
+from lesionuq.data.families import make_dataset
+from lesionuq.evaluation.bootstrap import bootstrap_auc
+from lesionuq.experiment import run_experiment, stage_fit
+from lesionuq.lesions.dataset import LesionSet
+from lesionuq.rundir import RunDir
+from lesionuq.scorers import load_scorer
+from lesionuq.scorers.default_method import load_default_method
+
+DEFAULT_EXTRA = ("gcnn_nawm", "gcnn_aug", "gcnn_robust", "gcnn_stack_robust")
+
+
+def is_baseline(method: str) -> bool:
+    """Whether a method is a baseline (not a GCNN): the voxel aggregates, size, MetaSeg."""
+    return not method.startswith("gcnn") and method != "default"
+
+
+def fitted(run: Path, method: str) -> bool:
+    """Whether ``method`` is fitted (stamped) in every fold of ``run``."""
+    rd = RunDir(run)
+    _, _, splits = rd.read_plan()
+    return all((rd.scorer(s.fold, method) / "stamp.json").is_file() for s in splits)
+
+
+def plain_fit(run: Path, methods: list[str]) -> None:
+    """Fit each missing method once per fold on its validation lesions (no calibrator).
+
+    A shortcut for a bench short of time: the cross-fitted calibrator of
+    ``lesionuq.experiment.stage_fit`` changes no AUC (it is monotone), so a plain fit
+    gives the same ranking at a quarter of the cost. The stamp says so
+    (``"digest": "plain-fit"``); such a scorer takes no part in ``default_method.json``
+    (it has no out-of-fold P(FP)).
+    """
+    from lesionuq.io import atomic_dir
+    from lesionuq.lesions.dataset import load_lesion_set
+    from lesionuq.rundir import write_stamp
+    from lesionuq.scorers import make_scorer
+
+    rd = RunDir(run)
+    cfg, _, splits = rd.read_plan()
+    for split in splits:
+        val = load_lesion_set(rd.lesion_set(split.fold, "val"))
+        for m in methods:
+            folder = rd.scorer(split.fold, m)
+            if (folder / "stamp.json").is_file():
+                continue
+            t0 = time.perf_counter()
+            with atomic_dir(folder) as tmp:
+                make_scorer(m, cfg).fit(val, progress=False).save(tmp)
+                write_stamp(tmp / "stamp.json", "plain-fit", fit_seconds=time.perf_counter() - t0)
+            print(f"plain fit {run} fold {split.fold} {m}: {time.perf_counter() - t0:.0f}s")
+
+
+def cross_scores(source: Path, target: Path, methods: list[str]) -> pd.DataFrame:
+    """Score the target run's test lesions of every fold with the source run's scorers.
+
+    Args:
+        source: Run whose ``fold_K/scorers/METHOD`` are used.
+        target: Run whose ``fold_K/graphs/test`` lesions are scored (same folds).
+        methods: Method names.
+
+    Returns:
+        One row per target test lesion: ``fold, case_id, is_tp`` and one column per method
+        (raw scores; the calibrators are monotone, so the AUCs are those of P(FP)).
+    """
+    frames = []
+    src, tgt = RunDir(source), RunDir(target)
+    _, _, splits = tgt.read_plan()
+    for split in splits:
+        test = LesionSet.load(tgt.lesion_set(split.fold, "test"))
+        frame = test.table[["case_id", "is_tp"]].copy()
+        frame.insert(0, "fold", split.fold)
+        for m in methods:
+            scorer = load_scorer(m, src.scorer(split.fold, m))
+            frame[m] = scorer.score(test) if len(test) else np.zeros(0)
+        choice = load_default_method(src.fold(split.fold))
+        if choice is not None and choice.method in frame:
+            # the source fold's default P(FP) method (chosen on its validation lesions;
+            # a baseline's Platt map is monotone, so its raw score ranks the same)
+            frame["default"] = frame[choice.method]
+            frame["default_is"] = choice.method
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def setting_table(lesions: pd.DataFrame, methods: list[str], n_boot: int) -> pd.DataFrame:
+    """AUC with its interval and the paired difference to the best baseline, per method."""
+    boot = bootstrap_auc(lesions, methods, n_boot=n_boot, seed=0)
+    lo, hi = boot.interval()
+    base = [m for m in methods if is_baseline(m)]
+    point = dict(zip(methods, boot.point, strict=True))
+    best = max(base, key=lambda m: point[m])
+    diff, dlo, dhi = boot.difference(best)
+    pdiff, plo, phi = boot.difference("gcnn_classif")
+    return pd.DataFrame(
+        {
+            "method": methods,
+            "auc": 100 * boot.point,
+            "auc_lo": 100 * lo,
+            "auc_hi": 100 * hi,
+            "best_baseline": best,
+            "diff_best": 100 * diff,
+            "diff_lo": 100 * dlo,
+            "diff_hi": 100 * dhi,
+            "diff_paper": 100 * pdiff,
+            "paper_lo": 100 * plo,
+            "paper_hi": 100 * phi,
+        }
+    )
+
+
+def verdicts(table: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
+    """The issue's rule for each variant of the paper's GCNN, from the four settings.
+
+    A variant *counts* when it loses at most 0.5 AUC points to ``gcnn_classif`` within
+    each family (A->A, B->B) and gains over it (difference > 0) on both cross-family
+    settings (A->B, B->A). Fixed before any result was seen.
+    """
+    rows = []
+    d = table.set_index(["setting", "method"])["diff_paper"]
+    for v in variants:
+        keep = all((s, v) in d.index and d[(s, v)] >= -0.5 for s in ("A->A", "B->B"))
+        gain = all((s, v) in d.index and d[(s, v)] > 0 for s in ("A->B", "B->A"))
+        rows.append(
+            {
+                "variant": v,
+                **{
+                    f"vs_paper {s}": d.get((s, v), np.nan) for s in ("A->A", "B->B", "A->B", "B->A")
+                },
+                "counts": keep and gain,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/families"))
+    parser.add_argument("--config", type=Path, default=Path("configs/families.yaml"))
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--extra", default=",".join(DEFAULT_EXTRA))
+    parser.add_argument("--families", default="a,b")
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="only score and tabulate the existing runs (the methods fitted in every fold)",
+    )
+    parser.add_argument(
+        "--plain-fit",
+        action="store_true",
+        help="with --tables-only: fit the missing extra methods once per fold, uncalibrated",
+    )
+    args = parser.parse_args()
+
+    base_cfg = ExperimentConfig.from_yaml(args.config)
+    extra = [m for m in args.extra.split(",") if m]
+    runs: dict[str, Path] = {}
+    for fam in args.families.split(","):
+        t0 = time.perf_counter()
+        cfg = base_cfg.replace(phantom=dataclasses.replace(base_cfg.phantom, family=fam))
+        data = args.out / f"fam{fam.upper()}" / "data"
+        run = args.out / f"fam{fam.upper()}" / "run"
+        runs[fam] = run
+        if args.tables_only:
+            if args.plain_fit:
+                plain_fit(run, extra)
+            continue
+        if not (data / "cases.csv").exists():
+            make_dataset(data, cfg.phantom)
+        run_experiment(data / "cases.csv", run, cfg, workers=args.workers)
+        if extra:
+            stage_fit(run, methods=extra, workers=args.workers)
+        print(f"family {fam}: {time.perf_counter() - t0:.0f}s", flush=True)
+
+    methods = list(base_cfg.methods) + [m for m in extra if m not in base_cfg.methods]
+    methods = [m for m in methods if all(fitted(run, m) for run in runs.values())]
+    pd.set_option("display.width", 200)
+    rows = []
+    for src, tgt in [(s, t) for s in runs for t in runs]:
+        setting = f"{src.upper()}->{tgt.upper()}"
+        lesions = cross_scores(runs[src], runs[tgt], methods)
+        cols = methods + (["default"] if "default" in lesions else [])
+        table = setting_table(lesions, cols, args.n_boot)
+        if "default" in lesions:
+            chosen = lesions.groupby("fold")["default_is"].first()
+            print(f"default P(FP) method per fold ({setting}): {chosen.to_dict()}")
+        table.insert(0, "setting", setting)
+        n_val = [
+            len(LesionSet.load(RunDir(runs[src]).lesion_set(k, "val")).table)
+            for k in sorted(lesions["fold"].unique())
+        ]
+        table["val_lesions"] = "/".join(str(n) for n in n_val)
+        table["test_lesions"] = len(lesions)
+        rows.append(table)
+        print(
+            f"\n{setting}: scorers fitted on family {src} (validation lesions per fold "
+            f"{table['val_lesions'].iloc[0]}), {len(lesions)} test lesions of family {tgt}"
+        )
+        print(table.drop(columns=["setting"]).round(2).to_string(index=False))
+        for r in table.itertuples():
+            if not is_baseline(str(r.method)):
+                print(
+                    f"RESULT families {setting} {r.method} auc {r.auc:.2f} diff_best "
+                    f"{r.diff_best:.2f} ci {r.diff_lo:.2f} {r.diff_hi:.2f} best {r.best_baseline}"
+                )
+    out = pd.concat(rows, ignore_index=True)
+    variants = [m for m in out["method"].unique() if m.startswith("gcnn") and m != "gcnn_classif"]
+    print("\nvariants of the paper's GCNN, AUC difference to gcnn_classif (points):")
+    print(verdicts(out, variants).round(2).to_string(index=False))
+    args.out.mkdir(parents=True, exist_ok=True)
+    out.to_csv(args.out / "families.csv", index=False)
+    print(f"wrote {args.out / 'families.csv'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""Which P(FP) method ``predict`` reports by default, chosen per model folder (issue 31).
+
+The paper's GCNN is not always the best ranker: on data it was not designed on, an
+untrained voxel-uncertainty aggregate can rank the lesions better. So each model folder
+chooses its default P(FP) method on its own validation lesions, where every learned
+scorer has *out-of-fold* P(FP) (``scorers/METHOD/calibration.json``: ``oof_p_fp``, the
+lesion scored by a model that did not see it) and every untrained baseline its plain
+score (nothing was fitted):
+
+1. AUC (the accuracy-confidence AUC of Table 2) of every candidate on the validation
+   lesions; the best untrained baseline is the one with the highest AUC.
+2. The default is the learned scorer with the highest out-of-fold AUC among those at
+   least as high as the best baseline's (a tie goes to the earlier in ``order``: the
+   paper's ``gcnn_classif`` first).
+3. When no learned scorer reaches it, the default is the best baseline itself, its score
+   turned into P(FP) by Platt scaling on the validation lesions (a monotone map: the
+   ranking is the baseline's).
+4. Validation lesions of one class only (no FP or no TP) rank nothing: the default stays
+   ``gcnn_classif``, and the reason says so.
+
+So the reported method never ranks the validation lesions worse than the best untrained
+baseline (rule 4 aside). The choice, its reason and every candidate's validation AUC
+are written to ``fold_K/default_method.json`` by ``lesionuq fit`` and shown by
+``predict`` in ``lesions.json`` and the report.
+
+Example:
+    >>> choice = choose_default_method({"gcnn_classif": oof}, {"entropy_mean": u}, is_tp)
+    >>> choice.method, choice.reason
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lesionuq.calibration import CALIBRATOR_FILE, PlattCalibrator, operating_point_of
+from lesionuq.evaluation.bootstrap import weighted_auc
+from lesionuq.io import atomic_write_text
+from lesionuq.methods import CATALOGUE, is_learned
+from lesionuq.scorers.base import SCORER_FILE
+from lesionuq.scorers.registry import load_scorer
+
+__all__ = [
+    "DEFAULT_METHOD_FILE",
+    "PAPER_METHOD",
+    "MethodChoice",
+    "choose_default_method",
+    "fit_default_method",
+    "load_default_method",
+    "validation_auc",
+]
+
+DEFAULT_METHOD_FILE = "default_method.json"
+PAPER_METHOD = "gcnn_classif"
+
+
+def validation_auc(score: np.ndarray, is_tp: np.ndarray) -> float:
+    """Accuracy-confidence AUC: P(an FP scores above a TP), ties counted half.
+
+    Args:
+        score: (N,) float, higher = less trusted.
+        is_tp: (N,) bool.
+
+    Returns:
+        The AUC in [0, 1], NaN without an FP or a TP lesion.
+    """
+    s = np.asarray(score, dtype=np.float64)
+    t = np.asarray(is_tp, dtype=bool)
+    if s.shape != t.shape:
+        raise ValueError(f"score {s.shape} and is_tp {t.shape} differ.")
+    if t.all() or not t.any():
+        return math.nan
+    return float(weighted_auc(s, t, np.ones((1, s.size)))[0])
+
+
+@dataclass
+class MethodChoice:
+    """The default P(FP) method of a model folder and why.
+
+    Attributes:
+        method: The chosen method (a learned scorer, or an untrained baseline).
+        reason: One sentence for the report.
+        val_auc: Validation AUC of every candidate (learned: out of fold), by method.
+        learned: The learned candidates (names).
+        best_baseline: The untrained baseline with the highest validation AUC, or None.
+        n_lesions: Validation lesions.
+        n_fp: Of which false positives.
+        calibrator: For a baseline default, the ``calibration.json``-like payload of its
+            Platt calibrator (``calibrator``, the validation ``oof_p_fp`` / ``oof_is_tp``
+            (in-sample: nothing else was fitted) and ``operating_point``), else None.
+    """
+
+    method: str
+    reason: str
+    val_auc: dict[str, float]
+    learned: list[str]
+    best_baseline: str | None
+    n_lesions: int
+    n_fp: int
+    calibrator: dict[str, Any] | None = field(default=None)
+
+    @property
+    def is_baseline(self) -> bool:
+        """Whether the default is an untrained baseline (no learned scorer reached it)."""
+        return self.method not in self.learned
+
+    def baselines_text(self) -> str:
+        """The baselines' validation AUCs as text, best first (``entropy_mean 81.2 %, ...``)."""
+        base = {m: a for m, a in self.val_auc.items() if m not in self.learned}
+        items = sorted(base.items(), key=lambda kv: -kv[1] if math.isfinite(kv[1]) else 1.0)
+        return ", ".join(f"{m} {100 * a:.1f} %" for m, a in items)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (NaN AUCs as None)."""
+        d = asdict(self)
+        d["val_auc"] = {k: (None if not math.isfinite(v) else v) for k, v in self.val_auc.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MethodChoice:
+        """Inverse of :meth:`to_dict`."""
+        auc = {k: (math.nan if v is None else float(v)) for k, v in d["val_auc"].items()}
+        return cls(
+            method=str(d["method"]),
+            reason=str(d["reason"]),
+            val_auc=auc,
+            learned=list(d["learned"]),
+            best_baseline=d.get("best_baseline"),
+            n_lesions=int(d["n_lesions"]),
+            n_fp=int(d["n_fp"]),
+            calibrator=d.get("calibrator"),
+        )
+
+
+def choose_default_method(
+    learned: Mapping[str, np.ndarray],
+    baselines: Mapping[str, np.ndarray],
+    is_tp: np.ndarray,
+    order: Sequence[str] = (PAPER_METHOD,),
+) -> MethodChoice:
+    """Apply the rule of this module to validation lesions.
+
+    Args:
+        learned: Out-of-fold P(FP) (N,) of each learned scorer on the validation lesions.
+        baselines: Score (N,) of each untrained baseline on the same lesions.
+        is_tp: (N,) bool.
+        order: Tie preference among learned scorers (earlier wins); scorers not listed
+            come after, in the order of ``learned``.
+
+    Returns:
+        The choice (``calibrator`` is None here; :func:`fit_default_method` adds it).
+    """
+    t = np.asarray(is_tp, dtype=bool)
+    n, n_fp = int(t.size), int((~t).sum())
+    auc = {m: validation_auc(s, t) for m, s in {**learned, **baselines}.items()}
+    names = list(learned)
+    rank = {m: (list(order).index(m) if m in order else len(order) + names.index(m)) for m in names}
+    base = [m for m in baselines if math.isfinite(auc[m])]
+    best = max(base, key=lambda m: (auc[m], -list(baselines).index(m)), default=None)
+
+    def choice(method: str, reason: str) -> MethodChoice:
+        return MethodChoice(method, reason, auc, names, best, n, n_fp)
+
+    fallback = PAPER_METHOD if PAPER_METHOD in learned else (names[0] if names else None)
+    if best is None or n_fp == 0 or n_fp == n:
+        what = "no validation lesion" if n == 0 else "validation lesions of one class only"
+        method = fallback or (next(iter(baselines)) if baselines else PAPER_METHOD)
+        return choice(method, f"{what}: nothing to rank, the default stays {method}.")
+    eligible = [m for m in names if math.isfinite(auc[m]) and auc[m] >= auc[best]]
+    if eligible:
+        method = max(eligible, key=lambda m: (auc[m], -rank[m]))
+        reason = (
+            f"{method} ranked the {n} validation lesions best among the learned scorers "
+            f"(out-of-fold AUC {100 * auc[method]:.1f} %), not below the best untrained "
+            f"baseline {best} ({100 * auc[best]:.1f} %)."
+        )
+        return choice(method, reason)
+    top = max(names, key=lambda m: auc[m] if math.isfinite(auc[m]) else -1.0, default=None)
+    learned_text = (
+        f"the best learned scorer, {top}, reached {100 * auc[top]:.1f} % out of fold"
+        if top is not None and math.isfinite(auc[top])
+        else "no learned scorer could be judged"
+    )
+    reason = (
+        f"the untrained baseline {best} ranked the {n} validation lesions best "
+        f"(AUC {100 * auc[best]:.1f} %; {learned_text}), so P(FP) is {best}'s score "
+        "mapped to a probability by Platt scaling on these lesions."
+    )
+    return choice(best, reason)
+
+
+def fit_default_method(
+    fold_dir: Path,
+    val: Any,
+    review_target: str = "tp:0.95",
+    order: Sequence[str] = (PAPER_METHOD,),
+) -> MethodChoice:
+    """Choose a model folder's default P(FP) method and write ``default_method.json``.
+
+    Learned candidates are the scorers under ``fold_dir/scorers/`` whose
+    ``calibration.json`` holds out-of-fold P(FP) for these validation lesions; untrained
+    candidates are the folder's other scorers (``requires_fit`` False), scored on them.
+
+    Args:
+        fold_dir: ``RUN/fold_K`` (a model folder).
+        val: The fold's validation :class:`~lesionuq.lesions.dataset.LesionSet`.
+        review_target: For a baseline default, the target of the operating point stored
+            with its calibrator (as the learned scorers' ``calibration.json``).
+        order: Tie preference among learned scorers.
+
+    Returns:
+        The choice, as written.
+    """
+    is_tp = np.asarray(val.is_tp, dtype=bool)
+    learned: dict[str, np.ndarray] = {}
+    baselines: dict[str, np.ndarray] = {}
+    root = Path(fold_dir) / "scorers"
+    for folder in sorted(p for p in root.iterdir() if (p / SCORER_FILE).is_file()):
+        name = folder.name
+        if name not in CATALOGUE:
+            continue
+        if is_learned(name):
+            path = folder / CALIBRATOR_FILE
+            if not path.is_file():
+                continue
+            payload = json.loads(path.read_text())
+            oof = payload.get("oof_p_fp")
+            if oof is None or len(oof) != len(is_tp) or payload.get("iou_calibrator"):
+                continue  # no out-of-fold P(FP) for these lesions, or a regressor
+            learned[name] = np.asarray(oof, dtype=np.float64)
+        elif len(is_tp):
+            baselines[name] = np.asarray(load_scorer(name, folder).score(val), dtype=np.float64)
+    choice = choose_default_method(learned, baselines, is_tp, order)
+    if choice.is_baseline and choice.method in baselines:
+        cal = PlattCalibrator(transform="identity").fit(baselines[choice.method], ~is_tp)
+        p_val = cal.predict(baselines[choice.method])
+        choice.calibrator = {
+            "calibrator": cal.to_dict(),
+            "oof_p_fp": [float(v) for v in p_val],
+            "oof_is_tp": [bool(v) for v in is_tp],
+            "operating_point": operating_point_of(p_val, is_tp, review_target),
+        }
+    atomic_write_text(
+        Path(fold_dir) / DEFAULT_METHOD_FILE, json.dumps(choice.to_dict(), indent=1) + "\n"
+    )
+    return choice
+
+
+def load_default_method(fold_dir: Path) -> MethodChoice | None:
+    """``fold_dir/default_method.json``, or None for a folder fitted without it."""
+    path = Path(fold_dir) / DEFAULT_METHOD_FILE
+    if not path.is_file():
+        return None
+    return MethodChoice.from_dict(json.loads(path.read_text()))

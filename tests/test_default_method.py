@@ -1,0 +1,127 @@
+"""The default P(FP) method of a model folder (lesionuq.scorers.default_method)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lesionuq.scorers.default_method import (
+    MethodChoice,
+    choose_default_method,
+    validation_auc,
+)
+
+# 4 TP then 4 FP: a score ranks the lesions perfectly when every FP is above every TP
+IS_TP = np.array([True] * 4 + [False] * 4)
+PERFECT = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9])
+# one FP (0.35) below two TP (0.4, 0.5): 14 of the 16 FP-TP pairs right -> 0.875
+GOOD = np.array([0.1, 0.2, 0.4, 0.5, 0.35, 0.7, 0.8, 0.9])
+# every pair wrong except ties: FP all below TP -> 0
+REVERSED = PERFECT[::-1].copy()
+
+
+def test_validation_auc_hand_values() -> None:
+    assert validation_auc(PERFECT, IS_TP) == 1.0
+    assert validation_auc(GOOD, IS_TP) == pytest.approx(14 / 16)
+    assert validation_auc(REVERSED, IS_TP) == 0.0
+    assert validation_auc(np.ones(8), IS_TP) == 0.5  # all tied: half
+    assert math.isnan(validation_auc(PERFECT[:4], IS_TP[:4]))  # no FP
+
+
+def test_learned_scorer_chosen_when_not_below_best_baseline() -> None:
+    c = choose_default_method(
+        {"gcnn_classif": PERFECT, "gcnn_stack": GOOD},
+        {"entropy_mean": GOOD, "size": REVERSED},
+        IS_TP,
+    )
+    assert c.method == "gcnn_classif" and not c.is_baseline
+    assert c.best_baseline == "entropy_mean"
+    assert c.val_auc == {"gcnn_classif": 1.0, "gcnn_stack": 0.875, "entropy_mean": 0.875,
+                         "size": 0.0}  # fmt: skip
+    assert "gcnn_classif" in c.reason and "100.0 %" in c.reason and "87.5 %" in c.reason
+
+
+def test_a_tie_with_the_baseline_counts_and_order_breaks_learned_ties() -> None:
+    c = choose_default_method(
+        {"gcnn_stack": GOOD, "gcnn_classif": GOOD}, {"entropy_mean": GOOD}, IS_TP
+    )
+    assert c.method == "gcnn_classif"  # equal AUCs: the paper's first (order)
+    c = choose_default_method(
+        {"gcnn_stack": GOOD, "gcnn_classif": GOOD},
+        {"entropy_mean": GOOD},
+        IS_TP,
+        order=("gcnn_stack", "gcnn_classif"),
+    )
+    assert c.method == "gcnn_stack"
+
+
+def test_baseline_chosen_when_every_learned_scorer_ranks_worse() -> None:
+    c = choose_default_method(
+        {"gcnn_classif": GOOD, "gcnn_stack": REVERSED},
+        {"entropy_mean": PERFECT, "variance_mean": GOOD},
+        IS_TP,
+    )
+    assert c.method == "entropy_mean" and c.is_baseline
+    assert "gcnn_classif, reached 87.5 %" in c.reason and "Platt" in c.reason
+    assert c.baselines_text() == "entropy_mean 100.0 %, variance_mean 87.5 %"
+
+
+def test_one_class_keeps_the_paper_method() -> None:
+    tp = np.ones(8, dtype=bool)
+    c = choose_default_method({"gcnn_classif": GOOD}, {"entropy_mean": PERFECT}, tp)
+    assert c.method == "gcnn_classif" and "one class" in c.reason and c.best_baseline is None
+
+
+def test_round_trip_through_json() -> None:
+    c = choose_default_method({"gcnn_classif": GOOD}, {"entropy_mean": PERFECT}, IS_TP)
+    again = MethodChoice.from_dict(json.loads(json.dumps(c.to_dict())))
+    assert again == c
+
+
+def _fold_with(tmp_path, oof_gcnn: np.ndarray, column: np.ndarray):
+    """A fold folder: entropy_mean fitted (its column = ``column``), gcnn_classif's oof."""
+    from helpers import random_lesion_set
+    from lesionuq.config import ExperimentConfig
+    from lesionuq.scorers import make_scorer
+
+    val = random_lesion_set(8, seed=1)
+    val.table["is_tp"] = IS_TP
+    val.table["entropy_mean"] = column
+    fold = tmp_path / "fold_0"
+    scorer = make_scorer("entropy_mean", ExperimentConfig()).fit(val)
+    scorer.save(fold / "scorers" / "entropy_mean")
+    g = fold / "scorers" / "gcnn_classif"
+    g.mkdir(parents=True)
+    (g / "scorer.json").write_text("{}")
+    payload = {"calibrator": {}, "iou_calibrator": None, "oof_p_fp": oof_gcnn.tolist(),
+               "oof_is_tp": IS_TP.tolist()}  # fmt: skip
+    (g / "calibration.json").write_text(json.dumps(payload))
+    return fold, val
+
+
+def test_fit_writes_the_choice_and_a_baseline_calibrator(tmp_path) -> None:
+    from lesionuq.scorers.default_method import fit_default_method, load_default_method
+
+    fold, val = _fold_with(tmp_path, oof_gcnn=GOOD, column=PERFECT)
+    c = fit_default_method(fold, val, "tp:0.75")
+    assert c.method == "entropy_mean" and c.val_auc["gcnn_classif"] == pytest.approx(0.875)
+    assert load_default_method(fold) == c
+    from lesionuq.calibration import calibrator_from_dict
+
+    cal = calibrator_from_dict(c.calibrator["calibrator"])
+    p = cal.predict(PERFECT)
+    assert np.all(np.diff(p) > 0)  # monotone: the ranking is the baseline's
+    assert np.allclose(c.calibrator["oof_p_fp"], p)
+    assert c.calibrator["operating_point"]["target"] == "tp:0.75"
+
+
+def test_fit_keeps_the_learned_scorer_when_it_ranks_at_least_as_well(tmp_path) -> None:
+    from lesionuq.scorers.default_method import fit_default_method
+
+    fold, val = _fold_with(tmp_path, oof_gcnn=PERFECT, column=GOOD)
+    c = fit_default_method(fold, val)
+    assert c.method == "gcnn_classif" and c.calibrator is None
+    assert c.best_baseline == "entropy_mean"
