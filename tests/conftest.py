@@ -17,6 +17,7 @@ _SUBPROCESS = "a fresh interpreter importing the package"
 _PREDICTS = "several end-to-end predictions"
 SLOW_TESTS = {
     "test_gcnn_ens.py": "trains GCNN ensembles",
+    "test_scorer_pins.py": "trains seven tiny GCNNs",
     "test_gcnn.py::test_gcnn_beats_every_baseline_on_spatial_arrangement": "trains GCNNs",
     "test_gcnn.py::test_gcnn_reg_learns_the_arrangement": "trains a GCNN",
     "test_gcnn.py::test_fit_is_deterministic_and_seeded": "trains three GCNNs",
