@@ -90,7 +90,7 @@ def remove_pyg_codegen_files() -> list[Path]:
     removed = []
     for name, module in list(sys.modules.items()):
         # named after the layer class's module: torch_geometric.nn.conv... for PyG's own,
-        # lesionuq.scorers.gcnn_SymmetricGCNConv_propagate for a subclass of ours
+        # lesionuq.scorers.nn.conv_SymmetricGCNConv_propagate for a subclass of ours
         if not name.endswith(("_propagate", "_edge_updater")):
             continue
         file = getattr(module, "__file__", None)

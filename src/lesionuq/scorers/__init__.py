@@ -10,7 +10,8 @@ from lesionuq.scorers.base import (
     table_column,
 )
 from lesionuq.scorers.baselines import ColumnScorer, MetaSegScorer, SizeScorer
-from lesionuq.scorers.gcnn import GCNNScorer, LesionGCN
+from lesionuq.scorers.gcnn import GCNNScorer
+from lesionuq.scorers.nn import LesionGCN
 from lesionuq.scorers.registry import (
     REGISTRY,
     ScorerSpec,

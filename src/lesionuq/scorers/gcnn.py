@@ -13,16 +13,13 @@ stratified, seeded ``cfg.val_fraction`` of the training graphs is held out to ch
 epoch (lowest validation loss). Everything is seeded by ``cfg.seed`` without touching the
 global random state, so a fit on the CPU is reproducible bit for bit.
 
-The normalised adjacency of each lesion graph is computed once (:func:`normalized_edges`)
-and a batch's block-diagonal adjacency is one sparse CSR matrix (:func:`gcn_adjacency`),
-so each GCN layer is a sparse-dense product instead of PyG's gather/scatter message
-passing over the (E, h) edge messages: the same numbers, about 4x faster on a CPU
-(26-neighbour graphs have ~20 edges per node).
+The model (:class:`~lesionuq.scorers.nn.LesionGCN`, sparse GCN layers) and the training
+loop (:func:`~lesionuq.scorers.nn.fit_graph_model`) live in :mod:`lesionuq.scorers.nn`,
+shared with ``gcnn_ens``; they are re-exported here under their old names.
 """
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from pathlib import Path
@@ -30,21 +27,27 @@ from typing import Any, Self
 
 import numpy as np
 import torch
-from rich.progress import TaskID
 from sklearn.metrics import roc_auc_score
-from torch import nn
 from torch.nn import functional as F
-from torch_geometric.data import Data
-from torch_geometric.loader import DataLoader
-from torch_geometric.nn import GCNConv, global_add_pool, global_max_pool, global_mean_pool
-from torch_geometric.nn.conv.gcn_conv import gcn_norm
-from torch_geometric.utils import coalesce, is_undirected, to_torch_csr_tensor
+from torch_geometric.data import Batch, Data
 
 from lesionuq.config import GCNNConfig
 from lesionuq.errors import InputError
 from lesionuq.io import atomic_torch_save
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.scorers.base import LesionScorer, check_is_fitted, table_column
+from lesionuq.scorers.nn import (
+    LesionGCN,
+    NullProgress,
+    Schedule,
+    SymmetricGCNConv,
+    balanced_class_weight,
+    fit_graph_model,
+    gcn_adjacency,
+    normalized_edges,
+    predict,
+    split_train_val,
+)
 from lesionuq.utils import make_progress, resolve_device, torch_threads
 
 __all__ = [
@@ -57,174 +60,8 @@ __all__ = [
 ]
 
 MODEL_FILE = "model.pt"
-_READOUTS = {"mean": global_mean_pool, "max": global_max_pool, "sum": global_add_pool}
 _TASKS = ("classif", "reg")
 _SCORE_BATCH = 256
-
-
-def normalized_edges(edge_index: torch.Tensor, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Edges and weights of :math:`\hat{D}^{-1/2}(A + I)\hat{D}^{-1/2}`, sorted by row.
-
-    Kipf & Welling's normalisation (PyG's ``gcn_norm`` with self-loops), coalesced so that
-    the edges of graphs batched one after the other stay sorted by row (what
-    :func:`gcn_adjacency` needs).
-
-    Args:
-        edge_index: (2, E) int64 edges of one graph (or of a batch), without self-loops,
-            each edge in both directions.
-        num_nodes: N.
-
-    Returns:
-        ``(edge_index, edge_weight)``: (2, E + N) int64 and (E + N,) float32.
-
-    Raises:
-        ValueError: The graph is not undirected.
-    """
-    ei, w = gcn_norm(edge_index.long(), None, num_nodes, add_self_loops=True)
-    ei, w = coalesce(ei, w, num_nodes)
-    if not is_undirected(ei, w, num_nodes):
-        raise ValueError("a lesion graph must be undirected (every edge in both directions).")
-    return ei, w.float()
-
-
-def gcn_adjacency(
-    edge_index: torch.Tensor, num_nodes: int, edge_weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    r"""The normalised GCN adjacency as a sparse CSR matrix (N, N).
-
-    Args:
-        edge_index: (2, E) int64. With ``edge_weight=None``, raw edges (self-loops and the
-            normalisation are added here); otherwise the output of
-            :func:`normalized_edges` (per graph, then batched).
-        num_nodes: N.
-        edge_weight: (E,) float normalised weights, or None.
-
-    Returns:
-        (N, N) ``torch.sparse_csr`` float tensor :math:`\hat{D}^{-1/2}\hat{A}\hat{D}^{-1/2}`
-        (symmetric, so it is its own transpose, PyG's ``adj_t``).
-    """
-    if edge_weight is None:
-        edge_index, edge_weight = normalized_edges(edge_index, num_nodes)
-    with warnings.catch_warnings():  # "sparse CSR tensor support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        return to_torch_csr_tensor(
-            edge_index, edge_weight, size=(num_nodes, num_nodes), is_coalesced=True
-        )
-
-
-class _SymmetricSpMM(torch.autograd.Function):
-    """``A @ X`` for a constant symmetric sparse ``A``; the backward reuses ``A`` as ``A^T``.
-
-    torch's own backward of a CSR product builds the transpose as a new CSR matrix at
-    every step (about 20x the product's cost for a lesion batch).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        ctx.adj = adj
-        return torch.sparse.mm(adj, x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
-        return None, torch.sparse.mm(ctx.adj, grad)
-
-
-class SymmetricGCNConv(GCNConv):
-    r"""PyG's ``GCNConv`` (Kipf & Welling) given :func:`gcn_adjacency`'s symmetric matrix.
-
-    The layer, its parameters and its output are ``GCNConv(normalize=False)``'s; only the
-    sparse product's gradient uses :math:`\hat{A}^\top = \hat{A}` (undirected lesion graphs).
-
-    Shapes:
-        - x: (N, F_in); adj_t: (N, N) sparse CSR from :func:`gcn_adjacency`
-        - output: (N, F_out)
-    """
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(in_channels, out_channels, normalize=False)
-
-    def message_and_aggregate(self, adj_t: Any, x: torch.Tensor) -> torch.Tensor:
-        """Sum over neighbours: the sparse product ``adj_t @ x``."""
-        return _SymmetricSpMM.apply(adj_t, x)
-
-
-class LesionGCN(nn.Module):
-    r"""Graph-level GCN: 2 x (GCNConv + ReLU), readout, Linear.
-
-    .. math::
-        H^{(1)} = \mathrm{ReLU}(\hat{D}^{-1/2}\hat{A}\hat{D}^{-1/2} X \Theta_1), \quad
-        H^{(2)} = \mathrm{ReLU}(\hat{D}^{-1/2}\hat{A}\hat{D}^{-1/2} H^{(1)} \Theta_2),
-
-    .. math::
-        r_g = \mathrm{readout}_{i \in g} H^{(2)}_i, \quad y_g = W r_g + b,
-
-    with :math:`\hat{A} = A + I` (self-loops) and :math:`\hat{D}` its degree matrix (Kipf &
-    Welling's GCN, as DGL's ``GraphConv`` in the paper), readout the node mean, max or sum.
-
-    Args:
-        in_features: F, node features.
-        hidden: h, hidden size of both layers (64 in the paper).
-        out_features: 2 for classification (logits TP, FP), 1 for regression.
-        readout: ``"mean"``, ``"max"`` or ``"sum"``.
-
-    Shapes:
-        - x: (n_nodes, F) float32, all graphs of the batch stacked
-        - edge_index: (2, E) int64
-        - batch: (n_nodes,) int64 graph index of each node, or None (one graph)
-        - edge_weight: (E,) normalised weights from :func:`normalized_edges`, or None
-          (raw edges; normalised here)
-        - output: (B, out_features)
-    """
-
-    def __init__(self, in_features: int, hidden: int = 64, out_features: int = 2, readout="mean"):
-        super().__init__()
-        if readout not in _READOUTS:
-            raise ValueError(f"readout must be one of {', '.join(_READOUTS)}, got {readout!r}.")
-        # the normalised adjacency is built once per batch (gcn_adjacency)
-        self.conv1 = SymmetricGCNConv(in_features, hidden)
-        self.conv2 = SymmetricGCNConv(hidden, hidden)
-        self.head = nn.Linear(hidden, out_features)
-        self.readout = readout
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        edge_index: torch.Tensor,
-        batch: torch.Tensor | None = None,
-        edge_weight: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Graph outputs (B, out_features); see the class docstring for shapes."""
-        if batch is None:
-            batch = x.new_zeros(x.shape[0], dtype=torch.long)
-        adj = gcn_adjacency(edge_index, x.shape[0], edge_weight)
-        h = F.relu(self.conv1(x, adj))
-        h = F.relu(self.conv2(h, adj))
-        return self.head(_READOUTS[self.readout](h, batch))
-
-
-def split_train_val(y_fp: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split stratified by class, keeping at least one of each class for training.
-
-    Args:
-        y_fp: (N,) int labels (1 = FP).
-        fraction: Share of each class held out (rounded per class).
-        seed: Seed of the permutation.
-
-    Returns:
-        (train_idx, val_idx), sorted int64 arrays; ``val_idx`` may be empty.
-    """
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for c in np.unique(y_fp):
-        idx = rng.permutation(np.flatnonzero(y_fp == c))
-        n_val = min(round(fraction * len(idx)), len(idx) - 1)
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    if not train:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.sort(np.concatenate(train)).astype(np.int64), np.sort(np.concatenate(val)).astype(
-        np.int64
-    )
 
 
 class GCNNScorer(LesionScorer):
@@ -327,68 +164,33 @@ class GCNNScorer(LesionScorer):
         val = [data[i] for i in val_idx]
 
         device = resolve_device(self.device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            model = self._new_model(n_feat).to(device)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=generator)
-        optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        total_steps = max(1, cfg.epochs * len(loader))
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimiser, T_max=total_steps, eta_min=cfg.lr_min
-        )
         weight = None
         if self.task == "classif" and cfg.class_weight:
-            counts = np.bincount(y_fp[train_idx], minlength=2).astype(np.float64)
-            weight = torch.tensor(len(train_idx) / (2.0 * counts), dtype=torch.float32)
-            weight = weight.to(device)
+            weight = balanced_class_weight(y_fp[train_idx]).to(device)
         self.class_weight_ = None if weight is None else weight.cpu().tolist()
 
-        best_loss, best_state = math.inf, None
-        self.history_ = []
         start = time.perf_counter()
-        with make_progress(transient=False) if progress else _NullProgress() as bar:
+        with make_progress(transient=False) if progress else NullProgress() as bar:
             task = bar.add_task(self.name, total=cfg.epochs, info="")
-            for epoch in range(1, cfg.epochs + 1):
-                lr = optimiser.param_groups[0]["lr"]
-                model.train()
-                loss_sum, n_seen = 0.0, 0
-                for batch in loader:
-                    batch = self._augment(batch.to(device))
-                    optimiser.zero_grad()
-                    loss = self._loss(
-                        model(batch.x, batch.edge_index, batch.batch, batch.edge_weight),
-                        batch,
-                        weight,
-                    )
-                    loss.backward()
-                    optimiser.step()
-                    scheduler.step()
-                    loss_sum += loss.detach().item() * batch.num_graphs
-                    n_seen += batch.num_graphs
-                record: dict[str, Any] = {
-                    "epoch": epoch,
-                    "lr": lr,
-                    "train_loss": loss_sum / max(n_seen, 1),
-                }
-                if val:
-                    record.update(self._validate(model, val, weight, device))
-                    current = record["val_loss"]
-                else:
-                    current = -epoch  # no held-out graphs: keep the last epoch
-                if current < best_loss:
-                    best_loss = current
-                    state = model.state_dict()
-                    best_state = {k: v.detach().cpu().clone() for k, v in state.items()}
-                    self.best_epoch_ = epoch
-                self.history_.append(record)
-                bar.update(task, advance=1, info=_describe(record))
-        if best_state is None:  # validation loss never finite: keep the last epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            self.best_epoch_ = cfg.epochs
-        best_model = self._new_model(n_feat)
-        best_model.load_state_dict(best_state)
-        self.model_ = best_model.eval()
+            fitted = fit_graph_model(
+                lambda: self._new_model(n_feat),
+                train,
+                val,
+                schedule=Schedule(cfg.lr, cfg.lr_min, cfg.epochs, cfg.batch_size),
+                seed=cfg.seed,
+                forward=_forward,
+                loss=lambda out, batch: self._loss(out, batch, weight),
+                validate=lambda model, held_out: self._validate(model, held_out, weight, device),
+                rank=lambda record: (record["val_loss"],),
+                augment=self._augment,
+                device=device,
+                log_lr=True,
+                on_epoch=lambda record: bar.update(task, advance=1, info=_describe(record)),
+            )
+        assert isinstance(fitted.model, LesionGCN)
+        self.model_ = fitted.model
+        self.best_epoch_ = fitted.best_epoch
+        self.history_ = fitted.history
         self.fit_seconds_ = time.perf_counter() - start
         self.n_train_, self.n_val_ = len(train), len(val)
         return self
@@ -412,25 +214,24 @@ class GCNNScorer(LesionScorer):
             return F.cross_entropy(out, batch.y_fp, weight=weight)
         return F.mse_loss(out.squeeze(1), batch.y_iou)
 
-    @torch.no_grad()
     def _validate(
-        self, model: LesionGCN, val: list[Data], weight: torch.Tensor | None, device: torch.device
+        self,
+        model: torch.nn.Module,
+        val: list[Data],
+        weight: torch.Tensor | None,
+        device: torch.device,
     ) -> dict[str, float | None]:
-        model.eval()
-        outs, fps, ious = [], [], []
-        for batch in DataLoader(val, batch_size=_SCORE_BATCH, shuffle=False):
-            batch = batch.to(device)
-            outs.append(model(batch.x, batch.edge_index, batch.batch, batch.edge_weight))
-            fps.append(batch.y_fp)
-            ious.append(batch.y_iou)
-        out, y_fp, y_iou = torch.cat(outs), torch.cat(fps), torch.cat(ious)
+        """Held-out loss and AUC (classif) or MSE (reg) of the graphs ``val``."""
+        out = predict(model, val, _forward, _SCORE_BATCH, device)
         if self.task == "classif":
-            loss = float(F.cross_entropy(out, y_fp, weight=weight))
-            p_fp = torch.softmax(out, dim=1)[:, 1].cpu().numpy()
-            labels = y_fp.cpu().numpy()
+            y_fp = torch.cat([d.y_fp for d in val])
+            w = None if weight is None else weight.cpu()
+            loss = float(F.cross_entropy(out, y_fp, weight=w))
+            p_fp = torch.softmax(out, dim=1)[:, 1].numpy()
+            labels = y_fp.numpy()
             auc = float(roc_auc_score(labels, p_fp)) if len(np.unique(labels)) == 2 else None
             return {"val_loss": loss, "val_auc": auc}
-        mse = float(F.mse_loss(out.squeeze(1), y_iou))
+        mse = float(F.mse_loss(out.squeeze(1), torch.cat([d.y_iou for d in val])))
         return {"val_loss": mse, "val_mse": mse}
 
     # ---------------------------------------------------------------- score
@@ -456,14 +257,12 @@ class GCNNScorer(LesionScorer):
         self._check_graphs(lesions, expected=self.in_features_)
         assert self.model_ is not None
         device = resolve_device(self.device)
-        model = self.model_.to(device).eval()
-        outs = []
-        with torch.no_grad():
-            for batch in DataLoader(self._to_data(lesions), batch_size=_SCORE_BATCH):
-                batch = batch.to(device)
-                outs.append(model(batch.x, batch.edge_index, batch.batch, batch.edge_weight).cpu())
-        self.model_.cpu()
-        out = torch.cat(outs)
+        try:
+            out = predict(
+                self.model_.to(device), self._to_data(lesions), _forward, _SCORE_BATCH, device
+            )
+        finally:
+            self.model_.cpu()
         if self.task == "classif":
             u = torch.softmax(out, dim=1)[:, 1]
         else:
@@ -557,6 +356,11 @@ class GCNNScorer(LesionScorer):
             self.model_ = model.eval()
 
 
+def _forward(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """A batch through :class:`LesionGCN`: (B, 2) logits or (B, 1) IoU_adj."""
+    return model(batch.x, batch.edge_index, batch.batch, batch.edge_weight)
+
+
 def _describe(record: dict[str, Any]) -> str:
     text = f"loss {record['train_loss']:.4f}"
     if "val_loss" in record:
@@ -564,19 +368,3 @@ def _describe(record: dict[str, Any]) -> str:
     if record.get("val_auc") is not None:
         text += f" auc {record['val_auc']:.3f}"
     return text
-
-
-class _NullProgress:
-    """Stand-in for a Rich progress bar when ``progress=False``."""
-
-    def __enter__(self) -> _NullProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def add_task(self, *args: Any, **kwargs: Any) -> TaskID:
-        return TaskID(0)
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        return None

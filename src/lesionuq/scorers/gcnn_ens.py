@@ -32,8 +32,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -44,21 +42,22 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
-from torch import nn
 from torch.nn import functional as F
-from torch_geometric.data import Data
-from torch_geometric.loader import DataLoader
-from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
+from torch_geometric.data import Batch, Data
 
 from lesionuq.config import ExperimentConfig
 from lesionuq.io import InputError, atomic_torch_save
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.scorers.base import LesionScorer, check_is_fitted, table_column
-from lesionuq.scorers.gcnn import (
-    SymmetricGCNConv,
-    _NullProgress,
-    gcn_adjacency,
+from lesionuq.scorers.nn import (
+    HYBRID_READOUTS,
+    HybridLesionGCN,
+    NullProgress,
+    Schedule,
+    balanced_class_weight,
+    fit_graph_model,
     normalized_edges,
+    predict,
     split_train_val,
 )
 from lesionuq.utils import make_progress, torch_threads
@@ -79,7 +78,7 @@ LESION_FEATURES: tuple[str, ...] = ("entropy_mean", "variance_mean", "pcs_mean",
 """Lesion-table columns of the hybrid head (``n_voxels`` enters as its log)."""
 POSITION_FEATURES: tuple[str, ...] = ("centroid_x", "centroid_y", "centroid_z")
 """Lesion-table columns added by ``GCNNEnsConfig.position``."""
-_READOUTS = ("mean", "max", "sum", "meanmax")
+_READOUTS = HYBRID_READOUTS
 _SELECT = ("loss", "auc", "last")
 _SCORE_BATCH = 256
 
@@ -174,75 +173,6 @@ def lesion_features(table: pd.DataFrame, position: bool = False, scorer: str = "
     if not np.all(np.isfinite(z)):
         raise ValueError(f"scorer '{scorer}': the lesion features contain NaN or inf.")
     return z
-
-
-class HybridLesionGCN(nn.Module):
-    """GCN graph readout plus a linear term in lesion-level features.
-
-    ``layers`` x (GCNConv + ReLU), a readout (mean / max / sum, or mean and max
-    concatenated), dropout, then ``logits = head_graph(r) + head_lesion(z)``.
-
-    Args:
-        in_features: F, node features.
-        n_lesion: D, lesion-level features (0: no lesion head, a plain GCN).
-        hidden: h.
-        layers: Number of GCNConv layers.
-        readout: See :class:`GCNNEnsConfig`.
-        dropout: Dropout probability on the readout.
-
-    Shapes:
-        - x: (n_nodes, F); edge_index: (2, E); batch: (n_nodes,) or None
-        - z: (B, D) or None when D = 0
-        - edge_weight: (E,) from :func:`~lesionuq.scorers.gcnn.normalized_edges`, or None
-        - output: (B, 2) logits [TP, FP]
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        n_lesion: int = 0,
-        hidden: int = 64,
-        layers: int = 2,
-        readout: str = "meanmax",
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        if readout not in _READOUTS:
-            raise ValueError(f"readout must be one of {_READOUTS}, got {readout!r}.")
-        dims = [in_features] + [hidden] * layers
-        self.convs = nn.ModuleList(SymmetricGCNConv(a, b) for a, b in itertools.pairwise(dims))
-        self.readout = readout
-        self.dropout = nn.Dropout(dropout)
-        width = 2 * hidden if readout == "meanmax" else hidden
-        self.head_graph = nn.Linear(width, 2)
-        self.head_lesion = nn.Linear(n_lesion, 2, bias=False) if n_lesion else None
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        edge_index: torch.Tensor,
-        batch: torch.Tensor | None = None,
-        z: torch.Tensor | None = None,
-        edge_weight: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """(B, 2) logits; see the class docstring for shapes."""
-        if batch is None:
-            batch = x.new_zeros(x.shape[0], dtype=torch.long)
-        adj = gcn_adjacency(edge_index, x.shape[0], edge_weight)
-        h = x
-        for conv in self.convs:
-            h = F.relu(conv(h, adj))
-        if self.readout == "meanmax":
-            r = torch.cat([global_mean_pool(h, batch), global_max_pool(h, batch)], dim=1)
-        else:
-            pool = {"mean": global_mean_pool, "max": global_max_pool, "sum": global_add_pool}
-            r = pool[self.readout](h, batch)
-        out = self.head_graph(self.dropout(r))
-        if self.head_lesion is not None:
-            if z is None:
-                raise ValueError("this model needs the lesion features z.")
-            out = out + self.head_lesion(z)
-        return out
 
 
 class GCNNEnsembleScorer(LesionScorer):
@@ -351,7 +281,7 @@ class GCNNEnsembleScorer(LesionScorer):
             self.lesion_std_ = torch.tensor(np.where(sd > 1e-8, sd, 1.0), dtype=torch.float32)
         data = self._to_data(lesions, y_fp)
         start = time.perf_counter()
-        with make_progress() if progress else _NullProgress() as bar:
+        with make_progress() if progress else NullProgress() as bar:
             task = bar.add_task(self.name, total=cfg.n_models * cfg.epochs, info="")
             for m in range(cfg.n_models):
                 model, best, history = self._fit_member(
@@ -368,57 +298,23 @@ class GCNNEnsembleScorer(LesionScorer):
     ) -> tuple[HybridLesionGCN, int, list[dict[str, Any]]]:
         cfg = self.cfg
         train_idx, val_idx = split_train_val(y_fp, cfg.val_fraction, seed)
-        train = [data[i] for i in train_idx]
-        val = [data[i] for i in val_idx]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = self._new_model()
-            generator = torch.Generator().manual_seed(seed)
-            loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=generator)
-            optimiser = torch.optim.Adam(
-                model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-            )
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimiser, T_max=max(1, cfg.epochs * len(loader)), eta_min=cfg.lr_min
-            )
-            weight = None
-            if cfg.class_weight:
-                counts = np.bincount(y_fp[train_idx], minlength=2).astype(np.float64)
-                weight = torch.tensor(len(train_idx) / (2.0 * counts), dtype=torch.float32)
-            best_key, best_state, best_epoch = (math.inf, math.inf), None, cfg.epochs
-            history = []
-            for epoch in range(1, cfg.epochs + 1):
-                model.train()
-                loss_sum = 0.0
-                for batch in loader:
-                    optimiser.zero_grad()
-                    out = model(
-                        batch.x, batch.edge_index, batch.batch, _z(batch), batch.edge_weight
-                    )
-                    loss = F.cross_entropy(out, batch.y_fp, weight=weight)
-                    loss.backward()
-                    optimiser.step()
-                    scheduler.step()
-                    loss_sum += loss.item() * batch.num_graphs
-                record: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / len(train)}
-                if val and cfg.select != "last":
-                    record.update(_validate(model, val, weight))
-                    auc = record["val_auc"]
-                    key = (
-                        (record["val_loss"], 0.0)
-                        if cfg.select == "loss"
-                        else (-(auc if auc is not None else 0.5), record["val_loss"])
-                    )
-                    if key < best_key:
-                        best_key, best_epoch = key, epoch
-                        best_state = {k: v.clone() for k, v in model.state_dict().items()}
-                history.append(record)
-                tick()
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        else:
-            best_epoch = cfg.epochs
-        return model.eval(), best_epoch, history
+        weight = balanced_class_weight(y_fp[train_idx]) if cfg.class_weight else None
+        fitted = fit_graph_model(
+            self._new_model,
+            [data[i] for i in train_idx],
+            [data[i] for i in val_idx],
+            schedule=Schedule(
+                cfg.lr, cfg.lr_min, cfg.epochs, cfg.batch_size, weight_decay=cfg.weight_decay
+            ),
+            seed=seed,
+            forward=_forward,
+            loss=lambda out, batch: F.cross_entropy(out, batch.y_fp, weight=weight),
+            validate=lambda model, val: _validate(model, val, weight),
+            rank=None if cfg.select == "last" else _RANKS[cfg.select],
+            on_epoch=lambda record: tick(),
+        )
+        assert isinstance(fitted.model, HybridLesionGCN)
+        return fitted.model, fitted.best_epoch, fitted.history
 
     def _reset(self) -> None:
         self.models_ = []
@@ -473,13 +369,9 @@ class GCNNEnsembleScorer(LesionScorer):
             return np.zeros(0, dtype=np.float64)
         data = self._to_data(lesions)
         total = torch.zeros(n, dtype=torch.float64)
-        with torch.no_grad():
-            for model in self.models_:
-                outs = [
-                    model(b.x, b.edge_index, b.batch, _z(b), b.edge_weight)
-                    for b in DataLoader(data, batch_size=_SCORE_BATCH)
-                ]
-                total += torch.softmax(torch.cat(outs), dim=1)[:, 1].double()
+        for model in self.models_:
+            out = predict(model, data, _forward, _SCORE_BATCH)
+            total += torch.softmax(out, dim=1)[:, 1].double()
         return (total / len(self.models_)).numpy()
 
     # ------------------------------------------------------------ save/load
@@ -524,22 +416,39 @@ class GCNNEnsembleScorer(LesionScorer):
                 self.models_.append(model.eval())
 
 
-def _z(batch: Data) -> torch.Tensor | None:
+def _forward(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """A batch through :class:`HybridLesionGCN` (with its lesion features when it has them)."""
+    return model(batch.x, batch.edge_index, batch.batch, _z(batch), batch.edge_weight)
+
+
+def _z(batch: Batch) -> torch.Tensor | None:
     return batch.z if "z" in batch else None
 
 
-@torch.no_grad()
 def _validate(
-    model: HybridLesionGCN, val: list[Data], weight: torch.Tensor | None
+    model: torch.nn.Module, val: list[Data], weight: torch.Tensor | None
 ) -> dict[str, float | None]:
-    model.eval()
-    batch = next(iter(DataLoader(val, batch_size=len(val))))
-    out = model(batch.x, batch.edge_index, batch.batch, _z(batch), batch.edge_weight)
-    loss = float(F.cross_entropy(out, batch.y_fp, weight=weight))
-    labels = batch.y_fp.numpy()
+    """Held-out cross-entropy and AUC of the graphs ``val``, in one batch."""
+    out = predict(model, val, _forward, len(val))
+    y_fp = torch.cat([d.y_fp for d in val])
+    loss = float(F.cross_entropy(out, y_fp, weight=weight))
+    labels = y_fp.numpy()
     p_fp = torch.softmax(out, dim=1)[:, 1].numpy()
     auc = float(roc_auc_score(labels, p_fp)) if len(np.unique(labels)) == 2 else None
     return {"val_loss": loss, "val_auc": auc}
+
+
+def _rank_by_loss(record: dict[str, Any]) -> tuple[float, ...]:
+    return (record["val_loss"], 0.0)
+
+
+def _rank_by_auc(record: dict[str, Any]) -> tuple[float, ...]:
+    auc = record["val_auc"]
+    return (-(auc if auc is not None else 0.5), record["val_loss"])
+
+
+_RANKS = {"loss": _rank_by_loss, "auc": _rank_by_auc}
+"""Epoch keys of ``GCNNEnsConfig.select`` (smaller is better; ``"last"`` ranks none)."""
 
 
 def _check_graphs(lesions: LesionSet, expected: int | None, name: str) -> int | None:
