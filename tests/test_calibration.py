@@ -8,18 +8,23 @@ import pandas as pd
 import pytest
 
 from lesionuq.calibration import (
+    CALIBRATOR_FILE,
+    CalibratedScorer,
     IoURecalibrator,
     IsotonicCalibrator,
     PlattCalibrator,
     calibrator_from_dict,
     clipped_logit,
     cross_fit,
+    fit_calibrated_scorer,
     fit_monotone_logistic,
     inner_folds,
     load_calibration,
     make_calibrator,
     save_calibration,
 )
+from lesionuq.config import CalibrationConfig, ExperimentConfig
+from lesionuq.errors import NotFittedError
 from lesionuq.evaluation.calibration_metrics import expected_calibration_error
 from lesionuq.evaluation.curves import ac_auc
 from lesionuq.io import InputError
@@ -253,3 +258,33 @@ def test_save_and_load_calibration(tmp_path):
         load_calibration(tmp_path / "bad.json")
     with pytest.raises(InputError, match="not found"):
         load_calibration(tmp_path / "none.json")
+
+
+@pytest.mark.parametrize("task", ["classif", "reg"])
+def test_calibrated_scorer_is_cross_fit_around_clones_of_its_estimator(task, tmp_path):
+    """The wrapper gives cross_fit's numbers and fit_calibrated_scorer's file, template unfitted."""
+    lesions = _lesions(seed=2)
+    template = MetaSegScorer(task)
+    cal = CalibratedScorer(template, n_inner=4, seed=3, method="platt").fit(lesions)
+    with pytest.raises(NotFittedError):
+        template.score(lesions)  # only clones are fitted
+    ref = cross_fit(lambda: MetaSegScorer(task), lesions, n_inner=4, seed=3, kind="platt")
+    np.testing.assert_array_equal(cal.oof_scores_, ref.oof_scores)
+    np.testing.assert_array_equal(cal.inner_fold_, ref.inner_fold)
+    assert (cal.calibrator_.a_, cal.calibrator_.b_) == (ref.calibrator.a_, ref.calibrator.b_)
+    assert (cal.iou_calibrator_ is not None) == (task == "reg")
+    assert cal.method_ == "platt" and cal.n_inner_ == 4
+    np.testing.assert_array_equal(cal.oof_p_fp_, ref.calibrator.predict(ref.oof_scores))
+    np.testing.assert_array_equal(cal.score(lesions), ref.scorer.score(lesions))
+    p = cal.predict_p_fp(lesions)
+    np.testing.assert_array_equal(p, ref.calibrator.predict(ref.scorer.score(lesions)))
+    assert np.all((p > 0) & (p < 1))
+    # the experiment's fold step writes the very same calibration.json
+    cfg = ExperimentConfig(seed=3, calibration=CalibrationConfig("platt", 4, "tp:0.9"))
+    cal.save_calibration(tmp_path / "wrapper.json", "tp:0.9")
+    fit_calibrated_scorer(lambda: MetaSegScorer(task), cfg, lesions, tmp_path, progress=False)
+    assert (tmp_path / "wrapper.json").read_bytes() == (tmp_path / CALIBRATOR_FILE).read_bytes()
+    meta = json.loads((tmp_path / CALIBRATOR_FILE).read_text())
+    assert meta["method"] == "platt" and meta["n_inner"] == 4
+    assert meta["oof_is_tp"] == lesions.is_tp.tolist()
+    assert meta["operating_point"]["target"] == "tp:0.9"

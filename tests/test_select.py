@@ -168,19 +168,20 @@ def test_gcnn_stack_is_fitted_once_and_keeps_its_own_out_of_fold_p_fp(tmp_path, 
 
     cfg = ExperimentConfig(gcnn=GCNN, seed=1)
     val = _plant(_with_cases(random_lesion_set(30, seed=13), 6), "variance_mean", True, 9)
-    fits = []
-    original = StackedScorer.fit
+    fits, oofs = [], []
+    original = StackedScorer.fit_predict_oof
 
     def counted(self, lesions, progress=True):
         fits.append(len(lesions))
-        return original(self, lesions, progress)
+        oofs.append(original(self, lesions, progress))
+        return oofs[-1]
 
-    StackedScorer.fit = counted
+    StackedScorer.fit_predict_oof = counted
     try:
         factory = lambda: make_scorer("gcnn_stack", cfg)  # noqa: E731
         scorer = fit_calibrated_scorer(factory, cfg, val, tmp_path, progress=False)
     finally:
-        StackedScorer.fit = original
+        StackedScorer.fit_predict_oof = original
     assert fits == [30]  # once, on all the validation lesions (no outer cross-fitting)
     cal, iou_cal, meta = load_calibration(tmp_path / CALIBRATOR_FILE)
     assert meta["method"] == "self" and meta["n_inner"] == cfg.calibration.n_inner
@@ -188,10 +189,10 @@ def test_gcnn_stack_is_fitted_once_and_keeps_its_own_out_of_fold_p_fp(tmp_path, 
     test = random_lesion_set(12, seed=14)
     p = scorer.score(test)
     np.testing.assert_allclose(cal.predict(p), p, rtol=1e-9)  # the identity
-    np.testing.assert_allclose(meta["oof_p_fp"], scorer.oof_p_fp_, rtol=1e-12)
+    np.testing.assert_allclose(meta["oof_p_fp"], oofs[0], rtol=1e-12)
     assert meta["oof_is_tp"] == val.is_tp.tolist()
     # out of fold: led by the planted column (the other candidates move it a little)
-    assert ac_auc(scorer.oof_p_fp_, val.is_tp) > 0.95
+    assert ac_auc(oofs[0], val.is_tp) > 0.95
     assert max(scorer.weights_, key=scorer.weights_.get) == "variance_mean"
 
 

@@ -60,9 +60,11 @@ class LesionScorer(ABC):
         name: Method name (a column of ``results/lesions.csv``), e.g. ``"gcnn_classif"``.
         requires_fit: Whether :meth:`score` needs :meth:`fit` first (class attribute).
         self_calibrated: Whether :meth:`score` is already a P(FP) fitted on out-of-fold
-            scores (class attribute). Such a scorer sets ``oof_p_fp_`` ((N,) P(FP) of its
-            fitting lesions, out of fold; not saved) in :meth:`fit`, and the experiment
-            uses it instead of cross-fitting a calibrator around the scorer.
+            scores (class attribute). Such a scorer also has ``n_inner`` and
+            ``fit_predict_oof(lesions, progress) -> (N,) out-of-fold P(FP)``
+            (:class:`lesionuq.calibration.SelfCalibratedScorer`), which
+            :class:`~lesionuq.calibration.CalibratedScorer` uses instead of cross-fitting
+            a calibrator around the scorer.
     """
 
     name: str

@@ -160,6 +160,9 @@ class SelectedScorer(LesionScorer):
                 first candidate is kept and its score mapped by ``sigmoid(u)``.
             progress: Unused (the inner fits are short); kept for the interface.
 
+        Returns:
+            (N,) float64 P(FP) in (0, 1), out of fold (in-sample with fewer than 2 lesions).
+
         Raises:
             ValueError: Unknown candidates.
         """
@@ -276,10 +279,6 @@ class StackedScorer(SelectedScorer):
         weights_: Slope ``a_k`` of every candidate (> 0).
         intercept_: ``b``.
         fitted_: Every candidate, refitted on all the validation lesions.
-        oof_p_fp_: (N,) P(FP) of the fitting lesions from their out-of-fold candidate
-            scores (the stacking weights are fitted on them too); what the experiment
-            keeps for the review threshold instead of cross-fitting a calibrator around
-            this scorer (``self_calibrated``). Not saved.
     """
 
     self_calibrated = True
@@ -302,12 +301,28 @@ class StackedScorer(SelectedScorer):
     def fit(self, lesions: LesionSet, progress: bool = True) -> Self:
         """Fit the stacking weights on out-of-fold scores, then refit every candidate.
 
+        See :meth:`fit_predict_oof`, which also returns the out-of-fold P(FP).
+        """
+        self.fit_predict_oof(lesions, progress)
+        return self
+
+    def fit_predict_oof(self, lesions: LesionSet, progress: bool = True) -> np.ndarray:
+        """Fit as :meth:`fit` does; return the fitting lesions' out-of-fold P(FP).
+
+        The out-of-fold P(FP) of lesion i is the stacked output on its out-of-fold
+        candidate scores (the stacking weights are fitted on them too): what a review
+        threshold is chosen on, in place of cross-fitting a calibrator around this scorer
+        (``self_calibrated``; :class:`lesionuq.calibration.CalibratedScorer`).
+
         Args:
             lesions: N labelled validation lesions. With fewer than 2 there are no inner
                 folds: every weight is 1 and the intercept 0. From one scan only (one
                 ``case_id``), the learned candidates are left out (weight 0, not fitted;
                 a warning says so) unless no other candidate is listed.
             progress: Unused (the inner fits are short); kept for the interface.
+
+        Returns:
+            (N,) float64 P(FP) in (0, 1), out of fold (in-sample with fewer than 2 lesions).
 
         Raises:
             ValueError: Unknown candidates.
@@ -334,10 +349,8 @@ class StackedScorer(SelectedScorer):
                     scorer.fit(lesions, progress=False)
             self.fitted_[c] = scorer
         if z is None:  # no inner folds: the in-sample P(FP)
-            self.oof_p_fp_ = self.score(lesions)
-        else:
-            self.oof_p_fp_ = special.expit(z @ weights + self.intercept_)
-        return self
+            return self.score(lesions)
+        return np.asarray(special.expit(z @ weights + self.intercept_), dtype=np.float64)
 
     def _active(self, factories: dict[str, Any], lesions: LesionSet) -> list[str]:
         """The candidates that take part: all, or the untrained ones when from one scan.
