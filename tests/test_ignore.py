@@ -179,8 +179,8 @@ def test_preprocessing_carries_the_ignore_column(tmp_path):
 
 def test_detection_metrics_leave_the_ignore_region_out(tmp_path):
     """Lesion-level detection (WMH challenge style): pred and gt are masked by ~I first."""
-    from lesionuq.evaluation.folds import detection_cases
     from lesionuq.io import save_nifti
+    from lesionuq.pipeline.evaluate import detection_cases
     from lesionuq.rundir import FoldSplit
 
     run = tmp_path / "run"

@@ -34,11 +34,6 @@ from lesionuq import distributed
 from lesionuq.config import ExperimentConfig
 from lesionuq.errors import did_you_mean
 from lesionuq.evaluation.calibration_metrics import calibration_table, plot_calibration
-from lesionuq.evaluation.folds import (
-    calibrate_fold,
-    detection_cases,
-    score_fold,
-)
 from lesionuq.io import (
     Case,
     InputError,
@@ -62,6 +57,7 @@ from lesionuq.outputs import (
     start_output,
 )
 from lesionuq.parallel import check_parallel, check_scheduler, map_cases
+from lesionuq.pipeline.evaluate import calibrate_fold, detection_cases, score_fold
 from lesionuq.rundir import (
     FoldSplit,
     RunDir,
