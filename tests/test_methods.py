@@ -49,7 +49,7 @@ def test_one_table_under_every_old_name() -> None:
         "gcnn_classif", "gcnn_reg", "gcnn_ens", "gcnn_auto", "gcnn_stack",
     } | robust  # fmt: skip
     assert CATALOGUE["gcnn_robust"].sections == ("gcnn", "sequences")
-    assert CATALOGUE["gcnn_auto"].sections == ("gcnn", "calibration", "seed")
+    assert CATALOGUE["gcnn_auto"].sections == ("gcnn", "calibration", "seed", "sequences")
     assert methods.fit_cost("gcnn_ens") == 5.0 and methods.fit_cost("size") == 0.0
 
 

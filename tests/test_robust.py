@@ -99,3 +99,5 @@ def test_catalogue_builds_the_robust_methods_from_the_config():
         assert scorer.n_sequences == 2
     stack = make_scorer("gcnn_stack_robust", cfg)
     assert stack.candidates == (*STACK_CANDIDATES[:-1], "gcnn_robust")
+    inner = stack._factories()["gcnn_robust"]()  # the candidate sees the run's sequences
+    assert inner.n_sequences == 2

@@ -155,7 +155,12 @@ def _robust(name: str, label: str, colour: str) -> MethodSpec:
 
 _GCNN = "lesionuq.scorers.gcnn:GCNNScorer"
 _METASEG = "lesionuq.scorers.baselines:MetaSegScorer"
-_INNER = {"gcnn": "gcnn", "n_inner": "calibration.n_inner", "seed": "seed"}
+_INNER = {
+    "gcnn": "gcnn",
+    "n_inner": "calibration.n_inner",
+    "seed": "seed",
+    "sequences": "sequences",
+}
 
 # (colour, line style, line width): one family per colour, mean solid / logsum dashed
 CATALOGUE: dict[str, MethodSpec] = {

@@ -122,6 +122,8 @@ class SelectedScorer(LesionScorer):
         n_inner: Inner folds of the choice (by case, stratified).
         seed: Seed of the inner split (the candidates' own seeds are their configs').
         name: Method name.
+        sequences: The run's image sequences (``ExperimentConfig.sequences``), for the
+            candidates built from them (``gcnn_robust`` normalises one column per sequence).
 
     Attributes:
         choice_: The chosen method's name.
@@ -137,18 +139,20 @@ class SelectedScorer(LesionScorer):
         n_inner: int = 3,
         seed: int = 0,
         name: str = "gcnn_auto",
+        sequences: tuple[str, ...] | list[str] = ("flair",),
     ) -> None:
         self.gcnn = gcnn or GCNNConfig()
         self.candidates = tuple(candidates)
         self.n_inner = n_inner
         self.seed = seed
         self.name = name
+        self.sequences = tuple(sequences)
 
     def _factories(self) -> dict[str, Any]:
         unknown = [c for c in self.candidates if c not in CATALOGUE or c == self.name]
         if unknown or not self.candidates:
             raise ValueError(f"{self.name}: bad candidates {list(self.candidates)}.")
-        cfg = ExperimentConfig(gcnn=self.gcnn, seed=self.seed)
+        cfg = ExperimentConfig(gcnn=self.gcnn, seed=self.seed, sequences=self.sequences)
         return {c: (lambda c=c: make_scorer(c, cfg)) for c in self.candidates}
 
     def fit(self, lesions: LesionSet, progress: bool = True) -> Self:
@@ -273,6 +277,7 @@ class StackedScorer(SelectedScorer):
             else one per case (2 or more cases).
         seed: Seed of the inner split.
         name: Method name.
+        sequences: The run's image sequences (see :class:`SelectedScorer`).
 
     Attributes:
         inner_auc_: Out-of-fold validation AUC (fraction) of every candidate.
@@ -290,8 +295,9 @@ class StackedScorer(SelectedScorer):
         n_inner: int = 3,
         seed: int = 0,
         name: str = "gcnn_stack",
+        sequences: tuple[str, ...] | list[str] = ("flair",),
     ) -> None:
-        super().__init__(gcnn, candidates, n_inner, seed, name)
+        super().__init__(gcnn, candidates, n_inner, seed, name, sequences)
 
     def _z(self, method: str, u: np.ndarray) -> np.ndarray:
         """(N,) the stacking input of ``method``'s (N,) scores."""
