@@ -109,6 +109,31 @@ def test_sample_stack_folder_and_4d_give_the_same_maps(tmp_path):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
 
 
+def test_maps_from_stack_writes_the_maps_on_the_stack_grid(tmp_path):
+    """``sample --stack``'s function: the five maps of the definitions, with the stack's
+    affine, in a folder that lesionuq's marker lists (a second run needs --overwrite)."""
+    from lesionuq.outputs import MARKER
+    from lesionuq.samples import maps_from_stack
+
+    rng = np.random.default_rng(2)
+    stack = rng.random((3, 5, 4, 6)).astype(np.float32)
+    affine = np.diag([2.0, 1.5, 3.0, 1.0])
+    path = tmp_path / "stack.nii.gz"
+    nib.save(nib.Nifti1Image(np.moveaxis(stack, 0, -1), affine), str(path))
+    out = maps_from_stack(path, tmp_path / "maps")
+    ref = _direct(stack)
+    for name in ("prob", "entropy", "variance", "pcs"):
+        img = nib.load(str(out / f"{name}.nii.gz"))
+        np.testing.assert_allclose(img.affine, affine)
+        np.testing.assert_allclose(np.asarray(img.dataobj), ref[name], atol=1e-6)
+    seg = np.asarray(nib.load(str(out / "seg.nii.gz")).dataobj)
+    np.testing.assert_array_equal(seg > 0, ref["prob"] > 0.5)
+    assert (out / MARKER).is_file()
+    with pytest.raises(InputError, match="overwrite"):
+        maps_from_stack(path, out)
+    maps_from_stack(path, out, overwrite=True)
+
+
 def test_sample_stack_errors_name_the_file(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

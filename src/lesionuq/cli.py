@@ -285,7 +285,7 @@ def sample(
 ) -> None:
     """Stage: MC-dropout maps for val/test cases, or maps from your own sample stack."""
     if stack is not None:
-        from lesionuq.experiment import maps_from_stack
+        from lesionuq.samples import maps_from_stack
 
         if out is None:
             raise InputError("--out is required with --stack.")

@@ -51,7 +51,6 @@ from lesionuq.io import (
 from lesionuq.methods import CATALOGUE, fit_cost, is_learned, method_spec
 from lesionuq.outputs import (
     check_output_dir,
-    output_dir,
     read_marker,
     run_lock,
     start_output,
@@ -70,6 +69,7 @@ from lesionuq.rundir import (
     unet_config,
     write_stamp,
 )
+from lesionuq.samples import maps_from_stack  # re-exported (its home before issue 26)
 from lesionuq.scorers.default_method import fit_default_method
 from lesionuq.uncertainty import VoxelMaps
 from lesionuq.utils import remove_pyg_codegen_files, track
@@ -1008,39 +1008,3 @@ def _write_timings(run: Path, timings: dict[str, float]) -> None:
         {"stage": list(timings), "seconds": [round(v, 2) for v in timings.values()]}
     )
     atomic_write_text(RunDir(run).results / "timings.csv", csv_text(rows))
-
-
-def maps_from_stack(stack: Path, out: Path, overwrite: bool = False) -> Path:
-    """Voxel maps from T probability maps made elsewhere (bring your own model).
-
-    Args:
-        stack: A folder of NIfTI foreground-probability maps (one per sample, any order
-            of names, read sorted) or one 4-D NIfTI whose last axis is the sample.
-        out: Folder for ``prob``, ``seg``, ``entropy``, ``variance`` and ``pcs`` NIfTI files,
-            written on the stack's grid (its affine); see :mod:`lesionuq.outputs`.
-
-        overwrite: Replace an earlier set of maps in ``out`` (only the files lesionuq
-            wrote there); without it such a folder is refused, as is any other
-            non-empty folder.
-
-    Returns:
-        ``out``.
-    """
-    from lesionuq.uncertainty import load_sample_stack, maps_from_samples
-
-    stack = Path(stack)
-    check_output_dir(out, "maps", overwrite=overwrite, inputs=[stack])
-    samples = load_sample_stack(stack)  # checks the path and the folder listing
-    first = _first_nifti(stack) if stack.is_dir() else stack
-    affine = load_nifti(first).affine
-    maps = maps_from_samples(samples)
-    with output_dir(Path(out), "maps") as tmp:
-        for name, value in maps.items():
-            save_nifti(tmp / f"{name}.nii.gz", value, affine)
-    return Path(out)
-
-
-def _first_nifti(folder: Path) -> Path:
-    from lesionuq.uncertainty import nifti_files
-
-    return nifti_files(folder)[0]

@@ -41,7 +41,9 @@ from lesionuq.io import (
     check_mask,
     load_case,
     load_nifti,
+    save_nifti,
 )
+from lesionuq.outputs import check_output_dir, output_dir
 from lesionuq.uncertainty import VoxelMaps, load_sample_stack, maps_from_samples, nifti_files
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ __all__ = [
     "describe_source",
     "load_samples_case",
     "manifest_protocol",
+    "maps_from_stack",
     "samples_onto_grid",
     "samples_table",
     "save_sample_stack",
@@ -300,7 +303,32 @@ def save_sample_stack(
     Returns:
         ``path``.
     """
-    from lesionuq.io import save_nifti
-
     stack = np.stack([np.asarray(s, dtype=np.float32) for s in samples], axis=-1)
     return save_nifti(path, stack, affine)
+
+
+def maps_from_stack(stack: Path, out: Path, overwrite: bool = False) -> Path:
+    """Voxel maps from T probability maps made elsewhere (bring your own model).
+
+    Args:
+        stack: A folder of NIfTI foreground-probability maps (one per sample, any order
+            of names, read sorted) or one 4-D NIfTI whose last axis is the sample.
+        out: Folder for ``prob``, ``seg``, ``entropy``, ``variance`` and ``pcs`` NIfTI files,
+            written on the stack's grid (its affine); see :mod:`lesionuq.outputs`.
+        overwrite: Replace an earlier set of maps in ``out`` (only the files lesionuq
+            wrote there); without it such a folder is refused, as is any other
+            non-empty folder.
+
+    Returns:
+        ``out``.
+    """
+    stack = Path(stack)
+    check_output_dir(out, "maps", overwrite=overwrite, inputs=[stack])
+    samples = load_sample_stack(stack)  # checks the path and the folder listing
+    first = nifti_files(stack)[0] if stack.is_dir() else stack
+    affine = load_nifti(first).affine
+    maps = maps_from_samples(samples)
+    with output_dir(Path(out), "maps") as tmp:
+        for name, value in maps.items():
+            save_nifti(tmp / f"{name}.nii.gz", value, affine)
+    return Path(out)
