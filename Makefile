@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev]" torch==2.13.0  # keep the CPU wheel: nnunetv2 pulls timm -> torchvision, whose newest needs a newer (CUDA) torch
 	touch $(STAMP)
 
 demo: setup
