@@ -13,8 +13,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,7 @@ from lesionuq.evaluation.render import (
 )
 from lesionuq.export.viewer import NO_VIEWER_NOTE
 
-__all__ = ["scan_report_html", "summary_png", "warnings_html"]
+__all__ = ["location_rows", "scan_report_html", "summary_png", "warnings_html"]
 
 
 def summary_png(
@@ -136,6 +137,7 @@ def scan_report_html(
     warnings: Sequence[str] = (),
     threshold_note: str | None = None,
     method_note: str | None = None,
+    location: Mapping[str, Any] | None = None,
 ) -> str:
     """A self-contained HTML page: the viewer, the summary figure (base64), the lesion table.
 
@@ -155,6 +157,8 @@ def scan_report_html(
         threshold_note: How the review threshold was chosen, shown under the counts.
         method_note: Which method gives P(FP) and why (with the baselines' validation
             AUCs), shown under it.
+        location: The ``location`` entry of ``lesions.json`` (counts per region, the DIS
+            verdicts, the registration's quality), shown under the counts; None without.
 
     Returns:
         The page text.
@@ -181,6 +185,7 @@ def scan_report_html(
         f"(P(FP) &ge; {threshold:g}, highlighted)</td></tr>",
         f"<tr><td>review rule</td><td>{escape(threshold_note)}</td></tr>" if threshold_note else "",
         f"<tr><td>P(FP) method</td><td>{escape(method_note)}</td></tr>" if method_note else "",
+        location_rows(location) if location is not None else "",
         f"<tr><td>lesionuq</td><td>{escape(__version__)}, {seconds:.1f} s</td></tr>",
         "</table>",
         "<h2>Viewer</h2>",
@@ -195,6 +200,23 @@ def scan_report_html(
         "lesion; volume and centroid (world mm) on the input scan's grid.</p>",
     ]
     return html_page(f"lesionuq: {case_id}", parts)
+
+
+def location_rows(location: Mapping[str, Any]) -> str:
+    """Rows of the report's meta table: counts per region, DIS sentence, registration."""
+    counts = location.get("counts", {})
+    shown = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+    reg = location.get("registration", {})
+    quality = f"brain Dice {reg.get('brain_dice')}, {reg.get('seconds')} s" + (
+        "" if reg.get("ok") else " (NOT trusted)"
+    )
+    dis = location.get("dis", {})
+    return (
+        f"<tr><td>locations</td><td>{escape(shown or 'no lesion')}</td></tr>"
+        f"<tr><td>dissemination in space</td><td>{escape(dis.get('sentence', ''))}</td></tr>"
+        f"<tr><td>registration</td><td>{escape(reg.get('method', ''))}: "
+        f"{escape(quality)}</td></tr>"
+    )
 
 
 def warnings_html(warnings: Sequence[str]) -> str:
