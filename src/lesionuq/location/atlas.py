@@ -12,8 +12,10 @@ CSF                brain minus GM minus WM probability
 lateral            the two largest components of deep CSF (CSF > 0.5, > 15 mm from the
 ventricles         brain's outer surface, 3 <= abs(x) <= 38, -65 <= y <= 40, -5 <= z <= 40
                    mm); the same construction the phantom draws its lesions around
-cortex             GM > 0.5 within 30 mm of the brain's outer surface (the deep grey
-                   nuclei lie deeper; the insula at about 30 mm is kept)
+deep grey          GM > 0.5 in the box abs(x) <= 33, -40 <= y <= 28, -12 <= z <= 20 mm
+nuclei             (caudate, putamen, pallidum, thalamus; the insula lies at abs(x) >= 35,
+                   the cingulate above z = 20, the hippocampus and amygdala below -12)
+cortex             GM > 0.5 outside the deep grey nuclei
 infratentorial     brainstem: abs(x) <= 12, -45 <= y <= -15, z <= -8 mm; cerebellum:
                    y <= -38 and below the tentorium z <= -5 - 0.45 abs(x) mm (a tent
                    fitted by eye to the CSF gap between cerebellum and the occipital and
@@ -35,15 +37,15 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = [
-    "CORTEX_DEPTH_MM",
+    "DEEP_GREY_BOX",
     "TemplateRegions",
     "flair_like",
     "infratentorial_rule",
     "load_regions",
 ]
 
-CORTEX_DEPTH_MM = 30.0
-"""Grey matter deeper than this (mm from the brain's outer surface) is not cortex."""
+DEEP_GREY_BOX = ((-33.0, 33.0), (-40.0, 28.0), (-12.0, 20.0))
+"""RAS mm (x, y, z) ranges of the deep grey nuclei: grey matter there is not cortex."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ def load_regions() -> TemplateRegions:
     gm, wm = gm * brain, wm * brain
     csf = np.clip(brain.astype(np.float32) - gm - wm, 0.0, 1.0)
     depth = ndi.distance_transform_edt(np.pad(brain, 1))[1:-1, 1:-1, 1:-1].astype(np.float32)
+    (x0, x1), (y0, y1), (z0, z1) = DEEP_GREY_BOX
 
     o = affine[:3, 3]
     x, y, z = (np.arange(n) + o[a] for a, n in enumerate(brain.shape))
@@ -123,7 +126,8 @@ def load_regions() -> TemplateRegions:
     lab, n = ndi.label(cand)
     sizes = ndi.sum_labels(cand, lab, np.arange(1, n + 1))
     ventricles = np.isin(lab, np.argsort(sizes)[::-1][:2] + 1)
-    cortex = (gm > 0.5) & (depth <= CORTEX_DEPTH_MM)
+    deep_box = (xx >= x0) & (xx <= x1) & (yy >= y0) & (yy <= y1) & (zz >= z0) & (zz <= z1)
+    cortex = (gm > 0.5) & ~deep_box
     infra = infratentorial_rule(xx, yy, zz) & brain
     vdist = ndi.distance_transform_edt(~ventricles).astype(np.float32)
     cdist = ndi.distance_transform_edt(~cortex).astype(np.float32)

@@ -10,7 +10,8 @@ class               rule (distances in template mm, over the lesion's voxel cent
 infratentorial      at least half of its voxels in the infratentorial region (brainstem
                     and cerebellum)
 periventricular     touching the lateral ventricles or within 3 mm of them
-                    (:attr:`LocationRules.periventricular_mm`)
+                    (:attr:`LocationRules.periventricular_mm`); the scan's own ventricles
+                    when its image is given (:func:`scan_ventricles`)
 juxtacortical       touching the cortex or within 2 mm of it (no room for white matter
                     between: :attr:`LocationRules.juxtacortical_mm`); the class holds
                     cortical lesions too (McDonald 2017 "cortical or juxtacortical")
@@ -43,6 +44,7 @@ __all__ = [
     "classify_from_maps",
     "classify_lesions",
     "region_coverage",
+    "scan_ventricles",
 ]
 
 #: Location classes of a lesion (``unknown`` when the registration is not trusted).
@@ -136,13 +138,45 @@ def classify_from_maps(
     return loc, vmin, cmin, frac
 
 
+def scan_ventricles(
+    image: np.ndarray, brain: np.ndarray, template_vdist: np.ndarray, reach_mm: float = 4.0
+) -> np.ndarray:
+    """The scan's own lateral ventricles: dark voxels near the registered template's.
+
+    A voxel is ventricle when it is darker than halfway between the brain's 1st
+    percentile and its median (CSF is dark on FLAIR, T1 and after z-scoring alike) and
+    within ``reach_mm`` of the template's ventricles brought onto the scan. Distances to
+    the scan's own ventricles do not suffer the registration's residual error.
+
+    Args:
+        image: (X, Y, Z) scan intensities.
+        brain: (X, Y, Z) bool brain support.
+        template_vdist: (X, Y, Z) distance to the template's ventricles on the scan (mm).
+        reach_mm: How far from the template's ventricles the scan's may lie.
+
+    Returns:
+        (X, Y, Z) bool ventricles (empty when the brain is).
+    """
+    values = np.asarray(image, np.float64)[brain]
+    if values.size == 0:
+        return np.zeros(image.shape, bool)
+    lo, med = np.percentile(values, [1.0, 50.0])
+    dark = (image < lo + 0.5 * (med - lo)) & brain
+    return np.asarray(dark & (template_vdist <= reach_mm))
+
+
 def classify_lesions(
     labels: np.ndarray,
     affine: np.ndarray,
     registration: Registration,
     rules: LocationRules = LocationRules(),
+    image: np.ndarray | None = None,
 ) -> LesionLocations:
     """Each lesion's class and MNI centroid, through a scan-to-template registration.
+
+    With ``image``, the distance to the ventricles is measured to the scan's own
+    ventricles (:func:`scan_ventricles`: dark voxels within 4 mm of the registered
+    template's), falling back to the template's when fewer than 500 mm3 are found.
 
     Args:
         labels: (X, Y, Z) int lesion labels 1..N on the registration's grid.
@@ -150,6 +184,7 @@ def classify_lesions(
         registration: The scan's registration; when it is not trusted
             (:attr:`Registration.ok` False) every lesion is ``unknown``.
         rules: The distances of the rules.
+        image: (X, Y, Z) scan intensities (0 outside the brain), or None.
 
     Returns:
         The locations of lesions 1..N.
@@ -163,6 +198,11 @@ def classify_lesions(
         return LesionLocations.unknown(0)
     regions = load_regions()
     vdist = registration.on_scan(regions.vdist, order=1, fill=100.0)
+    if image is not None:
+        spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+        own = scan_ventricles(image, image != 0, vdist)
+        if own.sum() * float(np.prod(spacing)) >= 500.0:
+            vdist = ndi.distance_transform_edt(~own, sampling=spacing).astype(np.float32)
     cdist = registration.on_scan(regions.cdist, order=1, fill=100.0)
     infra = registration.on_scan(regions.infratentorial.astype(np.float32), order=1)
     loc, vmin, cmin, frac = classify_from_maps(labels, vdist, cdist, infra, rules)

@@ -322,7 +322,7 @@ def _locate(grid: _OnGrid) -> tuple[_Located, str | None]:
     image = grid.pre.image[0]
     brain = image != 0
     reg = register_to_template(image, grid.pre.affine, brain)
-    locations = classify_lesions(grid.labels, grid.pre.affine, reg)
+    locations = classify_lesions(grid.labels, grid.pre.affine, reg, image=image)
     coverage = region_coverage(reg, brain)
     problem = reg.problem()
     warning = None
