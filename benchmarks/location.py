@@ -31,10 +31,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage as ndi
 
 from lesionuq.data.phantom import generate_case
 from lesionuq.location.atlas import flair_like, load_regions
-from lesionuq.location.classify import classify_from_maps, classify_lesions
+from lesionuq.location.classify import (
+    classify_from_maps,
+    classify_lesions,
+    region_coverage,
+    scan_ventricles,
+)
 from lesionuq.location.register import register_to_template
 
 KINDS = ("periventricular", "juxtacortical", "infratentorial", "deep")
@@ -95,7 +101,6 @@ def dipy_maps(
     from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
     from dipy.align.metrics import CCMetric
     from dipy.align.transforms import AffineTransform3D, RigidTransform3D
-    from scipy import ndimage as ndi
 
     t0 = time.perf_counter()
     regions = load_regions()
@@ -184,6 +189,9 @@ def main() -> None:
                 else:
                     resample, seconds = dipy_maps(flair, aff, syn=method == "dipy-syn")
                     vd = resample(regions.vdist)
+                    own = scan_ventricles(flair, flair > 0, vd)  # as classify_lesions does
+                    if own.sum() >= 500:
+                        vd = ndi.distance_transform_edt(~own).astype(np.float32)
                     cd = resample(regions.cdist)
                     inf = resample(regions.infratentorial.astype(np.float32))
                     brain = resample(regions.brain.astype(np.float32)) > 0.5
@@ -200,6 +208,15 @@ def main() -> None:
                 print(timing[-1], flush=True)
                 for p, t in zip(pred, truth, strict=True):
                     rows.append({"method": method, "scan": variant, "drawn": t, "predicted": p})
+    # a scan that covers part of the brain: everything below z = -5 mm (world) removed
+    flair, affine, labels, _ = load_case(args.seeds[0])
+    z = (affine[:3, :3] @ np.indices(flair.shape).reshape(3, -1) + affine[:3, 3:])[2]
+    cut = np.where(z.reshape(flair.shape) >= -5.0, flair, 0.0).astype(np.float32)
+    reg = register_to_template(cut, affine)
+    cov = region_coverage(reg, cut > 0)
+    print(f"\n## Partial scan (seed {args.seeds[0]}, z >= -5 mm only)\n")
+    print(f"registration: {reg.to_dict()}")
+    print("coverage: " + ", ".join(f"{k} {v:.3f}" for k, v in cov.items()))
     table = pd.DataFrame(rows)
     print("\n## Registrations\n")
     print(markdown(pd.DataFrame(timing)))

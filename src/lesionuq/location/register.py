@@ -16,7 +16,9 @@ affine             the same, 12 parameters, started from the rigid result
 B-spline           optional (``deformable``): 4 x 4 x 4 control grid over the scan,
                    Mattes MI, L-BFGS-B (40 iterations) at 4 mm
 quality            Dice of the scan's brain support with the template's brain support
-                   brought onto the scan; the affine's scale factors
+                   brought onto the scan, within the bounding box of the scan's brain (a
+                   scan covering part of the brain is not penalised); the affine's scale
+                   factors
 =================  ======================================================================
 
 A registration *looks wrong* when the brain Dice is below :data:`MIN_BRAIN_DICE` or a scale
@@ -33,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage as ndi
 
 from lesionuq.location.atlas import TemplateRegions, flair_like, load_regions
 
@@ -283,8 +286,9 @@ def register_to_template(
         result.metric = float(metric)
         result.scales = np.linalg.svd(np.asarray(aff.GetMatrix()).reshape(3, 3), compute_uv=False)
         warped = result.on_scan(regions.brain.astype(np.float32), order=1) > 0.5
-        inter = float(np.logical_and(warped, mask).sum())
-        result.brain_dice = 2.0 * inter / float(warped.sum() + mask.sum())
+        box = ndi.find_objects(mask.astype(np.uint8))[0]  # a partial scan: its extent only
+        inter = float(np.logical_and(warped[box], mask[box]).sum())
+        result.brain_dice = 2.0 * inter / float(warped[box].sum() + mask[box].sum())
     except (RuntimeError, ValueError) as exc:  # ITK raises RuntimeError
         result.transform, result.error = None, str(exc).strip().splitlines()[-1][:300]
     result.seconds = time.perf_counter() - t0
