@@ -806,6 +806,8 @@ def test_location_columns_with_a_trusted_registration(model_dir, oblique, tmp_pa
     assert dis["regions"]["infratentorial"]["assessable"] is False
     assert payload["registration"]["ok"] is True and res.location == payload
     assert dis["sentence"] in res.summary()
+    report = (tmp_path / "o" / "report.html").read_text()
+    assert "Registration to MNI152" in report and "dissemination in space" in report
     tsv = next(deriv.rglob("*_dseg.tsv"))
     dseg = pd.read_csv(tsv, sep="\t")
     assert list(dseg.columns[-4:]) == list(LOCATION_COLUMNS)

@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from lesionuq import __version__
 from lesionuq.data.preprocess import Preprocessed, native_labels, preprocess, to_original
-from lesionuq.evaluation.scan_report import scan_report_html, summary_png
+from lesionuq.evaluation.scan_report import registration_png, scan_report_html, summary_png
 from lesionuq.io import (
     Case,
     InputError,
@@ -307,16 +307,20 @@ class _Located:
         coverage: DIS region -> fraction inside the scan.
         registration: Its quality measures (:meth:`Registration.to_dict`).
         ok: Whether the registration is trusted.
+        png: The registration check figure (template outlines on the scan), or None when
+            the registration failed outright.
     """
 
     locations: LesionLocations
     coverage: dict[str, float]
     registration: dict[str, object]
     ok: bool
+    png: bytes | None = None
 
 
 def _locate(grid: _OnGrid) -> tuple[_Located, str | None]:
     """Register the scan to MNI152 and classify its lesions; the warning when untrusted."""
+    # SimpleITK and the template maps are loaded only for --location
     from lesionuq.location import classify_lesions, region_coverage, register_to_template
 
     image = grid.pre.image[0]
@@ -324,6 +328,19 @@ def _locate(grid: _OnGrid) -> tuple[_Located, str | None]:
     reg = register_to_template(image, grid.pre.affine, brain)
     locations = classify_lesions(grid.labels, grid.pre.affine, reg, image=image)
     coverage = region_coverage(reg, brain)
+    png = None
+    if reg.transform is not None:
+        from lesionuq.location.atlas import load_regions
+
+        regions = load_regions()
+        brain_t = reg.on_scan(regions.brain.astype(np.float32)) > 0.5
+        vent_t = reg.on_scan(regions.ventricles.astype(np.float32)) > 0.5
+        q = reg.to_dict()
+        title = (
+            f"registration check: template brain (cyan), ventricles (yellow); brain Dice "
+            f"{q['brain_dice']}, scales {q['scales']}" + ("" if reg.ok else " - NOT TRUSTED")
+        )
+        png = registration_png(image, brain_t, vent_t, title)
     problem = reg.problem()
     warning = None
     if problem is not None:
@@ -331,7 +348,7 @@ def _locate(grid: _OnGrid) -> tuple[_Located, str | None]:
             f"{problem[0].upper()}{problem[1:]}: the lesion locations are reported as unknown "
             "and no dissemination-in-space verdict is given."
         )
-    return _Located(locations, coverage, reg.to_dict(), reg.ok), warning
+    return _Located(locations, coverage, reg.to_dict(), reg.ok, png), warning
 
 
 def _location_payload(located: _Located, table: pd.DataFrame) -> dict[str, object]:
@@ -739,6 +756,7 @@ def _write_outputs(
             threshold_note=rule.describe(),
             method_note=model.p_fp_note(),
             location=located,
+            location_png=grid.located.png if grid.located is not None else None,
         )
         atomic_write_text(tmp / "report.html", page)
         meta = {
