@@ -17,6 +17,7 @@ from lesionuq.location import (
     classify_lesions,
     dis_probability,
     dis_summary,
+    region_coverage,
     register_to_template,
 )
 
@@ -130,7 +131,11 @@ def _rigid(deg_z: float, deg_x: float, shift: tuple[float, float, float]) -> np.
 
 
 def test_registration_recovers_a_known_rotation_and_shift():
-    """The template moved by a known rigid transform registers back within 1.5 mm."""
+    """The template moved by a known rigid transform registers back within 1.5 mm.
+
+    Also: the region coverage of the whole scan and of a scan cut at z = -5 mm, and a
+    noise cube that fails the quality check.
+    """
     from lesionuq.location.atlas import flair_like, load_regions
 
     regions = load_regions()
@@ -146,9 +151,19 @@ def test_registration_recovers_a_known_rotation_and_shift():
     err = np.linalg.norm(reg.to_template(scan_pts) - pts, axis=1)
     assert err.max() < 1.5, err
     np.testing.assert_allclose(reg.scales, 1.0, atol=0.03)
+    coverage = region_coverage(reg, data > 0)
+    assert min(coverage.values()) > 0.9, coverage
+    # a scan of the brain above z = -5 mm: the infratentorial region is not assessable
+    z = np.arange(data.shape[2]) * 2.0 + regions.affine[2, 3]
+    cut = np.where(z[None, None, :] >= -5.0, data, 0.0).astype(np.float32)
+    part = register_to_template(cut, moved @ affine)
+    assert part.ok, part.to_dict()  # the brain Dice is measured within the scan's extent
+    coverage = region_coverage(part, cut > 0)
+    assert coverage["infratentorial"] < 0.2 and coverage["periventricular"] > 0.9, coverage
     # noise instead of a brain: the quality check says so
     rng = np.random.default_rng(0)
     noise = np.zeros_like(data)
     noise[20:40, 20:40, 20:40] = rng.uniform(1, 2, (20, 20, 20))
     bad = register_to_template(noise, affine)
-    assert not bad.ok and bad.problem() is not None
+    assert not bad.ok and bad.brain_seen < 0.1, bad.to_dict()
+    assert "of the template brain within the scan" in str(bad.problem())

@@ -17,13 +17,15 @@ B-spline           optional (``deformable``): 4 x 4 x 4 control grid over the sc
                    Mattes MI, L-BFGS-B (40 iterations) at 4 mm
 quality            Dice of the scan's brain support with the template's brain support
                    brought onto the scan, within the bounding box of the scan's brain (a
-                   scan covering part of the brain is not penalised); the affine's scale
-                   factors
+                   scan covering part of the brain is not penalised); the fraction of the
+                   template brain inside that box; the affine's scale factors
 =================  ======================================================================
 
-A registration *looks wrong* when the brain Dice is below :data:`MIN_BRAIN_DICE` or a scale
-factor of the affine lies outside :data:`SCALE_RANGE` (a head half or double the
-template's size): the caller then reports the locations as unknown.
+A registration *looks wrong* when the brain Dice is below :data:`MIN_BRAIN_DICE`, less than
+:data:`MIN_BRAIN_SEEN` of the template brain lies within the scan's brain extent (a blob
+matched to a brain; a slab too thin to register), or a scale factor of the affine lies
+outside :data:`SCALE_RANGE` (a head half or double the template's size): the caller then
+reports the locations as unknown.
 """
 
 from __future__ import annotations
@@ -39,10 +41,18 @@ from scipy import ndimage as ndi
 
 from lesionuq.location.atlas import TemplateRegions, flair_like, load_regions
 
-__all__ = ["MIN_BRAIN_DICE", "SCALE_RANGE", "Registration", "register_to_template"]
+__all__ = [
+    "MIN_BRAIN_DICE",
+    "MIN_BRAIN_SEEN",
+    "SCALE_RANGE",
+    "Registration",
+    "register_to_template",
+]
 
 MIN_BRAIN_DICE = 0.85
 """A registration whose brain Dice is below this is reported as failed."""
+MIN_BRAIN_SEEN = 0.4
+"""A registration with less of the template brain inside the scan's extent is failed."""
 SCALE_RANGE = (0.7, 1.45)
 """Plausible scale factors (singular values) of the scan-to-template affine."""
 
@@ -92,6 +102,9 @@ class Registration:
         deformable: Whether a B-spline stage followed the affine.
         metric: Final Mattes MI of the last stage (more negative is better).
         error: Why the registration failed (an exception message), or None.
+        brain_seen: Fraction of the template brain (on the scan grid) inside the bounding
+            box of the scan's brain: a partial scan sees part of it, a registration that
+            matched a small blob to the brain sees little.
     """
 
     transform: sitk.Transform | None
@@ -103,6 +116,7 @@ class Registration:
     deformable: bool = False
     metric: float = float("nan")
     error: str | None = None
+    brain_seen: float = 1.0
 
     @property
     def ok(self) -> bool:
@@ -112,6 +126,7 @@ class Registration:
             self.transform is not None
             and self.error is None
             and self.brain_dice >= MIN_BRAIN_DICE
+            and self.brain_seen >= MIN_BRAIN_SEEN
             and bool(np.all((self.scales >= lo) & (self.scales <= hi)))
         )
 
@@ -123,8 +138,9 @@ class Registration:
             return f"the registration to the MNI152 template failed ({self.error})"
         return (
             f"the registration to the MNI152 template looks wrong (brain Dice "
-            f"{self.brain_dice:.3f}, below {MIN_BRAIN_DICE}, or scale factors "
-            f"{', '.join(f'{s:.2f}' for s in self.scales)} outside {SCALE_RANGE})"
+            f"{self.brain_dice:.3f}, below {MIN_BRAIN_DICE}, or {self.brain_seen:.0%} of "
+            f"the template brain within the scan, below {MIN_BRAIN_SEEN:.0%}, or scale "
+            f"factors {', '.join(f'{s:.2f}' for s in self.scales)} outside {SCALE_RANGE})"
         )
 
     def to_template(self, points: np.ndarray) -> np.ndarray:
@@ -159,6 +175,7 @@ class Registration:
             "method": "SimpleITK rigid+affine" + ("+B-spline" if self.deformable else ""),
             "ok": self.ok,
             "brain_dice": round(float(self.brain_dice), 4),
+            "brain_seen": round(float(self.brain_seen), 4),
             "scales": [round(float(s), 4) for s in self.scales],
             "mattes_mi": None if not np.isfinite(self.metric) else round(float(self.metric), 4),
             "seconds": round(float(self.seconds), 2),
@@ -289,6 +306,7 @@ def register_to_template(
         box = ndi.find_objects(mask.astype(np.uint8))[0]  # a partial scan: its extent only
         inter = float(np.logical_and(warped[box], mask[box]).sum())
         result.brain_dice = 2.0 * inter / float(warped[box].sum() + mask[box].sum())
+        result.brain_seen = float(warped[box].sum()) / max(float(warped.sum()), 1.0)
     except (RuntimeError, ValueError) as exc:  # ITK raises RuntimeError
         result.transform, result.error = None, str(exc).strip().splitlines()[-1][:300]
     result.seconds = time.perf_counter() - t0
