@@ -15,7 +15,7 @@ ventricles         brain's outer surface, 3 <= abs(x) <= 38, -65 <= y <= 40, -5 
 deep grey          GM > 0.5 in the box abs(x) <= 33, -40 <= y <= 28, -12 <= z <= 20 mm
 nuclei             (caudate, putamen, pallidum, thalamus; the insula lies at abs(x) >= 35,
                    the cingulate above z = 20, the hippocampus and amygdala below -12)
-cortex             GM > 0.5 outside the deep grey nuclei
+cortex             GM > 0.5 outside the deep grey nuclei and the infratentorial region
 infratentorial     brainstem: abs(x) <= 12, -45 <= y <= -15, z <= -8 mm; cerebellum:
                    y <= -38 and below the tentorium z <= -5 - 0.45 abs(x) mm (a tent
                    fitted by eye to the CSF gap between cerebellum and the occipital and
@@ -127,8 +127,8 @@ def load_regions() -> TemplateRegions:
     sizes = ndi.sum_labels(cand, lab, np.arange(1, n + 1))
     ventricles = np.isin(lab, np.argsort(sizes)[::-1][:2] + 1)
     deep_box = (xx >= x0) & (xx <= x1) & (yy >= y0) & (yy <= y1) & (zz >= z0) & (zz <= z1)
-    cortex = (gm > 0.5) & ~deep_box
     infra = infratentorial_rule(xx, yy, zz) & brain
+    cortex = (gm > 0.5) & ~deep_box & ~infra  # cerebellar cortex is infratentorial
     vdist = ndi.distance_transform_edt(~ventricles).astype(np.float32)
     cdist = ndi.distance_transform_edt(~cortex).astype(np.float32)
     return TemplateRegions(affine, t1, gm, wm, csf, brain, ventricles, cortex, infra, vdist, cdist)
