@@ -39,7 +39,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from lesionuq.location.atlas import TemplateRegions, flair_like, load_regions
+from lesionuq.location.atlas import flair_like, load_regions
 
 __all__ = [
     "MIN_BRAIN_DICE",
@@ -312,7 +312,3 @@ def register_to_template(
     result.seconds = time.perf_counter() - t0
     return result
 
-
-def template_regions() -> TemplateRegions:
-    """The template's location maps (:func:`lesionuq.location.atlas.load_regions`)."""
-    return load_regions()
