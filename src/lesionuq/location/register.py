@@ -311,4 +311,3 @@ def register_to_template(
         result.transform, result.error = None, str(exc).strip().splitlines()[-1][:300]
     result.seconds = time.perf_counter() - t0
     return result
-
