@@ -43,6 +43,12 @@ SLOW_TESTS = {
     "test_phantom.py::test_lesion_placement_by_kind": _PHANTOM,
     "test_phantom.py::test_golden_bytes_and_draw_replay_through_json": _PHANTOM,
     "test_cli.py::test_phantom_command_writes_a_manifest": _PHANTOM,
+    "test_location.py::test_registration_recovers_a_known_rotation_and_shift": (
+        "two registrations to the MNI152 template"
+    ),
+    "test_predict.py::test_location_columns_untrusted_registration_gives_unknown": (
+        "a prediction with a registration to the MNI152 template"
+    ),
     "test_parallel.py::test_default_path_imports_no_dask": _SUBPROCESS,
     "test_outputs.py::test_pyg_generated_modules_do_not_pile_up_in_tmp": _SUBPROCESS,
     "test_preprocess.py::test_data_package_exports_lazily": _SUBPROCESS,

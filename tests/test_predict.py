@@ -32,6 +32,7 @@ from lesionuq.config import (
 from lesionuq.data.preprocess import native_labels
 from lesionuq.io import InputError
 from lesionuq.predict import (
+    LOCATION_COLUMNS,
     TABLE_COLUMNS,
     load_model,
     predict_manifest,
@@ -751,3 +752,65 @@ def test_lesion_in_ignore_region_is_reported_and_marked(model_dir, oblique, tmp_
     nearest = np.linalg.norm(centres[:, None] - LESIONS[None], axis=-1).argmin(1)
     assert table["in_ignore"].tolist() == (nearest == 0).tolist()
     assert int(table["in_ignore"].sum()) == 1
+
+
+# --------------------------------------------------------------------------- location (issue 30)
+
+
+def test_location_columns_untrusted_registration_gives_unknown(model_dir, oblique, tmp_path):
+    """The toy scan (a 5 cm ellipsoid) does not register to MNI152: unknown, warned."""
+    res = predict_scan(model_dir, [oblique], tmp_path / "o", progress=False, location=True)
+    table = pd.read_csv(tmp_path / "o" / "lesions.csv")
+    assert list(table.columns) == [*TABLE_COLUMNS, *LOCATION_COLUMNS, "u_entropy_mean"]
+    assert len(table) == 3 and (table["location"] == "unknown").all()
+    assert table[list(LOCATION_COLUMNS[1:])].isna().all().all()
+    loc = json.loads((tmp_path / "o" / "lesions.json").read_text())["location"]
+    assert loc["registration"]["ok"] is False and loc["counts"]["unknown"] == 3
+    assert loc["dis"]["verdict"] == "unknown" and loc["dis"]["probability"] is None
+    assert any("registration to the MNI152 template" in w for w in res.warnings)
+    assert "DIS: unknown" in (tmp_path / "o" / "report.html").read_text()
+
+
+def test_location_columns_with_a_trusted_registration(model_dir, oblique, tmp_path, monkeypatch):
+    """An identity registration: MNI centroid = world centroid, classes and P(DIS) written."""
+    import SimpleITK as sitk
+
+    import lesionuq.location as location
+    from lesionuq.location import Registration, dis_probability, region_probabilities
+
+    def identity(image, affine, brain=None, **_):
+        shape = tuple(int(s) for s in image.shape)
+        return Registration(sitk.AffineTransform(3), shape, affine, 1.0, np.ones(3))
+
+    monkeypatch.setattr(location, "register_to_template", identity)
+    flair, _ = _bids_tree(tmp_path / "ds", oblique)
+    deriv = tmp_path / "ds" / "derivatives" / "lesionuq"
+    res = predict_scan(
+        model_dir, [flair], tmp_path / "o", 0.5, progress=False, location=True, bids_out=deriv
+    )
+    table = pd.read_csv(tmp_path / "o" / "lesions.csv")
+    mni = table[["mni_x_mm", "mni_y_mm", "mni_z_mm"]].to_numpy()
+    world = table[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy()
+    # the MNI centroid is measured on the preprocessed grid, the world one on the input
+    assert np.abs(mni - world).max() < 1.5
+    assert set(table["location"]) <= {"periventricular", "juxtacortical", "deep"}
+    # (-10, -12, 8) mm is the left thalamus of MNI152: its centre lies 10.8 mm from the
+    # lateral ventricles and 13.4 mm from the cortex, its radius is 4.5 mm: deep
+    near = np.linalg.norm(world - LESIONS[0], axis=1).argmin()
+    assert table["location"].iloc[near] == "deep"
+    payload = json.loads((tmp_path / "o" / "lesions.json").read_text())["location"]
+    dis = payload["dis"]
+    q = region_probabilities(table["location"].tolist(), table["p_fp"].to_numpy())
+    assert dis["probability"] == pytest.approx(dis_probability(list(q.values())), abs=1e-6)
+    # the 5 cm toy brain does not reach the infratentorial region
+    assert dis["regions"]["infratentorial"]["assessable"] is False
+    assert payload["registration"]["ok"] is True and res.location == payload
+    assert dis["sentence"] in res.summary()
+    report = (tmp_path / "o" / "report.html").read_text()
+    assert "Registration to MNI152" in report and "dissemination in space" in report
+    tsv = next(deriv.rglob("*_dseg.tsv"))
+    dseg = pd.read_csv(tsv, sep="\t")
+    assert list(dseg.columns[-4:]) == list(LOCATION_COLUMNS)
+    assert sorted(dseg["location"]) == sorted(table["location"])
+    sidecar = json.loads(tsv.with_suffix(".json").read_text())
+    assert "location" in sidecar and "mni_x_mm" in sidecar

@@ -411,6 +411,13 @@ def predict(
             "sample, or a folder of 3-D maps); with --image. In batch: a samples column."
         ),
     ] = None,
+    location: Annotated[
+        bool,
+        typer.Option(
+            help="Also locate each lesion (registration to MNI152, ~10 s): location and MNI "
+            "columns, counts per region, dissemination in space with P(DIS). With --image."
+        ),
+    ] = False,
     overwrite: OverwriteOpt = False,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
@@ -423,6 +430,8 @@ def predict(
         raise InputError("give either --image (one per sequence) or --cases CSV.")
     if samples is not None and cases is not None:
         raise InputError("--samples goes with --image; with --cases give a samples column.")
+    if location and cases is not None:
+        raise InputError("--location goes with --image (not yet in batch).")
     if image is not None and (scheduler is not None or workers is not None):
         raise InputError("--scheduler and --workers spread a batch: use them with --cases CSV.")
     if image is not None:
@@ -437,6 +446,7 @@ def predict(
             bids_out=bids_out,
             review_target=review_target,
             samples=samples,
+            location=location,
         )
         for warning in res.warnings:
             console.print(f"[yellow]warning: {escape(warning)}[/yellow]")

@@ -13,8 +13,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,13 @@ from lesionuq.evaluation.render import (
 )
 from lesionuq.export.viewer import NO_VIEWER_NOTE
 
-__all__ = ["scan_report_html", "summary_png", "warnings_html"]
+__all__ = [
+    "location_rows",
+    "registration_png",
+    "scan_report_html",
+    "summary_png",
+    "warnings_html",
+]
 
 
 def summary_png(
@@ -114,6 +121,46 @@ def summary_png(
     return png_bytes(fig, 110, tight=True)
 
 
+def registration_png(
+    image: np.ndarray, brain: np.ndarray, ventricles: np.ndarray, title: str
+) -> bytes:
+    """The registration check: the template's brain and ventricles drawn on the scan.
+
+    Three orthogonal slices through the centre of the scan's brain, the registered
+    template's brain outline in cyan and its lateral ventricles in yellow: a wrong
+    registration shows as outlines off the anatomy.
+
+    Args:
+        image: (X, Y, Z) scan (0 outside the brain).
+        brain: (X, Y, Z) bool template brain brought onto the scan grid.
+        ventricles: (X, Y, Z) bool template lateral ventricles on the scan grid.
+        title: Figure title (the registration's quality measures).
+
+    Returns:
+        PNG bytes.
+    """
+    inside = image[image != 0]
+    lo, hi = np.percentile(inside, [0.5, 99.5]) if inside.size else (0.0, 1.0)
+    shown = np.where(image == 0, lo, image)
+    support = np.argwhere(image != 0)
+    centre = support.mean(0).round().astype(int) if len(support) else np.array(image.shape) // 2
+    fig = Figure(figsize=(10.0, 3.8))
+    axes = fig.subplots(1, 3)
+    for ax, axis, name in zip(axes, (2, 1, 0), ("axial", "coronal", "sagittal"), strict=True):
+        index: list[slice | int] = [slice(None)] * 3
+        index[axis] = int(centre[axis])
+        sl = tuple(index)
+        ax.imshow(shown[sl].T, cmap="gray", origin="lower", vmin=lo, vmax=hi)
+        for mask, colour in ((brain, "c"), (ventricles, "y")):
+            plane = mask[sl].astype(float)
+            if plane.max() > 0:
+                ax.contour(plane.T, levels=[0.5], colors=[colour], linewidths=1.0)
+        ax.set_title(name, fontsize=8)
+        ax.set_axis_off()
+    fig.suptitle(plain_text(title), fontsize=9, **PLAIN)
+    return png_bytes(fig, 90, tight=True)
+
+
 def _cell(column: str, value: object) -> str:
     """One table cell's text: ``yes``/empty for booleans, 1 decimal for centroids."""
     if isinstance(value, bool | np.bool_):
@@ -136,6 +183,8 @@ def scan_report_html(
     warnings: Sequence[str] = (),
     threshold_note: str | None = None,
     method_note: str | None = None,
+    location: Mapping[str, Any] | None = None,
+    location_png: bytes | None = None,
 ) -> str:
     """A self-contained HTML page: the viewer, the summary figure (base64), the lesion table.
 
@@ -155,6 +204,10 @@ def scan_report_html(
         threshold_note: How the review threshold was chosen, shown under the counts.
         method_note: Which method gives P(FP) and why (with the baselines' validation
             AUCs), shown under it.
+        location: The ``location`` entry of ``lesions.json`` (counts per region, the DIS
+            verdicts, the registration's quality), shown under the counts; None without.
+        location_png: The registration check (:func:`registration_png`), shown under the
+            summary figure; None without.
 
     Returns:
         The page text.
@@ -181,11 +234,18 @@ def scan_report_html(
         f"(P(FP) &ge; {threshold:g}, highlighted)</td></tr>",
         f"<tr><td>review rule</td><td>{escape(threshold_note)}</td></tr>" if threshold_note else "",
         f"<tr><td>P(FP) method</td><td>{escape(method_note)}</td></tr>" if method_note else "",
+        location_rows(location) if location is not None else "",
         f"<tr><td>lesionuq</td><td>{escape(__version__)}, {seconds:.1f} s</td></tr>",
         "</table>",
         "<h2>Viewer</h2>",
         viewer if viewer is not None else f'<p class="note">{escape(NO_VIEWER_NOTE)}</p>',
         f"<p>{img_tag(png, 'summary', 'wide')}</p>",
+        (
+            "<h2>Registration to MNI152 (lesion locations)</h2>"
+            f"<p>{img_tag(location_png, 'registration check', 'wide')}</p>"
+            if location_png is not None
+            else ""
+        ),
         "<h2>Lesions (sorted by P(FP), most doubtful first)</h2>",
         body,
         '<p class="note">p_fp: probability that the lesion is a false positive '
@@ -195,6 +255,23 @@ def scan_report_html(
         "lesion; volume and centroid (world mm) on the input scan's grid.</p>",
     ]
     return html_page(f"lesionuq: {case_id}", parts)
+
+
+def location_rows(location: Mapping[str, Any]) -> str:
+    """Rows of the report's meta table: counts per region, DIS sentence, registration."""
+    counts = location.get("counts", {})
+    shown = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+    reg = location.get("registration", {})
+    quality = f"brain Dice {reg.get('brain_dice')}, {reg.get('seconds')} s" + (
+        "" if reg.get("ok") else " (NOT trusted)"
+    )
+    dis = location.get("dis", {})
+    return (
+        f"<tr><td>locations</td><td>{escape(shown or 'no lesion')}</td></tr>"
+        f"<tr><td>dissemination in space</td><td>{escape(dis.get('sentence', ''))}</td></tr>"
+        f"<tr><td>registration</td><td>{escape(reg.get('method', ''))}: "
+        f"{escape(quality)}</td></tr>"
+    )
 
 
 def warnings_html(warnings: Sequence[str]) -> str:

@@ -89,6 +89,26 @@ _TSV_COLUMNS = {
     },
     "color": {"Description": "Display colour: red flagged, green kept (hex RGB)."},
 }
+#: Columns of the .tsv present when the prediction located its lesions (issue 30).
+_LOCATION_TSV_COLUMNS = {
+    "location": {
+        "Description": "Lesion location class after registration to MNI152 (lesionuq.location).",
+        "Levels": {
+            "periventricular": "touching the lateral ventricles or within 3 mm",
+            "juxtacortical": "touching the cortex or within 2 mm (cortical included)",
+            "infratentorial": "at least half in the brainstem or cerebellum",
+            "deep": "deep white matter (none of the above)",
+            "unknown": "the registration was not trusted",
+        },
+    },
+    **{
+        f"mni_{a}_mm": {
+            "Description": f"Lesion centroid, MNI152 {a.upper()} coordinate (RAS).",
+            "Units": "mm",
+        }
+        for a in "xyz"
+    },
+}
 
 
 def bids_entities(name: str | Path) -> dict[str, str]:
@@ -157,6 +177,10 @@ def _lesion_table(lesions: pd.DataFrame | Mapping[str, Any]) -> pd.DataFrame:
         raise ValueError(f"lesion table lacks column(s) {', '.join(missing)}.")
     table = table.sort_values("index").reset_index(drop=True)
     review = table["review"].astype(bool)
+    extra = {c: table[c] for c in _LOCATION_TSV_COLUMNS if c in table}
+    for c in ("mni_x_mm", "mni_y_mm", "mni_z_mm"):
+        if c in extra:
+            extra[c] = extra[c].astype(float).round(2)
     return pd.DataFrame(
         {
             "index": table["index"].astype(int),
@@ -167,6 +191,7 @@ def _lesion_table(lesions: pd.DataFrame | Mapping[str, Any]) -> pd.DataFrame:
             "color": [
                 "#{:02x}{:02x}{:02x}".format(*(FLAGGED_RGB if r else KEPT_RGB)) for r in review
             ],
+            **extra,
         }
     )
 
@@ -267,10 +292,11 @@ def write_bids_derivatives(
         "listed in the .tsv with its false-positive probability and review flag.",
         **_TSV_COLUMNS,
     }
+    table = _lesion_table(lesions)
+    meta.update({c: d for c, d in _LOCATION_TSV_COLUMNS.items() if c in table})
     if threshold is not None:
         meta["ReviewThreshold"] = float(threshold)
     nifti("dseg", dseg_stem, images["dseg"], meta)
-    table = _lesion_table(lesions)
     written["dseg_tsv"] = atomic_write_text(
         folder / f"{dseg_stem}.tsv", table.to_csv(sep="\t", index=False, lineterminator="\n")
     )

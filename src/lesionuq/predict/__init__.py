@@ -27,6 +27,7 @@ from __future__ import annotations
 from lesionuq.predict.batch import BatchResult, predict_manifest
 from lesionuq.predict.model import REQUIRED_SCORERS, FittedModel, load_model
 from lesionuq.predict.scan import (
+    LOCATION_COLUMNS,
     MAP_NAMES,
     TABLE_COLUMNS,
     PredictResult,
@@ -36,6 +37,7 @@ from lesionuq.predict.scan import (
 )
 
 __all__ = [
+    "LOCATION_COLUMNS",
     "MAP_NAMES",
     "REQUIRED_SCORERS",
     "TABLE_COLUMNS",

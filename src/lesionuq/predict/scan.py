@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from lesionuq import __version__
 from lesionuq.data.preprocess import Preprocessed, native_labels, preprocess, to_original
-from lesionuq.evaluation.scan_report import scan_report_html, summary_png
+from lesionuq.evaluation.scan_report import registration_png, scan_report_html, summary_png
 from lesionuq.io import (
     Case,
     InputError,
@@ -58,9 +58,11 @@ if TYPE_CHECKING:
     import nibabel as nib
 
     from lesionuq.lesions.dataset import LesionSet
+    from lesionuq.location import LesionLocations
     from lesionuq.uncertainty import VoxelMaps
 
 __all__ = [
+    "LOCATION_COLUMNS",
     "MAP_NAMES",
     "OUTPUT_FILES",
     "TABLE_COLUMNS",
@@ -84,6 +86,8 @@ TABLE_COLUMNS = (
     "pcs_mean",
     "review",
 )
+#: Columns added to ``lesions.csv`` with ``location`` (after :data:`TABLE_COLUMNS`).
+LOCATION_COLUMNS = ("location", "mni_x_mm", "mni_y_mm", "mni_z_mm")
 #: Voxel maps written with ``save_maps`` (``NAME.nii.gz``, linear resampling).
 MAP_NAMES = ("prob", "entropy", "variance", "pcs")
 _STAMP = "prediction.json"
@@ -118,6 +122,8 @@ class PredictResult:
         warnings: Sentences for the user: the shift warning (the scan is unlike the
             validation scans) and the note of an uncalibrated model folder.
         rule: How the review threshold was chosen.
+        location: With ``location``: the ``location`` entry of ``lesions.json``
+            (registration, rules, counts per region, DIS verdicts); None without.
     """
 
     out: Path
@@ -129,6 +135,7 @@ class PredictResult:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     rule: ReviewRule | None = None
+    location: dict[str, object] | None = None
 
     @property
     def n_lesions(self) -> int:
@@ -162,7 +169,9 @@ class PredictResult:
             if (self.n_lesions > max_rows)
             else ""
         )
-        return f"{head}\n{shown}{more}"
+        dis = self.location.get("dis") if self.location else None
+        tail = f"\n{dis['sentence']}" if isinstance(dis, dict) else ""
+        return f"{head}\n{shown}{more}{tail}"
 
 
 def lesion_rows(
@@ -273,6 +282,8 @@ class _OnGrid:
         warnings: Shift warning and calibration note (:func:`_review_warnings`).
         in_ignore: (N,) bool, lesions mostly in the ignore region; None without one.
         samples: With the user's samples: ``{"path", "n_samples"}``; None for MC dropout.
+        located: With ``location``: the lesions' locations, the region coverage and the
+            registration (:func:`_locate`); None without.
     """
 
     pre: Preprocessed
@@ -284,6 +295,92 @@ class _OnGrid:
     warnings: list[str] = field(default_factory=list)
     in_ignore: np.ndarray | None = None
     samples: dict[str, object] | None = None
+    located: _Located | None = None
+
+
+@dataclass
+class _Located:
+    """Lesion locations of one scan (:mod:`lesionuq.location`).
+
+    Attributes:
+        locations: Classes and MNI centroids of lesions 1..N.
+        coverage: DIS region -> fraction inside the scan.
+        registration: Its quality measures (:meth:`Registration.to_dict`).
+        ok: Whether the registration is trusted.
+        png: The registration check figure (template outlines on the scan), or None when
+            the registration failed outright.
+    """
+
+    locations: LesionLocations
+    coverage: dict[str, float]
+    registration: dict[str, object]
+    ok: bool
+    png: bytes | None = None
+
+
+def _locate(grid: _OnGrid) -> tuple[_Located, str | None]:
+    """Register the scan to MNI152 and classify its lesions; the warning when untrusted."""
+    # SimpleITK and the template maps are loaded only for --location
+    from lesionuq.location import classify_lesions, region_coverage, register_to_template
+
+    image = grid.pre.image[0]
+    brain = image != 0
+    reg = register_to_template(image, grid.pre.affine, brain)
+    locations = classify_lesions(grid.labels, grid.pre.affine, reg, image=image)
+    coverage = region_coverage(reg, brain)
+    png = None
+    if reg.transform is not None:
+        from lesionuq.location.atlas import load_regions
+
+        regions = load_regions()
+        brain_t = reg.on_scan(regions.brain.astype(np.float32)) > 0.5
+        vent_t = reg.on_scan(regions.ventricles.astype(np.float32)) > 0.5
+        q = reg.to_dict()
+        title = (
+            f"registration check: template brain (cyan), ventricles (yellow); brain Dice "
+            f"{q['brain_dice']}, scales {q['scales']}" + ("" if reg.ok else " - NOT TRUSTED")
+        )
+        png = registration_png(image, brain_t, vent_t, title)
+    problem = reg.problem()
+    warning = None
+    if problem is not None:
+        warning = (
+            f"{problem[0].upper()}{problem[1:]}: the lesion locations are reported as unknown "
+            "and no dissemination-in-space verdict is given."
+        )
+    return _Located(locations, coverage, reg.to_dict(), reg.ok, png), warning
+
+
+def _location_payload(located: _Located, table: pd.DataFrame) -> dict[str, object]:
+    """The ``location`` entry of ``lesions.json``: registration, rules, counts, DIS."""
+    from lesionuq.location import LOCATIONS, LocationRules, dis_summary
+
+    rules = LocationRules()
+    loc = table["location"].astype(str).tolist() if len(table) else []
+    dis = dis_summary(
+        loc,
+        table["p_fp"].to_numpy(dtype=np.float64),
+        table["review"].to_numpy(dtype=bool),
+        table["lesion_id"].to_numpy(),
+        located.coverage,
+        rules.min_coverage,
+        located.ok,
+    )
+    return {
+        "template": "MNI152 2009c nonlinear symmetric (nilearn), 1 mm",
+        "registration": located.registration,
+        "rules": {
+            "infratentorial": f">= {rules.infratentorial_fraction:g} of the voxels in "
+            "brainstem/cerebellum (template region)",
+            "periventricular": "touching the lateral ventricles or within "
+            f"{rules.periventricular_mm:g} mm",
+            "juxtacortical": f"touching the cortex or within {rules.juxtacortical_mm:g} mm",
+            "deep": "none of the above (deep white matter; not a DIS region)",
+            "order": "infratentorial, periventricular, juxtacortical, deep",
+        },
+        "counts": {name: int(loc.count(name)) for name in LOCATIONS},
+        "dis": dis,
+    }
 
 
 def predict_scan(
@@ -299,6 +396,7 @@ def predict_scan(
     review_target: str | None = None,
     ignore: str | Path | None = None,
     samples: str | Path | None = None,
+    location: bool = False,
 ) -> PredictResult:
     """Segment one scan and score each lesion's uncertainty, in the scan's own space.
 
@@ -358,6 +456,12 @@ def predict_scan(
             scan, :mod:`lesionuq.samples`): the segmentation and voxel maps come from
             them instead of the model's U-Net (a note says so when the model has one).
             Required by a model folder of the samples protocol (no U-Net).
+        location: Also locate each lesion (:mod:`lesionuq.location`: registration to
+            MNI152, about 10 s): ``lesions.csv`` and the BIDS ``dseg.tsv`` gain the
+            :data:`LOCATION_COLUMNS`, ``lesions.json`` a ``location`` entry (registration
+            quality, rules, counts per region, the DIS verdicts with P(DIS)) and the report
+            the counts and the DIS sentence. An untrusted registration gives a warning and
+            ``unknown`` locations.
 
     Returns:
         The result (its :meth:`PredictResult.summary` is what the CLI prints).
@@ -391,7 +495,8 @@ def predict_scan(
     out = Path(out)
     with locked_output(out):  # a second prediction into ``out`` is refused meanwhile
         check_output_dir(out, "prediction", overwrite=overwrite, inputs=inputs, writes=writes)
-        with _Steps(_STEPS, progress, case_id).run() as step:
+        steps = (*_STEPS[:-1], "location", _STEPS[-1]) if location else _STEPS
+        with _Steps(steps, progress, case_id).run() as step:
             grid = _infer(
                 model,
                 paths,
@@ -400,6 +505,11 @@ def predict_scan(
                 ignore,
                 None if samples is None else Path(samples),
             )
+            if location:
+                step("location")
+                grid.located, warning = _locate(grid)
+                if warning is not None:
+                    grid.warnings.append(warning)
             step("write")
             result = _write_outputs(
                 out,
@@ -527,9 +637,16 @@ def _review_warnings(
 
 
 def _write_review_json(
-    folder: Path, model: FittedModel, rule: ReviewRule, warnings: list[str]
+    folder: Path,
+    model: FittedModel,
+    rule: ReviewRule,
+    warnings: list[str],
+    location: dict[str, object] | None = None,
 ) -> Path:
-    """``lesions.json``, the companion of ``lesions.csv``: threshold, its origin, warnings."""
+    """``lesions.json``, the companion of ``lesions.csv``: threshold, its origin, warnings.
+
+    With ``location`` (:func:`_location_payload`), also a ``location`` entry.
+    """
     payload = {
         "threshold": rule.threshold,
         "threshold_source": rule.source,
@@ -552,6 +669,8 @@ def _write_review_json(
         ),
         "warnings": list(warnings),
     }
+    if location is not None:
+        payload["location"] = location
     return atomic_write_text(folder / "lesions.json", json.dumps(payload, indent=1) + "\n")
 
 
@@ -585,6 +704,14 @@ def _write_outputs(
             table[f"u_{m}"] = scores[m][table["lesion_id"].to_numpy() - 1]
     if grid.in_ignore is not None:  # reported, marked: neither TP nor FP in evaluation
         table["in_ignore"] = grid.in_ignore[table["lesion_id"].to_numpy() - 1]
+    located = None
+    if grid.located is not None:
+        rows = table["lesion_id"].to_numpy(dtype=np.int64) - 1
+        loc = grid.located.locations
+        table.insert(len(TABLE_COLUMNS), "location", np.asarray(loc.location, dtype=object)[rows])
+        for a, name in enumerate(LOCATION_COLUMNS[1:]):
+            table.insert(len(TABLE_COLUMNS) + 1 + a, name, loc.mni[rows, a] if n else [])
+        located = _location_payload(grid.located, table)
     p_lut = np.zeros(n + 1, dtype=np.float32)
     p_lut[1:] = scores["gcnn_classif"]
     native_maps = {}
@@ -598,6 +725,7 @@ def _write_outputs(
     result = PredictResult(
         out, table, float(threshold), model.folder, paths, case_id, 0.0, grid.warnings, rule
     )
+    result.location = located
     with output_dir(out, "prediction") as tmp:
         save_nifti(tmp / "seg.nii.gz", (lab_native > 0).astype(np.uint8), affine)
         save_nifti(
@@ -610,12 +738,13 @@ def _write_outputs(
         viewer, publish_bids = _write_exports(
             tmp, bids, grid, paths, table, lab_native, native_maps, threshold
         )
-        _write_review_json(tmp, model, rule, grid.warnings)
+        _write_review_json(tmp, model, rule, grid.warnings, located)
         png = summary_png(grid.pre.image[0], grid.labels, scores["gcnn_classif"], table, case_id)
         (tmp / "summary.png").write_bytes(png)
         result.seconds = time.perf_counter() - t0
+        shown = list(TABLE_COLUMNS) + (list(LOCATION_COLUMNS[:1]) if located else [])
         page = scan_report_html(
-            table[list(TABLE_COLUMNS)],
+            table[shown],
             png,
             case_id=case_id,
             images=paths,
@@ -626,6 +755,8 @@ def _write_outputs(
             warnings=grid.warnings,
             threshold_note=rule.describe(),
             method_note=model.p_fp_note(),
+            location=located,
+            location_png=grid.located.png if grid.located is not None else None,
         )
         atomic_write_text(tmp / "report.html", page)
         meta = {
@@ -641,6 +772,7 @@ def _write_outputs(
             "calibrated": model.calibrated,
             "warnings": list(grid.warnings),
             "save_maps": bool(save_maps),
+            "location": grid.located is not None,
             "n_lesions": n,
             "n_review": result.n_review,
             "seconds": round(result.seconds, 3),

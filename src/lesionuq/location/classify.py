@@ -1,0 +1,255 @@
+"""Where each lesion is: the location classes of the MS consensus, after registration.
+
+The template's maps (:mod:`lesionuq.location.atlas`) are brought onto the scan's grid with
+the registration (:mod:`lesionuq.location.register`) and each lesion (a label of the
+scan's lesion map) gets ONE class, the first rule that holds, in this order:
+
+==================  ======================================================================
+class               rule (distances in template mm, over the lesion's voxel centres)
+==================  ======================================================================
+infratentorial      at least half of its voxels in the infratentorial region (brainstem
+                    and cerebellum)
+periventricular     touching the lateral ventricles or within 3 mm of them
+                    (:attr:`LocationRules.periventricular_mm`); the scan's own ventricles
+                    when its image is given (:func:`scan_ventricles`)
+juxtacortical       touching the cortex or within 2 mm of it (no room for white matter
+                    between: :attr:`LocationRules.juxtacortical_mm`); the class holds
+                    cortical lesions too (McDonald 2017 "cortical or juxtacortical")
+deep                none of the above: deep (subcortical) white matter; not a DIS region
+unknown             the registration failed or looks wrong
+==================  ======================================================================
+
+The priority follows the consensus reading (MAGNIMS 2016, McDonald 2017): a lesion that
+reaches both the ventricles and the cortex counts once, as periventricular.
+
+A region a scan does not cover cannot be judged: :func:`region_coverage` is the fraction of
+each DIS region's template volume that lands inside the scan's brain support.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from lesionuq.location.atlas import load_regions
+from lesionuq.location.register import Registration
+
+__all__ = [
+    "DIS_REGIONS",
+    "LOCATIONS",
+    "LesionLocations",
+    "LocationRules",
+    "classify_from_maps",
+    "classify_lesions",
+    "region_coverage",
+    "scan_ventricles",
+]
+
+#: Location classes of a lesion (``unknown`` when the registration is not trusted).
+LOCATIONS = ("periventricular", "juxtacortical", "infratentorial", "deep", "unknown")
+#: The brain regions of dissemination in space (McDonald 2017; the spinal cord is not in
+#: a brain scan).
+DIS_REGIONS = ("periventricular", "juxtacortical", "infratentorial")
+
+
+@dataclass(frozen=True)
+class LocationRules:
+    """The distances and fractions of the location rules (see the module's table).
+
+    Attributes:
+        periventricular_mm: A lesion voxel this close to the lateral ventricles (mm)
+            makes the lesion periventricular.
+        juxtacortical_mm: A lesion voxel this close to the cortex (mm) makes it
+            juxtacortical.
+        infratentorial_fraction: At least this fraction of voxels in the infratentorial
+            region makes it infratentorial.
+        min_coverage: A DIS region with less than this fraction of its template volume
+            inside the scan's brain is "not assessable" (unless a lesion was found in it).
+    """
+
+    periventricular_mm: float = 3.0
+    juxtacortical_mm: float = 2.0
+    infratentorial_fraction: float = 0.5
+    min_coverage: float = 0.5
+
+
+@dataclass
+class LesionLocations:
+    """The location of lesions 1..N of a scan.
+
+    Attributes:
+        location: (N,) class names (:data:`LOCATIONS`).
+        mni: (N, 3) centroid in MNI152 RAS mm (NaN when unknown).
+        ventricle_mm: (N,) least distance of a voxel to the lateral ventricles (mm).
+        cortex_mm: (N,) least distance of a voxel to the cortex (mm).
+        infratentorial_fraction: (N,) fraction of voxels in the infratentorial region.
+    """
+
+    location: np.ndarray
+    mni: np.ndarray
+    ventricle_mm: np.ndarray
+    cortex_mm: np.ndarray
+    infratentorial_fraction: np.ndarray
+
+    @classmethod
+    def unknown(cls, n: int) -> LesionLocations:
+        """N lesions of unknown location (a failed registration)."""
+        nan = np.full(n, np.nan)
+        return cls(
+            np.array(["unknown"] * n, dtype=object), np.full((n, 3), np.nan), nan, nan.copy(),
+            nan.copy(),
+        )  # fmt: skip
+
+
+def classify_from_maps(
+    labels: np.ndarray,
+    vdist: np.ndarray,
+    cdist: np.ndarray,
+    infra: np.ndarray,
+    rules: LocationRules = LocationRules(),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The class of each lesion from region maps on the lesions' own grid.
+
+    Args:
+        labels: (X, Y, Z) int lesion labels 1..N (0 background).
+        vdist: (X, Y, Z) distance to the lateral ventricles (mm).
+        cdist: (X, Y, Z) distance to the cortex (mm).
+        infra: (X, Y, Z) infratentorial indicator (fraction in [0, 1]; > 0.5 counts).
+        rules: The distances of the rules.
+
+    Returns:
+        (N,) object array of class names, (N,) least ventricle distance, (N,) least cortex
+        distance, (N,) infratentorial voxel fraction.
+    """
+    n = int(labels.max(initial=0))
+    if n == 0:
+        empty = np.zeros(0)
+        return np.zeros(0, dtype=object), empty, empty.copy(), empty.copy()
+    ids = np.arange(1, n + 1)
+    vmin = np.asarray(ndi.minimum(vdist, labels, ids), dtype=np.float64)
+    cmin = np.asarray(ndi.minimum(cdist, labels, ids), dtype=np.float64)
+    frac = np.asarray(ndi.mean((infra > 0.5).astype(np.float32), labels, ids), dtype=np.float64)
+    loc = np.full(n, "deep", dtype=object)
+    loc[cmin <= rules.juxtacortical_mm] = "juxtacortical"
+    loc[vmin <= rules.periventricular_mm] = "periventricular"
+    loc[frac >= rules.infratentorial_fraction] = "infratentorial"
+    return loc, vmin, cmin, frac
+
+
+def scan_ventricles(
+    image: np.ndarray, brain: np.ndarray, template_vdist: np.ndarray, reach_mm: float = 4.0
+) -> np.ndarray:
+    """The scan's own lateral ventricles: dark voxels near the registered template's.
+
+    A voxel is ventricle when it is darker than halfway between the brain's 1st
+    percentile and its median (CSF is dark on FLAIR, T1 and after z-scoring alike) and
+    within ``reach_mm`` of the template's ventricles brought onto the scan. Distances to
+    the scan's own ventricles do not suffer the registration's residual error.
+
+    Args:
+        image: (X, Y, Z) scan intensities.
+        brain: (X, Y, Z) bool brain support.
+        template_vdist: (X, Y, Z) distance to the template's ventricles on the scan (mm).
+        reach_mm: How far from the template's ventricles the scan's may lie.
+
+    Returns:
+        (X, Y, Z) bool ventricles (empty when the brain is).
+    """
+    values = np.asarray(image, np.float64)[brain]
+    if values.size == 0:
+        return np.zeros(image.shape, bool)
+    lo, med = np.percentile(values, [1.0, 50.0])
+    dark = (image < lo + 0.5 * (med - lo)) & brain
+    return np.asarray(dark & (template_vdist <= reach_mm))
+
+
+def classify_lesions(
+    labels: np.ndarray,
+    affine: np.ndarray,
+    registration: Registration,
+    rules: LocationRules = LocationRules(),
+    image: np.ndarray | None = None,
+) -> LesionLocations:
+    """Each lesion's class and MNI centroid, through a scan-to-template registration.
+
+    With ``image``, the distance to the ventricles is measured to the scan's own
+    ventricles (:func:`scan_ventricles`: dark voxels within 4 mm of the registered
+    template's), falling back to the template's when fewer than 500 mm3 are found.
+
+    Args:
+        labels: (X, Y, Z) int lesion labels 1..N on the registration's grid.
+        affine: (4, 4) RAS affine of ``labels`` (the registration's ``affine``).
+        registration: The scan's registration; when it is not trusted
+            (:attr:`Registration.ok` False) every lesion is ``unknown``.
+        rules: The distances of the rules.
+        image: (X, Y, Z) scan intensities (0 outside the brain), or None.
+
+    Returns:
+        The locations of lesions 1..N.
+    """
+    n = int(labels.max(initial=0))
+    if not registration.ok:
+        return LesionLocations.unknown(n)
+    if tuple(labels.shape) != registration.shape:
+        raise ValueError(f"labels {labels.shape} are not on the registration's grid.")
+    if n == 0:
+        return LesionLocations.unknown(0)
+    regions = load_regions()
+    vdist = registration.on_scan(regions.vdist, order=1, fill=100.0)
+    if image is not None:
+        spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+        own = scan_ventricles(image, image != 0, vdist)
+        if own.sum() * float(np.prod(spacing)) >= 500.0:
+            vdist = ndi.distance_transform_edt(~own, sampling=spacing).astype(np.float32)
+    cdist = registration.on_scan(regions.cdist, order=1, fill=100.0)
+    infra = registration.on_scan(regions.infratentorial.astype(np.float32), order=1)
+    loc, vmin, cmin, frac = classify_from_maps(labels, vdist, cdist, infra, rules)
+    ids = np.arange(1, n + 1)
+    com = np.asarray(ndi.center_of_mass(labels > 0, labels, ids), dtype=np.float64).reshape(n, 3)
+    world = com @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    return LesionLocations(loc, registration.to_template(world), vmin, cmin, frac)
+
+
+def region_coverage(registration: Registration, brain: np.ndarray) -> dict[str, float]:
+    """The fraction of each DIS region's template volume inside the scan's brain support.
+
+    Each region (periventricular: within 3 mm of the ventricles; juxtacortical: the
+    cortex; infratentorial) is brought onto the scan grid padded by 40 mm at 2 mm
+    voxels, and counted inside and outside the scan's brain support.
+
+    Args:
+        registration: A trusted registration.
+        brain: (X, Y, Z) bool brain support on the registration's grid.
+
+    Returns:
+        Region name -> fraction in [0, 1] (NaN for an untrusted registration).
+    """
+    if not registration.ok:
+        return {r: float("nan") for r in DIS_REGIONS}
+    regions = load_regions()
+    aff = np.asarray(registration.affine, dtype=np.float64)
+    step = max(1, round(2.0 / float(np.linalg.norm(aff[:3, 0]))))
+    pad = 40.0
+    spacing = np.linalg.norm(aff[:3, :3], axis=0) * step
+    pad_vox = np.ceil(pad / spacing).astype(int)
+    coarse = np.asarray(brain, bool)[::step, ::step, ::step]
+    padded = np.pad(coarse, [(int(p), int(p)) for p in pad_vox])
+    caff = aff.copy()
+    caff[:3, :3] = aff[:3, :3] * step
+    caff[:3, 3] = aff[:3, 3] - caff[:3, :3] @ pad_vox
+    coarse_reg = Registration(
+        registration.transform, (padded.shape[0], padded.shape[1], padded.shape[2]), caff
+    )
+    masks = {
+        "periventricular": (regions.vdist <= 3.0) & regions.brain,
+        "juxtacortical": regions.cortex,
+        "infratentorial": regions.infratentorial,
+    }
+    out = {}
+    for name, m in masks.items():
+        frac = coarse_reg.on_scan(m.astype(np.float32), order=1)
+        total = float(frac.sum())
+        out[name] = float((frac * padded).sum() / total) if total > 0 else 0.0
+    return out
