@@ -143,7 +143,11 @@ def main() -> None:
         "val_dice_fp32": round(float(result.best_dice), 4),
         "val_dice_fp16_weights": round(float(dice16), 4),
         "history": [{k: round(float(v), 4) for k, v in h.items()} for h in result.history],
-        "seconds": {"data": round(t_data, 1), "train": round(t_train, 1)},
+        "seconds": {
+            "data": round(t_data, 1),
+            "train": round(sum(h["seconds"] for h in result.history), 1),
+            "this_call": round(t_train, 1),
+        },
         "machine": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads (shared machine; times are indicative)",
         "weights": REFERENCE_WEIGHTS,

@@ -42,6 +42,10 @@ SLOW_TESTS = {
     "test_phantom.py::test_lesion_placement_by_kind": _PHANTOM,
     "test_phantom.py::test_golden_bytes_and_draw_replay_through_json": _PHANTOM,
     "test_cli.py::test_phantom_command_writes_a_manifest": _PHANTOM,
+    "test_reference_unet.py::test_reference_unet_segments_a_held_out_phantom_case": _PHANTOM,
+    "test_reference_unet.py::test_sample_with_reference_writes_stacks_the_samples_protocol_reads": (
+        _PHANTOM
+    ),
     "test_parallel.py::test_default_path_imports_no_dask": _SUBPROCESS,
     "test_outputs.py::test_pyg_generated_modules_do_not_pile_up_in_tmp": _SUBPROCESS,
     "test_preprocess.py::test_data_package_exports_lazily": _SUBPROCESS,

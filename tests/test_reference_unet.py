@@ -30,8 +30,9 @@ BENCH_SEEDS = {0, 1, 5, 7}
 #: A held-out phantom case for the Dice check: index 100 of the reference's master seed,
 #: outside its training (0-39) and validation (40-47) cases.
 HELD_OUT = case_seed(REFERENCE_SEED, 100)
-#: Dice of the shipped weights on HELD_OUT, dropout off (measured when they were made).
-EXPECTED_DICE = 0.0
+#: Dice of the shipped weights on HELD_OUT, dropout off (measured when they were made:
+#: 0.7025 on one thread; other thread counts round the convolutions differently).
+EXPECTED_DICE = 0.7025
 
 
 def test_weights_load_with_weights_only_and_match_the_card():
