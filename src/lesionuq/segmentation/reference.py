@@ -8,9 +8,9 @@ weights are stored in float16 (``reference_unet.pt``, a dict of tensors and plai
 loaded with ``torch.load(weights_only=True)``) with a model card beside them
 (``reference_unet.json``: data, seeds, steps, validation Dice, the command that made them).
 
-The demo's default protocol MC-samples every phantom case once with it, and ``lesionuq
-predict`` falls back to it for a model folder trained in the samples protocol that says so
-(:mod:`lesionuq.predict.model`).
+The demo's default protocol MC-samples every phantom case once with it and copies it into
+each fold's model folder as ``segmenter.pt`` (:mod:`lesionuq.demo`), so ``lesionuq predict``
+segments a new scan with it like with any fold's U-Net.
 """
 
 from __future__ import annotations
