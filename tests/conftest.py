@@ -49,6 +49,10 @@ SLOW_TESTS = {
     "test_predict.py::test_location_columns_untrusted_registration_gives_unknown": (
         "a prediction with a registration to the MNI152 template"
     ),
+    "test_reference_unet.py::test_reference_unet_segments_a_held_out_phantom_case": _PHANTOM,
+    "test_reference_unet.py::test_sample_with_reference_writes_stacks_the_samples_protocol_reads": (
+        _PHANTOM
+    ),
     "test_parallel.py::test_default_path_imports_no_dask": _SUBPROCESS,
     "test_outputs.py::test_pyg_generated_modules_do_not_pile_up_in_tmp": _SUBPROCESS,
     "test_preprocess.py::test_data_package_exports_lazily": _SUBPROCESS,

@@ -58,7 +58,7 @@ def test_digest_changes_with_any_field():
     assert a != config_digest(GCNNConfig(epochs=61))
 
 
-@pytest.mark.parametrize("name", ["demo", "quality", "paper"])
+@pytest.mark.parametrize("name", ["demo", "demo_reference", "quality", "paper"])
 def test_bundled_configs_load(name):
     cfg = bundled_config(name)
     assert cfg.sampling.n_samples == 20
