@@ -36,6 +36,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from lesionuq.data.phantom.anatomy import lateral_ventricles
+
 __all__ = [
     "DEEP_GREY_BOX",
     "TemplateRegions",
@@ -120,12 +122,7 @@ def load_regions() -> TemplateRegions:
     o = affine[:3, 3]
     x, y, z = (np.arange(n) + o[a] for a, n in enumerate(brain.shape))
     xx, yy, zz = np.ix_(x, y, z)
-    lat_box = (np.abs(xx) >= 3) & (np.abs(xx) <= 38) & (yy >= -65) & (yy <= 40)
-    lat_box = lat_box & (zz >= -5) & (zz <= 40)
-    cand = (csf > 0.5) & (depth > 15) & lat_box
-    lab, n = ndi.label(cand)
-    sizes = ndi.sum_labels(cand, lab, np.arange(1, n + 1))
-    ventricles = np.isin(lab, np.argsort(sizes)[::-1][:2] + 1)
+    ventricles = lateral_ventricles(csf, depth, xx, yy, zz)  # as the phantom's
     deep_box = (xx >= x0) & (xx <= x1) & (yy >= y0) & (yy <= y1) & (zz >= z0) & (zz <= z1)
     infra = infratentorial_rule(xx, yy, zz) & brain
     cortex = (gm > 0.5) & ~deep_box & ~infra  # cerebellar cortex is infratentorial

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["Template", "gradient", "load_template", "output_grid", "tissue_maps_at"]
+__all__ = [
+    "Template",
+    "gradient",
+    "lateral_ventricles",
+    "load_template",
+    "output_grid",
+    "tissue_maps_at",
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,33 @@ class Template:
     tips: tuple[tuple[np.ndarray, np.ndarray], ...]
 
 
+def lateral_ventricles(
+    csf: np.ndarray, depth: np.ndarray, xx: np.ndarray, yy: np.ndarray, zz: np.ndarray
+) -> np.ndarray:
+    """The lateral ventricles of the MNI152 template: deep CSF off the midline.
+
+    The two largest connected components (scipy's default 6-connectivity) of
+    CSF > 0.5 deeper than 15 mm inside the brain, within a generous anatomical box
+    (3 <= |x| <= 38, -65 <= y <= 40, -5 <= z <= 40 mm).
+
+    Args:
+        csf: (X, Y, Z) CSF probability on the 1 mm template grid.
+        depth: (X, Y, Z) distance to the outside of the brain, mm.
+        xx: MNI x (mm) of the grid's first axis, shaped (X, 1, 1) (``np.ix_``).
+        yy: MNI y (mm) of the second axis, (1, Y, 1).
+        zz: MNI z (mm) of the third axis, (1, 1, Z).
+
+    Returns:
+        (X, Y, Z) bool.
+    """
+    lat_box = (np.abs(xx) >= 3) & (np.abs(xx) <= 38) & (yy >= -65) & (yy <= 40)
+    lat_box = lat_box & (zz >= -5) & (zz <= 40)
+    cand = (csf > 0.5) & (depth > 15) & lat_box
+    lab, n = ndi.label(cand)
+    sizes = ndi.sum_labels(cand, lab, np.arange(1, n + 1))
+    return np.isin(lab, np.argsort(sizes)[::-1][:2] + 1)
+
+
 @functools.lru_cache(maxsize=1)
 def load_template() -> Template:
     """The MNI152 2009 template with its derived maps (computed once per process)."""
@@ -71,13 +105,9 @@ def load_template() -> Template:
     # lateral ventricles: deep CSF, off the midline, in a generous anatomical box (mm)
     x, y, z = (np.arange(n) + o for n, o in zip(inside.shape, origin, strict=True))
     xx, yy, zz = np.ix_(x, y, z)
-    lat_box = (np.abs(xx) >= 3) & (np.abs(xx) <= 38) & (yy >= -65) & (yy <= 40)
-    lat_box = lat_box & (zz >= -5) & (zz <= 40)
-    cand = (csf > 0.5) & (depth > 15) & lat_box
-    lab, n = ndi.label(cand)
-    sizes = ndi.sum_labels(cand, lab, np.arange(1, n + 1))
-    keep = np.argsort(sizes)[::-1][:2] + 1
-    vent = np.isin(lab, keep)
+    vent = lateral_ventricles(csf, depth, xx, yy, zz)
+    lab, n = ndi.label(vent)  # the two ventricles, larger first (as they were chosen)
+    keep = np.argsort(ndi.sum_labels(vent, lab, np.arange(1, n + 1)))[::-1] + 1
     vdist = np.full(inside.shape, 100.0, np.float32)
     vdist[sub] = ndi.distance_transform_edt(~vent[sub])
     gmdist = np.zeros(inside.shape, np.float32)
