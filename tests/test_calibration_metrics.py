@@ -13,9 +13,9 @@ from lesionuq.evaluation.calibration_metrics import (
     expected_calibration_error,
     log_loss,
     mean_absolute_error,
-    plot_reliability,
     reliability_diagram,
 )
+from lesionuq.evaluation.figures import plot_reliability
 
 
 def test_hand_case():
@@ -72,3 +72,13 @@ def test_calibration_rows_and_figure():
     assert isinstance(fig, Figure) and len(fig.axes) == 4
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         expected_calibration_error(np.array([1.5]), np.array([1]))
+
+
+@pytest.mark.parametrize("name", ["plot_reliability", "plot_calibration"])
+def test_moved_diagrams_are_deprecated_aliases(name):
+    from lesionuq.evaluation import calibration_metrics, figures
+
+    with pytest.warns(DeprecationWarning, match=f"moved to lesionuq.evaluation.figures.{name}"):
+        assert getattr(calibration_metrics, name) is getattr(figures, name)
+    with pytest.raises(AttributeError):
+        calibration_metrics.no_such_name  # noqa: B018

@@ -10,8 +10,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lesionuq.evaluation.render import STYLESHEET, html_page, html_table, img_tag, png_bytes
-from lesionuq.evaluation.scan_report import scan_report_html, summary_png
+from lesionuq.evaluation.render import (
+    STYLESHEET,
+    html_page,
+    html_table,
+    img_tag,
+    png_bytes,
+    summary_png,
+)
+from lesionuq.evaluation.scan_report import scan_report_html
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -33,7 +33,8 @@ import pandas as pd
 from lesionuq import distributed
 from lesionuq.config import ExperimentConfig
 from lesionuq.errors import did_you_mean
-from lesionuq.evaluation.calibration_metrics import calibration_table, plot_calibration
+from lesionuq.evaluation.calibration_metrics import calibration_table
+from lesionuq.evaluation.figures import plot_calibration
 from lesionuq.io import (
     Case,
     InputError,

@@ -30,26 +30,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 from lesionuq.config import ExperimentConfig
 from lesionuq.evaluation.curves import ac_auc
+from lesionuq.evaluation.figures import learning_curve_figure, plot_learning_curve
 from lesionuq.evaluation.metrics import summarize_learning_curve, table2
-from lesionuq.evaluation.render import png_bytes
 from lesionuq.evaluation.report import write_report
-from lesionuq.io import InputError, atomic_write_bytes, atomic_write_text, read_csv_table
+from lesionuq.io import InputError, atomic_write_text, read_csv_table
 from lesionuq.lesions.dataset import LesionSet, load_lesion_set
-from lesionuq.methods import label as method_label
 from lesionuq.methods import learned_methods
-from lesionuq.methods import style as method_style
 from lesionuq.parallel import check_parallel, map_cases
 from lesionuq.rundir import RunDir, digest_of, graphs_digest
 from lesionuq.scorers.base import LesionScorer
@@ -59,9 +55,9 @@ from lesionuq.utils import remove_pyg_codegen_files, track
 __all__ = [
     "LEARNED_METHODS",
     "learning_curve",
-    "learning_curve_figure",
+    "learning_curve_figure",  # now in lesionuq.evaluation.figures, re-exported
     "parse_sizes",
-    "plot_learning_curve",
+    "plot_learning_curve",  # now in lesionuq.evaluation.figures, re-exported
     "stratified_case_subsample",
     "summarize_learning_curve",  # now in lesionuq.evaluation.metrics, re-exported
 ]
@@ -325,68 +321,3 @@ def _baseline_aucs(lesions: pd.DataFrame, methods: Sequence[str]) -> dict[str, f
         warnings.simplefilter("ignore", RuntimeWarning)
         t2, _ = table2(lesions, present)
     return dict(zip(t2["method"], t2["auc"], strict=True))
-
-
-def plot_learning_curve(
-    curve: pd.DataFrame,
-    baselines: Mapping[str, float],
-    path: str | Path,
-    *,
-    dpi: int = 150,
-) -> Path:
-    """Write :func:`learning_curve_figure` as a PNG (atomically); returns ``path``."""
-    return atomic_write_bytes(Path(path), png_bytes(learning_curve_figure(curve, baselines), dpi))
-
-
-def learning_curve_figure(curve: pd.DataFrame, baselines: Mapping[str, float]) -> Figure:
-    """Mean test AUC (%) against the number of training lesions, log x, with a band.
-
-    Each learned method is a line through :func:`summarize_learning_curve`'s means with a
-    band of +- one standard deviation over repeats; each untrained baseline is a thin
-    horizontal line at its Table-2 AUC. The x ticks are the training sizes themselves.
-
-    Args:
-        curve: The ``learning_curve.csv`` frame.
-        baselines: Untrained method -> AUC (fraction).
-
-    Returns:
-        The figure (one axes).
-    """
-    summary = summarize_learning_curve(curve)
-    fig = Figure(figsize=(7.0, 5.0))
-    ax = fig.add_subplot(1, 1, 1)
-    for i, (method, part) in enumerate(summary.groupby("method", sort=False)):
-        colour, ls, lw = method_style(method, i)
-        x = part["n_train"].to_numpy(dtype=float)
-        y = 100 * part["auc_mean"].to_numpy(dtype=float)
-        s = 100 * part["auc_std"].to_numpy(dtype=float)
-        ax.plot(
-            x, y, color=colour, ls=ls, lw=max(lw, 1.8), marker="o", ms=4, label=method_label(method)
-        )
-        ax.fill_between(x, y - s, y + s, color=colour, alpha=0.15, lw=0)
-    for i, (method, auc) in enumerate(sorted(baselines.items(), key=lambda kv: -kv[1])):
-        if np.isfinite(auc):
-            colour, ls, _ = method_style(method, i)
-            ax.axhline(
-                100 * auc,
-                color=colour,
-                ls=ls,
-                lw=0.9,
-                alpha=0.8,
-                label=f"{method_label(method)} (untrained)",
-            )
-    finite = np.isfinite(summary["auc_mean"].to_numpy(dtype=float)) if len(summary) else []
-    if np.any(finite):  # log axis only with something to draw on it
-        ax.set_xscale("log")
-        # the sizes themselves as plain labels (log's minor "3x10^1" labels overlap)
-        ticks = [float(t) for t in np.unique(np.round(summary["n_train"].to_numpy(dtype=float)))]
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.grid(True, color="#e0e0e0", lw=0.6, which="both")
-    ax.set_xlabel("training (validation) lesions per fold")
-    ax.set_ylabel("test AUC (%), mean over folds")
-    ax.set_title("Learning curve: band = +-1 SD over repeated subsamples", fontsize=10)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.tight_layout()
-    return fig

@@ -9,13 +9,10 @@ from lesionuq.evaluation.curves import (
     curve_on_grid,
     rank_probability,
 )
+from lesionuq.evaluation.figures import mean_curve, plot_accuracy_confidence
 from lesionuq.evaluation.metrics import as_bool, dice, spearman_rho, table1, table2
-from lesionuq.evaluation.report import (
-    mean_curve,
-    plot_accuracy_confidence,
-    render_lesion_crop,
-    write_report,
-)
+from lesionuq.evaluation.render import render_lesion_crop
+from lesionuq.evaluation.report import write_report
 
 __all__ = [
     "AccuracyConfidenceAUC",

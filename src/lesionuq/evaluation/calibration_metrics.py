@@ -9,24 +9,21 @@
 - Brier score ``mean((p - y)^2)``; log loss ``-mean(y log p + (1 - y) log(1 - p))`` with
   ``p`` clipped to ``[eps, 1 - eps]``; MAE ``mean|pred - target|`` (predicted IoU_adj).
 
-:func:`calibration_rows` builds the rows of ``results/calibration.csv`` and
-:func:`plot_reliability` draws before/after reliability diagrams with the bin counts
-(matplotlib's object API only: no pyplot state).
+:func:`calibration_rows` builds the rows of ``results/calibration.csv``. The reliability
+diagrams are drawn by :mod:`lesionuq.evaluation.figures` (``plot_reliability``,
+``plot_calibration``); their names here are deprecated aliases for one release, resolved
+on first use (the figures import this module, so a top-level import would be a cycle).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-
-from lesionuq.evaluation.render import png_bytes
-from lesionuq.io import atomic_write_bytes
 
 __all__ = [
     "CALIBRATION_COLUMNS",
@@ -37,8 +34,6 @@ __all__ = [
     "expected_calibration_error",
     "log_loss",
     "mean_absolute_error",
-    "plot_calibration",
-    "plot_reliability",
     "reliability_diagram",
 ]
 
@@ -220,60 +215,6 @@ def calibration_rows(
     ]
 
 
-def _draw(ax: Any, rel: Reliability, title: str) -> None:
-    centres = (rel.edges[:-1] + rel.edges[1:]) / 2
-    width = rel.edges[1] - rel.edges[0]
-    ok = rel.counts > 0
-    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect")
-    ax.bar(
-        centres[ok],
-        rel.observed[ok],
-        width=width * 0.9,
-        color="#4c72b0",
-        alpha=0.8,
-        label="observed FP frequency",
-    )
-    ax.plot(rel.mean_predicted[ok], rel.observed[ok], "o", color="#c44e52", ms=4,
-            label="mean P(FP) in bin")  # fmt: skip
-    for c, n, o in zip(centres[ok], rel.counts[ok], rel.observed[ok], strict=True):
-        ax.text(c, min(o + 0.02, 0.95), str(int(n)), ha="center", va="bottom", fontsize=7)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("predicted P(FP)")
-    ax.set_title(f"{title}\nECE {rel.ece:.3f}, n = {int(rel.counts.sum())}", fontsize=9)
-
-
-def plot_reliability(
-    curves: Mapping[str, tuple[Reliability, Reliability]],
-    title: str | None = None,
-) -> Figure:
-    """Reliability diagrams, one column per method, rows ``before`` / ``after``.
-
-    Args:
-        curves: ``{method: (before, after)}`` :class:`Reliability` pairs; bin counts are
-            written above each bar.
-        title: Figure title.
-
-    Returns:
-        A matplotlib ``Figure`` (not attached to pyplot; save with ``fig.savefig``).
-    """
-    items = list(curves.items())
-    if not items:
-        raise ValueError("plot_reliability needs at least one method.")
-    n = len(items)
-    fig = Figure(figsize=(3.0 * n, 6.0), layout="constrained")
-    axes = fig.subplots(2, n, squeeze=False, sharex=True, sharey=True)
-    for j, (method, (before, after)) in enumerate(items):
-        _draw(axes[0, j], before, f"{method}: before")
-        _draw(axes[1, j], after, f"{method}: after")
-    axes[0, 0].set_ylabel("observed FP frequency")
-    axes[1, 0].set_ylabel("observed FP frequency")
-    axes[0, 0].legend(fontsize=7, loc="upper left")
-    if title:
-        fig.suptitle(title)
-    return fig
-
-
 def calibration_table(long: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
     """``results/calibration.csv``: per fold and method, and pooled (``fold = "all"``).
 
@@ -314,20 +255,22 @@ def calibration_table(long: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_calibration(long: pd.DataFrame, path: Path, n_bins: int = 10) -> Path | None:
-    """Reliability diagrams (test lesions of all folds pooled) to ``path``; None if empty."""
-    if long.empty:
-        return None
-    curves = {}
-    for m, g in long.groupby("method", sort=False):
-        y = g["is_fp"].to_numpy(dtype=bool)
-        if not y.size:
-            continue
-        curves[str(m)] = (
-            reliability_diagram(g["p_before"].to_numpy(dtype=np.float64), y, n_bins),
-            reliability_diagram(g["p_after"].to_numpy(dtype=np.float64), y, n_bins),
+_MOVED = {"plot_calibration", "plot_reliability"}
+
+
+def __getattr__(name: str) -> Any:
+    """Deprecated aliases of the diagrams, now in :mod:`lesionuq.evaluation.figures`.
+
+    Resolved on first use (PEP 562) because the figures import this module; to go after
+    one release.
+    """
+    if name in _MOVED:
+        warnings.warn(
+            f"lesionuq.evaluation.calibration_metrics.{name} moved to "
+            f"lesionuq.evaluation.figures.{name}.",
+            DeprecationWarning,
+            stacklevel=2,
         )
-    if not curves:
-        return None
-    fig = plot_reliability(curves, title="Reliability of P(FP) on the test lesions")
-    return atomic_write_bytes(Path(path), png_bytes(fig, 110))
+        # lazy: lesionuq.evaluation.figures imports this module (a top-level import: a cycle)
+        return getattr(importlib.import_module("lesionuq.evaluation.figures"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,18 +1,12 @@
-"""Figure 2 (accuracy-confidence curves) and the self-contained HTML report of a run.
+"""The self-contained HTML report of a run.
 
-Both read only the run-directory contract (docs/DESIGN.md): ``RUN/config.yaml``,
+It reads only the run-directory contract (docs/DESIGN.md): ``RUN/config.yaml``,
 ``RUN/results/{lesions,table1,table2}.csv``, ``RUN/results/figure2.png`` and, for the
-lesion gallery, ``RUN/fold_K/test/CASE/{image,lesions,gt}.nii.gz``. Matplotlib is used
-through the Agg canvas directly (no pyplot, no global backend state); the page is built
+lesion gallery, ``RUN/fold_K/test/CASE/{image,lesions,gt}.nii.gz``. The page is built
 from the pieces in :mod:`lesionuq.evaluation.render`, shared with the one-scan report of
-``lesionuq predict``.
-
-Curves of several folds are averaged "vertically": each fold's curve is evaluated on a
-common grid of FP-kept values (:func:`lesionuq.evaluation.curves.curve_on_grid`) and the
-TP-kept values are averaged. Folds are not pooled into one ranking because the scores of
-learned methods (GCNN, MetaSeg) come from a different model in every fold and are not
-comparable across folds; averaging keeps the area of the mean curve equal (up to the
-grid) to the mean of the per-fold AUCs shown in the legend and in Table 2.
+``lesionuq predict``. Figure 2 (``mean_curve``, ``plot_accuracy_confidence``, now in
+:mod:`lesionuq.evaluation.figures`) and ``render_lesion_crop`` (now in
+:mod:`lesionuq.evaluation.render`) are deprecated aliases here, to go after one release.
 """
 
 from __future__ import annotations
@@ -27,18 +21,24 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import yaml
-from matplotlib.figure import Figure
 
 from lesionuq.config import yaml_load
-from lesionuq.evaluation.curves import ac_auc, accuracy_confidence_curve, curve_on_grid
+from lesionuq.evaluation.figures import (
+    mean_curve,  # deprecated alias, moved to lesionuq.evaluation.figures
+    plot_accuracy_confidence,  # deprecated alias, moved to lesionuq.evaluation.figures
+)
 from lesionuq.evaluation.metrics import as_bool, summarize_learning_curve, table2
 from lesionuq.evaluation.render import escape as _e
-from lesionuq.evaluation.render import html_page, html_table, img_tag, png_bytes
+from lesionuq.evaluation.render import (
+    html_page,
+    html_table,
+    img_tag,
+    render_lesion_crop,  # moved to lesionuq.evaluation.render (deprecated alias here)
+)
 from lesionuq.export.viewer import NO_VIEWER_NOTE, find_niivue_bundle, viewer_html
-from lesionuq.io import atomic_write_bytes, atomic_write_text, read_csv_table
+from lesionuq.io import atomic_write_text, read_csv_table
 from lesionuq.methods import CATALOGUE, outputs_p_fp
 from lesionuq.methods import label as method_label
-from lesionuq.methods import style as method_style
 from lesionuq.operating_point import FEW_VALIDATION_LESIONS
 
 __all__ = [
@@ -56,171 +56,6 @@ LABELS = {name: spec.label for name, spec in CATALOGUE.items()}
 STYLES = {name: spec.style for name, spec in CATALOGUE.items()}
 
 TABLE1_BASE = ("fold", "dice", "n_tp", "n_fp")
-
-
-def mean_curve(
-    lesions: pd.DataFrame, method: str, grid: np.ndarray
-) -> tuple[np.ndarray, float, int]:
-    """Fold-averaged accuracy-confidence curve of one method.
-
-    Args:
-        lesions: The lesion table (``fold``, ``is_tp`` and the method's column).
-        method: Method column.
-        grid: (G,) FP-kept values in [0, 1], ascending.
-
-    Returns:
-        ``(tp_mean (G,), auc_mean, n_folds)``: the TP-kept values averaged over the folds
-        where the AUC is defined, the mean of those folds' AUC (fraction), and their
-        number (0 gives NaNs).
-    """
-    is_tp = as_bool(lesions["is_tp"])
-    curves, aucs = [], []
-    for _, index in sorted(lesions.groupby("fold").indices.items()):
-        u = lesions[method].to_numpy(dtype=np.float64)[index]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            auc = ac_auc(u, is_tp[index])
-            if np.isnan(auc):
-                continue
-            fp, tp = accuracy_confidence_curve(u, is_tp[index])
-        curves.append(curve_on_grid(fp, tp, grid))
-        aucs.append(auc)
-    if not curves:
-        return np.full(grid.shape, np.nan), float("nan"), 0
-    return np.mean(curves, axis=0), float(np.mean(aucs)), len(curves)
-
-
-def plot_accuracy_confidence(
-    lesions: pd.DataFrame,
-    methods: Sequence[str],
-    path: str | Path,
-    *,
-    grid_size: int = 401,
-    dpi: int = 150,
-    title: str | None = None,
-) -> Path:
-    """Figure 2: one accuracy-confidence curve per method, AUC (%) in the legend.
-
-    Each method's curve is the average over folds of the per-fold curves on a common
-    FP-kept grid (see the module docstring); the legend shows the mean over folds of the
-    per-fold AUC in % (as Table 2), and lists the methods by decreasing AUC. The grey
-    diagonal is a random ranking (AUC 50).
-
-    Args:
-        lesions: The ``RUN/results/lesions.csv`` frame.
-        methods: Method columns to draw.
-        path: Output PNG (written atomically).
-        grid_size: Number of FP-kept grid points.
-        dpi: Resolution.
-        title: Optional title.
-
-    Returns:
-        The written path.
-    """
-    path = Path(path)
-    grid = np.linspace(0.0, 1.0, grid_size)
-    curves = []
-    for i, method in enumerate(methods):
-        tp, auc, n = mean_curve(lesions, method, grid)
-        curves.append((method, i, tp, auc, n))
-    curves.sort(key=lambda c: (-c[3] if np.isfinite(c[3]) else np.inf, c[1]))
-
-    fig = Figure(figsize=(6.4, 6.0))
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot([0, 1], [0, 1], color="#9e9e9e", lw=1.0, ls="-", zorder=1, label="Random (50.0)")
-    for method, i, tp, auc, n in curves:
-        colour, ls, lw = method_style(method, i)
-        text = f"{method_label(method)} ({100 * auc:.1f})" if n else f"{method_label(method)} (n/a)"
-        x = np.concatenate([[0.0], grid])
-        y = np.concatenate([[0.0], tp])
-        ax.plot(x, y, color=colour, ls=ls, lw=lw, label=text, zorder=3 if lw > 2 else 2)
-    # legend in AUC order, random last
-    handles, labels = ax.get_legend_handles_labels()
-    handles, labels = handles[1:] + handles[:1], labels[1:] + labels[:1]
-    ax.legend(handles, labels, loc="lower right", fontsize=8, title="AUC (%)", framealpha=0.9)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_aspect("equal")
-    ax.grid(True, color="#e0e0e0", lw=0.6)
-    ax.set_xlabel("FP lesions kept (fraction of all FP)")
-    ax.set_ylabel("TP lesions kept (fraction of all TP)")
-    n_folds = lesions["fold"].nunique() if len(lesions) else 0
-    ax.set_title(
-        title or f"Accuracy-confidence curves (mean of {n_folds} fold{'s' * (n_folds != 1)})",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    return atomic_write_bytes(path, png_bytes(fig, dpi))
-
-
-def render_lesion_crop(
-    image: np.ndarray,
-    labels: np.ndarray,
-    lesion_id: int,
-    gt: np.ndarray | None = None,
-    *,
-    margin: int = 8,
-    min_size: int = 24,
-    dpi: int = 100,
-) -> bytes:
-    """PNG of an axial crop of the image around one lesion, with its contour.
-
-    The axial slice is the one holding most of the lesion's voxels; the crop is the
-    lesion's in-plane bounding box widened by ``margin`` voxels and to at least
-    ``min_size`` voxels. The lesion contour is yellow; the ground truth (if given) cyan,
-    dashed. Arrays are RAS, so the slice is shown with x to the right, y (anterior) up.
-
-    Args:
-        image: (X, Y, Z) float, e.g. the preprocessed FLAIR.
-        labels: (X, Y, Z) int, lesion labels (0 = background).
-        lesion_id: Label of the lesion to show.
-        gt: (X, Y, Z) bool ground truth, or None.
-        margin: Voxels around the lesion's bounding box.
-        min_size: Minimal crop side in voxels.
-        dpi: Resolution of the 2.4-inch image.
-
-    Returns:
-        The PNG file content.
-    """
-    mask = np.asarray(labels) == lesion_id
-    if not mask.any():
-        raise ValueError(f"lesion {lesion_id} is not in the label map.")
-    z = int(np.argmax(mask.sum(axis=(0, 1))))
-    xs, ys = np.nonzero(mask[:, :, z])
-    lo = np.array([xs.min(), ys.min()]) - margin
-    hi = np.array([xs.max(), ys.max()]) + margin + 1
-    grow = np.maximum(min_size - (hi - lo), 0)
-    lo, hi = lo - grow // 2, hi + grow - grow // 2
-    shape = np.array(mask.shape[:2])
-    shift = np.maximum(-lo, 0) - np.maximum(hi - shape, 0)
-    lo, hi = np.maximum(lo + shift, 0), np.minimum(hi + shift, shape)
-    window = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), z)
-
-    crop = np.asarray(image, dtype=np.float32)[window]
-    finite = crop[np.isfinite(crop)]
-    vmin, vmax = np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 1.0)
-    fig = Figure(figsize=(2.4, 2.4))
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(crop.T, cmap="gray", origin="lower", vmin=vmin, vmax=max(vmax, vmin + 1e-6))
-
-    def contour(m: np.ndarray, **kw) -> None:
-        if not m.any():
-            return
-        up = 6  # upsample so that the contour follows voxel edges
-        big = np.kron(m.astype(np.float32), np.ones((up, up), np.float32))
-        cx = (np.arange(big.shape[0]) + 0.5) / up - 0.5
-        cy = (np.arange(big.shape[1]) + 0.5) / up - 0.5
-        ax.contour(cx, cy, big.T, levels=[0.5], **kw)
-
-    if gt is not None:
-        contour(
-            np.asarray(gt, dtype=bool)[window], colors="#00e5ff", linewidths=1.0, linestyles="--"
-        )
-    contour(mask[window], colors="#ffd60a", linewidths=1.6)
-    ax.set_xlim(-0.5, crop.shape[0] - 0.5)
-    ax.set_ylim(-0.5, crop.shape[1] - 0.5)
-    ax.set_axis_off()
-    return png_bytes(fig, dpi)
 
 
 # --------------------------------------------------------------------------- HTML report

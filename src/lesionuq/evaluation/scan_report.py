@@ -1,9 +1,9 @@
-"""The one-scan report of ``lesionuq predict``: ``summary.png`` and ``report.html``.
+"""The one-scan report of ``lesionuq predict``: ``report.html`` around ``summary.png``.
 
-:func:`summary_png` draws axial slices through the most doubtful lesions of one scan,
-contours coloured by P(FP); :func:`scan_report_html` is the self-contained page around
-it with the lesion table. Both use the pieces of :mod:`lesionuq.evaluation.render`
-(Agg canvas, one stylesheet) shared with the run report.
+:func:`scan_report_html` is the self-contained page of one scan: the viewer, the summary
+figure and the lesion table. The figures it shows (:func:`summary_png`,
+:func:`registration_png`) moved to :mod:`lesionuq.evaluation.render`, with the other
+image panels; their names here are deprecated aliases, to go after one release.
 
 Example:
     >>> png = summary_png(flair, labels, p_fp, table, "case_0")
@@ -19,20 +19,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps, colors
-from matplotlib.cm import ScalarMappable
-from matplotlib.figure import Figure
-from scipy import ndimage
 
 from lesionuq import __version__
 from lesionuq.evaluation.render import (
-    PLAIN,
     escape,
     html_page,
     html_table,
     img_tag,
-    plain_text,
-    png_bytes,
+    registration_png,  # deprecated alias, moved to lesionuq.evaluation.render
+    summary_png,  # deprecated alias, moved to lesionuq.evaluation.render
 )
 from lesionuq.export.viewer import NO_VIEWER_NOTE
 
@@ -43,122 +38,6 @@ __all__ = [
     "summary_png",
     "warnings_html",
 ]
-
-
-def summary_png(
-    flair: np.ndarray,
-    labels: np.ndarray,
-    p_fp: np.ndarray,
-    table: pd.DataFrame,
-    case_id: str,
-    max_panels: int = 4,
-) -> bytes:
-    """Axial slices through the most doubtful lesions, contours coloured by P(FP).
-
-    Drawn on the preprocessed grid (RAS, isotropic), where axial slices are planes of
-    constant z whatever the input orientation. One slice per lesion in table order,
-    skipping slices within 1 voxel of one already shown; the middle slice without lesions.
-
-    Args:
-        flair: (X, Y, Z) first sequence, z-scored (0 outside the brain).
-        labels: (X, Y, Z) lesion labels 1..N.
-        p_fp: (N,) P(FP) of lesions 1..N.
-        table: The lesion table sorted by P(FP) descending (its ``lesion_id`` order
-            chooses the slices).
-        case_id: Title.
-        max_panels: Number of slices at most.
-
-    Returns:
-        PNG bytes.
-    """
-    cmap = colormaps["RdYlGn_r"]
-    norm = colors.Normalize(0.0, 1.0)
-    n = len(p_fp)
-    slices: list[int] = []
-    if n:
-        ids = table["lesion_id"].to_numpy()
-        com = ndimage.center_of_mass(labels > 0, labels, ids)
-        for c in com:
-            z = round(c[2])
-            if all(abs(z - s) > 1 for s in slices):
-                slices.append(z)
-            if len(slices) == max_panels:
-                break
-    else:
-        slices = [flair.shape[2] // 2]
-    inside = flair[flair != 0]  # z-scored brain; 0 outside the brain
-    lo, hi = np.percentile(inside, [0.5, 99.5]) if inside.size else (0.0, 1.0)
-    shown = np.where(flair == 0, lo, flair)  # background black
-    fig = Figure(figsize=(3.6 * len(slices) + 1.0, 4.4))
-    axes = fig.subplots(1, len(slices), squeeze=False)
-    for ax, z in zip(axes[0], slices, strict=True):
-        ax.imshow(shown[:, :, z].T, cmap="gray", origin="lower", vmin=lo, vmax=hi)
-        lab = labels[:, :, z]
-        on_slice = np.unique(lab[lab > 0])
-        for k in on_slice:
-            colour = cmap(norm(float(p_fp[k - 1])))
-            ax.contour((lab == k).T.astype(float), levels=[0.5], colors=[colour], linewidths=1.2)
-            xs, ys = np.nonzero(lab == k)
-            ax.annotate(
-                str(int(k)), (xs.max() + 1.5, ys.max() + 1.5), color=colour, fontsize=8,
-                fontweight="bold",
-            )  # fmt: skip
-        doubtful = sorted(on_slice, key=lambda k: -p_fp[k - 1])[:3]
-        names = "\n".join(f"#{k} P(FP) {p_fp[k - 1]:.2f}" for k in doubtful)
-        ax.set_title(f"axial z={z}" + (f"\n{names}" if names else ""), fontsize=8)
-        ax.text(0.02, 0.02, "R→", transform=ax.transAxes, color="w", fontsize=7)
-        ax.set_axis_off()
-    if n == 0:
-        axes[0][0].set_title("no lesion found", fontsize=10)
-    fig.suptitle(
-        f"{plain_text(case_id)}: {n} lesion(s), contours coloured by P(FP)",
-        fontsize=10,
-        y=1.06,
-        **PLAIN,
-    )
-    mappable = ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(mappable, ax=axes[0].tolist(), fraction=0.03, pad=0.02, label="P(FP)")
-    return png_bytes(fig, 110, tight=True)
-
-
-def registration_png(
-    image: np.ndarray, brain: np.ndarray, ventricles: np.ndarray, title: str
-) -> bytes:
-    """The registration check: the template's brain and ventricles drawn on the scan.
-
-    Three orthogonal slices through the centre of the scan's brain, the registered
-    template's brain outline in cyan and its lateral ventricles in yellow: a wrong
-    registration shows as outlines off the anatomy.
-
-    Args:
-        image: (X, Y, Z) scan (0 outside the brain).
-        brain: (X, Y, Z) bool template brain brought onto the scan grid.
-        ventricles: (X, Y, Z) bool template lateral ventricles on the scan grid.
-        title: Figure title (the registration's quality measures).
-
-    Returns:
-        PNG bytes.
-    """
-    inside = image[image != 0]
-    lo, hi = np.percentile(inside, [0.5, 99.5]) if inside.size else (0.0, 1.0)
-    shown = np.where(image == 0, lo, image)
-    support = np.argwhere(image != 0)
-    centre = support.mean(0).round().astype(int) if len(support) else np.array(image.shape) // 2
-    fig = Figure(figsize=(10.0, 3.8))
-    axes = fig.subplots(1, 3)
-    for ax, axis, name in zip(axes, (2, 1, 0), ("axial", "coronal", "sagittal"), strict=True):
-        index: list[slice | int] = [slice(None)] * 3
-        index[axis] = int(centre[axis])
-        sl = tuple(index)
-        ax.imshow(shown[sl].T, cmap="gray", origin="lower", vmin=lo, vmax=hi)
-        for mask, colour in ((brain, "c"), (ventricles, "y")):
-            plane = mask[sl].astype(float)
-            if plane.max() > 0:
-                ax.contour(plane.T, levels=[0.5], colors=[colour], linewidths=1.0)
-        ax.set_title(name, fontsize=8)
-        ax.set_axis_off()
-    fig.suptitle(plain_text(title), fontsize=9, **PLAIN)
-    return png_bytes(fig, 90, tight=True)
 
 
 def _cell(column: str, value: object) -> str:

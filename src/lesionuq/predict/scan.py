@@ -32,7 +32,8 @@ from scipy import ndimage
 
 from lesionuq import __version__
 from lesionuq.data.preprocess import Preprocessed, native_labels, preprocess, to_original
-from lesionuq.evaluation.scan_report import registration_png, scan_report_html, summary_png
+from lesionuq.evaluation.render import registration_png, summary_png
+from lesionuq.evaluation.scan_report import scan_report_html
 from lesionuq.io import (
     Case,
     InputError,
