@@ -148,7 +148,7 @@ def test_undefined_fold_is_left_out_of_the_mean():
 
 
 def test_report_table2_shows_intervals_and_marks_overlap():
-    from lesionuq.evaluation.report import _table2_html
+    from lesionuq.evaluation.report_sections import table2_html
 
     t2 = pd.DataFrame(
         {
@@ -162,7 +162,7 @@ def test_report_table2_shows_intervals_and_marks_overlap():
             "diff_hi": [0.0, 0.01, -0.12],
         }
     )
-    html = _table2_html(t2, None)
+    html = table2_html(t2, None)
     rows = html.split("</table>")[0].split("<tr>")[2:]
     assert "<b>80.0</b></td>" in rows[0]  # best: bold, not marked
     assert "75.0 &#8776;" in rows[1]  # 65-85 overlaps 70-90

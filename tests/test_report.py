@@ -12,14 +12,11 @@ import pandas as pd
 import pytest
 
 from lesionuq.config import METHODS, ExperimentConfig
+from lesionuq.evaluation.figures import mean_curve, plot_accuracy_confidence
 from lesionuq.evaluation.metrics import table1, table2
-from lesionuq.evaluation.report import (
-    mean_curve,
-    plot_accuracy_confidence,
-    render_lesion_crop,
-    validation_summary,
-    write_report,
-)
+from lesionuq.evaluation.render import render_lesion_crop
+from lesionuq.evaluation.report import write_report
+from lesionuq.evaluation.report_sections import validation_summary
 from lesionuq.operating_point import FEW_VALIDATION_LESIONS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -68,8 +65,9 @@ def make_fake_run(root, seed=0, with_images=True):
     res.mkdir()
     lesions.to_csv(res / "lesions.csv", index=False)
     table1(pd.DataFrame(cases)).to_csv(res / "table1.csv", index=False)
-    t2, _ = table2(lesions, METHODS)
+    t2, per_fold = table2(lesions, METHODS)
     t2.to_csv(res / "table2.csv", index=False)
+    per_fold.to_csv(res / "table2_folds.csv", index=False)
     ExperimentConfig().to_yaml(root / "config.yaml")
     plot_accuracy_confidence(lesions, METHODS, res / "figure2.png", grid_size=51, dpi=60)
     return lesions
@@ -123,6 +121,9 @@ def test_write_report_self_contained(tmp_path, no_bundle):
     # Table 2: gcnn_classif separates TP from FP perfectly: 100.0 % in bold, size rho -1
     assert "<td>GCNN classif</td><td><b>100.0</b></td>" in text
     assert re.search(r"<td>Size</td><td>[\d.]+</td><td>-1.00</td>", text)
+    # per-fold AUC columns, from table2_folds.csv
+    assert "<th>AUC fold 0</th><th>AUC fold 1</th>" in text
+    assert re.search(r"<td>GCNN classif</td>(<td>.*?</td>){2}<td><b>100.0</b></td>", text)
     # figure + 2 most + 2 least uncertain lesion crops, all valid base64 PNG
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
     assert len(images) == 5
@@ -196,3 +197,26 @@ def test_validation_summary_counts_scans_and_classes_and_warns_when_small(tmp_pa
     (run / "fold_1/graphs/val/lesions.csv").unlink()
     text = write_report(run, n_gallery=1).read_text()
     assert "What the learned scorers were trained on" in text and "as few as" not in text
+
+
+def test_report_reads_per_fold_aucs_from_the_results(tmp_path, no_bundle):
+    """The fold columns of Table 2 are table2_folds.csv as written, not recomputed."""
+    run = tmp_path / "run"
+    make_fake_run(run, with_images=False)
+    folds = pd.read_csv(run / "results/table2_folds.csv")
+    folds.loc[(folds.method == "size") & (folds.fold == 1), "auc"] = 0.123
+    folds.to_csv(run / "results/table2_folds.csv", index=False)
+    text = write_report(run, n_gallery=1).read_text()
+    assert re.search(r"<td>Size</td>.*<td>12.3</td></tr>", text)
+    (run / "results/table2_folds.csv").unlink()
+    text = write_report(run, n_gallery=1).read_text()
+    assert "Table 2" in text and "AUC fold" not in text
+
+
+def test_old_report_names_are_aliases():
+    from lesionuq.evaluation import figures, render, report, report_sections
+
+    assert report.mean_curve is figures.mean_curve
+    assert report.plot_accuracy_confidence is figures.plot_accuracy_confidence
+    assert report.render_lesion_crop is render.render_lesion_crop
+    assert report.validation_summary is report_sections.validation_summary

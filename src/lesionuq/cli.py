@@ -144,7 +144,8 @@ def print_tables(result: Any) -> None:
             cells.append(f"{d:+.1f} ({lo:+.1f}, {hi:+.1f})")
         t2.add_row(*cells, style=style)
     console.print(t2)
-    from lesionuq.evaluation.report import validation_summary
+    # lazy: the evaluation package loads matplotlib, which `lesionuq --help` must not
+    from lesionuq.evaluation.report_sections import validation_summary
     from lesionuq.operating_point import FEW_VALIDATION_LESIONS
 
     val = validation_summary(result.run)
