@@ -10,14 +10,15 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import lesionuq.learning_curve as lc
+import lesionuq.pipeline.learning_curve as lc
 from lesionuq.cli import app
+from lesionuq.evaluation.figures import learning_curve_figure
+from lesionuq.evaluation.metrics import summarize_learning_curve
 from lesionuq.io import InputError
-from lesionuq.learning_curve import (
+from lesionuq.pipeline.learning_curve import (
     learning_curve,
     parse_sizes,
     stratified_case_subsample,
-    summarize_learning_curve,
 )
 
 
@@ -189,9 +190,22 @@ def test_figure_x_ticks_are_the_training_sizes():
         for size, auc, full in ((25, 0.7, False), (50, 0.8, False), (n_all, 0.9, True))
     ]
     curve = pd.DataFrame(rows, columns=list(lc.CSV_COLUMNS))
-    ax = lc.learning_curve_figure(curve, {"size": 0.75}).axes[0]
+    ax = learning_curve_figure(curve, {"size": 0.75}).axes[0]
     assert list(ax.get_xticks()) == [25.0, 50.0, 110.0]
     fmt = ax.xaxis.get_major_formatter()
     assert [fmt(v, i) for i, v in enumerate(ax.get_xticks())] == ["25", "50", "110"]
     assert ax.xaxis.get_minor_formatter()(30.0, 0) == ""
     assert [round(y, 1) for y in ax.lines[0].get_ydata()] == [70.0, 80.0, 90.0]
+
+
+def test_old_module_reexports_the_moved_names():
+    """``lesionuq.learning_curve`` is a deprecated alias of the pipeline step and the figure."""
+    import lesionuq.learning_curve as old
+    from lesionuq.evaluation import figures
+
+    assert old.learning_curve is lc.learning_curve
+    assert old.stratified_case_subsample is lc.stratified_case_subsample
+    assert old.LEARNED_METHODS == lc.LEARNED_METHODS and old.CSV_COLUMNS == lc.CSV_COLUMNS
+    assert old.learning_curve_figure is figures.learning_curve_figure
+    assert old.plot_learning_curve is figures.plot_learning_curve
+    assert old.summarize_learning_curve is summarize_learning_curve

@@ -373,7 +373,9 @@ def learning_curve_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Refit the learned scorers on subsamples of the validation lesions (learning curve)."""
-    from lesionuq.learning_curve import learning_curve, summarize_learning_curve
+    # lazy: the pipeline loads torch and the scorers, which `lesionuq --help` must not
+    from lesionuq.evaluation.metrics import summarize_learning_curve
+    from lesionuq.pipeline.learning_curve import learning_curve
 
     curve = learning_curve(
         run, sizes, repeats, method, progress=not quiet, scheduler=scheduler, workers=workers
