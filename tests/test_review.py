@@ -17,8 +17,8 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from helpers import TINY
-from lesionuq import calibration
 from lesionuq.calibration import CALIBRATOR_FILE, PlattCalibrator, load_calibration
+from lesionuq.calibration import scorer as calibrated_scorer
 from lesionuq.cli import app
 from lesionuq.config import METHODS, CalibrationConfig, ConfigError, ExperimentConfig
 from lesionuq.evaluation.calibration_metrics import CALIBRATION_COLUMNS
@@ -112,13 +112,13 @@ def test_fit_cross_fits_on_validation_only_and_refits_only_calibrated(run_copy, 
     rd = RunDir(run)
     _, _, splits = rd.read_plan()
     seen = []
-    real = calibration.cross_fit
+    real = calibrated_scorer.cross_fit
 
     def spy(factory, lesions, **kwargs):
         seen.append((set(lesions.table["case_id"].astype(str)), len(lesions)))
         return real(factory, lesions, **kwargs)
 
-    monkeypatch.setattr(calibration, "cross_fit", spy)
+    monkeypatch.setattr(calibrated_scorer, "cross_fit", spy)  # what CalibratedScorer calls
     before = _stamps(run)
     cfg = TINY.replace(calibration=CalibrationConfig(method="isotonic", n_inner=2))
     run_experiment(csv, run, cfg, progress=False, stop_after="graphs")

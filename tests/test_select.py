@@ -11,7 +11,9 @@ from lesionuq.config import ExperimentConfig, GCNNConfig
 from lesionuq.evaluation.curves import ac_auc
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.scorers import load_scorer, make_scorer
+from lesionuq.scorers.registry import make_estimators
 from lesionuq.scorers.select import (
+    CANDIDATES,
     STACK_CANDIDATES,
     SelectedScorer,
     StackedScorer,
@@ -19,6 +21,11 @@ from lesionuq.scorers.select import (
 )
 
 GCNN = GCNNConfig(hidden=8, epochs=2, batch_size=4)
+
+
+def _named(candidates: tuple[str, ...]) -> list:
+    """The candidates as (name, unfitted scorer) pairs, built from the catalogue."""
+    return make_estimators(candidates, ExperimentConfig(gcnn=GCNN))
 
 
 def _with_cases(lesions: LesionSet, n_cases: int) -> LesionSet:
@@ -42,7 +49,7 @@ def test_a_perfect_column_is_chosen_and_keeps_its_ranking_on_new_lesions(one_thr
     val = _plant(_with_cases(random_lesion_set(30, seed=3), 6), "variance_mean", True, 0)
     test = _plant(random_lesion_set(20, seed=4), "variance_mean", True, 1)
     candidates = ("entropy_mean", "variance_mean", "size", "metaseg_classif", "gcnn_classif")
-    s = SelectedScorer(GCNN, candidates, n_inner=3, seed=0).fit(val, progress=False)
+    s = SelectedScorer(_named(candidates), n_inner=3, seed=0).fit(val, progress=False)
     assert s.choice_ == "variance_mean"
     assert s.inner_auc_["variance_mean"] == pytest.approx(1.0)
     assert set(s.inner_auc_) == set(s.candidates)
@@ -60,7 +67,7 @@ def test_a_tie_goes_to_the_earlier_simpler_candidate(one_thread):
     val = _with_cases(random_lesion_set(24, seed=5), 4)
     for column in ("entropy_mean", "pcs_logsum"):
         val = _plant(val, column, True, 2)
-    s = SelectedScorer(GCNN, candidates=("pcs_logsum", "entropy_mean"), seed=0).fit(val)
+    s = SelectedScorer(_named(("pcs_logsum", "entropy_mean")), seed=0).fit(val)
     assert s.inner_auc_ == {"pcs_logsum": 1.0, "entropy_mean": 1.0}
     assert s.choice_ == "pcs_logsum"
 
@@ -90,7 +97,8 @@ def test_learned_candidates_are_judged_out_of_fold():
 def test_registered_gcnn_auto_saves_and_loads_with_the_same_scores(tmp_path, one_thread):
     cfg = ExperimentConfig(gcnn=GCNN, seed=4)
     s = make_scorer("gcnn_auto", cfg)
-    assert isinstance(s, SelectedScorer) and s.gcnn == GCNN and s.seed == 4
+    assert isinstance(s, SelectedScorer) and s.seed == 4
+    assert dict(s.estimators)["gcnn_classif"].cfg == GCNN  # the candidates get cfg.gcnn
     assert s.n_inner == cfg.calibration.n_inner
     val = _plant(_with_cases(random_lesion_set(30, seed=7), 6), "size", False, 3)
     test = random_lesion_set(9, seed=8)
@@ -104,15 +112,15 @@ def test_registered_gcnn_auto_saves_and_loads_with_the_same_scores(tmp_path, one
 
 def test_one_class_or_too_few_lesions_keep_the_first_candidate():
     one = random_lesion_set(1, seed=0)
-    s = SelectedScorer(GCNN).fit(one)
+    s = SelectedScorer(_named(CANDIDATES)).fit(one)
     assert s.choice_ == "metaseg_classif"  # the default candidates' first
-    s = SelectedScorer(GCNN, candidates=("entropy_mean", "gcnn_classif")).fit(one)
+    s = SelectedScorer(_named(("entropy_mean", "gcnn_classif"))).fit(one)
     assert s.choice_ == "entropy_mean"
     u = one.table["entropy_mean"].to_numpy()
     np.testing.assert_allclose(s.score(one), 1.0 / (1.0 + np.exp(-u)))
     tp_only = random_lesion_set(10, seed=0)
     table = tp_only.table.assign(iou_adj=0.9, is_tp=True)
-    s = SelectedScorer(GCNN, candidates=("size", "metaseg_classif")).fit(
+    s = SelectedScorer(_named(("size", "metaseg_classif"))).fit(
         LesionSet(pd.DataFrame(table), tp_only.graphs)
     )
     assert s.choice_ == "size" and all(np.isnan(v) for v in s.inner_auc_.values())
@@ -120,9 +128,12 @@ def test_one_class_or_too_few_lesions_keep_the_first_candidate():
 
 def test_unknown_or_self_candidates_are_refused():
     val = random_lesion_set(6, seed=0)
-    for bad in (("entropy_mean", "nope"), ("gcnn_auto",), ()):
+    with pytest.raises(ValueError, match="Unknown scoring method 'nope'"):
+        _named(("entropy_mean", "nope"))  # the registry builds no unknown candidate
+    size = make_scorer("size", ExperimentConfig())
+    for bad in (_named(("gcnn_auto",)), [], [("size", size), ("size", size)], [("x", "size")]):
         with pytest.raises(ValueError, match="bad candidates"):
-            SelectedScorer(GCNN, candidates=bad).fit(val)
+            SelectedScorer(bad).fit(val)
 
 
 def test_stacking_weighs_an_informative_candidate_over_a_random_one(one_thread):
@@ -130,7 +141,7 @@ def test_stacking_weighs_an_informative_candidate_over_a_random_one(one_thread):
     val = _plant(_plant(val, "variance_mean", True, 4), "entropy_mean", False, 5)
     test = random_lesion_set(30, seed=10)
     test = _plant(_plant(test, "variance_mean", True, 6), "entropy_mean", False, 7)
-    s = StackedScorer(GCNN, candidates=("entropy_mean", "variance_mean"), seed=0).fit(val)
+    s = StackedScorer(_named(("entropy_mean", "variance_mean")), seed=0).fit(val)
     assert s.inner_auc_["variance_mean"] == pytest.approx(1.0)
     assert s.weights_["variance_mean"] > 20 * s.weights_["entropy_mean"] > 0
     p = s.score(test)
@@ -158,7 +169,7 @@ def test_registered_gcnn_stack_saves_and_loads_with_the_same_scores(tmp_path, on
     assert loaded.weights_ == s.weights_ and loaded.intercept_ == s.intercept_
     np.testing.assert_array_equal(loaded.score(test), s.score(test))
     # one lesion: no inner folds, every weight 1
-    one = StackedScorer(GCNN, candidates=("entropy_mean", "size")).fit(random_lesion_set(1))
+    one = StackedScorer(_named(("entropy_mean", "size"))).fit(random_lesion_set(1))
     assert one.weights_ == {"entropy_mean": 1.0, "size": 1.0} and one.intercept_ == 0.0
 
 
@@ -199,7 +210,7 @@ def test_gcnn_stack_is_fitted_once_and_keeps_its_own_out_of_fold_p_fp(tmp_path, 
 def test_one_scan_leaves_the_learned_candidates_out(tmp_path, one_thread):
     """One scan cannot show how a learned scorer does on another: it gets weight 0."""
     val = _plant(_with_cases(random_lesion_set(20, seed=15), 1), "variance_mean", True, 10)
-    s = StackedScorer(GCNN, candidates=("variance_mean", "size", "gcnn_classif"))
+    s = StackedScorer(_named(("variance_mean", "size", "gcnn_classif")))
     with pytest.warns(UserWarning, match=r"one scan.*gcnn_classif"):
         s.fit(val)
     assert s.weights_["gcnn_classif"] == 0.0 and list(s.fitted_) == ["variance_mean", "size"]
@@ -212,16 +223,73 @@ def test_one_scan_leaves_the_learned_candidates_out(tmp_path, one_thread):
         load_scorer("gcnn_stack", tmp_path / "stack").score(test), s.score(test)
     )
     # only learned candidates: nothing else to stack, so they stay (no warning)
-    alone = StackedScorer(GCNN, candidates=("metaseg_classif",)).fit(val)
+    alone = StackedScorer(_named(("metaseg_classif",))).fit(val)
     assert list(alone.fitted_) == ["metaseg_classif"] and alone.weights_["metaseg_classif"] > 0
 
 
 def test_inner_folds_are_by_case_from_two_cases_on():
     """2 cases and n_inner 3: 2 folds, one case each; 4 cases: 3 folds, no case split."""
-    s = StackedScorer(GCNN, n_inner=3)
+    s = StackedScorer(_named(STACK_CANDIDATES), n_inner=3)
     for n_cases, n_folds in ((2, 2), (4, 3)):
         val = _with_cases(random_lesion_set(24, seed=17), n_cases)
         fold = s._inner_fold(val)
         cases = val.table["case_id"].to_numpy()
         assert sorted(set(fold)) == list(range(n_folds))
         assert all(np.unique(fold[cases == c]).size == 1 for c in np.unique(cases))
+
+
+def test_candidates_are_instances_cloned_for_every_fit(one_thread):
+    """As StackingClassifier(estimators=...): the given scorers stay unfitted."""
+    cfg = ExperimentConfig(gcnn=GCNN, seed=2)
+    s = make_scorer("gcnn_stack", cfg)
+    assert [c for c, _ in s.estimators] == list(STACK_CANDIDATES)
+    assert all(scorer.name == c for c, scorer in s.estimators)
+    val = _plant(_with_cases(random_lesion_set(24, seed=18), 4), "variance_mean", True, 11)
+    s.fit(val)
+    given = dict(s.estimators)
+    assert not hasattr(given["gcnn_classif"], "in_features_")  # never fitted itself
+    assert all(s.fitted_[c] is not given[c] for c in s.fitted_)
+    assert hasattr(s.fitted_["gcnn_classif"], "in_features_")
+
+
+def test_the_catalogue_names_the_candidates_and_the_registry_builds_them():
+    from lesionuq.methods import CATALOGUE
+
+    for name, spec in CATALOGUE.items():
+        assert name not in spec.candidates and set(spec.candidates) <= set(CATALOGUE)
+    cfg = ExperimentConfig(gcnn=GCNN, sequences=("flair", "t1"))
+    robust = dict(make_scorer("gcnn_stack_robust", cfg).estimators)["gcnn_robust"]
+    assert robust.n_sequences == 2 and robust.cfg == GCNN
+    assert make_scorer("gcnn_auto", cfg).candidates == CANDIDATES
+
+
+def test_a_stack_saved_with_candidate_names_still_loads(tmp_path, one_thread):
+    """Folders written before the candidates were instances name them in scorer.json."""
+    import dataclasses
+    import json
+
+    cfg = ExperimentConfig(gcnn=GCNN, seed=5)
+    val = _plant(_with_cases(random_lesion_set(24, seed=19), 4), "variance_mean", True, 12)
+    test = random_lesion_set(9, seed=20)
+    s = make_scorer("gcnn_stack", cfg).fit(val)
+    s.save(tmp_path / "stack")
+    meta_file = tmp_path / "stack" / "scorer.json"
+    meta = json.loads(meta_file.read_text())
+    assert [c for c, _ in meta["params"]["estimators"]] == list(STACK_CANDIDATES)
+    # what the selector wrote before: candidate names and the settings they came from
+    meta["params"] = {
+        "gcnn": dataclasses.asdict(GCNN),
+        "candidates": list(STACK_CANDIDATES),
+        "n_inner": cfg.calibration.n_inner,
+        "seed": 5,
+        "name": "gcnn_stack",
+        "sequences": ["flair"],
+    }
+    meta_file.write_text(json.dumps(meta, indent=1) + "\n")
+    loaded = load_scorer("gcnn_stack", tmp_path / "stack")
+    assert repr(loaded) == repr(s)  # the same candidates, built from the stored settings
+    np.testing.assert_array_equal(loaded.score(test), s.score(test))
+    # and it saves in today's format, which loads again
+    loaded.save(tmp_path / "again")
+    again = load_scorer("gcnn_stack", tmp_path / "again")
+    np.testing.assert_array_equal(again.score(test), s.score(test))

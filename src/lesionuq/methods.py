@@ -80,8 +80,12 @@ class MethodSpec:
             config, for constructors that a dotted path cannot feed (then ``kwargs`` and
             ``settings`` are unused).
         reads: Sections of the experiment config the scorer is built from besides
-            ``settings`` (a ``factory``'s); with the ``settings`` paths, what its fit
-            depends on.
+            ``settings`` (a ``factory``'s, or the candidates'); with the ``settings``
+            paths and the candidates' sections, what its fit depends on.
+        candidates: Methods whose unfitted scorers the implementation takes as its
+            ``estimators``, a list of (name, scorer) pairs as in scikit-learn's
+            ``StackingClassifier(estimators=...)``; the registry builds them from the same
+            config (:func:`lesionuq.scorers.registry.make_estimators`).
     """
 
     implementation: str | type
@@ -95,6 +99,7 @@ class MethodSpec:
     settings: Mapping[str, str] = field(default_factory=dict)
     factory: str | None = None
     reads: tuple[str, ...] = ()
+    candidates: tuple[str, ...] = ()
 
     @property
     def cls(self) -> type:
@@ -105,9 +110,14 @@ class MethodSpec:
 
     @property
     def sections(self) -> tuple[str, ...]:
-        """The config sections (or top-level fields) the scorer is built from."""
+        """The config sections (or top-level fields) the scorer is built from.
+
+        Its ``reads``, its ``settings``' first path parts, then its candidates' sections,
+        each once, in that order.
+        """
         paths = [p.split(".")[0] for p in self.settings.values()]
-        return tuple(dict.fromkeys([*paths, *self.reads]))
+        inner = [s for c in self.candidates for s in method_spec(c).sections]
+        return tuple(dict.fromkeys([*self.reads, *paths, *inner]))
 
 
 def resolve(name: str) -> Any:
@@ -153,14 +163,41 @@ def _robust(name: str, label: str, colour: str) -> MethodSpec:
     )
 
 
+def _selector(
+    cls: str, label: str, colour: str, candidates: tuple[str, ...], self_calibrated: bool = False
+) -> MethodSpec:
+    """A chooser or stacker of ``scorers/select.py`` over ``candidates``.
+
+    The registry builds the candidates from the run's config and passes them in; the
+    selector's inner folds take ``calibration.n_inner`` and ``seed``. ``reads`` names the
+    GCNN settings and the sequences, which its candidates are built from, and its own.
+    """
+    return MethodSpec(
+        f"lesionuq.scorers.select:{cls}",
+        label,
+        (colour, "-", 2.6),
+        output="p_fp",
+        fit_cost=4.0,
+        self_calibrated=self_calibrated,
+        settings={"n_inner": "calibration.n_inner", "seed": "seed"},
+        reads=("gcnn", "calibration", "seed", "sequences"),
+        candidates=candidates,
+    )
+
+
 _GCNN = "lesionuq.scorers.gcnn:GCNNScorer"
 _METASEG = "lesionuq.scorers.baselines:MetaSegScorer"
-_INNER = {
-    "gcnn": "gcnn",
-    "n_inner": "calibration.n_inner",
-    "seed": "seed",
-    "sequences": "sequences",
-}
+#: ``gcnn_auto``'s candidates, simplest first (a tie goes to the earlier one): the paper's
+#: two learned lesion scorers. MetaSeg is already the fitted linear combination of every
+#: voxel-uncertainty aggregate and of size, so the aggregates are not candidates of their
+#: own: choosing among 9 noisy validation AUCs picked a worse method more often than it
+#: gained (learning curve of the quality bench, README).
+_AUTO = ("metaseg_classif", "gcnn_classif")
+#: ``gcnn_stack``'s inputs: MetaSeg's four features as the untrained scorers they are
+#: (each an uncertainty: the monotone stacking gives none a negative weight, which
+#: MetaSeg's unconstrained logistic regression does on small validation sets) and the
+#: paper's GCNN; ``gcnn_stack_robust`` has the robust GCNN in its place.
+_STACK = ("entropy_mean", "variance_mean", "pcs_mean", "size")
 
 # (colour, line style, line width): one family per colour, mean solid / logsum dashed
 CATALOGUE: dict[str, MethodSpec] = {
@@ -213,24 +250,15 @@ CATALOGUE: dict[str, MethodSpec] = {
     ),
     # beyond the paper: the GCNN only where the validation lesions show it helps
     # (scorers/select.py)
-    "gcnn_auto": MethodSpec(
-        "lesionuq.scorers.select:SelectedScorer",
-        "GCNN or simpler (auto)",
-        ("#bcbd22", "-", 2.6),
-        output="p_fp",
-        fit_cost=4.0,
-        settings=_INNER,
-    ),
+    "gcnn_auto": _selector("SelectedScorer", "GCNN or simpler (auto)", "#bcbd22", _AUTO),
     # beyond the paper: the GCNN and MetaSeg's features weighed by their out-of-fold
     # scores, every weight >= 0 (scorers/select.py)
-    "gcnn_stack": MethodSpec(
-        "lesionuq.scorers.select:StackedScorer",
+    "gcnn_stack": _selector(
+        "StackedScorer",
         "GCNN + uncertainty means (stacked)",
-        ("#7f7f7f", "-", 2.6),
-        output="p_fp",
-        fit_cost=4.0,
+        "#7f7f7f",
+        (*_STACK, "gcnn_classif"),
         self_calibrated=True,
-        settings=_INNER,
     ),
     # beyond the paper (issue 31): GCNNs meant to carry over to other data
     # (scorers/robust.py): intensities relative to each scan's perilesional ring,
@@ -238,15 +266,12 @@ CATALOGUE: dict[str, MethodSpec] = {
     "gcnn_nawm": _robust("gcnn_nawm", "GCNN, ring-normalised", "#e7969c"),
     "gcnn_aug": _robust("gcnn_aug", "GCNN, augmented", "#ad494a"),
     "gcnn_robust": _robust("gcnn_robust", "GCNN, ring-normalised + augmented", "#843c39"),
-    "gcnn_stack_robust": MethodSpec(
-        "lesionuq.scorers.select:StackedScorer",
+    "gcnn_stack_robust": _selector(
+        "StackedScorer",
         "Robust GCNN + uncertainty means (stacked)",
-        ("#525252", "-", 2.6),
-        output="p_fp",
-        fit_cost=4.0,
+        "#525252",
+        (*_STACK, "gcnn_robust"),
         self_calibrated=True,
-        kwargs={"candidates": ("entropy_mean", "variance_mean", "pcs_mean", "size", "gcnn_robust")},
-        settings=_INNER,
     ),
 }
 """Method name -> :class:`MethodSpec`; the one table of method names."""

@@ -16,6 +16,7 @@ from lesionuq.scorers.registry import (
     REGISTRY,
     ScorerSpec,
     load_scorer,
+    make_estimators,
     make_scorer,
     scorer_class,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "SizeScorer",
     "check_is_fitted",
     "load_scorer",
+    "make_estimators",
     "make_scorer",
     "scorer_class",
     "table_column",

@@ -10,8 +10,9 @@ and ``fit`` returns ``self``.
 
 A fitted scorer is saved to its own folder (``RUN/fold_K/scorers/METHOD``):
 ``scorer.json`` holds the class name, the method name, the constructor parameters (a
-config dataclass as a dict) and the JSON-able learned state; the GCNN adds a ``model.pt``
-state dict loaded with ``torch.load(weights_only=True)``.
+config dataclass as a dict; a scorer, such as a selector's candidates, as its own class,
+name and parameters) and the JSON-able learned state; the GCNN adds a ``model.pt`` state
+dict loaded with ``torch.load(weights_only=True)``.
 
 This module imports no implementation; the method names live in the catalogue,
 :mod:`lesionuq.methods`.
@@ -116,7 +117,9 @@ class LesionScorer(ABC):
         """Rebuild an unfitted scorer from (JSON-loaded) :meth:`get_params` output.
 
         A parameter typed as a config dataclass (``GCNNConfig``) may be given as a dict;
-        it is built and checked by :func:`lesionuq.config.config_from_dict`.
+        it is built and checked by :func:`lesionuq.config.config_from_dict`. A scorer
+        given as its :meth:`describe` dict, also inside a list (a selector's
+        ``[name, scorer]`` pairs), is rebuilt unfitted.
         """
         hints = _init_hints(cls)
         kwargs = {}
@@ -124,8 +127,38 @@ class LesionScorer(ABC):
             config_cls = _dataclass_in(hints.get(key))
             if config_cls is not None and isinstance(value, dict):
                 value = config_from_dict(config_cls, value, f"{SCORER_FILE} params.{key}")
+            else:
+                value = _from_json(value)
             kwargs[key] = value
         return cls(**kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        """``{"class", "name", "params"}``, JSON-able: what rebuilds this scorer unfitted.
+
+        Parameters that are config dataclasses become dicts, and scorers their own
+        ``describe()`` (:meth:`from_params` reads both back).
+        """
+        params = {k: _to_json(v) for k, v in self.get_params().items()}
+        return {"class": type(self).__name__, "name": self.name, "params": params}
+
+    @classmethod
+    def from_description(cls, d: dict[str, Any], where: str = SCORER_FILE) -> LesionScorer:
+        """A new, unfitted scorer from :meth:`describe` output.
+
+        Args:
+            d: ``{"class", "name", "params"}``.
+            where: The file it came from, for messages.
+
+        Raises:
+            InputError: An unknown class.
+            ValueError: A scorer of another class than ``cls``.
+        """
+        target = _class_of(d, where)
+        if not issubclass(target, cls):
+            raise ValueError(f"{where}: holds a {d['class']}, not a {cls.__name__}.")
+        scorer = target.from_params(d["params"])
+        scorer.name = str(d["name"])
+        return scorer
 
     def _state(self, folder: Path) -> dict[str, Any] | None:
         """JSON-able learned state (may also write extra files into ``folder``)."""
@@ -145,48 +178,39 @@ class LesionScorer(ABC):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = self._state(folder)
-        params = {
-            k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v  # type: ignore[arg-type]
-            for k, v in self.get_params().items()
-        }
-        meta = {
-            "format": _FORMAT,
-            "class": type(self).__name__,
-            "name": self.name,
-            "params": params,
-            "state": state,
-        }
+        meta = {"format": _FORMAT, **self.describe(), "state": state}
         atomic_write_text(folder / SCORER_FILE, json.dumps(meta, indent=1) + "\n")
 
     @classmethod
-    def load(cls, folder: str | Path) -> LesionScorer:
+    def load(cls, folder: str | Path, template: LesionScorer | None = None) -> LesionScorer:
         """Read a scorer written by :meth:`save` (no pickle).
 
         The stored class is looked up among the imported subclasses of ``cls``, then
         among those of the stored method's catalogue entry (imported now).
 
+        Args:
+            folder: The scorer's folder (``scorer.json`` and what its state wrote).
+            template: An unfitted scorer of the stored class that takes the stored state,
+                instead of one rebuilt from the stored parameters (the registry's way to
+                read parameters an older version wrote,
+                :func:`lesionuq.scorers.registry.load_scorer`).
+
         Raises:
             InputError: ``scorer.json`` missing or unreadable, or an unknown class.
-            ValueError: The file holds a scorer of another class than ``cls``.
+            ValueError: The file holds a scorer of another class than ``cls`` or than
+                ``template``.
         """
         folder = Path(folder)
         meta = _read_meta(folder)
-        target = _subclass(LesionScorer, meta["class"])
-        spec = CATALOGUE.get(meta["name"]) if isinstance(meta.get("name"), str) else None
-        if target is None and spec is not None:
-            _ = spec.cls  # imports the method's implementation module
-            target = _subclass(LesionScorer, meta["class"])
-        if target is None:
-            known = ", ".join(sorted(c.__name__ for c in _concrete(LesionScorer)))
-            raise InputError(
-                f"{folder / SCORER_FILE}: unknown scorer class '{meta['class']}' (known: {known})."
-            )
-        if not issubclass(target, cls):
+        if template is None:
+            scorer = cls.from_description(meta, str(folder / SCORER_FILE))
+        elif type(template).__name__ != meta["class"] or not isinstance(template, cls):
             raise ValueError(
-                f"{folder / SCORER_FILE}: holds a {meta['class']}, not a {cls.__name__}."
+                f"{folder / SCORER_FILE}: holds a {meta['class']}, not a {type(template).__name__}."
             )
-        scorer = target.from_params(meta["params"])
-        scorer.name = str(meta["name"])
+        else:
+            scorer = template
+            scorer.name = str(meta["name"])
         scorer._set_state(meta.get("state"), folder)
         return scorer
 
@@ -240,6 +264,43 @@ def _dataclass_in(tp: Any) -> type | None:
         ]
         return found[0] if found else None
     return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+def _to_json(value: Any) -> Any:
+    """A parameter as JSON: a config dataclass as a dict, a scorer as its ``describe()``."""
+    if isinstance(value, LesionScorer):
+        return value.describe()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, list | tuple):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    """:func:`_to_json`'s scorers rebuilt, unfitted; lists item by item; the rest as is."""
+    if isinstance(value, dict) and set(value) == {"class", "name", "params"}:
+        return LesionScorer.from_description(value)
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def _class_of(meta: dict[str, Any], where: str) -> type[LesionScorer]:
+    """The scorer class named by ``meta["class"]``, importing its catalogue entry if needed.
+
+    Raises:
+        InputError: No such scorer class.
+    """
+    target = _subclass(LesionScorer, meta["class"])
+    spec = CATALOGUE.get(meta["name"]) if isinstance(meta.get("name"), str) else None
+    if target is None and spec is not None:
+        _ = spec.cls  # imports the method's implementation module
+        target = _subclass(LesionScorer, meta["class"])
+    if target is None:
+        known = ", ".join(sorted(c.__name__ for c in _concrete(LesionScorer)))
+        raise InputError(f"{where}: unknown scorer class '{meta['class']}' (known: {known}).")
+    return target
 
 
 def _concrete(base: type) -> list[type]:

@@ -2,14 +2,19 @@
 
 The learning curve (``lesionuq learning-curve``) shows that a lesion GCNN trained on a few
 dozen lesions ranks worse than simpler scorers, and better once it has a few hundred.
-:class:`SelectedScorer` makes that choice from the validation lesions alone:
+:class:`SelectedScorer` makes that choice from the validation lesions alone. Its
+candidates are scorer instances, given as (name, scorer) pairs as scikit-learn's
+``StackingClassifier(estimators=...)`` takes them; every fit uses clones
+(:func:`lesionuq.calibration.clone`), the instances themselves stay unfitted. The
+catalogue's ``gcnn_auto`` / ``gcnn_stack`` get theirs from the registry
+(:func:`lesionuq.scorers.registry.make_estimators`); this module imports no registry.
 
 1. The lesions are split into ``n_inner`` inner folds by case
    (:func:`lesionuq.calibration.inner_folds`, stratified by TP/FP).
 2. Each candidate gets an accuracy-confidence AUC on the validation lesions: a learned
-   candidate (by default MetaSeg and the GCNN) from its out-of-fold scores (each lesion
-   scored by a model that never saw it); an untrained one (a voxel-uncertainty mean or
-   logsum, size), if listed, from its scores directly (nothing is fitted).
+   candidate (``gcnn_auto``'s: MetaSeg and the GCNN) from its out-of-fold scores (each
+   lesion scored by a model that never saw it); an untrained one (a voxel-uncertainty
+   mean or logsum, size), if listed, from its scores directly (nothing is fitted).
 3. The candidate with the highest AUC is chosen (ties: the earlier candidate; the
    simpler come first) and refitted on all the validation lesions.
 4. A Platt map (:class:`~lesionuq.calibration.PlattCalibrator`, strictly increasing) from
@@ -22,7 +27,8 @@ learned candidate; the AUC of a small validation set is noisy, so near the cross
 the choice can go either way (the learning curve measures what that costs).
 
 Example:
-    >>> s = SelectedScorer(GCNNConfig()).fit(val_lesions)
+    >>> pairs = [("metaseg_classif", MetaSegScorer("classif")), ("gcnn_classif", GCNNScorer())]
+    >>> s = SelectedScorer(pairs).fit(val_lesions)
     >>> s.choice_, s.inner_auc_["gcnn_classif"]
     ('gcnn_classif', 0.87)
     >>> p_fp = s.score(test_lesions)  # (N,) in (0, 1)
@@ -30,8 +36,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -43,41 +51,27 @@ from lesionuq.calibration import (
     PlattCalibrator,
     calibrator_from_dict,
     clipped_logit,
+    clone,
     fit_monotone_logistic,
     inner_folds,
 )
-from lesionuq.config import ExperimentConfig, GCNNConfig
 from lesionuq.evaluation.curves import ac_auc
 from lesionuq.lesions.dataset import LesionSet
-from lesionuq.methods import CATALOGUE, outputs_p_fp
+from lesionuq.methods import method_spec, outputs_p_fp
 from lesionuq.scorers.base import LesionScorer, check_is_fitted
-from lesionuq.scorers.registry import make_scorer
 
 __all__ = ["CANDIDATES", "STACK_CANDIDATES", "SelectedScorer", "StackedScorer", "selection_aucs"]
 
-#: Default candidates, simplest first (a tie goes to the earlier one): the paper's two
-#: learned lesion scorers. MetaSeg is already the fitted linear combination of every
-#: voxel-uncertainty aggregate and of size, so the aggregates are not candidates of their
-#: own: choosing among 9 noisy validation AUCs picked a worse method more often than it
-#: gained (learning curve of the quality bench, README).
-CANDIDATES: tuple[str, ...] = ("metaseg_classif", "gcnn_classif")
-#: Default inputs of ``gcnn_stack``: MetaSeg's four features as the untrained scorers they
-#: are (each an uncertainty: the monotone stacking gives none a negative weight, which
-#: MetaSeg's unconstrained logistic regression does on small validation sets) and the
-#: paper's GCNN.
-STACK_CANDIDATES: tuple[str, ...] = (
-    "entropy_mean",
-    "variance_mean",
-    "pcs_mean",
-    "size",
-    "gcnn_classif",
-)
+#: ``gcnn_auto``'s candidates, from the catalogue (which says why these): MetaSeg, the GCNN.
+CANDIDATES: tuple[str, ...] = method_spec("gcnn_auto").candidates
+#: ``gcnn_stack``'s candidates, from the catalogue: MetaSeg's four features, the GCNN.
+STACK_CANDIDATES: tuple[str, ...] = method_spec("gcnn_stack").candidates
 _CHOSEN_DIR = "chosen"
 _CANDIDATES_DIR = "candidates"
 
 
 def selection_aucs(
-    factories: dict[str, Any], lesions: LesionSet, fold: np.ndarray
+    factories: dict[str, Callable[[], Any]], lesions: LesionSet, fold: np.ndarray
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Each candidate's accuracy-confidence AUC on validation lesions, out of fold.
 
@@ -114,18 +108,18 @@ def selection_aucs(
 
 
 class SelectedScorer(LesionScorer):
-    """Choose among candidate methods by out-of-fold AUC on the validation lesions.
+    """Choose among candidate scorers by out-of-fold AUC on the validation lesions.
 
     Args:
-        gcnn: Settings of the GCNN candidate (``gcnn_classif``; the paper's model).
-        candidates: Method names of the catalogue, simplest first (ties go to the earlier).
+        estimators: The candidates as (name, unfitted scorer) pairs, simplest first (ties
+            go to the earlier); each fit uses a clone. The name is a method of the
+            catalogue when the score is a P(FP) (its Platt map then takes the logit).
         n_inner: Inner folds of the choice (by case, stratified).
-        seed: Seed of the inner split (the candidates' own seeds are their configs').
+        seed: Seed of the inner split (the candidates' own seeds are their parameters).
         name: Method name.
-        sequences: The run's image sequences (``ExperimentConfig.sequences``), for the
-            candidates built from them (``gcnn_robust`` normalises one column per sequence).
 
     Attributes:
+        candidates: The candidates' names (read-only).
         choice_: The chosen method's name.
         inner_auc_: Out-of-fold validation AUC (fraction) of every candidate.
         chosen_: The chosen scorer, refitted on all the validation lesions.
@@ -134,26 +128,33 @@ class SelectedScorer(LesionScorer):
 
     def __init__(
         self,
-        gcnn: GCNNConfig | None = None,
-        candidates: tuple[str, ...] | list[str] = CANDIDATES,
+        estimators: Sequence[tuple[str, LesionScorer]],
         n_inner: int = 3,
         seed: int = 0,
         name: str = "gcnn_auto",
-        sequences: tuple[str, ...] | list[str] = ("flair",),
     ) -> None:
-        self.gcnn = gcnn or GCNNConfig()
-        self.candidates = tuple(candidates)
+        self.estimators = [(c, scorer) for c, scorer in estimators]
         self.n_inner = n_inner
         self.seed = seed
         self.name = name
-        self.sequences = tuple(sequences)
 
-    def _factories(self) -> dict[str, Any]:
-        unknown = [c for c in self.candidates if c not in CATALOGUE or c == self.name]
-        if unknown or not self.candidates:
-            raise ValueError(f"{self.name}: bad candidates {list(self.candidates)}.")
-        cfg = ExperimentConfig(gcnn=self.gcnn, seed=self.seed, sequences=self.sequences)
-        return {c: (lambda c=c: make_scorer(c, cfg)) for c in self.candidates}
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """The candidates' names, in order."""
+        return tuple(c for c, _ in self.estimators)
+
+    def _factories(self) -> dict[str, Callable[[], LesionScorer]]:
+        """Candidate name -> a function returning a new clone of that candidate.
+
+        Raises:
+            ValueError: No candidates, a name twice or the selector's own, or a candidate
+                that is not a :class:`LesionScorer`.
+        """
+        names = self.candidates
+        bad = [c for c, s in self.estimators if c == self.name or not isinstance(s, LesionScorer)]
+        if bad or not names or len(set(names)) < len(names):
+            raise ValueError(f"{self.name}: bad candidates {list(names)}.")
+        return {c: functools.partial(clone, s) for c, s in self.estimators}
 
     def fit(self, lesions: LesionSet, progress: bool = True) -> Self:
         """Choose the method on ``lesions``, refit it on all of them, fit its P(FP) map.
@@ -168,7 +169,7 @@ class SelectedScorer(LesionScorer):
             (N,) float64 P(FP) in (0, 1), out of fold (in-sample with fewer than 2 lesions).
 
         Raises:
-            ValueError: Unknown candidates.
+            ValueError: Bad candidates (:meth:`_factories`).
         """
         factories = self._factories()
         if len(lesions) < 2:  # nothing to choose with: the first candidate, sigmoid(u)
@@ -194,7 +195,7 @@ class SelectedScorer(LesionScorer):
         return self
 
     def _out_of_fold(
-        self, factories: dict[str, Any], lesions: LesionSet
+        self, factories: dict[str, Callable[[], LesionScorer]], lesions: LesionSet
     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """:func:`selection_aucs` over the inner folds of :meth:`_inner_fold`."""
         return selection_aucs(factories, lesions, self._inner_fold(lesions))
@@ -264,20 +265,19 @@ class StackedScorer(SelectedScorer):
     3. every candidate is refitted on all the validation lesions (as scikit-learn's
        ``StackingClassifier`` does); new lesions get the weighted sum of their scores.
 
-    The default candidates (:data:`STACK_CANDIDATES`) are MetaSeg's four features, each
+    The catalogue's candidates (:data:`STACK_CANDIDATES`) are MetaSeg's four features, each
     an untrained uncertainty of its own, and the paper's GCNN: with few validation
     lesions the GCNN's out-of-fold scores are poor and the voxel-uncertainty means carry
     the sum (a MetaSeg whose weights cannot change sign); with hundreds the GCNN does.
     The output is a P(FP) in (0, 1). Test lesions never take part.
 
     Args:
-        gcnn: Settings of the GCNN candidate (``gcnn_classif``; the paper's model).
-        candidates: Method names of the catalogue.
+        estimators: The candidates as (name, unfitted scorer) pairs (see
+            :class:`SelectedScorer`).
         n_inner: Inner folds (by case, stratified) when there are at least as many cases;
             else one per case (2 or more cases).
         seed: Seed of the inner split.
         name: Method name.
-        sequences: The run's image sequences (see :class:`SelectedScorer`).
 
     Attributes:
         inner_auc_: Out-of-fold validation AUC (fraction) of every candidate.
@@ -290,14 +290,12 @@ class StackedScorer(SelectedScorer):
 
     def __init__(
         self,
-        gcnn: GCNNConfig | None = None,
-        candidates: tuple[str, ...] | list[str] = STACK_CANDIDATES,
+        estimators: Sequence[tuple[str, LesionScorer]],
         n_inner: int = 3,
         seed: int = 0,
         name: str = "gcnn_stack",
-        sequences: tuple[str, ...] | list[str] = ("flair",),
     ) -> None:
-        super().__init__(gcnn, candidates, n_inner, seed, name, sequences)
+        super().__init__(estimators, n_inner, seed, name)
 
     def _z(self, method: str, u: np.ndarray) -> np.ndarray:
         """(N,) the stacking input of ``method``'s (N,) scores."""
@@ -331,10 +329,10 @@ class StackedScorer(SelectedScorer):
             (N,) float64 P(FP) in (0, 1), out of fold (in-sample with fewer than 2 lesions).
 
         Raises:
-            ValueError: Unknown candidates.
+            ValueError: Bad candidates (:meth:`SelectedScorer._factories`).
         """
         factories = self._factories()
-        active = self._active(factories, lesions)
+        active = self._active(lesions)
         z = None
         weights = np.ones(len(active))
         self.inner_auc_ = {c: math.nan for c in self.candidates}
@@ -358,7 +356,7 @@ class StackedScorer(SelectedScorer):
             return self.score(lesions)
         return np.asarray(special.expit(z @ weights + self.intercept_), dtype=np.float64)
 
-    def _active(self, factories: dict[str, Any], lesions: LesionSet) -> list[str]:
+    def _active(self, lesions: LesionSet) -> list[str]:
         """The candidates that take part: all, or the untrained ones when from one scan.
 
         A learned candidate must be judged on scans it was not fitted on; lesions of a
@@ -369,7 +367,7 @@ class StackedScorer(SelectedScorer):
         cases = self._cases(lesions)
         if cases is None or np.unique(cases).size >= 2:
             return list(self.candidates)
-        learns = {c: factories[c]().requires_fit for c in self.candidates}
+        learns = {c: scorer.requires_fit for c, scorer in self.estimators}
         untrained = [c for c in self.candidates if not learns[c]]
         learned = [c for c in self.candidates if learns[c]]
         if not untrained or not learned:

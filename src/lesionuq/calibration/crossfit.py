@@ -1,0 +1,167 @@
+"""Cross-fitting: a scorer and its P(FP) calibrator from one fold's validation lesions.
+
+:func:`cross_fit` fits a scorer and its calibrator on the same lesions without reusing
+any lesion twice: inner K-fold (:func:`inner_folds`: stratified by ``is_tp``, grouped by
+case when there are enough cases), the calibrator is fitted on the out-of-fold scores
+only, and the scorer is then refitted on all the validation lesions. Regressors
+(:func:`is_regressor`) also get an :class:`~lesionuq.calibration.IoURecalibrator`.
+
+Example:
+    >>> fit = cross_fit(lambda: MetaSegScorer("classif"), val_lesions, n_inner=5)
+    >>> scorer, calibrator, oof_scores = fit  # oof_scores: (N,)
+    >>> p_fp = calibrator.predict(scorer.score(test_lesions))  # (M,)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
+
+from lesionuq.calibration.calibrators import Calibrator, make_calibrator
+from lesionuq.calibration.iou import IoURecalibrator
+from lesionuq.lesions.dataset import LesionSet
+
+__all__ = ["CrossFitResult", "cross_fit", "inner_folds", "is_regressor"]
+
+
+def inner_folds(
+    is_tp: np.ndarray, groups: np.ndarray | None, n_inner: int = 5, seed: int = 0
+) -> np.ndarray:
+    """Assign each lesion to one of the inner folds.
+
+    Rule: stratified by ``is_tp`` and grouped by case (``StratifiedGroupKFold``) when there
+    are at least ``n_inner`` cases; otherwise stratified over lesions (``StratifiedKFold``,
+    with ``min(n_inner, smaller class count)`` folds when that is >= 2); otherwise plain
+    shuffled ``KFold``. Always at least 2 folds.
+
+    Args:
+        is_tp: (N,) bool.
+        groups: (N,) case ids, or None (no grouping).
+        n_inner: Wanted number of folds (>= 2).
+        seed: Shuffling seed.
+
+    Returns:
+        (N,) int64 fold of each lesion, 0..K-1.
+
+    Raises:
+        ValueError: ``n_inner < 2`` or fewer than 2 lesions.
+    """
+    y = np.asarray(is_tp, dtype=bool).reshape(-1)
+    n = y.size
+    if n_inner < 2:
+        raise ValueError(f"n_inner must be >= 2, got {n_inner}.")
+    if n < 2:
+        raise ValueError(f"cross-fitting needs at least 2 lesions, got {n}.")
+    x = np.zeros((n, 1))
+    fold = np.full(n, -1, dtype=np.int64)
+    min_class = int(min(y.sum(), n - y.sum()))
+    if groups is not None and len(np.unique(groups)) >= n_inner and min_class >= 1:
+        splitter: Any = StratifiedGroupKFold(n_inner, shuffle=True, random_state=seed)
+        splits = splitter.split(x, y, np.asarray(groups))
+    elif min(n_inner, min_class) >= 2:
+        splitter = StratifiedKFold(min(n_inner, min_class), shuffle=True, random_state=seed)
+        splits = splitter.split(x, y)
+    else:
+        splits = KFold(min(n_inner, n), shuffle=True, random_state=seed).split(x)
+    for k, (_, test) in enumerate(splits):
+        fold[test] = k
+    return fold
+
+
+def is_regressor(scorer: Any) -> bool:
+    """Whether a scorer predicts IoU_adj (``task == "reg"``; its score is 1 - IoU_hat)."""
+    return getattr(scorer, "task", None) == "reg"
+
+
+@dataclass
+class CrossFitResult:
+    """What :func:`cross_fit` returns.
+
+    Attributes:
+        scorer: The scorer refitted on ALL the validation lesions.
+        calibrator: uncertainty -> P(FP), fitted on ``oof_scores`` only.
+        oof_scores: (N,) out-of-fold uncertainty of each validation lesion.
+        inner_fold: (N,) inner fold of each validation lesion.
+        iou_calibrator: For regressors, the recalibration of the predicted IoU_adj
+            (``1 - oof_scores``) to the observed IoU_adj; None for classifiers.
+    """
+
+    scorer: Any
+    calibrator: Calibrator
+    oof_scores: np.ndarray
+    inner_fold: np.ndarray
+    iou_calibrator: IoURecalibrator | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        """Unpack as ``scorer, calibrator, oof_scores``."""
+        return iter((self.scorer, self.calibrator, self.oof_scores))
+
+
+def cross_fit(
+    factory: Callable[[], Any],
+    lesions: LesionSet,
+    n_inner: int = 5,
+    seed: int = 0,
+    kind: str = "platt",
+    iou_kind: str = "isotonic",
+    progress: bool = False,
+) -> CrossFitResult:
+    """Fit a scorer and its P(FP) calibrator on one fold's validation lesions.
+
+    1. Split the lesions into inner folds (:func:`inner_folds`, by ``case_id``).
+    2. For each inner fold k: fit ``factory()`` on the other folds, score fold k.
+    3. Fit the calibrator on all out-of-fold scores (each from a scorer that never saw
+       that lesion) against ``is_fp = not is_tp``.
+    4. Refit ``factory()`` on all the lesions: the scorer used on test lesions.
+
+    Classifiers (scores in [0, 1]) get Platt on the logit (or isotonic); regressors
+    (:func:`is_regressor`) get Platt on the identity of ``u = 1 - IoU_hat`` (or isotonic) and
+    an :class:`IoURecalibrator` fitted on the out-of-fold predicted IoU_adj.
+
+    Args:
+        factory: Returns a new unfitted scorer with ``fit(LesionSet, progress=) -> self``
+            and ``score(LesionSet) -> (N,)``.
+        lesions: The fold's validation lesions (table with ``is_tp``, ``case_id`` and, for
+            regressors, ``iou_adj``).
+        n_inner: Number of inner folds.
+        seed: Seed of the inner split (the scorers' own seeds are the factory's).
+        kind: ``"platt"`` or ``"isotonic"``.
+        iou_kind: ``"isotonic"`` or ``"linear"`` (regressors only).
+        progress: Passed to each scorer's ``fit``.
+
+    Returns:
+        A :class:`CrossFitResult`; it unpacks as ``scorer, calibrator, oof_scores``.
+
+    Raises:
+        ValueError: Fewer than 2 lesions, or missing label columns.
+    """
+    y_tp = lesions.is_tp
+    groups = lesions.table["case_id"].astype(str).to_numpy() if "case_id" in lesions.table else None
+    fold = inner_folds(y_tp, groups, n_inner, seed)
+    oof = np.full(len(lesions), np.nan)
+    regressor = None
+    with warnings.catch_warnings():
+        # a fold with a single class makes a constant scorer: expected, not news
+        warnings.simplefilter("ignore", UserWarning)
+        for k in range(int(fold.max()) + 1):
+            train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+            scorer = factory()
+            regressor = is_regressor(scorer)
+            scorer.fit(lesions.subset(train), progress=progress)
+            oof[test] = np.asarray(scorer.score(lesions.subset(test)), dtype=np.float64)
+    if not np.all(np.isfinite(oof)):
+        raise RuntimeError("cross-fitting left lesions without a finite out-of-fold score.")
+    is_fp = ~y_tp
+    transform = "identity" if regressor else "logit"
+    calibrator = make_calibrator(kind, transform).fit(oof, is_fp)
+    iou_cal = None
+    if regressor:
+        iou = lesions.table["iou_adj"].to_numpy(dtype=np.float64)
+        iou_cal = IoURecalibrator(iou_kind).fit(1.0 - oof, iou)
+    final = factory().fit(lesions, progress=progress)
+    return CrossFitResult(final, calibrator, oof, fold, iou_cal)
