@@ -63,6 +63,7 @@ SLOW_TESTS = {
         _PREDICTS
     ),
     "test_predict.py::test_manifest_batch_and_resume": _PREDICTS,
+    "test_location_batch.py::test_batch_location_columns_dis_csv_and_reuse": _PREDICTS,
     "test_predict.py::test_earlier_prediction_needs_overwrite_and_keeps_user_files": _PREDICTS,
     "test_predict.py::test_bids_out_batch_over_bids_manifest_is_indexed_by_pybids": (
         "predictions indexed by pybids"

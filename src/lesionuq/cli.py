@@ -434,8 +434,9 @@ def predict(
     location: Annotated[
         bool,
         typer.Option(
-            help="Also locate each lesion (registration to MNI152, ~10 s): location and MNI "
-            "columns, counts per region, dissemination in space with P(DIS). With --image."
+            help="Also locate each lesion (registration to MNI152, ~10 s per scan): location "
+            "and MNI columns, counts per region, dissemination in space with P(DIS); with "
+            "--cases also dis.csv, one row per case."
         ),
     ] = False,
     overwrite: OverwriteOpt = False,
@@ -450,8 +451,6 @@ def predict(
         raise InputError("give either --image (one per sequence) or --cases CSV.")
     if samples is not None and cases is not None:
         raise InputError("--samples goes with --image; with --cases give a samples column.")
-    if location and cases is not None:
-        raise InputError("--location goes with --image (not yet in batch).")
     if image is not None and (scheduler is not None or workers is not None):
         raise InputError("--scheduler and --workers spread a batch: use them with --cases CSV.")
     if image is not None:
@@ -484,6 +483,7 @@ def predict(
             review_target=review_target,
             scheduler=scheduler,
             workers=workers,
+            location=location,
         )
         for case_id, r in batch.results.items():
             for warning in r.warnings if r is not None else []:

@@ -3,7 +3,8 @@
 Each case is predicted by :func:`lesionuq.predict.scan.predict_scan` into ``OUT/CASE``;
 a hidden ``OUT/CASE/.batch_digest`` (model identity, image files, options) marks a
 finished case, so a rerun of the same batch reuses it instead of recomputing it.
-``OUT/lesions.csv`` gathers all cases' lesions with a leading ``case_id`` column.
+``OUT/lesions.csv`` gathers all cases' lesions with a leading ``case_id`` column; with
+``location``, ``OUT/dis.csv`` holds each case's dissemination-in-space verdicts.
 
 Example:
     >>> res = predict_manifest("runs/demo/fold_0", "new_cases.csv", "pred/")
@@ -12,8 +13,11 @@ Example:
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -33,15 +37,29 @@ from lesionuq.io import (
 from lesionuq.outputs import add_written, check_output_dir, locked_output, start_output
 from lesionuq.parallel import check_parallel, check_scheduler, map_cases
 from lesionuq.predict.model import FittedModel, load_model, load_model_cached
-from lesionuq.predict.scan import PredictResult, empty_table, predict_scan
+from lesionuq.predict.scan import LOCATION_COLUMNS, PredictResult, empty_table, predict_scan
 from lesionuq.samples import load_samples_case
 from lesionuq.utils import track
 
-__all__ = ["BatchResult", "predict_manifest"]
+__all__ = ["DIS_COLUMNS", "BatchResult", "predict_manifest"]
 
 _DIGEST = ".batch_digest"
 #: The table of all cases' lesions, ``OUT/lesions.csv`` (so no case may be named so).
 _TABLE = "lesions.csv"
+#: Each case's DIS verdicts with ``location``, ``OUT/dis.csv`` (so no case may be named so).
+_DIS = "dis.csv"
+#: The columns of ``dis.csv``: ``regions`` are the DIS regions holding a lesion (``;``
+#: between them); the next four are the ``location.dis`` fields of the case's
+#: ``lesions.json`` and ``registration_ok`` its ``location.registration.ok``.
+DIS_COLUMNS = (
+    "case_id",
+    "regions",
+    "verdict",
+    "verdict_without_review",
+    "probability",
+    "n_review",
+    "registration_ok",
+)
 
 
 @dataclass
@@ -53,11 +71,14 @@ class BatchResult:
         table: All cases' lesions with a leading ``case_id`` column.
         results: One :class:`PredictResult` per case (None for a case reused from an
             earlier identical run).
+        dis: With ``location``: ``dis.csv``, one row per case (:data:`DIS_COLUMNS`);
+            None without.
     """
 
     out: Path
     table: pd.DataFrame
     results: dict[str, PredictResult | None] = field(default_factory=dict)
+    dis: pd.DataFrame | None = None
 
     def summary(self) -> str:
         """One line: cases, lesions and lesions to review."""
@@ -80,6 +101,7 @@ def predict_manifest(
     review_target: str | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
+    location: bool = False,
 ) -> BatchResult:
     """Predict every case of a ``cases.csv`` (the ``mask`` column is optional and unused).
 
@@ -92,7 +114,8 @@ def predict_manifest(
     :func:`predict_scan`); a case whose folder holds a prediction with the same model,
     images and options is reused, so an interrupted batch resumes. ``out/lesions.csv``
     (all lesions, with a leading ``case_id`` column) is written last, by this process,
-    once every case succeeded.
+    once every case succeeded, and with ``location`` ``out/dis.csv`` (one row per case,
+    :data:`DIS_COLUMNS`, from each case's ``lesions.json``).
 
     Args:
         model: A model folder or a :class:`FittedModel`.
@@ -113,6 +136,10 @@ def predict_manifest(
             worker loads the model once), see :func:`lesionuq.parallel.map_cases`.
         workers: Or predict on a local Dask cluster of this many single-threaded
             worker processes. Default (neither): one case after the other here.
+        location: Also locate every case's lesions (see :func:`predict_scan`):
+            ``lesions.csv`` gains the :data:`LOCATION_COLUMNS` and ``dis.csv`` is
+            written. A batch made with the other setting is not reused (it needs
+            ``overwrite``, and its cases are recomputed).
 
     Returns:
         The batch result.
@@ -146,9 +173,12 @@ def predict_manifest(
         )
     out = Path(out)
     model_digest = model.digest()
-    key = config_digest([model_digest, str(Path(cases_csv).resolve()), threshold, save_maps])
-    _check_reserved(cases_csv, cases)
-    writes = [_TABLE]
+    settings: list[object] = [model_digest, str(Path(cases_csv).resolve()), threshold, save_maps]
+    if location:  # absent otherwise: keys of batches without location are unchanged
+        settings.append({"location": True})
+    key = config_digest(settings)
+    writes = [_TABLE, _DIS] if location else [_TABLE]
+    _check_reserved(cases_csv, cases, writes)
     check_output_dir(out, "batch", overwrite=overwrite, inputs=inputs, key=key, writes=writes)
     for case in track(cases, "checking inputs", enabled=progress):
         if case.samples is not None:
@@ -158,24 +188,27 @@ def predict_manifest(
             images, _ = load_case(Case(case.case_id, case.images))
             load_ignore(case, images[0])
     if bids_out is not None:
-        _check_bids(bids_out, out, cases, inputs, model_digest, threshold, save_maps, overwrite)
+        _check_bids(
+            bids_out, out, cases, inputs, model_digest, threshold, save_maps, overwrite, location
+        )
     check_scheduler(scheduler)  # before anything is written
     with locked_output(out):  # a second batch into ``out`` is refused meanwhile
         check_output_dir(out, "batch", overwrite=overwrite, inputs=inputs, key=key, writes=writes)
         return _run_batch(
             model, cases, out, key, model_digest, given, threshold, save_maps, review_target,
-            bids_out, scheduler, workers, progress,
+            bids_out, scheduler, workers, progress, location,
         )  # fmt: skip
 
 
-def _check_reserved(cases_csv: str | Path, cases: list[Case]) -> None:
+def _check_reserved(cases_csv: str | Path, cases: list[Case], writes: list[str]) -> None:
     """Refuse a case id that is the name of a file the batch writes in its folder."""
     for case in cases:
-        if case.case_id.casefold() == _TABLE.casefold():
-            raise InputError(
-                f"{cases_csv}: case_id {case.case_id!r} is the name of the batch's own table "
-                f"({_TABLE}); rename the case."
-            )
+        for name in writes:
+            if case.case_id.casefold() == name.casefold():
+                raise InputError(
+                    f"{cases_csv}: case_id {case.case_id!r} is the name of the batch's own "
+                    f"table ({name}); rename the case."
+                )
 
 
 def _run_batch(
@@ -192,13 +225,18 @@ def _run_batch(
     scheduler: str | None,
     workers: int | None,
     progress: bool,
+    location: bool = False,
 ) -> BatchResult:
     """The checked batch, under the folder's lock (see :func:`predict_manifest`)."""
     start_output(out, "batch", key, dirs=[c.case_id for c in cases])
     reused = {
         c.case_id: table
         for c in cases
-        if (table := _previous(out / c.case_id, model_digest, c, threshold, save_maps, bids_out))
+        if (
+            table := _previous(
+                out / c.case_id, model_digest, c, threshold, save_maps, bids_out, location
+            )
+        )
         is not None
     }
     on_cluster = scheduler is not None or workers is not None
@@ -214,6 +252,7 @@ def _run_batch(
             model_digest,
             threshold,
             bids_out,
+            location,
         )
         for c in cases
         if c.case_id not in reused
@@ -235,15 +274,75 @@ def _run_batch(
         table = table.copy()
         table.insert(0, "case_id", case.case_id)
         tables.append(table)
-    frames = [t for t in tables if len(t)]
-    if frames:
-        table = pd.concat(frames, ignore_index=True)
-    else:
-        table = empty_table()
-        table.insert(0, "case_id", pd.Series(dtype=str))
+    table = _batch_table(tables, location)
     atomic_write_text(out / _TABLE, csv_text(table))
     add_written(out, [_TABLE])
-    return BatchResult(out, table, results)
+    dis = None
+    if location:
+        dis = _dis_table(
+            {c.case_id: _location_entry(out / c.case_id, results[c.case_id]) for c in cases}
+        )
+        atomic_write_text(out / _DIS, csv_text(dis))
+        add_written(out, [_DIS])
+    return BatchResult(out, table, results, dis)
+
+
+def _batch_table(tables: list[pd.DataFrame], location: bool) -> pd.DataFrame:
+    """All cases' lesions (each table with its leading ``case_id``), in the cases' order.
+
+    Cases without lesions add no rows; when no case has one, the table has the columns
+    of :func:`empty_table` (and the :data:`LOCATION_COLUMNS` with ``location``).
+    """
+    frames = [t for t in tables if len(t)]
+    if frames:
+        return pd.concat(frames, ignore_index=True)
+    table = empty_table()
+    if location:
+        table["location"] = pd.Series(dtype=object)
+        for name in LOCATION_COLUMNS[1:]:
+            table[name] = pd.Series(dtype="float64")
+    table.insert(0, "case_id", pd.Series(dtype=str))
+    return table
+
+
+def _location_entry(folder: Path, result: PredictResult | None) -> dict[str, Any]:
+    """The ``location`` entry of a case's ``lesions.json`` (its result's, when computed)."""
+    if result is not None and result.location is not None:
+        return result.location
+    entry = json.loads((folder / "lesions.json").read_text()).get("location")
+    if not isinstance(entry, dict):
+        raise InputError(
+            f"{folder / 'lesions.json'}: has no location entry; rerun with --overwrite."
+        )
+    return entry
+
+
+def _dis_table(entries: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """``dis.csv``: one row per case (:data:`DIS_COLUMNS`) from its ``location`` entry.
+
+    Args:
+        entries: Case id -> the ``location`` entry of its ``lesions.json`` (the
+            ``dis`` of :func:`lesionuq.location.dis_summary` and the ``registration``).
+
+    Returns:
+        One row per case, in the order given; ``regions`` joins the DIS regions with
+        ``n_lesions > 0`` (in the entry's order) with ``;`` (empty when none).
+    """
+    rows = []
+    for case_id, entry in entries.items():
+        dis, reg = entry["dis"], entry["registration"]
+        rows.append(
+            {
+                "case_id": case_id,
+                "regions": ";".join(r for r, v in dis["regions"].items() if v["n_lesions"] > 0),
+                "verdict": dis["verdict"],
+                "verdict_without_review": dis["verdict_without_review"],
+                "probability": dis["probability"],
+                "n_review": dis["n_review"],
+                "registration_ok": reg["ok"],
+            }
+        )
+    return pd.DataFrame(rows, columns=list(DIS_COLUMNS))
 
 
 @dataclass(frozen=True)
@@ -261,6 +360,7 @@ class _CaseJob:
         model_digest: The model's identity, for the case's batch digest.
         rule_threshold: The threshold in force, for the case's batch digest.
         bids_out: As :func:`predict_manifest` (only in this process).
+        location: As :func:`predict_manifest`.
     """
 
     model: FittedModel | tuple[Path, str]
@@ -272,6 +372,7 @@ class _CaseJob:
     model_digest: str
     rule_threshold: float
     bids_out: str | Path | None = None
+    location: bool = False
 
 
 def _predict_case(job: _CaseJob) -> PredictResult:
@@ -290,8 +391,17 @@ def _predict_case(job: _CaseJob) -> PredictResult:
         bids_out=job.bids_out,
         ignore=job.case.ignore,
         samples=job.case.samples,
+        location=job.location,
     )
-    _mark(job.folder, job.model_digest, job.case, job.rule_threshold, job.save_maps, job.bids_out)
+    _mark(
+        job.folder,
+        job.model_digest,
+        job.case,
+        job.rule_threshold,
+        job.save_maps,
+        job.bids_out,
+        job.location,
+    )
     return res
 
 
@@ -304,6 +414,7 @@ def _check_bids(
     threshold: float,
     save_maps: bool,
     overwrite: bool,
+    location: bool = False,
 ) -> None:
     """Check ``bids_out`` for the cases to compute (reused cases are already there)."""
     from lesionuq.export.bids import check_bids_out, scan_entities
@@ -317,7 +428,8 @@ def _check_bids(
     todo = [
         e
         for c, e in zip(cases, entities, strict=True)
-        if _previous(out / c.case_id, model_digest, c, threshold, save_maps, bids_out) is None
+        if _previous(out / c.case_id, model_digest, c, threshold, save_maps, bids_out, location)
+        is None
     ]
     check_bids_out(bids_out, entities, overwrite=True, inputs=inputs)  # folder, duplicates
     check_bids_out(bids_out, todo, overwrite=overwrite, inputs=inputs)
@@ -329,8 +441,10 @@ def _batch_digest(
     threshold: float,
     save_maps: bool,
     bids_out: str | Path | None = None,
+    location: bool = False,
 ) -> str:
-    payload = {
+    """The digest of one case's prediction settings (``OUT/CASE/.batch_digest``)."""
+    payload: dict[str, object] = {
         "model": model_digest,
         "images": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in case.images],
         **_samples_key(case),
@@ -339,6 +453,8 @@ def _batch_digest(
     }
     if bids_out is not None:  # absent key: digests of batches without BIDS are unchanged
         payload["bids_out"] = str(Path(bids_out).resolve())
+    if location:  # absent key: digests of batches without location are unchanged
+        payload["location"] = True
     return config_digest(payload)
 
 
@@ -357,8 +473,9 @@ def _mark(
     threshold: float,
     save_maps: bool,
     bids_out: str | Path | None = None,
+    location: bool = False,
 ) -> None:
-    digest = _batch_digest(model_digest, case, threshold, save_maps, bids_out)
+    digest = _batch_digest(model_digest, case, threshold, save_maps, bids_out, location)
     atomic_write_text(folder / _DIGEST, digest + "\n")
     add_written(folder, [_DIGEST])
 
@@ -370,11 +487,13 @@ def _previous(
     threshold: float,
     save_maps: bool,
     bids_out: str | Path | None = None,
+    location: bool = False,
 ) -> pd.DataFrame | None:
     """The table of an identical earlier prediction in ``folder``, else None."""
     try:
         stored = (folder / _DIGEST).read_text().strip()
-        if stored != _batch_digest(model_digest, case, threshold, save_maps, bids_out):
+        digest = _batch_digest(model_digest, case, threshold, save_maps, bids_out, location)
+        if stored != digest:
             return None
         return read_csv_table(folder / "lesions.csv")
     except (OSError, ValueError):
