@@ -82,6 +82,9 @@ class MethodSpec:
         reads: Sections of the experiment config the scorer is built from besides
             ``settings`` (a ``factory``'s); with the ``settings`` paths, what its fit
             depends on.
+        needs_location: Whether it reads the lesions' locations (the lesion table's
+            ``location`` and MNI columns, added by the graphs stage when
+            ``graphs.location`` is on; the config refuses it otherwise).
     """
 
     implementation: str | type
@@ -95,6 +98,7 @@ class MethodSpec:
     settings: Mapping[str, str] = field(default_factory=dict)
     factory: str | None = None
     reads: tuple[str, ...] = ()
+    needs_location: bool = False
 
     @property
     def cls(self) -> type:
@@ -247,6 +251,26 @@ CATALOGUE: dict[str, MethodSpec] = {
         self_calibrated=True,
         kwargs={"candidates": ("entropy_mean", "variance_mean", "pcs_mean", "size", "gcnn_robust")},
         settings=_INNER,
+    ),
+    # beyond the paper (issue 30, the paper's future work): the lesion's location class
+    # and MNI centroid as features (scorers/located.py; needs graphs.location: true)
+    "gcnn_loc": MethodSpec(
+        "lesionuq.scorers.located:LocationGCNNScorer",
+        "GCNN + location",
+        ("#ff9896", "-", 2.0),
+        output="p_fp",
+        fit_cost=1.0,
+        factory="lesionuq.scorers.located:make_gcnn_loc",
+        reads=("gcnn", "sequences"),
+        needs_location=True,
+    ),
+    "metaseg_loc": MethodSpec(
+        "lesionuq.scorers.located:LocationMetaSegScorer",
+        "MetaSeg + location",
+        ("#c49c94", "-.", 1.4),
+        output="p_fp",
+        kwargs={"task": "classif"},
+        needs_location=True,
     ),
 }
 """Method name -> :class:`MethodSpec`; the one table of method names."""

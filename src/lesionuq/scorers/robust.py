@@ -126,6 +126,9 @@ class RobustGCNNScorer(GCNNScorer):
         self.augment = augment
         self._aug_gen: torch.Generator | None = None
 
+    _n_lesion_columns = 0
+    """Trailing node columns that hold lesion-level features (left out of the noise)."""
+
     def _prepared(self, lesions: LesionSet) -> LesionSet:
         return scan_normalised(lesions, self.n_sequences) if self.scan_norm else lesions
 
@@ -133,13 +136,9 @@ class RobustGCNNScorer(GCNNScorer):
         """Fit the GCNN on the (normalised) lesions; see :meth:`GCNNScorer.fit`."""
         self._aug_gen = torch.Generator().manual_seed(self.cfg.seed + 1)
         try:
-            return super().fit(self._prepared(lesions), progress)
+            return super().fit(lesions, progress)
         finally:
             self._aug_gen = None
-
-    def score(self, lesions: LesionSet) -> np.ndarray:
-        """(N,) float64 scores of the (normalised) lesions; see :meth:`GCNNScorer.score`."""
-        return super().score(self._prepared(lesions))
 
     def _augment(self, batch: Data) -> Data:
         if not self.augment or self._aug_gen is None:
@@ -153,7 +152,8 @@ class RobustGCNNScorer(GCNNScorer):
         per_node = batch.batch.cpu()
         n = self.n_sequences
         x[:, :n] = x[:, :n] * scale[per_node].to(x) + shift[per_node].to(x)
-        noisy = [j for j in range(x.shape[1]) if j != n]  # all but the label column
+        # all but the label column and the lesion-level columns appended by a subclass
+        noisy = [j for j in range(x.shape[1] - self._n_lesion_columns) if j != n]
         noise = AUG_NOISE_SD * torch.randn(x.shape[0], len(noisy), generator=gen)
         x[:, noisy] = x[:, noisy] + noise.to(x)
         batch = batch.clone()
