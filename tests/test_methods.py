@@ -36,7 +36,8 @@ def test_one_table_under_every_old_name() -> None:
     assert LEARNED_METHODS == (
         "gcnn_classif", "gcnn_reg", "metaseg_classif", "metaseg_reg",
         "gcnn_ens", "gcnn_auto", "gcnn_stack",
-        "gcnn_nawm", "gcnn_aug", "gcnn_robust", "gcnn_stack_robust",
+        "gcnn_nawm", "gcnn_aug", "gcnn_robust", "gcnn_unc", "gcnn_stack_robust",
+        "gcnn_loc", "metaseg_loc",
     )  # fmt: skip
     assert LABELS["gcnn_stack"] == "GCNN + uncertainty means (stacked)"
     assert REQUIRED_SCORERS == ("gcnn_classif", "gcnn_reg")

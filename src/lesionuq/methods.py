@@ -242,6 +242,7 @@ CATALOGUE: dict[str, MethodSpec] = {
     "gcnn_nawm": _robust("gcnn_nawm", "GCNN, ring-normalised", "#e7969c"),
     "gcnn_aug": _robust("gcnn_aug", "GCNN, augmented", "#ad494a"),
     "gcnn_robust": _robust("gcnn_robust", "GCNN, ring-normalised + augmented", "#843c39"),
+    "gcnn_unc": _robust("gcnn_unc", "GCNN, uncertainty only", "#e6550d"),
     "gcnn_stack_robust": MethodSpec(
         "lesionuq.scorers.select:StackedScorer",
         "Robust GCNN + uncertainty means (stacked)",
