@@ -9,7 +9,7 @@ from helpers import random_lesion_set
 from lesionuq.config import ExperimentConfig, GCNNConfig
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.scorers import load_scorer, make_scorer
-from lesionuq.scorers.robust import RobustGCNNScorer, scan_normalised
+from lesionuq.scorers.robust import RobustGCNNScorer, scan_normalised, without_intensities
 
 
 def _two_scans() -> LesionSet:
@@ -101,3 +101,20 @@ def test_catalogue_builds_the_robust_methods_from_the_config():
     assert stack.candidates == (*STACK_CANDIDATES[:-1], "gcnn_robust")
     inner = stack._factories()["gcnn_robust"]()  # the candidate sees the run's sequences
     assert inner.n_sequences == 2
+
+
+def test_uncertainty_only_gcnn_ignores_the_intensities(tmp_path) -> None:
+    cfg = ExperimentConfig(gcnn=GCNNConfig(epochs=3))
+    lesions = random_lesion_set(24, seed=4)
+    other = random_lesion_set(24, seed=4)
+    for g in other.graphs:  # another scanner: any intensities at all
+        g.x[:, 0] = 100.0 * torch.rand(g.x.shape[0]) - 7.0
+    assert torch.equal(without_intensities(lesions).graphs[0].x, lesions.graphs[0].x[:, 1:])
+    scorer = make_scorer("gcnn_unc", cfg).fit(lesions, progress=False)
+    assert scorer.in_features_ == 4  # label + 3 uncertainties of the 5 columns
+    u = scorer.score(lesions)
+    assert np.array_equal(scorer.score(other), u)
+    refit = make_scorer("gcnn_unc", cfg).fit(other, progress=False)
+    assert np.array_equal(refit.score(lesions), u)  # the fit never saw them either
+    scorer.save(tmp_path / "unc")
+    assert np.array_equal(load_scorer("gcnn_unc", tmp_path / "unc").score(lesions), u)

@@ -351,12 +351,17 @@ class GraphConfig(_Section):
             normalised to [0, 1] in the volume) and ``"border_distance"`` (distance to the
             lesion border in voxels, negative outside).
         logsum_eps: Lower clip of voxel uncertainty before taking its log (logsum baselines).
+        location: Also locate every lesion (registration of each scan to MNI152, about
+            10 s; :func:`lesionuq.location.features.locate_lesions`): the lesion tables
+            gain ``location`` and the MNI centroid, which the location-aware methods
+            (``gcnn_loc``, ``metaseg_loc``) read. Off by default.
     """
 
     epsilon: float = 0.1
     dilation: int = 1
     extra_features: tuple[ExtraFeature, ...] = ()
     logsum_eps: float = 1e-6
+    location: bool = False
 
     def _check(self) -> None:
         _require(0.0 <= self.epsilon <= 1.0, self, "epsilon", "in [0, 1]", self.epsilon)
@@ -482,6 +487,11 @@ class ExperimentConfig(_Section):
                 known = list(CATALOGUE)
                 rule = f"one of {', '.join(known)}"
                 raise _Invalid(self, "methods", rule, method, did_you_mean(method, known))
+            if CATALOGUE[method].needs_location and not self.graphs.location:
+                raise ConfigError(
+                    f"config.methods: '{method}' reads the lesions' locations; set "
+                    "graphs.location: true (each scan is registered to MNI152, about 10 s)."
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples become lists), suitable for YAML or JSON."""

@@ -684,6 +684,7 @@ def _graphs_case(job: _GraphsJob) -> tuple[LesionSet, dict[str, object]]:
     """One case's lesions (``lesions.nii.gz`` written) and its cases.csv row."""
     from lesionuq.evaluation.metrics import dice
     from lesionuq.lesions.graphs import case_lesions
+    from lesionuq.location.features import with_locations
 
     cfg, c = job.cfg, job.case_id
     image, mask, affine = load_preprocessed(job.run, c, cfg.sequences)
@@ -692,6 +693,8 @@ def _graphs_case(job: _GraphsJob) -> tuple[LesionSet, dict[str, object]]:
     labels, lesions = case_lesions(
         maps.seg, image, maps, mask, affine, cfg.graphs, c, ignore=ignore
     )
+    if cfg.graphs.location:  # the lesion tables gain location + MNI centroid (~10 s)
+        lesions, _ = with_locations(lesions, image[0], affine, labels)
     save_nifti(job.case_dir / "lesions.nii.gz", labels.astype(np.int32), affine)
     ignored = lesions.table["in_ignore"].to_numpy(dtype=bool)
     # lesions mostly in the ignore region are neither TP nor FP: not fitted, not evaluated

@@ -86,6 +86,9 @@ class MethodSpec:
             ``estimators``, a list of (name, scorer) pairs as in scikit-learn's
             ``StackingClassifier(estimators=...)``; the registry builds them from the same
             config (:func:`lesionuq.scorers.registry.make_estimators`).
+        needs_location: Whether it reads the lesions' locations (the lesion table's
+            ``location`` and MNI columns, added by the graphs stage when
+            ``graphs.location`` is on; the config refuses it otherwise).
     """
 
     implementation: str | type
@@ -100,6 +103,7 @@ class MethodSpec:
     factory: str | None = None
     reads: tuple[str, ...] = ()
     candidates: tuple[str, ...] = ()
+    needs_location: bool = False
 
     @property
     def cls(self) -> type:
@@ -266,12 +270,33 @@ CATALOGUE: dict[str, MethodSpec] = {
     "gcnn_nawm": _robust("gcnn_nawm", "GCNN, ring-normalised", "#e7969c"),
     "gcnn_aug": _robust("gcnn_aug", "GCNN, augmented", "#ad494a"),
     "gcnn_robust": _robust("gcnn_robust", "GCNN, ring-normalised + augmented", "#843c39"),
+    "gcnn_unc": _robust("gcnn_unc", "GCNN, uncertainty only", "#e6550d"),
     "gcnn_stack_robust": _selector(
         "StackedScorer",
         "Robust GCNN + uncertainty means (stacked)",
         "#525252",
         (*_STACK, "gcnn_robust"),
         self_calibrated=True,
+    ),
+    # beyond the paper (issue 30, the paper's future work): the lesion's location class
+    # and MNI centroid as features (scorers/located.py; needs graphs.location: true)
+    "gcnn_loc": MethodSpec(
+        "lesionuq.scorers.located:LocationGCNNScorer",
+        "GCNN + location",
+        ("#ff9896", "-", 2.0),
+        output="p_fp",
+        fit_cost=1.0,
+        factory="lesionuq.scorers.located:make_gcnn_loc",
+        reads=("gcnn", "sequences"),
+        needs_location=True,
+    ),
+    "metaseg_loc": MethodSpec(
+        "lesionuq.scorers.located:LocationMetaSegScorer",
+        "MetaSeg + location",
+        ("#c49c94", "-.", 1.4),
+        output="p_fp",
+        kwargs={"task": "classif"},
+        needs_location=True,
     ),
 }
 """Method name -> :class:`MethodSpec`; the one table of method names."""

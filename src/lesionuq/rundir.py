@@ -240,5 +240,12 @@ def sample_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
 
 
 def graphs_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
-    """Digest of everything a fold's lesion tables and graphs depend on."""
-    return digest_of(sample_digest(cfg, split), cfg.graphs)
+    """Digest of everything a fold's lesion tables and graphs depend on.
+
+    ``graphs.location`` enters only when on, so runs made before it existed keep their
+    digest (and are not redone).
+    """
+    graphs = dataclasses.asdict(cfg.graphs)
+    if not graphs["location"]:
+        del graphs["location"]
+    return digest_of(sample_digest(cfg, split), graphs)

@@ -149,6 +149,15 @@ class MetaSegScorer(LesionScorer):
         self.name = name or f"metaseg_{task}"
         self.max_iter = max_iter
 
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The columns of :meth:`_features`, in order."""
+        return tuple(METASEG_FEATURES)
+
+    def _features(self, table: pd.DataFrame) -> np.ndarray:
+        """(N, D) unstandardised features of the lesion table (a subclass may add some)."""
+        return metaseg_features(table, self.name)
+
     def _new_model(self) -> LogisticRegression | LinearRegression:
         if self.task == "classif":
             return LogisticRegression(max_iter=self.max_iter)
@@ -160,7 +169,7 @@ class MetaSegScorer(LesionScorer):
         Raises:
             ValueError: Missing feature/label columns, or NaN labels (no ground truth).
         """
-        x = metaseg_features(lesions.table, self.name)
+        x = self._features(lesions.table)
         self.scaler_: StandardScaler | None = None
         self.model_: LogisticRegression | LinearRegression | None = None
         self.constant_: float | None = None
@@ -194,7 +203,7 @@ class MetaSegScorer(LesionScorer):
     def score(self, lesions: LesionSet) -> np.ndarray:
         """(N,) float64: P(FP) (classif) or 1 - predicted IoU_adj (reg)."""
         check_is_fitted(self)
-        x = metaseg_features(lesions.table, self.name)
+        x = self._features(lesions.table)
         if self.constant_ is not None:
             return np.full(len(x), self.constant_, dtype=np.float64)
         if len(x) == 0:
@@ -213,7 +222,7 @@ class MetaSegScorer(LesionScorer):
         assert self.scaler_ is not None and self.model_ is not None
         state: dict[str, Any] = {
             "constant": None,
-            "features": list(METASEG_FEATURES),
+            "features": list(self.feature_names),
             "scaler_mean": self.scaler_.mean_.tolist(),
             "scaler_scale": self.scaler_.scale_.tolist(),
             "n_samples_seen": int(self.scaler_.n_samples_seen_),
@@ -232,7 +241,7 @@ class MetaSegScorer(LesionScorer):
         self.constant_ = state.get("constant")
         if self.constant_ is not None:
             return
-        n = len(METASEG_FEATURES)
+        n = len(self.feature_names)
         scaler = StandardScaler()
         scaler.mean_ = np.asarray(state["scaler_mean"], dtype=np.float64)
         scaler.scale_ = np.asarray(state["scaler_scale"], dtype=np.float64)

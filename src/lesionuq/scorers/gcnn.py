@@ -129,7 +129,7 @@ class GCNNScorer(LesionScorer):
             ValueError: No graphs, inconsistent node features, NaN labels.
         """
         with torch_threads(self.num_threads):
-            return self._fit(lesions, progress)
+            return self._fit(self._prepared(lesions), progress)
 
     def _fit(self, lesions: LesionSet, progress: bool) -> Self:
         cfg = self.cfg
@@ -205,6 +205,13 @@ class GCNNScorer(LesionScorer):
         self.fit_seconds_ = 0.0
         self.n_train_ = self.n_val_ = 0
 
+    def _prepared(self, lesions: LesionSet) -> LesionSet:
+        """The lesions as the model reads them, in fit and score (a subclass's hook).
+
+        Unchanged here; a subclass may normalise per scan or append lesion-level columns.
+        """
+        return lesions
+
     def _augment(self, batch: Data) -> Data:
         """A training batch as the model sees it: unchanged here (a subclass's hook)."""
         return batch
@@ -243,7 +250,7 @@ class GCNNScorer(LesionScorer):
             ValueError: Missing graphs or a node-feature count differing from the fit.
         """
         with torch_threads(self.num_threads):
-            return self._score(lesions)
+            return self._score(self._prepared(lesions))
 
     def _score(self, lesions: LesionSet) -> np.ndarray:
         check_is_fitted(self)

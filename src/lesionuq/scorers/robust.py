@@ -19,6 +19,11 @@ for that reason and fixed before any cross-family result was seen:
   ``N(0, 0.25)``, and Gaussian noise (SD 0.1) is added to the intensity and uncertainty
   columns, so the model cannot rely on an exact intensity level or scale.
 
+* **Fewer family-specific features** (``intensities=False``): the intensity columns are
+  left out, so the GCNN reads only the label and the three voxel uncertainties, which
+  the scan's own segmenter produces; how a family's lesions, mimics and scanner look
+  reaches the model only through them.
+
 Everything else (architecture, training, epoch choice) is the paper's GCNN.
 
 Example:
@@ -43,7 +48,9 @@ __all__ = [
     "make_gcnn_aug",
     "make_gcnn_nawm",
     "make_gcnn_robust",
+    "make_gcnn_unc",
     "scan_normalised",
+    "without_intensities",
 ]
 
 AUG_SCALE = (0.8, 1.25)
@@ -105,6 +112,8 @@ class RobustGCNNScorer(GCNNScorer):
         scan_norm: Re-express intensities relative to each scan's perilesional ring
             (:func:`scan_normalised`), in fit and in score.
         augment: Augment the training batches (intensity scale, shift and node noise).
+        intensities: Keep the intensity columns (False: the graphs lose their first
+            ``n_sequences`` columns, in fit and in score).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         num_threads: PyTorch CPU threads while fitting / scoring.
     """
@@ -119,27 +128,35 @@ class RobustGCNNScorer(GCNNScorer):
         augment: bool = False,
         device: str = "cpu",
         num_threads: int | None = 1,
+        intensities: bool = True,
     ) -> None:
         super().__init__(task, cfg, name, device, num_threads)
         self.n_sequences = n_sequences
         self.scan_norm = scan_norm
         self.augment = augment
+        self.intensities = intensities
         self._aug_gen: torch.Generator | None = None
 
+    _n_lesion_columns = 0
+    """Trailing node columns that hold lesion-level features (left out of the noise)."""
+
     def _prepared(self, lesions: LesionSet) -> LesionSet:
+        if not self.intensities:
+            return without_intensities(lesions, self.n_sequences)
         return scan_normalised(lesions, self.n_sequences) if self.scan_norm else lesions
+
+    @property
+    def _n_intensity_columns(self) -> int:
+        """Intensity columns at the start of the model's input (0 without them)."""
+        return self.n_sequences if self.intensities else 0
 
     def fit(self, lesions: LesionSet, progress: bool = True) -> Self:
         """Fit the GCNN on the (normalised) lesions; see :meth:`GCNNScorer.fit`."""
         self._aug_gen = torch.Generator().manual_seed(self.cfg.seed + 1)
         try:
-            return super().fit(self._prepared(lesions), progress)
+            return super().fit(lesions, progress)
         finally:
             self._aug_gen = None
-
-    def score(self, lesions: LesionSet) -> np.ndarray:
-        """(N,) float64 scores of the (normalised) lesions; see :meth:`GCNNScorer.score`."""
-        return super().score(self._prepared(lesions))
 
     def _augment(self, batch: Data) -> Data:
         if not self.augment or self._aug_gen is None:
@@ -151,9 +168,10 @@ class RobustGCNNScorer(GCNNScorer):
         scale = lo + (hi - lo) * torch.rand(n_graphs, 1, generator=gen)
         shift = AUG_SHIFT_SD * torch.randn(n_graphs, 1, generator=gen)
         per_node = batch.batch.cpu()
-        n = self.n_sequences
+        n = self._n_intensity_columns
         x[:, :n] = x[:, :n] * scale[per_node].to(x) + shift[per_node].to(x)
-        noisy = [j for j in range(x.shape[1]) if j != n]  # all but the label column
+        # all but the label column and the lesion-level columns appended by a subclass
+        noisy = [j for j in range(x.shape[1] - self._n_lesion_columns) if j != n]
         noise = AUG_NOISE_SD * torch.randn(x.shape[0], len(noisy), generator=gen)
         x[:, noisy] = x[:, noisy] + noise.to(x)
         batch = batch.clone()
@@ -161,7 +179,29 @@ class RobustGCNNScorer(GCNNScorer):
         return batch
 
 
-def _robust(cfg: ExperimentConfig, name: str, scan_norm: bool, augment: bool) -> RobustGCNNScorer:
+def without_intensities(lesions: LesionSet, n_sequences: int = 1) -> LesionSet:
+    """The lesions with the first ``n_sequences`` (intensity) node columns removed.
+
+    Args:
+        lesions: N lesions with graphs; ``x`` columns ``[I_1..I_n, label, entropy,
+            variance, pcs, ...]``.
+        n_sequences: n, the number of intensity columns.
+
+    Returns:
+        A new :class:`LesionSet` (same table; the input is not changed) whose graphs have
+        ``x`` of shape (n_nodes, F - n): ``[label, entropy, variance, pcs, ...]``.
+    """
+    graphs = []
+    for g in lesions.graphs:
+        h = g.clone()
+        h.x = g.x[:, n_sequences:].clone()
+        graphs.append(h)
+    return LesionSet(lesions.table, graphs)
+
+
+def _robust(
+    cfg: ExperimentConfig, name: str, scan_norm: bool, augment: bool, intensities: bool = True
+) -> RobustGCNNScorer:
     return RobustGCNNScorer(
         "classif",
         cfg.gcnn,
@@ -169,6 +209,7 @@ def _robust(cfg: ExperimentConfig, name: str, scan_norm: bool, augment: bool) ->
         n_sequences=len(cfg.sequences),
         scan_norm=scan_norm,
         augment=augment,
+        intensities=intensities,
     )
 
 
@@ -185,3 +226,8 @@ def make_gcnn_aug(cfg: ExperimentConfig) -> RobustGCNNScorer:
 def make_gcnn_robust(cfg: ExperimentConfig) -> RobustGCNNScorer:
     """The catalogue's ``gcnn_robust``: ring-normalised and augmented."""
     return _robust(cfg, "gcnn_robust", scan_norm=True, augment=True)
+
+
+def make_gcnn_unc(cfg: ExperimentConfig) -> RobustGCNNScorer:
+    """The catalogue's ``gcnn_unc``: no intensities, only the label and the uncertainties."""
+    return _robust(cfg, "gcnn_unc", scan_norm=False, augment=False, intensities=False)

@@ -1,0 +1,130 @@
+"""Location as a feature of the lesion scorers (issue 30, part 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from helpers import random_lesion_set
+from lesionuq.config import ExperimentConfig, GCNNConfig, GraphConfig
+from lesionuq.errors import ConfigError
+from lesionuq.location import features as feat
+from lesionuq.location.features import FEATURE_NAMES, location_features, with_locations
+from lesionuq.rundir import FoldSplit, graphs_digest
+from lesionuq.scorers import load_scorer, make_scorer
+from lesionuq.scorers.located import (
+    LocationGCNNScorer,
+    LocationMetaSegScorer,
+    with_lesion_columns,
+)
+
+
+def _table(locations: list[str], mni: list[list[float]]) -> pd.DataFrame:
+    m = np.asarray(mni, dtype=float)
+    return pd.DataFrame(
+        {"location": locations, "mni_x_mm": m[:, 0], "mni_y_mm": m[:, 1], "mni_z_mm": m[:, 2]}
+    )
+
+
+def test_location_features_hand_values() -> None:
+    table = _table(
+        ["periventricular", "infratentorial", "unknown"],
+        [[25.0, -50.0, 100.0], [0.0, -40.0, -30.0], [np.nan, np.nan, np.nan]],
+    )
+    x = location_features(table)
+    assert FEATURE_NAMES == (
+        "loc_periventricular", "loc_juxtacortical", "loc_infratentorial", "loc_deep",
+        "mni_x", "mni_y", "mni_z",
+    )  # fmt: skip
+    assert x.tolist() == [
+        [1.0, 0.0, 0.0, 0.0, 0.5, -1.0, 2.0],
+        [0.0, 0.0, 1.0, 0.0, 0.0, -0.8, -0.6],
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # unknown: no class, no coordinates
+    ]
+    assert location_features(table.iloc[:0]).shape == (0, 7)
+
+
+def test_location_features_name_what_is_missing() -> None:
+    with pytest.raises(ValueError, match=r"gcnn_loc.*mni_z_mm.*graphs.location: true"):
+        location_features(_table(["deep"], [[0, 0, 0]]).drop(columns="mni_z_mm"), "gcnn_loc")
+    with pytest.raises(ValueError, match="cortex"):
+        location_features(_table(["cortex"], [[0, 0, 0]]))
+
+
+def test_with_lesion_columns_broadcasts_each_row_to_its_nodes() -> None:
+    lesions = random_lesion_set(3, n_features=5)
+    f = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    out = with_lesion_columns(lesions, f)
+    for g, h, row in zip(lesions.graphs, out.graphs, f, strict=True):
+        assert h.x.shape == (g.x.shape[0], 7)
+        assert torch.equal(h.x[:, :5], g.x)
+        assert torch.equal(h.x[:, 5:], torch.tensor(row, dtype=torch.float32).expand(len(g.x), 2))
+    assert lesions.graphs[0].x.shape[1] == 5  # the input is unchanged
+
+
+def test_with_locations_joins_by_lesion_id(monkeypatch) -> None:
+    lesions = random_lesion_set(3).subset([2, 0])  # lesion ids 3 and 1, in that order
+    names = ["deep", "juxtacortical", "periventricular"]
+    located = _table(names, [[1, 1, 1], [2, 2, 2], [3, 3, 3]])
+    monkeypatch.setattr(feat, "locate_lesions", lambda image, affine, labels: (located, "reg"))
+    out, reg = with_locations(lesions, np.zeros((2, 2, 2)), np.eye(4), np.zeros((2, 2, 2)))
+    assert reg == "reg"
+    assert out.table["location"].tolist() == ["periventricular", "deep"]
+    assert out.table["mni_x_mm"].tolist() == [3.0, 1.0]
+    assert out.graphs is lesions.graphs
+
+
+def _located_set(n: int, seed: int) -> object:
+    """FP status depends on the location only: the other columns are noise."""
+    lesions = random_lesion_set(n, seed=seed)
+    rng = np.random.default_rng(seed + 10)
+    is_fp = np.arange(n) % 2 == 1
+    lesions.table["is_tp"] = ~is_fp
+    lesions.table["iou_adj"] = np.where(is_fp, 0.0, 0.7)
+    lesions.table["location"] = np.where(is_fp, "juxtacortical", "periventricular")
+    for c in ("mni_x_mm", "mni_y_mm", "mni_z_mm"):
+        lesions.table[c] = rng.normal(0, 30, n)  # coordinates carry nothing
+    return lesions
+
+
+def test_location_scorers_learn_a_location_rule_the_plain_ones_cannot() -> None:
+    train, test = _located_set(60, 0), _located_set(40, 1)
+    y_fp = ~test.table["is_tp"].to_numpy(bool)
+    cfg = ExperimentConfig(gcnn=GCNNConfig(epochs=30), graphs=GraphConfig(location=True))
+    for plain, located in [("gcnn_classif", "gcnn_loc"), ("metaseg_classif", "metaseg_loc")]:
+        auc_plain = roc_auc_score(y_fp, make_scorer(plain, cfg).fit(train, False).score(test))
+        auc_loc = roc_auc_score(y_fp, make_scorer(located, cfg).fit(train, False).score(test))
+        assert auc_loc > 0.95, (located, auc_loc)
+        assert auc_plain < 0.8, (plain, auc_plain)
+
+
+def test_location_scorers_save_and_reload(tmp_path) -> None:
+    lesions = _located_set(24, 2)
+    cfg = ExperimentConfig(gcnn=GCNNConfig(epochs=3), graphs=GraphConfig(location=True))
+    for name, cls in [("gcnn_loc", LocationGCNNScorer), ("metaseg_loc", LocationMetaSegScorer)]:
+        scorer = make_scorer(name, cfg).fit(lesions, progress=False)
+        assert isinstance(scorer, cls) and scorer.name == name
+        u = scorer.score(lesions)
+        scorer.save(tmp_path / name)
+        assert np.allclose(load_scorer(name, tmp_path / name).score(lesions), u)
+    assert make_scorer("gcnn_loc", cfg).fit(lesions, False).in_features_ == 5 + 7
+
+
+def test_config_refuses_location_methods_without_graphs_location() -> None:
+    with pytest.raises(ConfigError, match=r"gcnn_loc.*graphs\.location: true"):
+        ExperimentConfig(methods=("gcnn_classif", "gcnn_loc"))
+    cfg = ExperimentConfig(methods=("gcnn_loc",), graphs=GraphConfig(location=True))
+    assert cfg.methods == ("gcnn_loc",)
+    assert ExperimentConfig.from_dict(cfg.to_dict()).graphs.location is True
+
+
+def test_graphs_digest_unchanged_without_location() -> None:
+    cfg = ExperimentConfig()
+    split = FoldSplit(0, ("a", "b"), ("c",), ("d",))
+    # the digest main gave before graphs.location existed: runs made then are not redone
+    assert graphs_digest(cfg, split) == "e73632adac9614a0"
+    on = cfg.replace(graphs=GraphConfig(location=True))
+    assert graphs_digest(on, split) != graphs_digest(cfg, split)
