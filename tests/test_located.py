@@ -128,3 +128,56 @@ def test_graphs_digest_unchanged_without_location() -> None:
     assert graphs_digest(cfg, split) == "e73632adac9614a0"
     on = cfg.replace(graphs=GraphConfig(location=True))
     assert graphs_digest(on, split) != graphs_digest(cfg, split)
+
+
+class _SeesLocations:
+    """A stand-in scorer that records the lesion tables it was given."""
+
+    requires_fit = False
+
+    def __init__(self) -> None:
+        self.tables: list[pd.DataFrame] = []
+
+    def score(self, lesions) -> np.ndarray:
+        self.tables.append(lesions.table.copy())
+        return location_features(lesions.table, "spy")[:, 0]  # 1 = periventricular
+
+
+def test_predict_locates_before_scoring_once(tmp_path, monkeypatch) -> None:
+    """A model whose scorer reads locations gets them in predict; --location reuses the
+    registration (one registration per scan)."""
+    import nibabel as nib
+
+    from lesionuq.methods import CATALOGUE, MethodSpec
+    from lesionuq.predict import load_model, predict_scan
+    from test_location_batch import identity
+    from test_predict import OBLIQUE_SHAPE, brain_scan, make_model_dir, oblique_affine
+
+    calls: list[int] = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return identity(*args, **kwargs)
+
+    monkeypatch.setattr(feat, "register_to_template", counted)
+    monkeypatch.setattr("lesionuq.location.register_to_template", counted)
+    monkeypatch.setitem(
+        CATALOGUE,
+        "spy_loc",
+        MethodSpec(_SeesLocations, "spy", ("#000", "-", 1.0), needs_location=True),
+    )
+    model = load_model(make_model_dir(tmp_path / "fold_0"), n_images=1)
+    spy = _SeesLocations()
+    model.scorers["spy_loc"] = spy
+    scan = tmp_path / "flair.nii.gz"
+    nib.save(brain_scan(oblique_affine(), OBLIQUE_SHAPE), str(scan))
+    res = predict_scan(model, scan, tmp_path / "out", progress=False, location=True)
+    assert len(calls) == 1  # located before scoring, reused by --location
+    (table,) = spy.tables
+    assert len(table) == len(res.table) > 0
+    assert list(table["location"]) == list(res.table["location"])  # the same locations
+    assert set(table["location"]) <= {"periventricular", "juxtacortical", "infratentorial", "deep"}
+    calls.clear()
+    predict_scan(model, scan, tmp_path / "out2", progress=False)  # without --location
+    assert len(calls) == 1 and len(spy.tables) == 2
+    assert "mni_x_mm" in spy.tables[1]

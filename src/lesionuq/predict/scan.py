@@ -45,6 +45,7 @@ from lesionuq.io import (
     load_nifti,
     save_nifti,
 )
+from lesionuq.methods import CATALOGUE
 from lesionuq.outputs import check_output_dir, locked_output, output_dir
 from lesionuq.predict.model import (
     REQUIRED_SCORERS,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 
     from lesionuq.lesions.dataset import LesionSet
     from lesionuq.location import LesionLocations
+    from lesionuq.location.register import Registration
     from lesionuq.uncertainty import VoxelMaps
 
 __all__ = [
@@ -285,6 +287,8 @@ class _OnGrid:
         samples: With the user's samples: ``{"path", "n_samples"}``; None for MC dropout.
         located: With ``location``: the lesions' locations, the region coverage and the
             registration (:func:`_locate`); None without.
+        registration: The scan's registration to MNI152 when a scorer needed the
+            locations before scoring (reused by :func:`_locate`); None otherwise.
     """
 
     pre: Preprocessed
@@ -297,6 +301,7 @@ class _OnGrid:
     in_ignore: np.ndarray | None = None
     samples: dict[str, object] | None = None
     located: _Located | None = None
+    registration: Registration | None = None
 
 
 @dataclass
@@ -326,7 +331,7 @@ def _locate(grid: _OnGrid) -> tuple[_Located, str | None]:
 
     image = grid.pre.image[0]
     brain = image != 0
-    reg = register_to_template(image, grid.pre.affine, brain)
+    reg = grid.registration or register_to_template(image, grid.pre.affine, brain)
     locations = classify_lesions(grid.labels, grid.pre.affine, reg, image=image)
     coverage = region_coverage(reg, brain)
     png = None
@@ -496,7 +501,8 @@ def predict_scan(
     out = Path(out)
     with locked_output(out):  # a second prediction into ``out`` is refused meanwhile
         check_output_dir(out, "prediction", overwrite=overwrite, inputs=inputs, writes=writes)
-        steps = (*_STEPS[:-1], "location", _STEPS[-1]) if location else _STEPS
+        located = location or _needs_location(model)
+        steps = (*_STEPS[:-1], "location", _STEPS[-1]) if located else _STEPS
         with _Steps(steps, progress, case_id).run() as step:
             grid = _infer(
                 model,
@@ -507,7 +513,8 @@ def predict_scan(
                 None if samples is None else Path(samples),
             )
             if location:
-                step("location")
+                if grid.registration is None:  # else the step ran before the scores
+                    step("location")
                 grid.located, warning = _locate(grid)
                 if warning is not None:
                     grid.warnings.append(warning)
@@ -582,9 +589,22 @@ def _infer(
     n = len(lesions)
     if int(labels.max(initial=0)) != n:
         raise RuntimeError(f"case_lesions returned {n} lesions but labels up to {labels.max()}.")
+    registration = None
+    if _needs_location(model):
+        # a scorer of the model reads the lesions' locations (graphs.location): locate
+        # before scoring; --location reuses this registration
+        from lesionuq.location.features import with_locations  # SimpleITK: only here
+
+        step("location")
+        lesions, registration = with_locations(lesions, pre.image[0], pre.affine, labels)
     step("scores")
     scores = _calibrate(model, _score(model, lesions))
     notes = _review_warnings(model, native, maps, pre)
+    if registration is not None and (problem := registration.problem()) is not None:
+        notes.append(
+            f"{problem[0].upper()}{problem[1:]}: the scorers that read the lesions' "
+            "locations saw them as unknown."
+        )
     if given is not None and model.segmenter is not None:
         notes.append(
             f"The segmentation comes from the samples given ({samples}, T = "
@@ -600,7 +620,13 @@ def _infer(
         notes,
         lesions.table["in_ignore"].to_numpy(dtype=bool) if region is not None else None,
         given,
+        registration=registration,
     )
+
+
+def _needs_location(model: FittedModel) -> bool:
+    """Whether a scorer of the model reads the lesions' locations (the catalogue says)."""
+    return any(name in CATALOGUE and CATALOGUE[name].needs_location for name in model.scorers)
 
 
 def _calibrate(model: FittedModel, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
