@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from lesionuq.evaluation.metrics import dice
-from lesionuq.experiment import load_preprocessed
 from lesionuq.lesions.components import label_lesions
+from lesionuq.pipeline.stages import load_preprocessed
 from lesionuq.rundir import RunDir
 from lesionuq.segmentation.sampling import bf16_native, mc_sample
 from lesionuq.segmentation.train import load_segmenter

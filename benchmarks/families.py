@@ -18,7 +18,7 @@ methods) and the paired difference of every method to the best baseline of that
 setting (the method with the highest AUC among those that are not GCNNs: the voxel
 aggregates, size and MetaSeg). The extra methods (``--extra``, default the robust
 variants of ``lesionuq.scorers.robust`` and ``gcnn_stack_robust``) are fitted into each
-run after the protocol (``lesionuq.experiment.stage_fit``).
+run after the protocol (``lesionuq.pipeline.fit.stage_fit``).
 
 Writes ``OUT/families.csv`` (one row per setting and method) and prints the tables and
 one line per setting:
@@ -47,8 +47,9 @@ import pandas as pd
 from lesionuq.config import ExperimentConfig
 from lesionuq.data.families import make_dataset
 from lesionuq.evaluation.bootstrap import bootstrap_auc
-from lesionuq.experiment import run_experiment, stage_fit
 from lesionuq.lesions.dataset import LesionSet
+from lesionuq.pipeline.experiment import run_experiment
+from lesionuq.pipeline.fit import stage_fit
 from lesionuq.rundir import RunDir
 from lesionuq.scorers import load_scorer
 from lesionuq.scorers.default_method import load_default_method
@@ -72,7 +73,7 @@ def plain_fit(run: Path, methods: list[str]) -> None:
     """Fit each missing method once per fold on its validation lesions (no calibrator).
 
     A shortcut for a bench short of time: the cross-fitted calibrator of
-    ``lesionuq.experiment.stage_fit`` changes no AUC (it is monotone), so a plain fit
+    ``lesionuq.pipeline.fit.stage_fit`` changes no AUC (it is monotone), so a plain fit
     gives the same ranking at a quarter of the cost. The stamp says so
     (``"digest": "plain-fit"``); such a scorer takes no part in ``default_method.json``
     (it has no out-of-fold P(FP)).

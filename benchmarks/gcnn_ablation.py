@@ -131,8 +131,8 @@ def transform(run: Path, fold: int, split: str, kind: str, cache: dict) -> Lesio
 
 def regraph(run: Path, fold: int, split: str, kind: str) -> LesionSet:
     """Rebuild a split's lesion graphs from the run's maps with another graph config."""
-    from lesionuq.experiment import load_preprocessed
     from lesionuq.lesions.graphs import case_lesions
+    from lesionuq.pipeline.stages import load_preprocessed
     from lesionuq.uncertainty import VoxelMaps
 
     rd = RunDir(run)

@@ -73,9 +73,9 @@ def main() -> None:
     from lesionuq.data.phantom import make_phantom_dataset
     from lesionuq.demo import bundled_config
     from lesionuq.evaluation.metrics import dice
-    from lesionuq.experiment import run_experiment
     from lesionuq.io import read_manifest
     from lesionuq.nnunet import stacks_from_nnunet
+    from lesionuq.pipeline.experiment import run_experiment
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,8 @@ import pandas as pd
 from lesionuq.config import ExperimentConfig
 from lesionuq.data.phantom import make_phantom_dataset
 from lesionuq.demo import bundled_config
-from lesionuq.experiment import run_experiment
 from lesionuq.lesions.dataset import LesionSet
+from lesionuq.pipeline.experiment import run_experiment
 from lesionuq.rundir import RunDir
 
 

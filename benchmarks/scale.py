@@ -40,14 +40,12 @@ import torch
 from lesionuq.config import PhantomConfig
 from lesionuq.data.phantom import make_phantom_dataset
 from lesionuq.demo import bundled_config
-from lesionuq.experiment import (
-    prepare_run,
-    stage_fit,
-    stage_graphs,
-    stage_preprocess,
-    stage_sample,
-    stage_train,
-)
+from lesionuq.pipeline.experiment import prepare_run
+from lesionuq.pipeline.fit import stage_fit
+from lesionuq.pipeline.graphs import stage_graphs
+from lesionuq.pipeline.preprocess import stage_preprocess
+from lesionuq.pipeline.sample import stage_sample
+from lesionuq.pipeline.train import stage_train
 from lesionuq.predict import load_model, predict_manifest
 
 

@@ -101,7 +101,7 @@ def tiny_run(tmp_path_factory):
     """
     from helpers import TINY
     from lesionuq.data.phantom import make_phantom_dataset
-    from lesionuq.experiment import run_experiment
+    from lesionuq.pipeline.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("exp")
     csv = make_phantom_dataset(root / "data", TINY.phantom, progress=False)

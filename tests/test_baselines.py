@@ -195,7 +195,10 @@ def test_registry_covers_every_method() -> None:
         "gcnn_nawm",
         "gcnn_aug",
         "gcnn_robust",
+        "gcnn_unc",
         "gcnn_stack_robust",
+        "gcnn_loc",
+        "metaseg_loc",
     }
     assert set(METHODS) <= set(REGISTRY)
     cfg = ExperimentConfig()

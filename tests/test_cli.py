@@ -106,7 +106,7 @@ def test_printed_tables_say_how_many_validation_lesions_the_learned_scorers_had(
     import pandas as pd
 
     from lesionuq import cli
-    from lesionuq.experiment import ExperimentResult
+    from lesionuq.pipeline.evaluate import ExperimentResult
 
     folder = tmp_path / "fold_0/graphs/val"
     folder.mkdir(parents=True)

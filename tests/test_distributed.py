@@ -180,7 +180,7 @@ def test_torchrun_trains_a_fold_and_writes_one_checkpoint_set(tiny_run, tmp_path
     import sys
 
     import lesionuq
-    from lesionuq.experiment import stage_train
+    from lesionuq.pipeline.train import stage_train
 
     _, _, result = tiny_run
     run = tmp_path / "run"

@@ -10,7 +10,8 @@ import pandas as pd
 
 from helpers import TINY
 from lesionuq.config import METHODS, ExperimentConfig, GCNNConfig
-from lesionuq.experiment import run_experiment, stage_fit
+from lesionuq.pipeline.experiment import run_experiment
+from lesionuq.pipeline.fit import stage_fit
 from lesionuq.segmentation import sampling, train
 
 

@@ -100,8 +100,9 @@ def test_ignored_voxels_give_no_gradient():
 def test_run_graphs_leave_ignored_lesions_out(tmp_path):
     """The experiment's lesion stage on the strip: B is neither TP nor FP, Dice skips I."""
     from lesionuq.config import ExperimentConfig
-    from lesionuq.experiment import _graphs_case, _GraphsJob, _pair
     from lesionuq.io import save_nifti
+    from lesionuq.pipeline.graphs import _graphs_case, _GraphsJob
+    from lesionuq.pipeline.train import _pair
 
     def vol(strip: np.ndarray) -> np.ndarray:
         out = np.zeros((13, 3, 3), np.float32)
@@ -138,8 +139,9 @@ def test_preprocessing_carries_the_ignore_column(tmp_path):
     import nibabel as nib
 
     from lesionuq.config import ExperimentConfig, PreprocessConfig
-    from lesionuq.experiment import _preprocess_case, _PreprocessJob, validate_run
     from lesionuq.io import InputError, read_manifest
+    from lesionuq.pipeline.experiment import validate_run
+    from lesionuq.pipeline.preprocess import _preprocess_case, _PreprocessJob
 
     data = tmp_path / "data"
     data.mkdir()

@@ -121,7 +121,7 @@ def test_output_folders_follow_the_umask(tmp_path):
 def test_second_holder_gets_one_sentence_with_the_pid(tmp_path):
     import fcntl
 
-    from lesionuq.experiment import stage_graphs
+    from lesionuq.pipeline.graphs import stage_graphs
 
     run = _make_run(tmp_path)
     fd = os.open(run / LOCK_FILE, os.O_RDWR | os.O_CREAT)
@@ -172,7 +172,7 @@ def test_stale_temporaries_are_cleaned_on_the_next_start(tmp_path):
 
 
 def test_a_foreign_folder_given_as_run_is_left_alone(tmp_path):
-    from lesionuq.experiment import stage_graphs
+    from lesionuq.pipeline.graphs import stage_graphs
 
     (tmp_path / ".tmp-user-file").write_text("user")
     with pytest.raises(InputError, match="not a run directory"):
@@ -263,7 +263,7 @@ def test_the_lock_is_never_followed_nor_a_non_file(tmp_path, kind):
 
 
 def test_a_look_alike_run_is_not_taken_for_a_run(tmp_path):
-    from lesionuq.experiment import stage_fit
+    from lesionuq.pipeline.fit import stage_fit
 
     run = tmp_path / "run"
     folds = [FoldSplit(0, ("a",), ("b",), ("c",)), FoldSplit(1, ("c",), ("b",), ("a",))]

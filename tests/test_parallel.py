@@ -133,7 +133,7 @@ def test_a_task_runs_torch_single_threaded():
 def test_default_path_imports_no_dask(tmp_path):
     code = (
         "import sys\n"
-        "import lesionuq.cli, lesionuq.experiment, lesionuq.predict\n"
+        "import lesionuq.cli, lesionuq.pipeline.experiment, lesionuq.predict\n"
         "from lesionuq.parallel import map_cases\n"
         "res = map_cases(abs, {'a': -2, 'b': 3}, progress=False)\n"
         "assert res.results == {'a': 2, 'b': 3}, res\n"
@@ -312,7 +312,10 @@ def _run_copies(run, tmp_path, local, drop):
 
 
 def test_experiment_stages_on_dask_write_the_same_files(tiny_run, cluster, tmp_path, one_thread):
-    from lesionuq.experiment import stage_fit, stage_graphs, stage_preprocess, stage_sample
+    from lesionuq.pipeline.fit import stage_fit
+    from lesionuq.pipeline.graphs import stage_graphs
+    from lesionuq.pipeline.preprocess import stage_preprocess
+    from lesionuq.pipeline.sample import stage_sample
 
     root, _, _ = tiny_run
     local, _ = cluster
@@ -338,7 +341,7 @@ def test_folds_train_side_by_side_on_dask_with_the_same_weights(
     """Two folds, one task each on single-threaded workers == the loop on one thread."""
     import torch
 
-    from lesionuq.experiment import stage_train
+    from lesionuq.pipeline.train import stage_train
 
     root, _, _ = tiny_run
     local, _ = cluster

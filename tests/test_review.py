@@ -23,15 +23,11 @@ from lesionuq.cli import app
 from lesionuq.config import METHODS, CalibrationConfig, ConfigError, ExperimentConfig
 from lesionuq.evaluation.calibration_metrics import CALIBRATION_COLUMNS
 from lesionuq.evaluation.curves import ac_auc
-from lesionuq.experiment import (
-    is_calibrated,
-    run_experiment,
-    score_fold,
-    stage_evaluate,
-    stage_fit,
-)
 from lesionuq.io import InputError
 from lesionuq.lesions.dataset import LesionSet
+from lesionuq.pipeline.evaluate import score_fold, stage_evaluate
+from lesionuq.pipeline.experiment import run_experiment
+from lesionuq.pipeline.fit import is_calibrated, stage_fit
 from lesionuq.predict import load_model, predict_scan
 from lesionuq.predict.model import UNCALIBRATED_NOTE, FittedModel
 from lesionuq.rundir import RunDir

@@ -1,10 +1,23 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lesionuq.config import ExperimentConfig
-from lesionuq.io import InputError
-from lesionuq.rundir import RunDir, make_folds, stamp_ok, write_stamp
+from lesionuq.io import Case, InputError
+from lesionuq.rundir import (
+    RunDir,
+    fit_digest,
+    graphs_digest,
+    make_folds,
+    preprocess_digest,
+    sample_digest,
+    shift_digest,
+    stamp_ok,
+    train_digest,
+    write_stamp,
+)
 
 
 @pytest.mark.parametrize(("n", "k"), [(20, 4), (83, 4), (7, 3), (5, 2)])
@@ -62,3 +75,60 @@ def test_stamps(tmp_path):
     write_stamp(p, "abc", seconds=1.5)
     assert stamp_ok(p, "abc")
     assert not stamp_ok(p, "abd")
+
+
+#: Stage digests of the default config (2 folds of c0..c5), as written by the runs made
+#: before issue 26 moved them: a changed string means every earlier run recomputes.
+PINNED = {
+    "unet": {
+        "preprocess": ("1a79c830e03792bf", "dda3777b04586389"),
+        "train": "c99aa908ff11c76b",
+        "sample": "a89a1a904ddcd48f",
+        "graphs": "3dfcb29d7ecdb924",
+        "fit": {
+            "gcnn_classif": "786d00dc950960b7",
+            "gcnn_reg": "f4f2a9b343ed8832",
+            "entropy_mean": "743a900b79be0010",
+            "size": "411e63010417ae2a",
+            "metaseg_classif": "abc1b1b47ebd8099",
+        },
+        "shift": "c0a7331e2a19088e",
+    },
+    "samples": {
+        "preprocess": ("6dfb007246765121", "2854b2760d300ada"),
+        "train": "86010deb2c8a35f0",
+        "sample": "454f309081705de0",
+        "graphs": "b465b27fe94363bd",
+        "fit": {
+            "gcnn_classif": "0818ebca1fa19a38",
+            "gcnn_reg": "514a03a5d420ca19",
+            "entropy_mean": "b931fa4d4bd370da",
+            "size": "f033f5ba665384ee",
+            "metaseg_classif": "059b66805bfa3d25",
+        },
+        "shift": "340fb6a3248a9609",
+    },
+}
+
+
+@pytest.mark.parametrize("protocol", ["unet", "samples"])
+def test_stage_digests_are_unchanged(protocol):
+    """An existing run resumes without recomputation: every stage's digest is pinned."""
+    cfg = ExperimentConfig().replace(folds=2, protocol=protocol)
+    split = make_folds([f"c{i}" for i in range(6)], 2, fixed_segmenter=protocol == "samples")[0]
+    plain = Case("a", (Path("/d/a_flair.nii.gz"),), Path("/d/a_mask.nii.gz"))
+    full = Case(
+        "b",
+        (Path("/d/b_flair.nii.gz"),),
+        None,
+        Path("/d/b_ignore.nii.gz"),
+        samples=Path("/d/b_s.nii.gz"),
+    )
+    pinned = PINNED[protocol]
+    assert (preprocess_digest(cfg, plain), preprocess_digest(cfg, full)) == pinned["preprocess"]
+    assert train_digest(cfg, split) == pinned["train"]
+    assert sample_digest(cfg, split) == pinned["sample"]
+    graphs = graphs_digest(cfg, split)
+    assert graphs == pinned["graphs"]
+    assert {m: fit_digest(graphs, m, cfg) for m in pinned["fit"]} == pinned["fit"]
+    assert shift_digest(cfg, split) == pinned["shift"]

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(900)
 
 def _stack(run: Path, fold: int, case_id: str, cfg) -> tuple[np.ndarray, np.ndarray]:
     """The MC-dropout samples of fold ``fold``'s U-Net for a case: (X, Y, Z, T), affine."""
-    from lesionuq.experiment import load_preprocessed
+    from lesionuq.pipeline.stages import load_preprocessed
     from lesionuq.segmentation.sampling import mc_samples
     from lesionuq.segmentation.train import load_segmenter
 
@@ -43,7 +43,7 @@ def samples_run(tiny_run, tmp_path_factory):
     run's preprocessed grid.
     """
     from helpers import TINY
-    from lesionuq.experiment import run_experiment
+    from lesionuq.pipeline.experiment import run_experiment
 
     root, csv, _ = tiny_run
     unet_run = root / "run"
@@ -189,7 +189,7 @@ def bad_data(samples_run, tmp_path):
 
 def _expect_refused(cases, tmp_path, match):
     from helpers import TINY
-    from lesionuq.experiment import run_experiment
+    from lesionuq.pipeline.experiment import run_experiment
 
     csv = tmp_path / "cases.csv"
     write_manifest(csv, cases)
@@ -271,7 +271,7 @@ def test_mask_on_the_samples_grid(bad_data):
 
 
 def test_train_refused_on_a_samples_run(samples_run, tmp_path):
-    from lesionuq.experiment import train_run
+    from lesionuq.pipeline.train import train_run
 
     _, run, _, _ = samples_run
     copy = tmp_path / "run"

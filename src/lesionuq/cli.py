@@ -251,7 +251,7 @@ def experiment(
     quiet: QuietOpt = False,
 ) -> None:
     """Run the paper's k-fold protocol on your own data."""
-    from lesionuq.experiment import run_experiment
+    from lesionuq.pipeline.experiment import run_experiment
 
     cfg = _load_config(config)
     if folds is not None:
@@ -281,7 +281,7 @@ def train(
 
     Multi-GPU (DDP): torchrun --nproc_per_node K -m lesionuq train --run-dir RUN
     """
-    from lesionuq.experiment import train_run
+    from lesionuq.pipeline.train import train_run
 
     train_run(run, fold, progress=not quiet, workers=workers)
 
@@ -312,7 +312,7 @@ def sample(
         return
     if run is None:
         raise InputError("give --run RUN (a run directory) or --stack PATH --out DIR.")
-    from lesionuq.experiment import stage_sample
+    from lesionuq.pipeline.sample import stage_sample
 
     stage_sample(run, fold, progress=not quiet, scheduler=scheduler, workers=workers)
 
@@ -327,7 +327,7 @@ def graphs(
     quiet: QuietOpt = False,
 ) -> None:
     """Stage: lesions, IoU_adj, TP/FP and lesion graphs for val/test cases."""
-    from lesionuq.experiment import stage_graphs
+    from lesionuq.pipeline.graphs import stage_graphs
 
     stage_graphs(run, fold, progress=not quiet, scheduler=scheduler, workers=workers)
 
@@ -343,7 +343,7 @@ def fit(
     quiet: QuietOpt = False,
 ) -> None:
     """Stage: fit the GCNNs and baselines on each fold's validation lesions."""
-    from lesionuq.experiment import stage_fit
+    from lesionuq.pipeline.fit import stage_fit
 
     stage_fit(run, fold, method, progress=not quiet, scheduler=scheduler, workers=workers)
 
@@ -352,7 +352,7 @@ def fit(
 @_friendly
 def evaluate(run: RunOpt, quiet: QuietOpt = False) -> None:
     """Stage: score test lesions, write tables, Figure 2 and the HTML report."""
-    from lesionuq.experiment import stage_evaluate
+    from lesionuq.pipeline.evaluate import stage_evaluate
 
     print_tables(stage_evaluate(run, progress=not quiet))
 

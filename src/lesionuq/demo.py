@@ -37,10 +37,11 @@ import torch
 
 from lesionuq.config import ExperimentConfig, PreprocessConfig, SamplingConfig, config_digest
 from lesionuq.errors import ConfigError, InputError
-from lesionuq.experiment import ExperimentResult, run_experiment
 from lesionuq.io import Case, load_case, read_manifest, write_manifest
 from lesionuq.outputs import add_written, check_output_dir, output_dir
 from lesionuq.parallel import map_cases
+from lesionuq.pipeline.evaluate import ExperimentResult
+from lesionuq.pipeline.experiment import run_experiment
 from lesionuq.rundir import digest_of, read_stamp, write_stamp
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ def demo_workers(
     CUDA); on a GPU, or on 1 core, everything runs in this process.
     On a 2-core AVX2 CPU two folds side by side, one thread each, trained 1.14x faster
     than one fold on both threads, and the scorer fits ran 2 at a time (the demo took
-    13 min 46 s there; see :func:`lesionuq.experiment.stage_train`).
+    13 min 46 s there; see :func:`lesionuq.pipeline.train.stage_train`).
 
     Args:
         workers: ``"auto"``, a count (1 or None: no workers), or its text (``"2"``).

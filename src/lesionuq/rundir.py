@@ -3,8 +3,10 @@
 A *stamp* is a small JSON file written last by a stage; it records the digest of every
 setting the stage's outputs depend on. A stage is skipped when its stamp exists and its
 digest matches, so a killed run resumes where it stopped and a changed setting reruns
-exactly the stages it affects. The digests of the stages that every later step checks
-(:func:`train_digest`, :func:`sample_digest`, :func:`graphs_digest`) are defined here.
+exactly the stages it affects. Every stage's digest is defined here, in the order of
+the stages: :func:`preprocess_digest` (a case), :func:`train_digest`,
+:func:`sample_digest`, :func:`graphs_digest`, :func:`fit_digest` (a scorer) and
+:func:`shift_digest` (a fold's shift reference); each later one chains the earlier.
 """
 
 from __future__ import annotations
@@ -20,9 +22,25 @@ import numpy as np
 import yaml
 
 from lesionuq.config import ConfigError, ExperimentConfig, UNetConfig, config_digest
-from lesionuq.io import InputError, atomic_write_text
+from lesionuq.io import Case, InputError, atomic_write_text
+from lesionuq.methods import is_learned, method_spec
 
-__all__ = ["FoldSplit", "RunDir", "make_folds", "read_stamp", "stamp_ok", "write_stamp"]
+__all__ = [
+    "FoldSplit",
+    "RunDir",
+    "digest_of",
+    "fit_digest",
+    "graphs_digest",
+    "make_folds",
+    "preprocess_digest",
+    "read_stamp",
+    "sample_digest",
+    "shift_digest",
+    "stamp_ok",
+    "train_digest",
+    "unet_config",
+    "write_stamp",
+]
 
 SPLITS = ("train", "val", "test")
 
@@ -225,6 +243,18 @@ def unet_config(cfg: ExperimentConfig) -> UNetConfig:
     return dataclasses.replace(cfg.unet, in_channels=len(cfg.sequences))
 
 
+def preprocess_digest(cfg: ExperimentConfig, case: Case) -> str:
+    """Digest of everything a case's preprocessed images (and, for samples, maps) depend on.
+
+    The case's input paths (images, ignore region and, in the samples protocol, its
+    samples), the preprocessing settings and the sequences.
+    """
+    paths = [str(p) for p in (*case.images, *([case.ignore] if case.ignore else []))]
+    if cfg.protocol == "samples":
+        paths.append(f"samples={case.samples}")
+    return digest_of(cfg.preprocess, list(cfg.sequences), paths)
+
+
 def train_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
     """Digest of everything a fold's U-Net depends on."""
     return digest_of(
@@ -249,3 +279,26 @@ def graphs_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
     if not graphs["location"]:
         del graphs["location"]
     return digest_of(sample_digest(cfg, split), graphs)
+
+
+def fit_digest(graphs: str, method: str, cfg: ExperimentConfig) -> str:
+    """Digest of a fitted scorer (and, for learned ones, its calibrator).
+
+    The review target is not part of it: a new target only re-chooses the operating
+    point from the stored out-of-fold P(FP) (:func:`lesionuq.calibration.update_operating_point`).
+
+    Args:
+        graphs: The fold's :func:`graphs_digest`.
+        method: The method name (a key of :data:`lesionuq.methods.CATALOGUE`).
+        cfg: The run's config.
+    """
+    learned = cfg.gcnn if "gcnn" in method_spec(method).sections else None
+    if not is_learned(method):
+        return digest_of(graphs, learned, method)
+    cal = {"method": cfg.calibration.method, "n_inner": cfg.calibration.n_inner, "seed": cfg.seed}
+    return digest_of(graphs, learned, method, cal)
+
+
+def shift_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
+    """Digest of a fold's shift reference (its validation scans' profiles)."""
+    return digest_of(sample_digest(cfg, split), "shift", cfg.preprocess.brain_threshold)

@@ -1,10 +1,16 @@
-"""The ``evaluate`` stage's per-fold steps: load what a run stored, hand arrays to evaluation.
+"""The ``evaluate`` stage: load what a run stored, hand arrays to evaluation, write results.
 
-These read a run directory: the fold's test lesions and fitted scorers
+Data flow (see docs/DESIGN.md for the files)::
+
+    all folds  --evaluate-->  results/{lesions,cases,table1,table2,table2_folds}.csv,
+                              results/{calibration,operating_point,retention}.csv,
+                              results/{figure2,calibration}.png, results/report.html
+
+Its per-fold steps read a run directory: the fold's test lesions and fitted scorers
 (:func:`score_fold`), the scorers' ``calibration.json`` (:func:`load_fold_calibrations`,
 :func:`calibrate_fold`) and the test cases' masks (:func:`detection_cases`). The metrics
-themselves take arrays (:mod:`lesionuq.evaluation.folds`). They are the per-fold steps of
-:func:`lesionuq.experiment.stage_evaluate`, usable on their own for a finished run:
+themselves take arrays (:mod:`lesionuq.evaluation.folds`). :func:`stage_evaluate` chains
+them over every fold; they are usable on their own for a finished run:
 
 >>> raw = score_fold(run, split, methods)  # one row per test lesion
 >>> lesions, long, op = calibrate_fold(run, split, raw, methods)
@@ -14,6 +20,7 @@ themselves take arrays (:mod:`lesionuq.evaluation.folds`). They are the per-fold
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -22,24 +29,115 @@ import numpy as np
 import pandas as pd
 
 from lesionuq.calibration import CALIBRATOR_FILE, load_calibration
+from lesionuq.evaluation.bootstrap import auc_intervals
+from lesionuq.evaluation.calibration_metrics import calibration_table
+from lesionuq.evaluation.detection import fold_detection_rows, retention_rows
+from lesionuq.evaluation.figures import plot_accuracy_confidence, plot_calibration
 from lesionuq.evaluation.folds import (
     OPERATING_POINT_COLUMNS,
     StoredCalibration,
     calibrate_scores,
     case_detection,
 )
+from lesionuq.evaluation.metrics import table1, table2
+from lesionuq.evaluation.report import write_report
+from lesionuq.io import atomic_write_text, csv_text, read_csv_table
 from lesionuq.lesions.dataset import LesionSet
+from lesionuq.pipeline.stages import locked
 from lesionuq.rundir import FoldSplit, RunDir
 from lesionuq.scorers import load_scorer
-from lesionuq.utils import remove_pyg_codegen_files
+from lesionuq.utils import remove_pyg_codegen_files, track
 
 __all__ = [
     "OPERATING_POINT_COLUMNS",
+    "ExperimentResult",
     "calibrate_fold",
     "detection_cases",
     "load_fold_calibrations",
     "score_fold",
+    "stage_evaluate",
 ]
+
+
+@dataclass
+class ExperimentResult:
+    """What a finished run produced.
+
+    Attributes:
+        run: The run directory.
+        table1: Per fold: fold, dice, n_tp, n_fp.
+        table2: Per method: method, auc, spearman_rho (means over folds), then the
+            bootstrap columns auc_lo, auc_hi, diff_vs_gcnn_classif, diff_lo, diff_hi.
+        table2_folds: Per fold and method: fold, method, auc, spearman_rho.
+        report: Path of ``report.html``.
+        timings: Seconds spent per stage in this call (skipped stages are near 0).
+    """
+
+    run: Path
+    table1: pd.DataFrame
+    table2: pd.DataFrame
+    table2_folds: pd.DataFrame
+    report: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@locked
+def stage_evaluate(run: Path, progress: bool = True) -> ExperimentResult:
+    """Score the test lesions of every fold and write the results (tables, figures, report).
+
+    Besides the paper's files (``lesions.csv`` with calibrated P(FP) in the learned
+    classifiers' columns, ``table1.csv`` extended with the lesion-level detection
+    metrics, ``table2.csv``, ``figure2.png``) it writes ``calibration.csv`` and
+    ``calibration.png`` (before / after calibration), ``operating_point.csv`` (what the
+    stored review threshold does on the test lesions) and ``retention.csv`` (area of the
+    lesion-F1 retention curve per fold and method).
+    """
+    rd = RunDir(Path(run))
+    cfg, _, splits = rd.read_plan()
+    methods = list(cfg.methods)
+    frames, cases, longs, ops, dets = [], [], [], [], []
+    for split in track(splits, "scoring test lesions", enabled=progress):
+        calibrated, long, op = calibrate_fold(run, split, score_fold(run, split, methods), methods)
+        frames.append(calibrated)
+        longs.append(long)
+        ops.append(op)
+        dets.append(detection_cases(run, split))
+        per_case = read_csv_table(rd.lesion_set(split.fold, "test") / "cases.csv")
+        per_case.insert(0, "fold", split.fold)
+        cases.append(per_case)
+    lesions = pd.concat(frames, ignore_index=True)
+    case_table = pd.concat(cases, ignore_index=True)
+    det = pd.concat(dets, ignore_index=True)
+    t1 = table1(case_table)
+    if len(det):
+        t1 = t1.merge(fold_detection_rows(det), on="fold", how="left")
+        extra = det.drop(columns=["fold", "case_id"]).add_prefix("det_")
+        case_table = case_table.merge(
+            pd.concat([det[["fold", "case_id"]], extra], axis=1), on=["fold", "case_id"], how="left"
+        )
+    t2, t2_folds = table2(lesions, methods)
+    t2 = t2.merge(auc_intervals(lesions, methods, seed=cfg.seed), on="method", how="left")
+    res = rd.results
+    res.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(res / "lesions.csv", csv_text(lesions))
+    atomic_write_text(res / "cases.csv", csv_text(case_table))
+    atomic_write_text(res / "table1.csv", csv_text(t1))
+    atomic_write_text(res / "table2.csv", csv_text(t2))
+    atomic_write_text(res / "table2_folds.csv", csv_text(t2_folds))
+    long = pd.concat(longs, ignore_index=True)
+    atomic_write_text(res / "calibration.csv", csv_text(calibration_table(long)))
+    (res / "calibration.png").unlink(missing_ok=True)
+    plot_calibration(long, res / "calibration.png")
+    atomic_write_text(res / "operating_point.csv", csv_text(pd.concat(ops, ignore_index=True)))
+    n_fn = (
+        {int(k): int(v) for k, v in det.groupby("fold")["overlap_fn"].sum().items()}
+        if len(det)
+        else {}
+    )  # is_tp (IoU_adj >= epsilon) is closest to the overlap rule: use its misses
+    atomic_write_text(res / "retention.csv", csv_text(retention_rows(lesions, methods, n_fn)))
+    plot_accuracy_confidence(lesions, methods, res / "figure2.png")
+    report = write_report(rd.root)
+    return ExperimentResult(rd.root, t1, t2, t2_folds, report)
 
 
 def score_fold(run: Path, split: FoldSplit, methods: Sequence[str]) -> pd.DataFrame:
