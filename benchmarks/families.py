@@ -48,6 +48,7 @@ from lesionuq.config import ExperimentConfig
 from lesionuq.data.families import make_dataset
 from lesionuq.evaluation.bootstrap import bootstrap_auc
 from lesionuq.lesions.dataset import LesionSet
+from lesionuq.methods import METHODS
 from lesionuq.pipeline.experiment import run_experiment
 from lesionuq.pipeline.fit import stage_fit
 from lesionuq.rundir import RunDir
@@ -58,8 +59,11 @@ DEFAULT_EXTRA = ("gcnn_nawm", "gcnn_aug", "gcnn_robust", "gcnn_stack_robust")
 
 
 def is_baseline(method: str) -> bool:
-    """Whether a method is a baseline (not a GCNN): the voxel aggregates, size, MetaSeg."""
-    return not method.startswith("gcnn") and method != "default"
+    """Whether a method is one of the paper's baselines: voxel aggregates, size, MetaSeg.
+
+    The project's own extras (``metaseg_loc``, the GCNN variants) are not baselines.
+    """
+    return method in METHODS and not method.startswith("gcnn")
 
 
 def fitted(run: Path, method: str) -> bool:

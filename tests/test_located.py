@@ -45,6 +45,7 @@ def test_location_features_hand_values() -> None:
         [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # unknown: no class, no coordinates
     ]
     assert location_features(table.iloc[:0]).shape == (0, 7)
+    assert location_features(table, coordinates=False).tolist() == [r[:4] for r in x.tolist()]
 
 
 def test_location_features_name_what_is_missing() -> None:
@@ -110,7 +111,11 @@ def test_location_scorers_save_and_reload(tmp_path) -> None:
         u = scorer.score(lesions)
         scorer.save(tmp_path / name)
         assert np.allclose(load_scorer(name, tmp_path / name).score(lesions), u)
-    assert make_scorer("gcnn_loc", cfg).fit(lesions, False).in_features_ == 5 + 7
+    assert make_scorer("gcnn_loc", cfg).fit(lesions, False).in_features_ == 5 + 4  # class
+    mni = make_scorer("gcnn_loc_mni", cfg).fit(lesions, False)
+    assert mni.in_features_ == 5 + 7 and mni.coordinates  # class + MNI centroid
+    mni.save(tmp_path / "mni")
+    assert load_scorer("gcnn_loc_mni", tmp_path / "mni").coordinates
 
 
 def test_config_refuses_location_methods_without_graphs_location() -> None:

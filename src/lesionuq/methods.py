@@ -279,7 +279,7 @@ CATALOGUE: dict[str, MethodSpec] = {
         self_calibrated=True,
     ),
     # beyond the paper (issue 30, the paper's future work): the lesion's location class
-    # and MNI centroid as features (scorers/located.py; needs graphs.location: true)
+    # (and MNI centroid) as features (scorers/located.py; needs graphs.location: true)
     "gcnn_loc": MethodSpec(
         "lesionuq.scorers.located:LocationGCNNScorer",
         "GCNN + location",
@@ -287,6 +287,16 @@ CATALOGUE: dict[str, MethodSpec] = {
         output="p_fp",
         fit_cost=1.0,
         factory="lesionuq.scorers.located:make_gcnn_loc",
+        reads=("gcnn", "sequences"),
+        needs_location=True,
+    ),
+    "gcnn_loc_mni": MethodSpec(
+        "lesionuq.scorers.located:LocationGCNNScorer",
+        "GCNN + location + MNI",
+        ("#ff9896", "--", 2.0),
+        output="p_fp",
+        fit_cost=1.0,
+        factory="lesionuq.scorers.located:make_gcnn_loc_mni",
         reads=("gcnn", "sequences"),
         needs_location=True,
     ),

@@ -110,16 +110,19 @@ def with_locations(
     return LesionSet(pd.concat([table, rows], axis=1), lesions.graphs), reg
 
 
-def location_features(table: pd.DataFrame, scorer: str = "scorer") -> np.ndarray:
+def location_features(
+    table: pd.DataFrame, scorer: str = "scorer", coordinates: bool = True
+) -> np.ndarray:
     """The lesion-level location features of :data:`FEATURE_NAMES`.
 
     Args:
         table: N lesions with the :data:`LOCATION_COLUMNS`.
         scorer: The scorer's name, for the error message.
+        coordinates: Include the MNI centroid (False: the class only).
 
     Returns:
-        (N, 7) float64: one-hot class (an ``unknown`` lesion has none), then the MNI
-        centroid / :data:`MNI_SCALE_MM` (0 where unknown).
+        (N, 7) float64 (N, 4 without ``coordinates``): one-hot class (an ``unknown``
+        lesion has none), then the MNI centroid / :data:`MNI_SCALE_MM` (0 where unknown).
 
     Raises:
         ValueError: A column is missing (the lesions were not located) or a class is
@@ -137,6 +140,8 @@ def location_features(table: pd.DataFrame, scorer: str = "scorer") -> np.ndarray
     if bad:
         raise ValueError(f"scorer '{scorer}': unknown location class(es) {bad}.")
     onehot = (loc[:, None] == np.asarray(_CLASSES)[None, :]).astype(np.float64)
+    if not coordinates:
+        return onehot.reshape(len(table), len(_CLASSES))
     mni = table[list(LOCATION_COLUMNS[1:])].to_numpy(dtype=np.float64) / MNI_SCALE_MM
     mni = np.where(np.isfinite(mni), mni, 0.0)
     return np.concatenate([onehot, mni], axis=1).reshape(len(table), len(FEATURE_NAMES))

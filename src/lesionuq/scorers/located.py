@@ -8,8 +8,9 @@ LOCATION_COLUMNS`, added by the graphs stage with ``graphs.location: true``) thr
 :func:`~lesionuq.location.features.location_features`: the one-hot class
 (periventricular, juxtacortical, infratentorial, deep) and the MNI centroid / 50 mm.
 
-- ``gcnn_loc`` (:class:`LocationGCNNScorer`): the paper's GCNN with the 7 location
-  features appended to every node of the lesion's graph. A column that is constant
+- ``gcnn_loc`` (:class:`LocationGCNNScorer`): the paper's GCNN with the one-hot location
+  class (4 columns) appended to every node of the lesion's graph; ``gcnn_loc_mni`` also
+  appends the MNI centroid (7 columns). A column that is constant
   within a graph is a lesion-level input: after the two GCN layers and the mean readout
   it reaches the head like a graph-level feature, and it can interact non-linearly with
   the voxel features (a separate linear head on the features, as
@@ -35,7 +36,13 @@ from lesionuq.location.features import FEATURE_NAMES, location_features
 from lesionuq.scorers.baselines import METASEG_FEATURES, MetaSegScorer
 from lesionuq.scorers.robust import RobustGCNNScorer
 
-__all__ = ["LocationGCNNScorer", "LocationMetaSegScorer", "make_gcnn_loc", "with_lesion_columns"]
+__all__ = [
+    "LocationGCNNScorer",
+    "LocationMetaSegScorer",
+    "make_gcnn_loc",
+    "make_gcnn_loc_mni",
+    "with_lesion_columns",
+]
 
 
 def with_lesion_columns(lesions: LesionSet, features: np.ndarray) -> LesionSet:
@@ -72,11 +79,10 @@ class LocationGCNNScorer(RobustGCNNScorer):
             (see :class:`~lesionuq.scorers.robust.RobustGCNNScorer`).
         augment: Also augment the training batches (the location columns are not
             perturbed).
+        coordinates: Also append the MNI centroid (else the class only).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         num_threads: PyTorch CPU threads while fitting / scoring.
     """
-
-    _n_lesion_columns = len(FEATURE_NAMES)
 
     def __init__(
         self,
@@ -88,17 +94,25 @@ class LocationGCNNScorer(RobustGCNNScorer):
         augment: bool = False,
         device: str = "cpu",
         num_threads: int | None = 1,
+        coordinates: bool = False,
     ) -> None:
         super().__init__(
             task, cfg, name or f"gcnn_loc_{task}", n_sequences, scan_norm, augment, device,
             num_threads,
         )  # fmt: skip
+        self.coordinates = coordinates
+
+    @property
+    def _n_lesion_columns(self) -> int:  # type: ignore[override]
+        """The appended location columns (left out of the augmentation noise)."""
+        return len(FEATURE_NAMES) if self.coordinates else len(FEATURE_NAMES) - 3
 
     def _prepared(self, lesions: LesionSet) -> LesionSet:
         base = super()._prepared(lesions)
         if len(base) == 0:
             return base
-        return with_lesion_columns(base, location_features(base.table, self.name))
+        features = location_features(base.table, self.name, self.coordinates)
+        return with_lesion_columns(base, features)
 
 
 class LocationMetaSegScorer(MetaSegScorer):
@@ -124,5 +138,12 @@ class LocationMetaSegScorer(MetaSegScorer):
 
 
 def make_gcnn_loc(cfg: ExperimentConfig) -> LocationGCNNScorer:
-    """The catalogue's ``gcnn_loc``: the paper's GCNN reading the lesion's location."""
+    """The catalogue's ``gcnn_loc``: the paper's GCNN reading the lesion's location class."""
     return LocationGCNNScorer("classif", cfg.gcnn, name="gcnn_loc", n_sequences=len(cfg.sequences))
+
+
+def make_gcnn_loc_mni(cfg: ExperimentConfig) -> LocationGCNNScorer:
+    """The catalogue's ``gcnn_loc_mni``: the location class and the MNI centroid."""
+    return LocationGCNNScorer(
+        "classif", cfg.gcnn, name="gcnn_loc_mni", n_sequences=len(cfg.sequences), coordinates=True
+    )
