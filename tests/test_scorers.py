@@ -29,7 +29,14 @@ CFG = ExperimentConfig(gcnn=GCNNConfig(hidden=8, epochs=2, batch_size=4))
 
 @pytest.fixture(scope="module")
 def lesions() -> tuple[LesionSet, LesionSet]:
-    return random_lesion_set(12, seed=0), random_lesion_set(7, seed=1)
+    sets = random_lesion_set(12, seed=0), random_lesion_set(7, seed=1)
+    for k, s in enumerate(sets):  # the location columns that gcnn_loc / metaseg_loc read
+        n = len(s)
+        classes = ("periventricular", "juxtacortical", "infratentorial", "deep")
+        s.table["location"] = [classes[(i + k) % 4] for i in range(n)]
+        for a, axis in enumerate("xyz"):
+            s.table[f"mni_{axis}_mm"] = np.linspace(-40.0, 40.0, n) * (a + 1)
+    return sets
 
 
 def _fit(scorer: LesionScorer, lesions: LesionSet) -> LesionScorer:
