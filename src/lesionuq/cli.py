@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lesionuq.config import ConfigError
+from lesionuq.config import ConfigError, ExperimentConfig, PhantomConfig
 from lesionuq.errors import CasesFailedError
-from lesionuq.io import InputError
+from lesionuq.io import InputError, read_manifest
+from lesionuq.operating_point import FEW_VALIDATION_LESIONS
 
 app = typer.Typer(
     add_completion=False,
@@ -92,7 +93,7 @@ def _friendly(fn: F) -> F:
 
 
 def _load_config(config: Path | None, default: str = "demo"):
-    from lesionuq.config import ExperimentConfig
+    # lazy: the demo module loads torch and the pipeline, not loaded for lesionuq --help
     from lesionuq.demo import bundled_config
 
     if config is None:
@@ -144,9 +145,8 @@ def print_tables(result: Any) -> None:
             cells.append(f"{d:+.1f} ({lo:+.1f}, {hi:+.1f})")
         t2.add_row(*cells, style=style)
     console.print(t2)
-    # lazy: the evaluation package loads matplotlib, which `lesionuq --help` must not
+    # lazy: the evaluation package loads matplotlib and torch, not loaded for lesionuq --help
     from lesionuq.evaluation.report_sections import validation_summary
-    from lesionuq.operating_point import FEW_VALIDATION_LESIONS
 
     val = validation_summary(result.run)
     if val is not None:
@@ -197,6 +197,7 @@ def demo(
     MC-sampled once, every fold's scorers learn from all non-test scans); --full: the
     paper's protocol with a U-Net trained per fold.
     """
+    # lazy: the demo module loads torch and the pipeline, not loaded for lesionuq --help
     from lesionuq.demo import run_demo
 
     cfg = _load_config(config) if config is not None else None
@@ -223,7 +224,7 @@ def phantom(
     quiet: QuietOpt = False,
 ) -> None:
     """Generate a synthetic MS data set (family a: MNI152 brain; b: fsaverage brain)."""
-    from lesionuq.config import PhantomConfig
+    # lazy: the phantom generators load torch, not loaded for lesionuq --help
     from lesionuq.data.families import make_dataset
 
     cfg = PhantomConfig(
@@ -251,6 +252,7 @@ def experiment(
     quiet: QuietOpt = False,
 ) -> None:
     """Run the paper's k-fold protocol on your own data."""
+    # lazy: the pipeline loads torch, not loaded for lesionuq --help
     from lesionuq.pipeline.experiment import run_experiment
 
     cfg = _load_config(config)
@@ -281,6 +283,7 @@ def train(
 
     Multi-GPU (DDP): torchrun --nproc_per_node K -m lesionuq train --run-dir RUN
     """
+    # lazy: the pipeline loads torch, not loaded for lesionuq --help
     from lesionuq.pipeline.train import train_run
 
     train_run(run, fold, progress=not quiet, workers=workers)
@@ -303,6 +306,7 @@ def sample(
 ) -> None:
     """Stage: MC-dropout maps for val/test cases, or maps from your own sample stack."""
     if stack is not None:
+        # lazy: the sample-stack reader loads torch, not loaded for lesionuq --help
         from lesionuq.samples import maps_from_stack
 
         if out is None:
@@ -312,6 +316,7 @@ def sample(
         return
     if run is None:
         raise InputError("give --run RUN (a run directory) or --stack PATH --out DIR.")
+    # lazy: the pipeline loads torch, not loaded for lesionuq --help
     from lesionuq.pipeline.sample import stage_sample
 
     stage_sample(run, fold, progress=not quiet, scheduler=scheduler, workers=workers)
@@ -327,6 +332,7 @@ def graphs(
     quiet: QuietOpt = False,
 ) -> None:
     """Stage: lesions, IoU_adj, TP/FP and lesion graphs for val/test cases."""
+    # lazy: the pipeline loads torch, not loaded for lesionuq --help
     from lesionuq.pipeline.graphs import stage_graphs
 
     stage_graphs(run, fold, progress=not quiet, scheduler=scheduler, workers=workers)
@@ -343,6 +349,7 @@ def fit(
     quiet: QuietOpt = False,
 ) -> None:
     """Stage: fit the GCNNs and baselines on each fold's validation lesions."""
+    # lazy: the pipeline loads torch, not loaded for lesionuq --help
     from lesionuq.pipeline.fit import stage_fit
 
     stage_fit(run, fold, method, progress=not quiet, scheduler=scheduler, workers=workers)
@@ -352,6 +359,7 @@ def fit(
 @_friendly
 def evaluate(run: RunOpt, quiet: QuietOpt = False) -> None:
     """Stage: score test lesions, write tables, Figure 2 and the HTML report."""
+    # lazy: the pipeline loads torch, not loaded for lesionuq --help
     from lesionuq.pipeline.evaluate import stage_evaluate
 
     print_tables(stage_evaluate(run, progress=not quiet))
@@ -373,8 +381,10 @@ def learning_curve_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Refit the learned scorers on subsamples of the validation lesions (learning curve)."""
-    # lazy: the pipeline loads torch and the scorers, which `lesionuq --help` must not
+    # lazy: the evaluation package loads matplotlib and torch, not loaded for lesionuq --help
     from lesionuq.evaluation.metrics import summarize_learning_curve
+
+    # lazy: the pipeline loads torch, not loaded for lesionuq --help
     from lesionuq.pipeline.learning_curve import learning_curve
 
     curve = learning_curve(
@@ -445,6 +455,7 @@ def predict(
     quiet: QuietOpt = False,
 ) -> None:
     """Segment a new scan and score each lesion's uncertainty, in the scan's own space."""
+    # lazy: predict loads torch, the U-Net and the scorers, not loaded for lesionuq --help
     from lesionuq.predict import predict_manifest, predict_scan
 
     if (image is None) == (cases is None):
@@ -512,8 +523,8 @@ def manifest(
     ] = False,
 ) -> None:
     """Write cases.csv for a public data set as distributed (paths relative to the CSV)."""
+    # lazy: the data set layouts add ~20 ms that lesionuq --help does not need
     from lesionuq.datasets import build_manifest
-    from lesionuq.io import read_manifest
 
     seqs = tuple(s.strip() for s in sequences.split(",") if s.strip())
     path = build_manifest(
@@ -549,6 +560,7 @@ def samples_from_nnunet(
     quiet: QuietOpt = False,
 ) -> None:
     """nnU-Net v2 folds -> one 4-D stack per case (T = folds) and a manifest."""
+    # lazy: the nnU-Net reader loads torch, not loaded for lesionuq --help
     from lesionuq.nnunet import stacks_from_nnunet
 
     seqs = tuple(s.strip() for s in sequences.split(",") if s.strip())

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 
 from lesionuq.config import ExperimentConfig, PreprocessConfig, SamplingConfig, config_digest
+from lesionuq.data import phantom  # through the module: tests replace make_phantom_dataset there
+from lesionuq.data.preprocess import preprocess
 from lesionuq.errors import ConfigError, InputError
 from lesionuq.io import Case, load_case, read_manifest, write_manifest
 from lesionuq.outputs import add_written, check_output_dir, output_dir
@@ -43,6 +45,12 @@ from lesionuq.parallel import map_cases
 from lesionuq.pipeline.evaluate import ExperimentResult
 from lesionuq.pipeline.experiment import run_experiment
 from lesionuq.rundir import digest_of, read_stamp, write_stamp
+from lesionuq.segmentation.reference import (
+    load_reference_unet,
+    reference_preprocess,
+    reference_weights_path,
+)
+from lesionuq.segmentation.sampling import mc_samples
 
 if TYPE_CHECKING:
     from lesionuq.segmentation.unet import UNet3D
@@ -113,8 +121,6 @@ def demo_plan(
         ConfigError: The scorer-only mode with a config whose grid or sequences are not
             the reference U-Net's (1.5 mm, 112 x 128 x 112, FLAIR).
     """
-    from lesionuq.segmentation.reference import reference_preprocess
-
     out = Path(out)
     protocol = "unet" if full else "samples"
     cfg = cfg or bundled_config(DEMO_CONFIGS[protocol])
@@ -205,17 +211,13 @@ def run_demo(
     Returns:
         The experiment's result (tables and report path).
     """
-    # lazy: the phantom loads nilearn's MNI templates (seconds), and every CLI command
-    # imports this module for bundled_config
-    from lesionuq.data.phantom import make_phantom_dataset
-
     plan = demo_plan(out, full, cfg)
     n_workers = demo_workers(workers, plan.cfg)
     stamp = plan.data / "stamp.json"
     digest = config_digest(plan.cfg.phantom)
     stamp_content = read_stamp(stamp)
     if stamp_content is None or stamp_content.get("digest") != digest:
-        make_phantom_dataset(
+        phantom.make_phantom_dataset(
             plan.data, plan.cfg.phantom, preview=True, progress=progress, overwrite=True
         )  # the demo's own data folder: an earlier demo's data is replaced
         write_stamp(stamp, digest)
@@ -234,8 +236,6 @@ def run_demo(
 
 def _install_reference_unet(run: Path, folds: int) -> None:
     """Copy the reference U-Net into every fold as ``segmenter.pt`` (predict uses it)."""
-    from lesionuq.segmentation.reference import reference_weights_path
-
     src = reference_weights_path()
     written = []
     for k in range(folds):
@@ -289,8 +289,6 @@ def sample_with_reference(
     Returns:
         The manifest with the ``samples`` column (``out/cases.csv``).
     """
-    from lesionuq.segmentation.reference import reference_weights_path
-
     cases = read_manifest(data, cfg.sequences, require_mask=True)
     weights = hashlib.sha256(reference_weights_path().read_bytes()).hexdigest()
     key = digest_of(
@@ -326,9 +324,6 @@ def sample_with_reference(
 
 def _sample_case(job: _SampleJob) -> None:
     """Preprocess, MC-sample with the reference U-Net and write one stack (a map_cases task)."""
-    from lesionuq.data.preprocess import preprocess
-    from lesionuq.segmentation.sampling import mc_samples
-
     images, mask = load_case(job.case)
     pre = preprocess(images, mask, job.preprocess)
     model = _reference_unet(job.device)
@@ -350,8 +345,6 @@ _MODELS: dict[str, UNet3D] = {}
 
 def _reference_unet(device: str) -> UNet3D:
     """The reference U-Net, loaded once per process."""
-    from lesionuq.segmentation.reference import load_reference_unet
-
     if device not in _MODELS:
         _MODELS[device] = load_reference_unet(device)
     return _MODELS[device]

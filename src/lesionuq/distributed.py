@@ -199,7 +199,8 @@ def gather_batch(t: torch.Tensor) -> torch.Tensor:
     """
     if world_size() == 1:
         return t
-    # only with several processes: torch.distributed.nn needs a build with distributed support
+    # lazy: only with several processes, as torch.distributed.nn needs a torch build with
+    # distributed support
     from torch.distributed.nn.functional import all_gather
 
     with warnings.catch_warnings():  # deprecated in favour of a compile-only API; kept

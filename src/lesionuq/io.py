@@ -31,6 +31,7 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from nibabel.openers import ImageOpener
 
 from lesionuq.errors import InputError
 
@@ -174,8 +175,6 @@ def check_memory(shape: Sequence[int], path: str | Path) -> None:
 
 def _raw_header(img: nib.Nifti1Image, path: Path) -> nib.Nifti1Header | None:
     """The header as stored on disk (nibabel's loader silently repairs some fields)."""
-    from nibabel.openers import ImageOpener
-
     header_class = type(img.header)
     if not hasattr(header_class, "from_fileobj") or "pixdim" not in img.header:
         return None
@@ -694,6 +693,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_torch_save(obj: object, path: str | Path) -> Path:
     """``torch.save`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
+    # lazy: torch is not loaded for lesionuq --help (the CLI imports this module)
     import torch
 
     buffer = io.BytesIO()

@@ -223,7 +223,8 @@ def _map_dask(
     failed: dict[str, str],
     advance: Callable[[str], None],
 ) -> None:
-    from distributed import as_completed  # the optional lesionuq[cluster] extra
+    # lazy: the optional lesionuq[cluster] extra, loaded only for --workers/--scheduler
+    from distributed import as_completed
 
     run = uuid.uuid4().hex[:8]
     watch = _WorkerWatch(WORKERLESS_GRACE) if scheduler is None else None
@@ -310,6 +311,7 @@ class _Failure:
 @contextlib.contextmanager
 def _connect(scheduler: str) -> Iterator[Client]:
     """A client of a running scheduler, or one sentence why it cannot be reached."""
+    # lazy: the optional lesionuq[cluster] extra, loaded only for --workers/--scheduler
     from distributed import Client
 
     try:
@@ -330,8 +332,11 @@ def _client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
     None): its workers are its own child processes, watched by their nannies, and a
     time-to-live would only remove them after the whole process group was suspended.
     """
+    # lazy: the optional lesionuq[cluster] extra, loaded only for --workers/--scheduler
     import dask
-    from distributed import Client, LocalCluster  # the optional lesionuq[cluster] extra
+
+    # lazy: the optional lesionuq[cluster] extra, loaded only for --workers/--scheduler
+    from distributed import Client, LocalCluster
 
     if scheduler is not None:
         with _connect(scheduler) as client:
@@ -364,7 +369,8 @@ def _glibc_malloc_defaults() -> Iterator[None]:
     (which the workers inherit) while they start, where an earlier Dask cluster of this
     process left it; a value the user set to anything else is kept.
     """
-    import dask  # the optional lesionuq[cluster] extra
+    # lazy: the optional lesionuq[cluster] extra, loaded only for --workers/--scheduler
+    import dask
 
     key = f"distributed.nanny.pre-spawn-environ.{_TRIM}"
     default = dask.config.get(key, None)

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from lesionuq.config import PreprocessConfig
+from lesionuq.data.preprocess import preprocess_to_grid
 from lesionuq.io import (
     AFFINE_TOL,
     Case,
@@ -241,8 +242,6 @@ def samples_onto_grid(
         :class:`~lesionuq.uncertainty.VoxelMaps` of the samples (each (X, Y, Z) float32)
         and the :class:`StackInfo`.
     """
-    from lesionuq.data.preprocess import preprocess_to_grid
-
     images, mask, info = load_samples_case(case, cfg_preprocess.brain_threshold, check_values)
     pre = preprocess_to_grid(images, mask, cfg_preprocess, info.affine, info.shape)
     try:

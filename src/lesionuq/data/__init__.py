@@ -41,6 +41,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _PHANTOM:
+        # lazy: the phantom loads torch; `import lesionuq.data` stays light (PEP 562)
         from lesionuq.data import phantom
 
         return getattr(phantom, name)

@@ -768,6 +768,7 @@ def bids(
         One case per subject (and session), id ``sub-X[_ses-Y]``.
     """
     try:
+        # lazy: pybids is the optional lesionuq[bids] extra, used only by this layout
         from bids import BIDSLayout, BIDSLayoutIndexer
     except ImportError:  # pragma: no cover - depends on the installed extras
         raise InputError("the bids layout needs pybids: pip install 'lesionuq[bids]'.") from None

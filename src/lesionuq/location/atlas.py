@@ -104,6 +104,8 @@ def infratentorial_rule(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarr
 @functools.lru_cache(maxsize=1)
 def load_regions() -> TemplateRegions:
     """The template's location maps (computed once per process, about 2 s)."""
+    # lazy: nilearn.datasets takes 0.5-1.5 s to import (scikit-learn, its fetchers), and
+    # every pipeline command imports this module (lesionuq.pipeline.graphs), most locate none
     from nilearn import datasets
 
     img = datasets.load_mni152_template(resolution=1)

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from lesionuq.config import config_digest
+from lesionuq.export.bids import check_bids_out, scan_entities
 from lesionuq.io import (
     Case,
     InputError,
@@ -417,8 +418,6 @@ def _check_bids(
     location: bool = False,
 ) -> None:
     """Check ``bids_out`` for the cases to compute (reused cases are already there)."""
-    from lesionuq.export.bids import check_bids_out, scan_entities
-
     deriv, target = Path(bids_out).resolve(), out.resolve()
     if deriv == target or target in deriv.parents or deriv in target.parents:
         raise InputError(

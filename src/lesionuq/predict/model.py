@@ -25,13 +25,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from lesionuq.calibration import CALIBRATOR_FILE, Calibrator, IoURecalibrator, load_calibration
+from lesionuq.calibration import (
+    CALIBRATOR_FILE,
+    Calibrator,
+    IoURecalibrator,
+    calibrator_from_dict,
+    load_calibration,
+)
 from lesionuq.config import ExperimentConfig, config_digest
 from lesionuq.io import InputError, describe_load_error
 from lesionuq.methods import PREDICT_METHODS
-from lesionuq.operating_point import FEW_VALIDATION_LESIONS, choose_threshold, parse_target
-from lesionuq.scorers.default_method import MethodChoice
+from lesionuq.operating_point import (
+    FEW_VALIDATION_LESIONS,
+    choose_threshold,
+    operating_point_effect,
+    parse_target,
+)
+from lesionuq.scorers import SCORER_FILE, load_scorer
+from lesionuq.scorers.default_method import MethodChoice, load_default_method
+from lesionuq.segmentation.train import load_segmenter
 from lesionuq.shift import SHIFT_FILE, ShiftReference
 from lesionuq.utils import remove_pyg_codegen_files
 
@@ -192,8 +206,6 @@ class FittedModel:
                     f"{self.folder}: --review-target needs a calibrated model folder "
                     "(refit it with `lesionuq fit`), or give --threshold."
                 )
-            from lesionuq.operating_point import operating_point_effect
-
             p = np.asarray(self.calibration["oof_p_fp"], dtype=np.float64)
             tp = np.asarray(self.calibration["oof_is_tp"], dtype=bool)
             try:
@@ -261,9 +273,6 @@ def load_model(
         InputError: Folder missing or incomplete (listing every missing file), unreadable
             config, checkpoint or scorer, or a sequence count that does not match.
     """
-    from lesionuq.scorers import SCORER_FILE, load_scorer
-    from lesionuq.segmentation.train import load_segmenter
-
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: model folder not found.")
@@ -328,8 +337,6 @@ def load_model(
 
 def _fixed_segmenter(config_yaml: Path) -> bool:
     """Whether a model folder's config says ``protocol: samples`` (no U-Net of its own)."""
-    import yaml
-
     try:
         data = yaml.safe_load(config_yaml.read_text())
     except (OSError, yaml.YAMLError):
@@ -370,9 +377,6 @@ def _load_model_once(
 
 def _load_calibration(model: FittedModel) -> None:
     """Attach the calibrators and the shift reference when the folder has them."""
-    from lesionuq.calibration import calibrator_from_dict
-    from lesionuq.scorers.default_method import load_default_method
-
     root = model.folder / "scorers"
     model.default = load_default_method(model.folder)
     method = model.p_fp_method

@@ -26,14 +26,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
 from lesionuq import __version__
-from lesionuq.data.preprocess import Preprocessed, native_labels, preprocess, to_original
-from lesionuq.evaluation.render import registration_png, summary_png
+from lesionuq.data.preprocess import (
+    Preprocessed,
+    mask_to_grid,
+    native_labels,
+    preprocess,
+    to_original,
+)
+from lesionuq.evaluation.render import plain_text, registration_png, summary_png
 from lesionuq.evaluation.scan_report import scan_report_html
+from lesionuq.export import viewer_html, write_fsleyes_lut, write_itksnap_labels
+from lesionuq.export.bids import bids_sources, check_bids_out, publish_bids_scan, scan_entities
 from lesionuq.io import (
     Case,
     InputError,
@@ -45,6 +54,7 @@ from lesionuq.io import (
     load_nifti,
     save_nifti,
 )
+from lesionuq.lesions.graphs import case_lesions
 from lesionuq.methods import CATALOGUE
 from lesionuq.outputs import check_output_dir, locked_output, output_dir
 from lesionuq.predict.model import (
@@ -54,11 +64,12 @@ from lesionuq.predict.model import (
     ReviewRule,
     load_model,
 )
+from lesionuq.samples import samples_onto_grid
+from lesionuq.segmentation.sampling import mc_sample
+from lesionuq.shift import scan_profile, warning_sentence
 from lesionuq.utils import make_progress
 
 if TYPE_CHECKING:
-    import nibabel as nib
-
     from lesionuq.lesions.dataset import LesionSet
     from lesionuq.location import LesionLocations
     from lesionuq.location.register import Registration
@@ -152,8 +163,6 @@ class PredictResult:
 
     def summary(self, max_rows: int = 10) -> str:
         """A few lines for the terminal: counts, the most doubtful lesions, the folder."""
-        from lesionuq.evaluation.render import plain_text
-
         name = plain_text(self.case_id)  # a Latin-1 file name prints as text
         if self.n_lesions == 0:
             return (
@@ -326,7 +335,8 @@ class _Located:
 
 def _locate(grid: _OnGrid) -> tuple[_Located, str | None]:
     """Register the scan to MNI152 and classify its lesions; the warning when untrusted."""
-    # SimpleITK and the template maps are loaded only for --location
+    # lazy: SimpleITK (the registration) is loaded only for --location or a scorer that
+    # reads the lesions' locations
     from lesionuq.location import classify_lesions, region_coverage, register_to_template
 
     image = grid.pre.image[0]
@@ -336,6 +346,7 @@ def _locate(grid: _OnGrid) -> tuple[_Located, str | None]:
     coverage = region_coverage(reg, brain)
     png = None
     if reg.transform is not None:
+        # lazy: the location package loads SimpleITK, only for --location (see above)
         from lesionuq.location.atlas import load_regions
 
         regions = load_regions()
@@ -359,6 +370,7 @@ def _locate(grid: _OnGrid) -> tuple[_Located, str | None]:
 
 def _location_payload(located: _Located, table: pd.DataFrame) -> dict[str, object]:
     """The ``location`` entry of ``lesions.json``: registration, rules, counts, DIS."""
+    # lazy: the location package loads SimpleITK, only for --location
     from lesionuq.location import LOCATIONS, LocationRules, dis_summary
 
     rules = LocationRules()
@@ -550,11 +562,6 @@ def _infer(
     samples: Path | None = None,
 ) -> _OnGrid:
     """Load, preprocess, MC-dropout sample (or read ``samples``), find and score lesions."""
-    from lesionuq.data.preprocess import mask_to_grid
-    from lesionuq.lesions.graphs import case_lesions
-    from lesionuq.samples import samples_onto_grid
-    from lesionuq.segmentation.sampling import mc_sample
-
     cfg = model.cfg
     case = Case(
         case_id,
@@ -593,7 +600,8 @@ def _infer(
     if _needs_location(model):
         # a scorer of the model reads the lesions' locations (graphs.location): locate
         # before scoring; --location reuses this registration
-        from lesionuq.location.features import with_locations  # SimpleITK: only here
+        # lazy: SimpleITK (the registration) is loaded only for such a model or --location
+        from lesionuq.location.features import with_locations
 
         step("location")
         lesions, registration = with_locations(lesions, pre.image[0], pre.affine, labels)
@@ -647,8 +655,6 @@ def _review_warnings(
     model: FittedModel, native: nib.Nifti1Image, maps: VoxelMaps, pre: Preprocessed
 ) -> list[str]:
     """The shift warning (:mod:`lesionuq.shift`) and the note of an uncalibrated model."""
-    from lesionuq.shift import scan_profile, warning_sentence
-
     out = []
     if model.shift is not None:
         brain = pre.image[0] != 0
@@ -820,8 +826,6 @@ def _check_exports(
     """Check ``bids_out`` before any computation: the folder and the scan's entities."""
     if bids_out is None:
         return None
-    from lesionuq.export.bids import check_bids_out, scan_entities
-
     deriv, target = Path(bids_out).resolve(), Path(out).resolve()
     if deriv == target or target in deriv.parents or deriv in target.parents:
         raise InputError(
@@ -848,11 +852,6 @@ def _write_exports(
         call that adds the scan to the BIDS folder (nothing without ``bids``), made once
         every other output was built.
     """
-    import nibabel as nib
-
-    from lesionuq.export import viewer_html, write_fsleyes_lut, write_itksnap_labels
-    from lesionuq.export.bids import bids_sources, publish_bids_scan
-
     affine = grid.native_affine
     write_itksnap_labels(tmp / "label_description.txt", table)
     write_fsleyes_lut(tmp / "lesions.lut", table)

@@ -83,6 +83,8 @@ def lateral_ventricles(
 @functools.lru_cache(maxsize=1)
 def load_template() -> Template:
     """The MNI152 2009 template with its derived maps (computed once per process)."""
+    # lazy: nilearn.datasets takes 0.5-1.5 s to import (scikit-learn, its fetchers), and
+    # the pipeline commands import this module (via lesionuq.location) without building it
     from nilearn import datasets
 
     t1 = datasets.load_mni152_template(resolution=1)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from scipy import ndimage as ndi
 
 from lesionuq.config import ConfigError, config_digest
@@ -204,9 +206,6 @@ def write_preview(
     Returns:
         The written path.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     csv_path = Path(csv_path)
     out_png = Path(out_png) if out_png is not None else csv_path.parent / "preview.png"
     cases = read_manifest(csv_path, ("flair",), require_mask=False)[:max_cases]

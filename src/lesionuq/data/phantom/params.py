@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lesionuq.config import ConfigError, config_from_dict
+
 __all__ = ["DEFAULT_PARAMS", "LESION_KINDS", "TISSUES", "PhantomParams"]
 
 TISSUES = ("csf", "gm", "wm", "lesion")
@@ -90,8 +92,6 @@ class PhantomParams:
     gain: tuple[float, float] = (0.8, 1.25)
 
     def __post_init__(self) -> None:
-        from lesionuq.config import ConfigError
-
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             numbers = value if isinstance(value, tuple) else (value,)
@@ -136,8 +136,6 @@ class PhantomParams:
         Raises:
             ConfigError: Unknown key, wrong type or out-of-range value (one sentence).
         """
-        from lesionuq.config import ConfigError, config_from_dict
-
         data = dict(data or {})
         where = "phantom.params"
         if "tissue" in data:
