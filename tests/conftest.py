@@ -64,6 +64,10 @@ SLOW_TESTS = {
     ),
     "test_predict.py::test_manifest_batch_and_resume": _PREDICTS,
     "test_location_batch.py::test_batch_location_columns_dis_csv_and_reuse": _PREDICTS,
+    "test_located.py::test_predict_locates_before_scoring_once": _PREDICTS,
+    "test_parallel.py::test_local_cluster_keeps_its_workers_and_prints_no_worker_traceback": (
+        "starts a Dask LocalCluster"
+    ),
     "test_predict.py::test_earlier_prediction_needs_overwrite_and_keeps_user_files": _PREDICTS,
     "test_predict.py::test_bids_out_batch_over_bids_manifest_is_indexed_by_pybids": (
         "predictions indexed by pybids"
