@@ -221,7 +221,7 @@ def calibration_table(long: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
     Args:
         long: One row per (fold, method, test lesion): ``fold, method, is_fp, p_before,
             p_after`` and, for regressors, ``iou, iou_before, iou_after`` (the ``long``
-            frames of :func:`lesionuq.experiment.calibrate_fold`, concatenated).
+            frames of :func:`lesionuq.pipeline.evaluate.calibrate_fold`, concatenated).
         n_bins: Bins of the expected calibration error.
 
     Returns:
