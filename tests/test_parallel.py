@@ -218,16 +218,16 @@ def _die_writing_case_c() -> None:
     ``c`` is the last task submitted, so no other task waits behind it on that worker
     (a task queued on a dying worker would fail with it, as retries are off here).
     """
-    import lesionuq.predict.scan as scan
+    import lesionuq.predict.write as writers  # the writers read atomic_write_text there
 
-    real = scan.atomic_write_text
+    real = writers.atomic_write_text
 
     def write(path, text):
         if Path(path).parent.parent.name == "c":  # out/c/.tmp-lesionuq-PID-*/lesions.csv
             os._exit(1)
         return real(path, text)
 
-    scan.atomic_write_text = write
+    writers.atomic_write_text = write
 
 
 @pytest.fixture(scope="module")

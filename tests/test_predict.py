@@ -642,12 +642,12 @@ def test_a_second_prediction_into_a_folder_in_use_is_refused(model_dir, oblique,
 def test_a_failed_prediction_into_a_new_folder_leaves_no_lock(
     model_dir, oblique, tmp_path, monkeypatch
 ):
-    import lesionuq.predict.scan as scan
+    import lesionuq.predict.write as write  # the writers read summary_png there
 
     def broken(*args, **kwargs):
         raise RuntimeError("summary figure failed")
 
-    monkeypatch.setattr(scan, "summary_png", broken)
+    monkeypatch.setattr(write, "summary_png", broken)
     with pytest.raises(RuntimeError, match="summary figure failed"):
         predict_scan(model_dir, [oblique], tmp_path / "new", progress=False)
     assert not (tmp_path / "new").exists()
@@ -656,11 +656,11 @@ def test_a_failed_prediction_into_a_new_folder_leaves_no_lock(
 def test_a_scan_failing_after_its_bids_export_leaves_no_export(
     model_dir, oblique, tmp_path, monkeypatch
 ):
-    import lesionuq.predict.scan as scan
+    import lesionuq.predict.write as write  # the writers read summary_png there
 
     flair, _ = _bids_tree(tmp_path / "ds", oblique)
     deriv = tmp_path / "ds" / "derivatives" / "lesionuq"
-    real, calls = scan.summary_png, []
+    real, calls = write.summary_png, []
 
     def once(*args, **kwargs):
         calls.append(1)
@@ -668,7 +668,7 @@ def test_a_scan_failing_after_its_bids_export_leaves_no_export(
             raise RuntimeError("summary figure failed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(scan, "summary_png", once)
+    monkeypatch.setattr(write, "summary_png", once)
     with pytest.raises(RuntimeError):
         predict_scan(model_dir, [flair], tmp_path / "pred", progress=False, bids_out=deriv)
     assert not (deriv / "sub-01").exists()  # the scan's export was not left behind

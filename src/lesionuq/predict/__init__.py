@@ -12,7 +12,13 @@ Modules:
 
 - :mod:`~lesionuq.predict.model`: :class:`FittedModel`, :func:`load_model`.
 - :mod:`~lesionuq.predict.scan`: :func:`predict_scan` (the outputs of one scan are listed
-  there) and its table, :func:`lesion_rows`.
+  there), which runs the steps of:
+
+  - :mod:`~lesionuq.predict.infer`: what runs on the preprocessed grid (MC dropout,
+    lesions, scores, calibration, locations);
+  - :mod:`~lesionuq.predict.write`: the output folder and the BIDS export;
+  - :mod:`~lesionuq.predict.table`: the ``lesions.csv`` table, :func:`lesion_rows`;
+  - :mod:`~lesionuq.predict.result`: :class:`PredictResult`.
 - :mod:`~lesionuq.predict.batch`: :func:`predict_manifest`, resuming an interrupted batch.
 
 The figure and the HTML page of a scan are drawn by :mod:`lesionuq.evaluation.scan_report`.
@@ -26,15 +32,10 @@ from __future__ import annotations
 
 from lesionuq.predict.batch import BatchResult, predict_manifest
 from lesionuq.predict.model import REQUIRED_SCORERS, FittedModel, load_model
-from lesionuq.predict.scan import (
-    LOCATION_COLUMNS,
-    MAP_NAMES,
-    TABLE_COLUMNS,
-    PredictResult,
-    empty_table,
-    lesion_rows,
-    predict_scan,
-)
+from lesionuq.predict.result import PredictResult
+from lesionuq.predict.scan import predict_scan
+from lesionuq.predict.table import LOCATION_COLUMNS, TABLE_COLUMNS, empty_table, lesion_rows
+from lesionuq.predict.write import MAP_NAMES
 
 __all__ = [
     "LOCATION_COLUMNS",
