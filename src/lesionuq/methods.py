@@ -203,6 +203,21 @@ _AUTO = ("metaseg_classif", "gcnn_classif")
 #: paper's GCNN; ``gcnn_stack_robust`` has the robust GCNN in its place.
 _STACK = ("entropy_mean", "variance_mean", "pcs_mean", "size")
 
+
+def _located_gcnn(name: str, label: str, line: str) -> MethodSpec:
+    """A GCNN of ``scorers/located.py`` that reads the lesions' locations."""
+    return MethodSpec(
+        "lesionuq.scorers.located:LocationGCNNScorer",
+        label,
+        ("#ff9896", line, 2.0),
+        output="p_fp",
+        fit_cost=1.0,
+        factory=f"lesionuq.scorers.located:make_{name}",
+        reads=("gcnn", "sequences"),
+        needs_location=True,
+    )
+
+
 # (colour, line style, line width): one family per colour, mean solid / logsum dashed
 CATALOGUE: dict[str, MethodSpec] = {
     "gcnn_classif": MethodSpec(
@@ -280,26 +295,8 @@ CATALOGUE: dict[str, MethodSpec] = {
     ),
     # beyond the paper (issue 30, the paper's future work): the lesion's location class
     # (and MNI centroid) as features (scorers/located.py; needs graphs.location: true)
-    "gcnn_loc": MethodSpec(
-        "lesionuq.scorers.located:LocationGCNNScorer",
-        "GCNN + location",
-        ("#ff9896", "-", 2.0),
-        output="p_fp",
-        fit_cost=1.0,
-        factory="lesionuq.scorers.located:make_gcnn_loc",
-        reads=("gcnn", "sequences"),
-        needs_location=True,
-    ),
-    "gcnn_loc_mni": MethodSpec(
-        "lesionuq.scorers.located:LocationGCNNScorer",
-        "GCNN + location + MNI",
-        ("#ff9896", "--", 2.0),
-        output="p_fp",
-        fit_cost=1.0,
-        factory="lesionuq.scorers.located:make_gcnn_loc_mni",
-        reads=("gcnn", "sequences"),
-        needs_location=True,
-    ),
+    "gcnn_loc": _located_gcnn("gcnn_loc", "GCNN + location", "-"),
+    "gcnn_loc_mni": _located_gcnn("gcnn_loc_mni", "GCNN + location + MNI", "--"),
     "metaseg_loc": MethodSpec(
         "lesionuq.scorers.located:LocationMetaSegScorer",
         "MetaSeg + location",
