@@ -47,7 +47,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/mypy src
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15  # the 15 slowest, to watch the 10-minute CI budget
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
