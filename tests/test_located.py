@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 from helpers import random_lesion_set
 from lesionuq.config import ExperimentConfig, GCNNConfig, GraphConfig
 from lesionuq.errors import ConfigError
+from lesionuq.lesions.dataset import LesionSet
 from lesionuq.location import features as feat
 from lesionuq.location.features import FEATURE_NAMES, location_features, with_locations
 from lesionuq.rundir import FoldSplit, graphs_digest
@@ -78,7 +79,7 @@ def test_with_locations_joins_by_lesion_id(monkeypatch) -> None:
     assert out.graphs is lesions.graphs
 
 
-def _located_set(n: int, seed: int) -> object:
+def _located_set(n: int, seed: int) -> LesionSet:
     """FP status depends on the location only: the other columns are noise."""
     lesions = random_lesion_set(n, seed=seed)
     rng = np.random.default_rng(seed + 10)

@@ -140,10 +140,7 @@ class PlattCalibrator(Calibrator):
         Raises:
             ValueError: No lesions, NaN scores or non-binary labels.
         """
-        s = as_scores(scores, "scores")
-        y = as_labels(is_fp, s.size)
-        if s.size == 0:
-            raise ValueError("cannot calibrate on zero lesions.")
+        s, y = _fit_inputs(scores, is_fp)
         z = self._z(s)
         (a,), b = fit_monotone_logistic(z[:, None], y, self.min_slope)
         self.a_, self.b_ = float(a), float(b)
@@ -206,10 +203,7 @@ class IsotonicCalibrator(Calibrator):
         Raises:
             ValueError: No lesions, NaN scores or non-binary labels.
         """
-        s = as_scores(scores, "scores")
-        y = as_labels(is_fp, s.size)
-        if s.size == 0:
-            raise ValueError("cannot calibrate on zero lesions.")
+        s, y = _fit_inputs(scores, is_fp)
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
         iso.fit(s, y)
         self.x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
@@ -249,6 +243,19 @@ class IsotonicCalibrator(Calibrator):
         cal.y_ = np.asarray(d["y"], dtype=np.float64)
         cal.center_, cal.scale_, cal.n_ = float(d["center"]), float(d["scale"]), int(d["n"])
         return cal
+
+
+def _fit_inputs(scores: np.ndarray, is_fp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) float64 scores and (N,) 0/1 labels a calibrator fits on, checked.
+
+    Raises:
+        ValueError: No lesions, NaN scores or non-binary labels.
+    """
+    s = as_scores(scores, "scores")
+    y = as_labels(is_fp, s.size)
+    if s.size == 0:
+        raise ValueError("cannot calibrate on zero lesions.")
+    return s, y
 
 
 def make_calibrator(kind: str = "platt", transform: str = "logit") -> Calibrator:

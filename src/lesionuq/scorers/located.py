@@ -103,7 +103,7 @@ class LocationGCNNScorer(RobustGCNNScorer):
         self.coordinates = coordinates
 
     @property
-    def _n_lesion_columns(self) -> int:  # type: ignore[override]
+    def _n_lesion_columns(self) -> int:
         """The appended location columns (left out of the augmentation noise)."""
         return len(FEATURE_NAMES) if self.coordinates else len(FEATURE_NAMES) - 3
 

@@ -137,8 +137,10 @@ class RobustGCNNScorer(GCNNScorer):
         self.intensities = intensities
         self._aug_gen: torch.Generator | None = None
 
-    _n_lesion_columns = 0
-    """Trailing node columns that hold lesion-level features (left out of the noise)."""
+    @property
+    def _n_lesion_columns(self) -> int:
+        """Trailing node columns that hold lesion-level features (left out of the noise)."""
+        return 0
 
     def _prepared(self, lesions: LesionSet) -> LesionSet:
         if not self.intensities:
