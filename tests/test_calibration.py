@@ -287,4 +287,6 @@ def test_calibrated_scorer_is_cross_fit_around_clones_of_its_estimator(task, tmp
     meta = json.loads((tmp_path / CALIBRATOR_FILE).read_text())
     assert meta["method"] == "platt" and meta["n_inner"] == 4
     assert meta["oof_is_tp"] == lesions.is_tp.tolist()
+    assert meta["oof_fold"] == ref.inner_fold.tolist()  # which inner model scored each
+    assert len(set(meta["oof_fold"])) == 4
     assert meta["operating_point"]["target"] == "tp:0.9"

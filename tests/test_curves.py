@@ -11,6 +11,7 @@ from lesionuq.evaluation.curves import (
     accuracy_confidence_curve,
     curve_on_grid,
     rank_probability,
+    within_fold_auc,
 )
 
 # 5 lesions, the two at 0.7 tied (one TP, one FP): F = 2, T = 3
@@ -130,3 +131,41 @@ def test_cumulative_metric():
     assert std == pytest.approx(np.std(expected))
     metric.reset()
     assert np.isnan(metric.aggregate()[0])
+
+
+def test_within_fold_auc_counts_only_pairs_scored_by_one_model():
+    # two inner models; the second scores everything 0.7 higher (a chance offset)
+    u = np.array([0.1, 0.2, 0.8, 0.9])
+    tp = np.array([True, False, True, False])
+    fold = np.array([0, 0, 1, 1])
+    # pooled: FP {0.2, 0.9} vs TP {0.1, 0.8}: 0.2 < 0.8 is the one wrong pair of 4
+    assert rank_probability(u, tp) == pytest.approx(3 / 4)
+    assert within_fold_auc(u, tp, fold) == 1.0  # each model ranks its pair right
+    # weighted by pairs: fold 0 has 2 FP x 1 TP right, fold 1 1 x 1 wrong, fold 2 one class
+    u = np.array([0.5, 0.6, 0.1, 0.9, 0.2, 0.3, 0.4])
+    tp = np.array([False, False, True, True, False, True, True])
+    fold = np.array([0, 0, 0, 1, 1, 2, 2])
+    assert within_fold_auc(u, tp, fold) == pytest.approx(2 / 3)
+    # ties count half inside a fold
+    assert within_fold_auc(np.array([0.5, 0.5]), np.array([True, False]), np.zeros(2)) == 0.5
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_within_fold_auc_with_one_fold_is_the_rank_probability(seed):
+    rng = np.random.default_rng(seed)
+    u = rng.integers(0, 6, 40).astype(float)  # many ties
+    tp = rng.random(40) < 0.6
+    assert within_fold_auc(u, tp, np.zeros(40, int)) == pytest.approx(rank_probability(u, tp))
+    fold = rng.integers(0, 3, 40)
+    pairs = [
+        (i, j) for i in range(40) for j in range(40) if fold[i] == fold[j] and not tp[i] and tp[j]
+    ]
+    by_hand = np.mean([(u[i] > u[j]) + 0.5 * (u[i] == u[j]) for i, j in pairs])
+    assert within_fold_auc(u, tp, fold) == pytest.approx(by_hand)
+
+
+def test_within_fold_auc_without_a_mixed_fold_is_nan():
+    tp = np.array([True, True, False, False])
+    assert np.isnan(within_fold_auc(np.arange(4.0), tp, np.array([0, 0, 1, 1])))
+    with pytest.raises(ValueError, match="fold"):
+        within_fold_auc(np.arange(4.0), tp, np.zeros(3))

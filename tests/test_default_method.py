@@ -125,3 +125,74 @@ def test_fit_keeps_the_learned_scorer_when_it_ranks_at_least_as_well(tmp_path) -
     c = fit_default_method(fold, val)
     assert c.method == "gcnn_classif" and c.calibrator is None
     assert c.best_baseline == "entropy_mean"
+
+
+# the learned scorer's out-of-fold P(FP) from two inner models, the second 0.5 higher:
+# each model ranks its own lesions perfectly, the pooled AUC is pulled down by the offset
+OFFSET_FOLD = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+OFFSET_OOF = np.array([0.1, 0.2, 0.6, 0.7, 0.3, 0.4, 0.8, 0.9])
+
+
+def test_pairs_within_inner_folds_undo_the_offset_of_separate_models() -> None:
+    assert validation_auc(OFFSET_OOF, IS_TP) == pytest.approx(12 / 16)  # pooled
+    pooled = choose_default_method({"gcnn_classif": OFFSET_OOF}, {"entropy_mean": GOOD}, IS_TP)
+    assert pooled.method == "entropy_mean" and pooled.pairs == "pooled"
+    c = choose_default_method(
+        {"gcnn_classif": OFFSET_OOF},
+        {"entropy_mean": GOOD},
+        IS_TP,
+        folds={"gcnn_classif": OFFSET_FOLD},
+    )
+    assert c.method == "gcnn_classif" and c.pairs == "within inner folds"
+    assert c.val_auc["gcnn_classif"] == 1.0
+    # the baseline on the same pairs: fold 0 holds TP 0.1, 0.2 / FP 0.35, 0.7 (4 of 4
+    # right), fold 1 TP 0.4, 0.5 / FP 0.8, 0.9 (4 of 4): GOOD's one wrong pair spans folds
+    assert c.val_auc["entropy_mean"] == 1.0
+    assert "pairs within inner folds" in c.reason
+    assert MethodChoice.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    old = c.to_dict()
+    del old["pairs"]  # a default_method.json written before the field
+    assert MethodChoice.from_dict(old).pairs == "pooled"
+
+
+def test_a_learned_scorer_is_compared_with_the_baselines_on_its_own_pairs() -> None:
+    base = np.array([0.1, 0.5, 0.3, 0.4, 0.2, 0.6, 0.7, 0.8])
+    # gcnn_stack's folds are one (pooled): 3 wrong pairs -> base 13/16; the stack has two
+    # wrong pairs and a tie -> 13.5/16, so it beats the baseline on its own pairs, though
+    # not base's 7/8 on the paper's pairs (fold 0: 3 of 4 right, fold 1: 4 of 4)
+    stack = np.array([0.1, 0.2, 0.4, 0.5, 0.35, 0.5, 0.8, 0.9])
+    c = choose_default_method(
+        {"gcnn_classif": REVERSED, "gcnn_stack": stack},
+        {"entropy_mean": base},
+        IS_TP,
+        folds={"gcnn_classif": OFFSET_FOLD, "gcnn_stack": np.zeros(8, int)},
+    )
+    assert c.val_auc["entropy_mean"] == pytest.approx(7 / 8)  # on the paper's pairs
+    assert c.val_auc["gcnn_stack"] == pytest.approx(13.5 / 16)
+    assert c.method == "gcnn_stack"
+
+
+def test_fit_reads_the_stored_inner_folds_or_recomputes_them(tmp_path) -> None:
+    from lesionuq.calibration import inner_folds
+    from lesionuq.scorers.default_method import fit_default_method
+
+    fold, val = _fold_with(tmp_path, oof_gcnn=OFFSET_OOF, column=GOOD)
+    cal = fold / "scorers" / "gcnn_classif" / "calibration.json"
+    c = fit_default_method(fold, val)  # no oof_fold, no seed: pooled, as before
+    assert c.pairs == "pooled" and c.method == "entropy_mean"
+    payload = json.loads(cal.read_text())
+    cal.write_text(json.dumps({**payload, "oof_fold": OFFSET_FOLD.tolist()}))
+    c = fit_default_method(fold, val)
+    assert c.pairs == "within inner folds" and c.method == "gcnn_classif"
+    # an older file: the folds are recomputed with the experiment's seed and n_inner
+    cal.write_text(json.dumps({**payload, "n_inner": 2, "method": "platt"}))
+    c = fit_default_method(fold, val, seed=5)
+    groups = val.table["case_id"].astype(str).to_numpy()
+    expected = inner_folds(IS_TP, groups, 2, 5)
+    assert c.pairs == "within inner folds"
+    from lesionuq.evaluation.curves import within_fold_auc
+
+    assert c.val_auc["gcnn_classif"] == pytest.approx(within_fold_auc(OFFSET_OOF, IS_TP, expected))
+    # a self-calibrated scorer's split is its own: not recomputed
+    cal.write_text(json.dumps({**payload, "n_inner": 2, "method": "self"}))
+    assert fit_default_method(fold, val, seed=5).pairs == "pooled"

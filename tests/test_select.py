@@ -202,6 +202,11 @@ def test_gcnn_stack_is_fitted_once_and_keeps_its_own_out_of_fold_p_fp(tmp_path, 
     np.testing.assert_allclose(cal.predict(p), p, rtol=1e-9)  # the identity
     np.testing.assert_allclose(meta["oof_p_fp"], oofs[0], rtol=1e-12)
     assert meta["oof_is_tp"] == val.is_tp.tolist()
+    # the stacker's own inner split (by case), which scored the out-of-fold values
+    assert meta["oof_fold"] == scorer.oof_fold_.tolist()
+    assert len(set(meta["oof_fold"])) == min(
+        cfg.calibration.n_inner, val.table["case_id"].nunique()
+    )
     # out of fold: led by the planted column (the other candidates move it a little)
     assert ac_auc(oofs[0], val.is_tp) > 0.95
     assert max(scorer.weights_, key=scorer.weights_.get) == "variance_mean"

@@ -110,7 +110,9 @@ class CalibratedScorer:
         oof_p_fp_: (N,) ``calibrator_.predict(oof_scores_)``: the out-of-fold P(FP) a
             review threshold is chosen on.
         oof_is_tp_: (N,) bool labels of the fitting lesions.
-        inner_fold_: (N,) inner fold of each lesion (zeros for a self-calibrated one).
+        inner_fold_: (N,) inner fold of each lesion (for a self-calibrated scorer its own
+            ``oof_fold_`` when it has one, else zeros): the model that scored each
+            out-of-fold value. Saved as ``oof_fold``.
         method_: ``method``, or ``"self"``.
         n_inner_: Inner folds used (the estimator's own for a self-calibrated one).
 
@@ -165,7 +167,10 @@ class CalibratedScorer:
             self.estimator_ = scorer
             self.calibrator_ = PlattCalibrator.identity("logit", len(lesions))
             self.iou_calibrator_ = None
-            self.inner_fold_ = np.zeros(len(lesions), int)
+            own = getattr(scorer, "oof_fold_", None)  # the stacker's own inner split
+            self.inner_fold_ = (
+                np.asarray(own, dtype=np.int64) if own is not None else np.zeros(len(lesions), int)
+            )
             self.method_, self.n_inner_ = "self", int(scorer.n_inner)
         else:
             fit = cross_fit(
@@ -205,7 +210,9 @@ class CalibratedScorer:
 
         Besides the calibrators, the file keeps the method, the number of inner folds,
         the out-of-fold P(FP) with their labels (so that ``predict`` can choose another
-        review target) and the operating point of ``review_target``.
+        review target) and inner folds (``oof_fold``: which lesions one inner model
+        scored, for :func:`~lesionuq.evaluation.curves.within_fold_auc`) and the
+        operating point of ``review_target``.
 
         Args:
             path: Usually ``RUN/fold_K/scorers/METHOD/calibration.json``.
@@ -218,6 +225,7 @@ class CalibratedScorer:
             "n_inner": self.n_inner_,
             "oof_p_fp": [float(v) for v in self.oof_p_fp_],
             "oof_is_tp": [bool(v) for v in is_tp],
+            "oof_fold": [int(v) for v in self.inner_fold_],
             "operating_point": operating_point_of(self.oof_p_fp_, is_tp, review_target),
         }
         return save_calibration(path, self.calibrator_, self.iou_calibrator_, extra=extra)

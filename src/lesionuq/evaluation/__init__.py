@@ -8,6 +8,7 @@ from lesionuq.evaluation.curves import (
     accuracy_confidence_curve,
     curve_on_grid,
     rank_probability,
+    within_fold_auc,
 )
 from lesionuq.evaluation.figures import mean_curve, plot_accuracy_confidence
 from lesionuq.evaluation.metrics import as_bool, dice, spearman_rho, table1, table2
@@ -28,5 +29,6 @@ __all__ = [
     "spearman_rho",
     "table1",
     "table2",
+    "within_fold_auc",
     "write_report",
 ]

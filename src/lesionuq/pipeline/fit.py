@@ -178,4 +178,4 @@ def _fit_shift_reference(rd: RunDir, cfg: ExperimentConfig, split: FoldSplit, da
 def _fit_default_method(rd: RunDir, cfg: ExperimentConfig, split: FoldSplit) -> None:
     """Choose the fold's default P(FP) method (``lesionuq.scorers.default_method``)."""
     val = load_lesion_set(rd.lesion_set(split.fold, "val"))
-    fit_default_method(rd.fold(split.fold), val, cfg.calibration.review_target)
+    fit_default_method(rd.fold(split.fold), val, cfg.calibration.review_target, seed=cfg.seed)

@@ -8,7 +8,13 @@ lesion scored by a model that did not see it) and every untrained baseline its p
 score (nothing was fitted):
 
 1. AUC (the accuracy-confidence AUC of Table 2) of every candidate on the validation
-   lesions; the best untrained baseline is the one with the highest AUC.
+   lesions, counted over the FP-TP pairs *within an inner fold*
+   (:func:`~lesionuq.evaluation.curves.within_fold_auc`): each inner fold's lesions were
+   scored by one model, and a pooled AUC would also compare lesions scored by different
+   inner models, whose score levels differ by chance, which underrates a learned scorer
+   against an untrained one (on the cross-family bench by up to 6.8 points). Each learned
+   scorer is compared with the baselines on its own pairs; the best untrained baseline
+   is the one with the highest AUC on them.
 2. The default is the learned scorer with the highest out-of-fold AUC among those at
    least as high as the best baseline's (a tie goes to the earlier in ``order``: the
    paper's ``gcnn_classif`` first).
@@ -17,6 +23,11 @@ score (nothing was fitted):
    ranking is the baseline's).
 4. Validation lesions of one class only (no FP or no TP) rank nothing: the default stays
    ``gcnn_classif``, and the reason says so.
+
+A model folder fitted before the inner folds were stored (``calibration.json`` without
+``oof_fold``) has them recomputed from the seed (:func:`~lesionuq.calibration.inner_folds`
+is deterministic); without a seed, the pooled AUC is used, as before, and
+:attr:`MethodChoice.pairs` says which.
 
 So the reported method never ranks the validation lesions worse than the best untrained
 baseline (rule 4 aside). The choice, its reason and every candidate's validation AUC
@@ -39,8 +50,14 @@ from typing import Any
 
 import numpy as np
 
-from lesionuq.calibration import CALIBRATOR_FILE, PlattCalibrator, operating_point_of
+from lesionuq.calibration import (
+    CALIBRATOR_FILE,
+    PlattCalibrator,
+    inner_folds,
+    operating_point_of,
+)
 from lesionuq.evaluation.bootstrap import weighted_auc
+from lesionuq.evaluation.curves import within_fold_auc
 from lesionuq.io import atomic_write_text
 from lesionuq.methods import CATALOGUE, is_learned
 from lesionuq.scorers.base import SCORER_FILE
@@ -94,6 +111,8 @@ class MethodChoice:
         calibrator: For a baseline default, the ``calibration.json``-like payload of its
             Platt calibrator (``calibrator``, the validation ``oof_p_fp`` / ``oof_is_tp``
             (in-sample: nothing else was fitted) and ``operating_point``), else None.
+        pairs: Which FP-TP pairs the AUCs count: ``"within inner folds"`` (rule 1) or
+            ``"pooled"`` (every pair: no inner folds known, or a folder chosen before).
     """
 
     method: str
@@ -104,6 +123,7 @@ class MethodChoice:
     n_lesions: int
     n_fp: int
     calibrator: dict[str, Any] | None = field(default=None)
+    pairs: str = "pooled"
 
     @property
     def is_baseline(self) -> bool:
@@ -135,6 +155,7 @@ class MethodChoice:
             n_lesions=int(d["n_lesions"]),
             n_fp=int(d["n_fp"]),
             calibrator=d.get("calibrator"),
+            pairs=str(d.get("pairs", "pooled")),
         )
 
 
@@ -143,6 +164,7 @@ def choose_default_method(
     baselines: Mapping[str, np.ndarray],
     is_tp: np.ndarray,
     order: Sequence[str] = (PAPER_METHOD,),
+    folds: Mapping[str, np.ndarray] | None = None,
 ) -> MethodChoice:
     """Apply the rule of this module to validation lesions.
 
@@ -152,33 +174,58 @@ def choose_default_method(
         is_tp: (N,) bool.
         order: Tie preference among learned scorers (earlier wins); scorers not listed
             come after, in the order of ``learned``.
+        folds: (N,) inner fold of each lesion, by learned scorer (the folds its
+            out-of-fold P(FP) came from). A scorer without an entry, or None, counts
+            every pair (the pooled AUC).
 
     Returns:
         The choice (``calibrator`` is None here; :func:`fit_default_method` adds it).
+        ``val_auc`` holds each learned scorer's AUC on its own pairs and each baseline's
+        on the pairs of the first learned scorer in ``order`` with known folds.
     """
     t = np.asarray(is_tp, dtype=bool)
     n, n_fp = int(t.size), int((~t).sum())
-    auc = {m: validation_auc(s, t) for m, s in {**learned, **baselines}.items()}
     names = list(learned)
     rank = {m: (list(order).index(m) if m in order else len(order) + names.index(m)) for m in names}
+    known = {m: np.asarray(f) for m, f in (folds or {}).items() if m in learned}
+    pooled = np.zeros(n, dtype=np.int64)
+
+    def auc_on(score: np.ndarray, fold: np.ndarray) -> float:
+        if n == 0 or t.all() or not t.any():
+            return math.nan
+        return within_fold_auc(score, t, fold)
+
+    ref = known[min(known, key=lambda m: rank[m])] if known else pooled
+    auc = {m: auc_on(s, known.get(m, pooled)) for m, s in learned.items()}
+    auc.update({m: auc_on(s, ref) for m, s in baselines.items()})
+    pairs = "within inner folds" if known else "pooled"
     base = [m for m in baselines if math.isfinite(auc[m])]
     best = max(base, key=lambda m: (auc[m], -list(baselines).index(m)), default=None)
 
     def choice(method: str, reason: str) -> MethodChoice:
-        return MethodChoice(method, reason, auc, names, best, n, n_fp)
+        return MethodChoice(method, reason, auc, names, best, n, n_fp, pairs=pairs)
 
     fallback = PAPER_METHOD if PAPER_METHOD in learned else (names[0] if names else None)
     if best is None or n_fp == 0 or n_fp == n:
         what = "no validation lesion" if n == 0 else "validation lesions of one class only"
         method = fallback or (next(iter(baselines)) if baselines else PAPER_METHOD)
         return choice(method, f"{what}: nothing to rank, the default stays {method}.")
-    eligible = [m for m in names if math.isfinite(auc[m]) and auc[m] >= auc[best]]
+
+    def best_baseline_on(m: str) -> float:
+        """The best baseline's AUC on the pairs of learned scorer ``m``."""
+        fold = known.get(m, pooled)
+        if fold is ref:
+            return auc[best]
+        return max(auc_on(s, fold) for s in baselines.values())
+
+    eligible = [m for m in names if math.isfinite(auc[m]) and auc[m] >= best_baseline_on(m)]
+    where = " (pairs within inner folds)" if known else ""
     if eligible:
         method = max(eligible, key=lambda m: (auc[m], -rank[m]))
         reason = (
             f"{method} ranked the {n} validation lesions best among the learned scorers "
-            f"(out-of-fold AUC {100 * auc[method]:.1f} %), not below the best untrained "
-            f"baseline {best} ({100 * auc[best]:.1f} %)."
+            f"(out-of-fold AUC {100 * auc[method]:.1f} %{where}), not below the best "
+            f"untrained baseline {best} ({100 * auc[best]:.1f} %)."
         )
         return choice(method, reason)
     top = max(names, key=lambda m: auc[m] if math.isfinite(auc[m]) else -1.0, default=None)
@@ -189,7 +236,7 @@ def choose_default_method(
     )
     reason = (
         f"the untrained baseline {best} ranked the {n} validation lesions best "
-        f"(AUC {100 * auc[best]:.1f} %; {learned_text}), so P(FP) is {best}'s score "
+        f"(AUC {100 * auc[best]:.1f} %{where}; {learned_text}), so P(FP) is {best}'s score "
         "mapped to a probability by Platt scaling on these lesions."
     )
     return choice(best, reason)
@@ -200,12 +247,16 @@ def fit_default_method(
     val: Any,
     review_target: str = "tp:0.95",
     order: Sequence[str] = (PAPER_METHOD,),
+    seed: int | None = None,
 ) -> MethodChoice:
     """Choose a model folder's default P(FP) method and write ``default_method.json``.
 
     Learned candidates are the scorers under ``fold_dir/scorers/`` whose
     ``calibration.json`` holds out-of-fold P(FP) for these validation lesions; untrained
     candidates are the folder's other scorers (``requires_fit`` False), scored on them.
+    Each learned scorer's inner folds are its ``calibration.json``'s ``oof_fold``; a file
+    written before that field existed has them recomputed with ``seed`` (the experiment's,
+    which the cross-fit used), and is counted pooled when ``seed`` is None.
 
     Args:
         fold_dir: ``RUN/fold_K`` (a model folder).
@@ -213,12 +264,14 @@ def fit_default_method(
         review_target: For a baseline default, the target of the operating point stored
             with its calibrator (as the learned scorers' ``calibration.json``).
         order: Tie preference among learned scorers.
+        seed: The seed of the cross-fit's inner split, for files without ``oof_fold``.
 
     Returns:
         The choice, as written.
     """
     is_tp = np.asarray(val.is_tp, dtype=bool)
     learned: dict[str, np.ndarray] = {}
+    folds: dict[str, np.ndarray] = {}
     baselines: dict[str, np.ndarray] = {}
     root = Path(fold_dir) / "scorers"
     for folder in sorted(p for p in root.iterdir() if (p / SCORER_FILE).is_file()):
@@ -234,9 +287,12 @@ def fit_default_method(
             if oof is None or len(oof) != len(is_tp) or payload.get("iou_calibrator"):
                 continue  # no out-of-fold P(FP) for these lesions, or a regressor
             learned[name] = np.asarray(oof, dtype=np.float64)
+            fold = _inner_folds_of(payload, val, seed)
+            if fold is not None:
+                folds[name] = fold
         elif len(is_tp):
             baselines[name] = np.asarray(load_scorer(name, folder).score(val), dtype=np.float64)
-    choice = choose_default_method(learned, baselines, is_tp, order)
+    choice = choose_default_method(learned, baselines, is_tp, order, folds)
     if choice.is_baseline and choice.method in baselines:
         cal = PlattCalibrator(transform="identity").fit(baselines[choice.method], ~is_tp)
         p_val = cal.predict(baselines[choice.method])
@@ -250,6 +306,25 @@ def fit_default_method(
         Path(fold_dir) / DEFAULT_METHOD_FILE, json.dumps(choice.to_dict(), indent=1) + "\n"
     )
     return choice
+
+
+def _inner_folds_of(payload: Mapping[str, Any], val: Any, seed: int | None) -> np.ndarray | None:
+    """(N,) inner fold of each validation lesion of a ``calibration.json``, or None.
+
+    ``oof_fold`` when stored; else, for a cross-fitted scorer (not a self-calibrated one,
+    whose inner split is its own), :func:`~lesionuq.calibration.inner_folds` recomputed
+    with ``seed`` and the stored ``n_inner``; else None (count every pair).
+    """
+    n = len(val)
+    if payload.get("oof_fold") is not None:
+        fold = np.asarray(payload["oof_fold"], dtype=np.int64)
+        return fold if fold.shape == (n,) else None
+    n_inner = payload.get("n_inner")
+    if seed is None or payload.get("method") == "self" or not n_inner or n < 2:
+        return None
+    table = val.table
+    groups = table["case_id"].astype(str).to_numpy() if "case_id" in table else None
+    return inner_folds(np.asarray(val.is_tp, dtype=bool), groups, int(n_inner), seed)
 
 
 def load_default_method(fold_dir: Path) -> MethodChoice | None:

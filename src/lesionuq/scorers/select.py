@@ -14,7 +14,11 @@ catalogue's ``gcnn_auto`` / ``gcnn_stack`` get theirs from the registry
 2. Each candidate gets an accuracy-confidence AUC on the validation lesions: a learned
    candidate (``gcnn_auto``'s: MetaSeg and the GCNN) from its out-of-fold scores (each
    lesion scored by a model that never saw it); an untrained one (a voxel-uncertainty
-   mean or logsum, size), if listed, from its scores directly (nothing is fitted).
+   mean or logsum, size), if listed, from its scores directly (nothing is fitted). Every
+   AUC counts the FP-TP pairs within an inner fold only
+   (:func:`~lesionuq.evaluation.curves.within_fold_auc`): a pooled AUC would also compare
+   lesions scored by different inner models, whose levels differ by chance, and so
+   underrate the learned candidates.
 3. The candidate with the highest AUC is chosen (ties: the earlier candidate; the
    simpler come first) and refitted on all the validation lesions.
 4. A Platt map (:class:`~lesionuq.calibration.PlattCalibrator`, strictly increasing) from
@@ -55,7 +59,7 @@ from lesionuq.calibration import (
     fit_monotone_logistic,
     inner_folds,
 )
-from lesionuq.evaluation.curves import ac_auc
+from lesionuq.evaluation.curves import within_fold_auc
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.methods import method_spec, outputs_p_fp
 from lesionuq.scorers.base import LesionScorer, check_is_fitted
@@ -82,8 +86,9 @@ def selection_aucs(
             the other folds and score this one.
 
     Returns:
-        (AUC by name, a fraction in [0, 1] or NaN when the lesions hold one class only;
-        the (N,) out-of-fold scores by name).
+        (AUC by name over the FP-TP pairs within an inner fold
+        (:func:`~lesionuq.evaluation.curves.within_fold_auc`), a fraction in [0, 1] or NaN
+        when no inner fold holds both classes; the (N,) out-of-fold scores by name).
     """
     aucs: dict[str, float] = {}
     scores: dict[str, np.ndarray] = {}
@@ -101,9 +106,7 @@ def selection_aucs(
                     fitted = factory().fit(lesions.subset(train), progress=False)
                     u[test] = np.asarray(fitted.score(lesions.subset(test)), dtype=np.float64)
         scores[name] = u
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # one class: NaN
-            aucs[name] = ac_auc(u, is_tp)
+        aucs[name] = within_fold_auc(u, is_tp, fold)
     return aucs, scores
 
 
@@ -337,8 +340,12 @@ class StackedScorer(SelectedScorer):
         weights = np.ones(len(active))
         self.inner_auc_ = {c: math.nan for c in self.candidates}
         self.intercept_ = 0.0
+        self.oof_fold_ = np.zeros(len(lesions), dtype=np.int64)
         if len(lesions) >= 2:
-            aucs, scores = self._out_of_fold({c: factories[c] for c in active}, lesions)
+            self.oof_fold_ = np.asarray(self._inner_fold(lesions), dtype=np.int64)
+            aucs, scores = selection_aucs(
+                {c: factories[c] for c in active}, lesions, self.oof_fold_
+            )
             self.inner_auc_.update({k: float(v) for k, v in aucs.items()})
             z = np.stack([self._z(c, scores[c]) for c in active], axis=1)
             weights, self.intercept_ = fit_monotone_logistic(z, ~lesions.is_tp)
