@@ -196,3 +196,35 @@ def test_fit_reads_the_stored_inner_folds_or_recomputes_them(tmp_path) -> None:
     # a self-calibrated scorer's split is its own: not recomputed
     cal.write_text(json.dumps({**payload, "n_inner": 2, "method": "self"}))
     assert fit_default_method(fold, val, seed=5).pairs == "pooled"
+
+
+def test_default_method_rows_put_the_choice_beside_the_baselines_on_test(tmp_path) -> None:
+    """results/default_method.csv: the chosen method's test AUC and the baselines'."""
+    import pandas as pd
+
+    from lesionuq.pipeline.evaluate import DEFAULT_METHOD_COLUMNS, default_method_rows
+    from lesionuq.rundir import FoldSplit
+    from lesionuq.scorers.default_method import DEFAULT_METHOD_FILE
+
+    c = choose_default_method(
+        {"gcnn_classif": PERFECT}, {"entropy_mean": GOOD, "size": REVERSED}, IS_TP
+    )
+    (tmp_path / "fold_1").mkdir()
+    (tmp_path / "fold_1" / DEFAULT_METHOD_FILE).write_text(json.dumps(c.to_dict()))
+    # fold 1's test lesions: the GCNN ranks them 14 of 16, entropy_mean 16 of 16, size 0
+    lesions = pd.DataFrame(
+        {"fold": [0] * 2 + [1] * 8, "is_tp": [True, False, *IS_TP],
+         "gcnn_classif": [0.0, 1.0, *GOOD], "entropy_mean": [0.0, 1.0, *PERFECT],
+         "size": [0.0, 1.0, *REVERSED]}
+    )  # fmt: skip
+    methods = ["gcnn_classif", "entropy_mean", "size"]
+    rows = default_method_rows(tmp_path, FoldSplit(1, (), (), ()), lesions, methods)
+    assert list(rows.columns) == list(DEFAULT_METHOD_COLUMNS) and len(rows) == 1
+    r = rows.iloc[0]
+    assert (r.fold, r.method, r.pairs) == (1, "gcnn_classif", "pooled")
+    assert (r.val_auc, r.val_best_baseline, r.val_best_baseline_auc) == (1.0, "entropy_mean", 0.875)
+    assert r.test_auc == pytest.approx(14 / 16) and r.test_auc_gcnn_classif == r.test_auc
+    assert r.test_auc_val_best_baseline == 1.0
+    assert (r.test_best_baseline, r.test_best_baseline_auc) == ("entropy_mean", 1.0)
+    # a fold without default_method.json (fitted before the rule) has no row
+    assert default_method_rows(tmp_path, FoldSplit(0, (), (), ()), lesions, methods).empty

@@ -10,6 +10,7 @@ import pandas as pd
 
 from helpers import TINY
 from lesionuq.config import METHODS, ExperimentConfig, GCNNConfig
+from lesionuq.pipeline.evaluate import DEFAULT_METHOD_COLUMNS
 from lesionuq.pipeline.experiment import run_experiment
 from lesionuq.pipeline.fit import stage_fit
 from lesionuq.segmentation import sampling, train
@@ -70,7 +71,22 @@ def test_contract_files(tiny_run):
     diff = gcnn[["diff_vs_gcnn_classif", "diff_lo", "diff_hi"]].tolist()
     assert diff == [0.0, 0.0, 0.0] if np.isfinite(gcnn.auc) else np.isnan(diff).all()
     assert (run / "results/figure2.png").stat().st_size > 1000
+    # what predict reports by default, per fold, beside the baselines on the test lesions
+    chosen = pd.read_csv(run / "results/default_method.csv")
+    assert list(chosen.columns) == list(DEFAULT_METHOD_COLUMNS)
+    assert sorted(chosen.fold) == sorted(f["fold"] for f in folds)
+    per_fold = pd.read_csv(run / "results/table2_folds.csv").set_index(["fold", "method"])
+    for r in chosen.itertuples():
+        assert (
+            r.method
+            == json.loads((run / f"fold_{r.fold}/default_method.json").read_text())["method"]
+        )
+        np.testing.assert_allclose(r.test_auc, per_fold.loc[(r.fold, r.method), "auc"])
+        np.testing.assert_allclose(
+            r.test_auc_gcnn_classif, per_fold.loc[(r.fold, "gcnn_classif"), "auc"]
+        )
     html = (run / "results/report.html").read_text()
+    assert "reports, on the test lesions" in html
     assert "data:image/png;base64," in html
     assert result.report == run / "results/report.html"
 

@@ -41,6 +41,7 @@ from lesionuq.evaluation.render import (
 from lesionuq.evaluation.report_sections import (
     HOW_TO_READ,
     calibration_html,
+    default_method_html,
     detection_html,
     learning_curve_html,
     missing_note,
@@ -266,6 +267,7 @@ def write_report(
             "smallest |&rho;| (uncertainty least tied to lesion size).</p>"
         )
         body.append(validation_html(run))
+        body.append(default_method_html(run))
     else:
         body.append(missing_note(res / "table2.csv", run))
 

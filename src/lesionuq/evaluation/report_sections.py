@@ -35,6 +35,7 @@ __all__ = [
     "HOW_TO_READ",
     "TABLE1_BASE",
     "calibration_html",
+    "default_method_html",
     "detection_html",
     "learning_curve_html",
     "missing_note",
@@ -247,6 +248,55 @@ def operating_point_html(run: Path) -> str:
     header = ["Method", "Target", "Threshold", "FP flagged (%)", "TP flagged (%)",
               "Precision before (%)", "Precision after (%)"]  # fmt: skip
     out.append(html_table(header, rows))
+    return "\n".join(out)
+
+
+def default_method_html(run: Path) -> str:
+    """How each fold's default P(FP) method (the one ``predict`` reports) did on the test lesions.
+
+    Reads ``results/default_method.csv``; empty when the run has none (fitted before the
+    default method existed).
+    """
+    frame = read_optional_csv(run / "results" / "default_method.csv")
+    if frame is None or not len(frame):
+        return ""
+    out = [
+        "<h3>The P(FP) method <code>predict</code> reports, on the test lesions</h3>",
+        '<p class="note">Each fold chose its default P(FP) method on its validation lesions '
+        "only (out-of-fold AUC, never below the best untrained baseline there). Here is "
+        "what that choice did on the fold's test lesions, beside the untrained baseline "
+        "that was best on the validation lesions, the one best on these test lesions "
+        "(known only in hindsight) and the paper's GCNN. AUC in %.</p>",
+    ]
+
+    def pct(value: object) -> str:
+        return _fmt(float(str(value)), ".1f", 100) if str(value) not in ("", "nan") else "-"
+
+    rows = []
+    for r in frame.itertuples(index=False):
+        hindsight = f"{_e(method_label(str(r.test_best_baseline)))} {pct(r.test_best_baseline_auc)}"
+        val_base = f"{_e(method_label(str(r.val_best_baseline)))} {pct(r.val_best_baseline_auc)}"
+        rows.append(
+            [
+                str(r.fold),
+                _e(method_label(str(r.method))),
+                pct(r.val_auc),
+                val_base,
+                _bold_if(pct(r.test_auc), float(r.test_auc) >= float(r.test_best_baseline_auc)),
+                pct(r.test_auc_val_best_baseline),
+                hindsight,
+                pct(r.test_auc_gcnn_classif),
+            ]
+        )
+    header = ["Fold", "Default method", "Validation AUC", "Best baseline (validation)",
+              "Test AUC", "That baseline, test", "Best baseline on test (hindsight)",
+              "Paper's GCNN, test"]  # fmt: skip
+    out.append(html_table(header, rows))
+    out.append(
+        '<p class="note">Bold: the default ranked the test lesions at least as well as the '
+        "best untrained baseline in hindsight. With few validation scans the choice rests "
+        "on noisy out-of-fold AUCs.</p>"
+    )
     return "\n".join(out)
 
 

@@ -4,6 +4,7 @@ Data flow (see docs/DESIGN.md for the files)::
 
     all folds  --evaluate-->  results/{lesions,cases,table1,table2,table2_folds}.csv,
                               results/{calibration,operating_point,retention}.csv,
+                              results/default_method.csv,
                               results/{figure2,calibration}.png, results/report.html
 
 Its per-fold steps read a run directory: the fold's test lesions and fitted scorers
@@ -15,6 +16,7 @@ them over every fold; they are usable on their own for a finished run:
 >>> raw = score_fold(run, split, methods)  # one row per test lesion
 >>> lesions, long, op = calibrate_fold(run, split, raw, methods)
 >>> det = detection_cases(run, split)  # lesion-level detection per test case
+>>> default_method_rows(run, split, lesions)  # how the folder's default P(FP) method did
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import pandas as pd
 from lesionuq.calibration import CALIBRATOR_FILE, load_calibration
 from lesionuq.evaluation.bootstrap import auc_intervals
 from lesionuq.evaluation.calibration_metrics import calibration_table
+from lesionuq.evaluation.curves import ac_auc
 from lesionuq.evaluation.detection import fold_detection_rows, retention_rows
 from lesionuq.evaluation.figures import plot_accuracy_confidence, plot_calibration
 from lesionuq.evaluation.folds import (
@@ -43,20 +46,40 @@ from lesionuq.evaluation.metrics import table1, table2
 from lesionuq.evaluation.report import write_report
 from lesionuq.io import atomic_write_text, csv_text, read_csv_table
 from lesionuq.lesions.dataset import LesionSet
+from lesionuq.methods import is_learned
 from lesionuq.pipeline.stages import locked
 from lesionuq.rundir import FoldSplit, RunDir
 from lesionuq.scorers import load_scorer
+from lesionuq.scorers.default_method import PAPER_METHOD, load_default_method
 from lesionuq.utils import remove_pyg_codegen_files, track
 
 __all__ = [
+    "DEFAULT_METHOD_COLUMNS",
     "OPERATING_POINT_COLUMNS",
     "ExperimentResult",
     "calibrate_fold",
+    "default_method_rows",
     "detection_cases",
     "load_fold_calibrations",
     "score_fold",
     "stage_evaluate",
 ]
+
+
+DEFAULT_METHOD_COLUMNS = (
+    "fold",
+    "method",
+    "pairs",
+    "val_auc",
+    "val_best_baseline",
+    "val_best_baseline_auc",
+    "test_auc",
+    "test_auc_val_best_baseline",
+    "test_best_baseline",
+    "test_best_baseline_auc",
+    "test_auc_gcnn_classif",
+)
+"""Columns of ``results/default_method.csv`` (:func:`default_method_rows`)."""
 
 
 @dataclass
@@ -90,7 +113,9 @@ def stage_evaluate(run: Path, progress: bool = True) -> ExperimentResult:
     metrics, ``table2.csv``, ``figure2.png``) it writes ``calibration.csv`` and
     ``calibration.png`` (before / after calibration), ``operating_point.csv`` (what the
     stored review threshold does on the test lesions) and ``retention.csv`` (area of the
-    lesion-F1 retention curve per fold and method).
+    lesion-F1 retention curve per fold and method) and ``default_method.csv`` (how each
+    fold's default P(FP) method, the one ``predict`` reports, ranked the test lesions;
+    :func:`default_method_rows`).
     """
     rd = RunDir(Path(run))
     cfg, _, splits = rd.read_plan()
@@ -135,6 +160,14 @@ def stage_evaluate(run: Path, progress: bool = True) -> ExperimentResult:
         else {}
     )  # is_tp (IoU_adj >= epsilon) is closest to the overlap rule: use its misses
     atomic_write_text(res / "retention.csv", csv_text(retention_rows(lesions, methods, n_fn)))
+    chosen = [default_method_rows(run, split, lesions, methods) for split in splits]
+    chosen = [frame for frame in chosen if len(frame)]
+    default_rows = (
+        pd.concat(chosen, ignore_index=True)
+        if chosen
+        else pd.DataFrame(columns=DEFAULT_METHOD_COLUMNS)
+    )
+    atomic_write_text(res / "default_method.csv", csv_text(default_rows))
     plot_accuracy_confidence(lesions, methods, res / "figure2.png")
     report = write_report(rd.root)
     return ExperimentResult(rd.root, t1, t2, t2_folds, report)
@@ -161,6 +194,77 @@ def score_fold(run: Path, split: FoldSplit, methods: Sequence[str]) -> pd.DataFr
         frame[method] = scorer.score(test) if len(test) else np.zeros(0)
     remove_pyg_codegen_files()
     return frame
+
+
+def default_method_rows(
+    run: Path, split: FoldSplit, lesions: pd.DataFrame, methods: Sequence[str] = ()
+) -> pd.DataFrame:
+    """How a fold's default P(FP) method (``fold_K/default_method.json``) did on its test lesions.
+
+    The default is what ``predict`` reports (:mod:`lesionuq.scorers.default_method`),
+    chosen on the validation lesions; this row puts its test AUC beside the untrained
+    baseline that was best on the validation lesions, the untrained baseline best on
+    these test lesions (in hindsight) and the paper's GCNN.
+
+    Args:
+        run: The run directory.
+        split: The fold.
+        lesions: The test lesions of all folds (``results/lesions.csv``: ``fold``,
+            ``is_tp`` and one column per method in ``methods``).
+        methods: The method columns of ``lesions``; a default method not among them is
+            scored here from its fitted scorer.
+
+    Returns:
+        One row with :data:`DEFAULT_METHOD_COLUMNS` (AUCs as fractions, NaN where not
+        defined); no row when the fold has no ``default_method.json`` (fitted before the
+        rule) or no test lesions.
+    """
+    rd = RunDir(Path(run))
+    choice = load_default_method(rd.fold(split.fold))
+    rows = lesions[lesions["fold"] == split.fold]
+    if choice is None or not len(rows):
+        return pd.DataFrame(columns=DEFAULT_METHOD_COLUMNS)
+    is_tp = rows["is_tp"].to_numpy(dtype=bool)
+
+    def test_auc(method: str | None) -> float:
+        if method is None or method not in rows:
+            return float("nan")
+        return _auc(rows[method].to_numpy(dtype=np.float64), is_tp)
+
+    if choice.method in methods:
+        chosen = test_auc(choice.method)
+    else:  # e.g. fitted by ``lesionuq fit --method`` beyond the config's methods
+        test = LesionSet.load(rd.lesion_set(split.fold, "test"))
+        score = load_scorer(choice.method, rd.scorer(split.fold, choice.method)).score(test)
+        chosen = _auc(np.asarray(score, dtype=np.float64), np.asarray(test.is_tp, dtype=bool))
+    untrained = [m for m in methods if not is_learned(m)]
+    hindsight = {m: test_auc(m) for m in untrained}
+    finite = {m: a for m, a in hindsight.items() if np.isfinite(a)}
+    best = max(finite, key=lambda m: finite[m]) if finite else None
+    val_best = choice.best_baseline
+    row = {
+        "fold": split.fold,
+        "method": choice.method,
+        "pairs": choice.pairs,
+        "val_auc": choice.val_auc.get(choice.method, float("nan")),
+        "val_best_baseline": val_best,
+        "val_best_baseline_auc": choice.val_auc.get(val_best, float("nan"))
+        if val_best
+        else float("nan"),
+        "test_auc": chosen,
+        "test_auc_val_best_baseline": test_auc(val_best),
+        "test_best_baseline": best,
+        "test_best_baseline_auc": finite[best] if best else float("nan"),
+        "test_auc_gcnn_classif": test_auc(PAPER_METHOD),
+    }
+    return pd.DataFrame([row], columns=DEFAULT_METHOD_COLUMNS)
+
+
+def _auc(score: np.ndarray, is_tp: np.ndarray) -> float:
+    """:func:`~lesionuq.evaluation.curves.ac_auc`, NaN without an FP or a TP (no warning)."""
+    if is_tp.all() or not is_tp.any():
+        return float("nan")
+    return ac_auc(score, is_tp)
 
 
 def load_fold_calibrations(
