@@ -71,9 +71,18 @@ def test_with_locations_joins_by_lesion_id(monkeypatch) -> None:
     lesions = random_lesion_set(3).subset([2, 0])  # lesion ids 3 and 1, in that order
     names = ["deep", "juxtacortical", "periventricular"]
     located = _table(names, [[1, 1, 1], [2, 2, 2], [3, 3, 3]])
-    monkeypatch.setattr(feat, "locate_lesions", lambda image, affine, labels: (located, "reg"))
+    seen = []
+
+    def locate(image, affine, labels, registration=None):
+        seen.append(registration)
+        return located, "reg" if registration is None else registration
+
+    monkeypatch.setattr(feat, "locate_lesions", locate)
     out, reg = with_locations(lesions, np.zeros((2, 2, 2)), np.eye(4), np.zeros((2, 2, 2)))
     assert reg == "reg"
+    again, reg = with_locations(lesions, np.zeros((2, 2, 2)), np.eye(4), np.zeros((2, 2, 2)), "r0")
+    assert reg == "r0" and seen == [None, "r0"]  # a registration given is passed on
+    pd.testing.assert_frame_equal(again.table, out.table)
     assert out.table["location"].tolist() == ["periventricular", "deep"]
     assert out.table["mni_x_mm"].tolist() == [3.0, 1.0]
     assert out.graphs is lesions.graphs
@@ -187,3 +196,102 @@ def test_predict_locates_before_scoring_once(tmp_path, monkeypatch) -> None:
     predict_scan(model, scan, tmp_path / "out2", progress=False)  # without --location
     assert len(calls) == 1 and len(spy.tables) == 2
     assert "mni_x_mm" in spy.tables[1]
+
+
+def _write_tiny_run(run, cfg: ExperimentConfig) -> None:
+    """A run whose graphs stage can run: 2 folds, each case in one fold's validation set
+    and the other's test set; the preprocessed scans are ``test_predict``'s analytic
+    brain (3 bright lesions, also the ground truth) and the maps call them lesions."""
+    from lesionuq.io import save_nifti
+    from lesionuq.outputs import start_output
+    from lesionuq.rundir import RunDir
+    from lesionuq.uncertainty import VoxelMaps, entropy, pcs
+    from test_predict import brain_scan, lps_affine
+
+    start_output(run, "run")
+    rd = RunDir(run)
+    folds = [FoldSplit(0, (), ("a",), ("b",)), FoldSplit(1, (), ("b",), ("a",))]
+    rd.write_plan(cfg, run / "cases.csv", folds)
+    affine, shape = lps_affine()
+    for i, c in enumerate(("a", "b")):
+        image = np.asarray(brain_scan(affine, shape).dataobj) * (1.0 + 0.1 * i)
+        lesion = image > 200
+        save_nifti(rd.preprocessed / c / "flair.nii.gz", image.astype(np.float32), affine)
+        save_nifti(rd.preprocessed / c / "mask.nii.gz", lesion.astype(np.uint8), affine)
+        prob = np.where(lesion, 0.9, 0.05).astype(np.float32)
+        maps = VoxelMaps(prob, entropy(prob), np.full(shape, 0.01, np.float32), pcs(prob))
+        for k, split in ((0, "val" if c == "a" else "test"), (1, "test" if c == "a" else "val")):
+            for name, data in maps.items():
+                save_nifti(rd.case_dir(k, split, c) / f"{name}.nii.gz", data, affine)
+
+
+def _small_template():
+    """Template regions on a 2 mm grid around ``test_predict``'s analytic brain (the real
+    ones take seconds to compute): a ventricle block 1.5 mm from its lesion 1, a cortex
+    slab that lesion 2 reaches, everything behind y = -20 mm infratentorial (lesion 3);
+    lesions 1-3 of ``test_predict.LESIONS`` are labels 3, 1, 2 on its LPS grid."""
+    from scipy import ndimage as ndi
+
+    from lesionuq.location.atlas import TemplateRegions
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-40.0, -50.0, -30.0]
+    shape = (41, 41, 36)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    x, y, z = np.moveaxis(ijk @ affine[:3, :3].T + affine[:3, 3], -1, 0)
+    ventricles = (np.abs(x) <= 4) & (y >= -16) & (y <= -8) & (z >= 4) & (z <= 12)
+    cortex = y >= 3
+    full = np.ones(shape, np.float32)
+    return TemplateRegions(
+        affine, full, full, full, full, full > 0, ventricles, cortex, y <= -20,
+        ndi.distance_transform_edt(~ventricles, sampling=2.0).astype(np.float32),
+        ndi.distance_transform_edt(~cortex, sampling=2.0).astype(np.float32),
+    )  # fmt: skip
+
+
+def test_graphs_stage_registers_each_scan_once_for_all_its_folds(tmp_path, monkeypatch) -> None:
+    """Case a is in fold 0's validation and fold 1's test set: one registration, saved in
+    RUN/registrations/a and reused by both units, and by a rerun of the stage."""
+    from lesionuq.location import classify
+    from lesionuq.location import register as reg_mod
+    from lesionuq.pipeline.graphs import stage_graphs
+    from lesionuq.rundir import RunDir
+    from test_location_batch import identity
+    from test_predict import LESIONS
+
+    template = _small_template()
+    for module in (classify, reg_mod):
+        monkeypatch.setattr(module, "load_regions", lambda: template)
+
+    calls: list[float] = []
+
+    def counted(image, affine, brain=None, **kwargs):
+        calls.append(float(image.max()))
+        return identity(image, affine, brain, **kwargs)
+
+    monkeypatch.setattr(reg_mod, "register_to_template", counted)
+    monkeypatch.setattr(feat, "register_to_template", counted)  # would be a second one
+    run = tmp_path / "run"
+    _write_tiny_run(run, ExperimentConfig(graphs=GraphConfig(location=True)))
+    stage_graphs(run, progress=False)
+    assert sorted(calls) == [260.0, 286.0]  # a and b, once each
+    rd = RunDir(run)
+    for c in ("a", "b"):
+        assert sorted(p.name for p in rd.registration(c).iterdir()) == [
+            "registration.json", "transform.tfm",
+        ]  # fmt: skip
+    tables = {}
+    for k in (0, 1):
+        for split in ("val", "test"):
+            t = LesionSet.load(rd.lesion_set(k, split)).table
+            assert t["location"].tolist() == ["juxtacortical", "infratentorial", "periventricular"]
+            mni = t[["mni_x_mm", "mni_y_mm", "mni_z_mm"]].to_numpy()
+            np.testing.assert_allclose(mni, LESIONS[[1, 2, 0]], atol=0.3)  # identity: centres
+            tables[k, split] = t
+    cols = ["lesion_id", "location", "mni_x_mm", "mni_y_mm", "mni_z_mm"]
+    pd.testing.assert_frame_equal(tables[0, "val"][cols], tables[1, "test"][cols])  # case a
+    for k in (0, 1):
+        (rd.lesion_set(k, "val") / "stamp.json").unlink()  # the stage reruns: no registration
+    stage_graphs(run, progress=False)
+    assert len(calls) == 2
+    pd.testing.assert_frame_equal(LesionSet.load(rd.lesion_set(0, "val")).table, tables[0, "val"])

@@ -151,6 +151,10 @@ def test_registration_recovers_a_known_rotation_and_shift():
     err = np.linalg.norm(reg.to_template(scan_pts) - pts, axis=1)
     assert err.max() < 1.5, err
     np.testing.assert_allclose(reg.scales, 1.0, atol=0.03)
+    # the same scan again: the same transform to the last bit (fixed seed, one thread)
+    again = register_to_template(data, moved @ affine)
+    assert again.transform.GetParameters() == reg.transform.GetParameters()
+    np.testing.assert_array_equal(again.to_template(scan_pts), reg.to_template(scan_pts))
     coverage = region_coverage(reg, data > 0)
     assert min(coverage.values()) > 0.9, coverage
     # a scan of the brain above z = -5 mm: the infratentorial region is not assessable

@@ -352,7 +352,8 @@ class GraphConfig(_Section):
             lesion border in voxels, negative outside).
         logsum_eps: Lower clip of voxel uncertainty before taking its log (logsum baselines).
         location: Also locate every lesion (registration of each scan to MNI152, about
-            10 s; :func:`lesionuq.location.features.locate_lesions`): the lesion tables
+            10 s, once per run: kept in ``RUN/registrations/CASE``;
+            :func:`lesionuq.location.features.locate_lesions`): the lesion tables
             gain ``location`` and the MNI centroid, which the location-aware methods
             (``gcnn_loc``, ``metaseg_loc``) read. Off by default.
     """

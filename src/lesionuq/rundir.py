@@ -152,6 +152,19 @@ class RunDir:
         """``RUN/preprocessed``: every case on the common grid (cache shared by folds)."""
         return self.root / "preprocessed"
 
+    @property
+    def registrations(self) -> Path:
+        """``RUN/registrations``: each scan's MNI152 registration (cache shared by folds)."""
+        return self.root / "registrations"
+
+    def registration(self, case_id: str) -> Path:
+        """``RUN/registrations/CASE``: ``transform.tfm`` and ``registration.json``.
+
+        Written by the graphs stage with ``graphs.location`` on
+        (:func:`lesionuq.location.register.cached_registration`).
+        """
+        return self.registrations / case_id
+
     def fold(self, k: int) -> Path:
         """``RUN/fold_K``: a self-contained model folder once fitted."""
         return self.root / f"fold_{k}"

@@ -6,7 +6,7 @@ module         content
 ``atlas``      the MNI152 template's location maps (nilearn, no download): ventricles,
                cortex, infratentorial region, distances
 ``register``   scan -> template registration with SimpleITK (rigid, affine, optional
-               B-spline) and its quality measures
+               B-spline), its quality measures, saved and reused per scan
 ``classify``   each lesion's class (periventricular, juxtacortical, infratentorial, deep,
                unknown) and MNI centroid; region coverage of a partial scan
 ``dis``        the DIS verdicts: all lesions, lesions not flagged, P(DIS) under P(FP)
@@ -25,7 +25,11 @@ from lesionuq.location.classify import (
     region_coverage,
 )
 from lesionuq.location.dis import dis_probability, dis_summary, region_probabilities
-from lesionuq.location.register import Registration, register_to_template
+from lesionuq.location.register import (
+    Registration,
+    cached_registration,
+    register_to_template,
+)
 
 __all__ = [
     "DIS_REGIONS",
@@ -33,6 +37,7 @@ __all__ = [
     "LesionLocations",
     "LocationRules",
     "Registration",
+    "cached_registration",
     "classify_from_maps",
     "classify_lesions",
     "dis_probability",

@@ -69,7 +69,10 @@ def location_columns(locations: LesionLocations) -> pd.DataFrame:
 
 
 def locate_lesions(
-    image: np.ndarray, affine: np.ndarray, labels: np.ndarray
+    image: np.ndarray,
+    affine: np.ndarray,
+    labels: np.ndarray,
+    registration: Registration | None = None,
 ) -> tuple[pd.DataFrame, Registration]:
     """Register a scan to MNI152 and give each of its lesions a location.
 
@@ -77,18 +80,25 @@ def locate_lesions(
         image: (X, Y, Z) scan intensities, 0 outside the brain (the preprocessed FLAIR).
         affine: (4, 4) RAS affine of ``image`` and ``labels``.
         labels: (X, Y, Z) int lesion labels 1..N (0 background).
+        registration: The scan's registration computed before (e.g. by
+            :func:`~lesionuq.location.register.cached_registration`), on the grid of
+            ``image``; None registers the scan here.
 
     Returns:
         The N rows of :data:`LOCATION_COLUMNS` in label order (all ``unknown`` when the
         registration is not trusted, see :attr:`Registration.ok`), and the registration
         (its quality measures).
     """
-    reg = register_to_template(image, affine, image != 0)
+    reg = register_to_template(image, affine, image != 0) if registration is None else registration
     return location_columns(classify_lesions(labels, affine, reg, image=image)), reg
 
 
 def with_locations(
-    lesions: LesionSet, image: np.ndarray, affine: np.ndarray, labels: np.ndarray
+    lesions: LesionSet,
+    image: np.ndarray,
+    affine: np.ndarray,
+    labels: np.ndarray,
+    registration: Registration | None = None,
 ) -> tuple[LesionSet, Registration]:
     """The lesions of one scan with the :data:`LOCATION_COLUMNS` added to their table.
 
@@ -97,12 +107,14 @@ def with_locations(
         image: (X, Y, Z) scan intensities, 0 outside the brain.
         affine: (4, 4) RAS affine of ``image`` and ``labels``.
         labels: (X, Y, Z) int lesion labels 1..N.
+        registration: The scan's registration computed before, or None (registered
+            here; see :func:`locate_lesions`).
 
     Returns:
         A new :class:`LesionSet` (same graphs, the table with the location columns; an
         existing column of that name is replaced) and the registration.
     """
-    located, reg = locate_lesions(image, affine, labels)
+    located, reg = locate_lesions(image, affine, labels, registration=registration)
     table = lesions.table.drop(columns=[c for c in LOCATION_COLUMNS if c in lesions.table])
     ids = table["lesion_id"].to_numpy(dtype=np.int64) - 1 if len(table) else np.zeros(0, int)
     rows = located.iloc[ids].reset_index(drop=True)

@@ -4,6 +4,8 @@ Data flow per fold K (see docs/DESIGN.md for the files)::
 
     fold_K/{val,test}/CASE  --graphs-->  fold_K/{val,test}/CASE/lesions.nii.gz,
                                          fold_K/graphs/{val,test} (lesion set, cases.csv)
+                                         registrations/CASE (graphs.location: the scan's
+                                         MNI152 registration, shared by the folds)
 
 One :class:`~lesionuq.pipeline.stages.Unit` per fold and split (its lesion set), whose
 tasks are its cases (:func:`~lesionuq.pipeline.stages.run_stale`).
@@ -24,6 +26,7 @@ from lesionuq.io import atomic_dir, atomic_write_text, csv_text, save_nifti
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.lesions.graphs import case_lesions
 from lesionuq.location.features import with_locations
+from lesionuq.location.register import cached_registration
 from lesionuq.parallel import CaseResults, check_parallel
 from lesionuq.pipeline.stages import (
     Unit,
@@ -114,8 +117,10 @@ def _graphs_case(job: _GraphsJob) -> tuple[LesionSet, dict[str, object]]:
     labels, lesions = case_lesions(
         maps.seg, image, maps, mask, affine, cfg.graphs, c, ignore=ignore
     )
-    if cfg.graphs.location:  # the lesion tables gain location + MNI centroid (~10 s)
-        lesions, _ = with_locations(lesions, image[0], affine, labels)
+    if cfg.graphs.location:  # the lesion tables gain location + MNI centroid
+        # one registration per scan and run (~10 s), reused by every fold and split
+        reg = cached_registration(RunDir(job.run).registration(c), image[0], affine)
+        lesions, _ = with_locations(lesions, image[0], affine, labels, registration=reg)
     save_nifti(job.case_dir / "lesions.nii.gz", labels.astype(np.int32), affine)
     ignored = lesions.table["in_ignore"].to_numpy(dtype=bool)
     # lesions mostly in the ignore region are neither TP nor FP: not fitted, not evaluated
