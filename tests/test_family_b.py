@@ -124,7 +124,7 @@ def test_family_b_follows_the_output_rule(tmp_path) -> None:
 
 def test_family_is_checked_and_b_takes_no_params(tmp_path) -> None:
     with pytest.raises(ConfigError, match="family"):
-        PhantomConfig(family="c")
+        PhantomConfig(family="d")
     cfg = PhantomConfig(n_cases=1, family="b", params={"tr_ms": 8000})
     with pytest.raises(ConfigError, match="family b takes none"):
         make_dataset(tmp_path / "x", cfg, progress=False)

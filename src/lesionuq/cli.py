@@ -217,13 +217,17 @@ def phantom(
     spacing: Annotated[float, typer.Option(help="Voxel size in mm.")] = 1.0,
     preview: Annotated[bool, typer.Option(help="Write preview.png.")] = False,
     family: Annotated[
-        str, typer.Option(help="Generator: a (MNI152, the default) or b (fsaverage, other rules).")
+        str,
+        typer.Option(
+            help="Generator: a (MNI152, the default), b (fsaverage, other rules) or "
+            "c (procedural, no template)."
+        ),
     ] = "a",
     max_lesions: Annotated[int, typer.Option(help="Lesion-load scale.")] = 40,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Generate a synthetic MS data set (family a: MNI152 brain; b: fsaverage brain)."""
+    """Generate a synthetic MS data set (family a: MNI152; b: fsaverage; c: procedural)."""
     # lazy: the phantom generators load torch, not loaded for lesionuq --help
     from lesionuq.data.families import make_dataset
 

@@ -206,8 +206,10 @@ class PhantomConfig(_Section):
         max_lesions: Upper bound of the per-case lesion count.
         params: Overrides of the physical parameters
             (``lesionuq.data.phantom.PhantomParams`` field -> value); None for the defaults.
-        family: Generator: ``"a"`` (``lesionuq.data.phantom``, MNI152) or ``"b"``
-            (``lesionuq.data.family_b``, fsaverage, other rules; takes no ``params``).
+        family: Generator: ``"a"`` (``lesionuq.data.phantom``, MNI152), ``"b"``
+            (``lesionuq.data.family_b``, fsaverage, other rules) or ``"c"``
+            (``lesionuq.data.family_c``, procedural, no template); b and c take no
+            ``params``.
     """
 
     n_cases: int = 20
@@ -219,8 +221,8 @@ class PhantomConfig(_Section):
     family: str = "a"
 
     def _check(self) -> None:
-        if self.family not in ("a", "b"):
-            raise ConfigError(f"phantom.family must be 'a' or 'b', got {self.family!r}.")
+        if self.family not in ("a", "b", "c"):
+            raise ConfigError(f"phantom.family must be 'a', 'b' or 'c', got {self.family!r}.")
         _at_least(self, "n_cases", [self.n_cases], 1)
         _at_least(self, "seed", [self.seed], 0)
         _at_least(self, "shape", self.shape or (), 1)

@@ -1,6 +1,6 @@
 """The phantom families behind one entry point: ``phantom.family`` picks the generator.
 
-Both write the same files (``case_XXX/flair.nii.gz``, ``case_XXX/mask.nii.gz``,
+All write the same files (``case_XXX/flair.nii.gz``, ``case_XXX/mask.nii.gz``,
 ``phantom.json``, ``cases.csv`` last), so the whole pipeline runs unchanged on either.
 """
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lesionuq.data.family_b import make_family_b_dataset
+from lesionuq.data.family_c import make_family_c_dataset
 from lesionuq.data.phantom import make_phantom_dataset
 
 if TYPE_CHECKING:
@@ -22,6 +23,8 @@ FAMILIES = {
     "(lesionuq.data.phantom)",
     "b": "fsaverage5 surfaces, sphere-union lesions, other mimics and scanner "
     "(lesionuq.data.family_b)",
+    "c": "procedural anatomy (no template), random-field lesions, k-space scanner "
+    "(lesionuq.data.family_c)",
 }
 """Family name -> one-line description."""
 
@@ -35,12 +38,12 @@ def make_dataset(
 ) -> Path:
     """Generate the phantom data set of ``cfg.family`` under ``out_dir``.
 
-    Both families follow the output-folder rule (:mod:`lesionuq.outputs`): ``out_dir`` is
+    Every family follows the output-folder rule (:mod:`lesionuq.outputs`): ``out_dir`` is
     new, empty, or a phantom data set lesionuq wrote.
 
     Args:
         out_dir: Output folder.
-        cfg: The data set config (``cfg.family``: ``"a"`` or ``"b"``).
+        cfg: The data set config (``cfg.family``: ``"a"``, ``"b"`` or ``"c"``).
         preview: Also write ``preview.png``.
         progress: Show a progress bar.
         overwrite: Replace an earlier phantom data set made with other settings.
@@ -52,6 +55,10 @@ def make_dataset(
         return make_phantom_dataset(
             out_dir, cfg, preview=preview, progress=progress, overwrite=overwrite
         )
-    return make_family_b_dataset(
+    if cfg.family == "b":
+        return make_family_b_dataset(
+            out_dir, cfg, preview=preview, progress=progress, overwrite=overwrite
+        )
+    return make_family_c_dataset(
         out_dir, cfg, preview=preview, progress=progress, overwrite=overwrite
     )

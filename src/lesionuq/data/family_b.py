@@ -57,10 +57,8 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,16 +70,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from lesionuq.config import ConfigError, config_digest
-from lesionuq.data.phantom.dataset import case_seed, check_phantom_config, write_preview
-from lesionuq.io import (
-    Case,
-    atomic_write_text,
-    save_nifti,
-    write_manifest,
-)
-from lesionuq.outputs import check_output_dir, output_dir
-from lesionuq.utils import track
+from lesionuq.data.phantom.dataset import write_drawn_dataset
 
 if TYPE_CHECKING:
     from lesionuq.config import PhantomConfig
@@ -868,37 +857,18 @@ def make_family_b_dataset(
         ConfigError: ``cfg.params`` is set (they are family A's parameters), or the
             config is invalid (:func:`~lesionuq.data.phantom.check_phantom_config`).
     """
-    out_dir = Path(out_dir)
-    if cfg.params:
-        raise ConfigError("phantom.params are family A's parameters; family b takes none.")
-    check_phantom_config(cfg, memory_limit_gib)
-    key = config_digest({"phantom": dataclasses.asdict(cfg), "preview": preview})
-    check_output_dir(out_dir, "phantom", overwrite=overwrite, key=key)
-    cases, summary = [], []
-    with output_dir(out_dir, "phantom", key) as tmp:
-        for i in track(range(cfg.n_cases), "phantom cases (family b)", enabled=progress):
-            case_id = f"case_{i:03d}"
-            seed = case_seed(cfg.seed, i)
-            draw = draw_case_b(seed, cfg.max_lesions)
-            case = render_case_b(draw, cfg.spacing, cfg.shape)
-            folder = tmp / case_id
-            flair, mask = folder / "flair.nii.gz", folder / "mask.nii.gz"
-            save_nifti(flair, case.flair.dataobj, case.flair.affine, dtype=np.int16)
-            save_nifti(mask, case.mask.dataobj, case.mask.affine, dtype=np.uint8)
-            cases.append(Case(case_id, (flair,), mask))
-            summary.append({"case_id": case_id, **case.info, "draw": draw.to_dict()})
-        config = dataclasses.asdict(cfg)
-        meta = {"family": "b", "config": config, "cases": summary}
-        atomic_write_text(tmp / "phantom.json", json.dumps(meta, indent=1, default=_plain))
-        write_manifest(tmp / "cases.csv", cases)
-        if preview:
-            write_preview(tmp / "cases.csv", tmp / "preview.png")
-    return out_dir / "cases.csv"
 
+    def make_case(seed: int) -> tuple[PhantomCaseB, dict[str, Any]]:
+        draw = draw_case_b(seed, cfg.max_lesions)
+        return render_case_b(draw, cfg.spacing, cfg.shape), draw.to_dict()
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON-able: {type(value)}")
+    return write_drawn_dataset(
+        Path(out_dir),
+        cfg,
+        "b",
+        make_case,
+        preview=preview,
+        progress=progress,
+        memory_limit_gib=memory_limit_gib,
+        overwrite=overwrite,
+    )

@@ -6,8 +6,9 @@ import dataclasses
 import io
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import nibabel as nib
 import numpy as np
@@ -33,7 +34,13 @@ from lesionuq.utils import PLAIN, plain_text, track
 if TYPE_CHECKING:
     from lesionuq.config import PhantomConfig
 
-__all__ = ["case_seed", "estimate_case_memory", "make_phantom_dataset", "write_preview"]
+__all__ = [
+    "case_seed",
+    "estimate_case_memory",
+    "make_phantom_dataset",
+    "write_drawn_dataset",
+    "write_preview",
+]
 
 TEMPLATE_FOV_MM = (197, 233, 189)
 """Field of view of the MNI152 template at 1 mm (X, Y, Z)."""
@@ -72,13 +79,17 @@ def estimate_case_memory(spacing: float, shape: tuple[int, int, int] | None = No
     return _TEMPLATE_BYTES + _BYTES_PER_OUTPUT_VOXEL * n_out + _BYTES_PER_BOX_VOXEL * n_box
 
 
-def check_phantom_config(cfg: PhantomConfig, memory_limit_gib: float | None = None) -> None:
+def check_phantom_config(
+    cfg: PhantomConfig, memory_limit_gib: float | None = None, need_bytes: float | None = None
+) -> None:
     """Refuse a phantom config that cannot be generated, with one sentence.
 
     Args:
         cfg: The data set config.
         memory_limit_gib: Refuse when one case needs more than this (GiB); default half
             of the memory available now.
+        need_bytes: Memory one case needs (bytes), for a generator with its own estimate;
+            default family A's (:func:`estimate_case_memory`).
 
     Raises:
         ConfigError: A count, seed, spacing or shape out of range, bad parameters, or a
@@ -95,7 +106,7 @@ def check_phantom_config(cfg: PhantomConfig, memory_limit_gib: float | None = No
     if cfg.shape is not None and (len(cfg.shape) != 3 or min(cfg.shape) < 1):
         raise ConfigError(f"phantom.shape must be three positive sizes, got {cfg.shape!r}.")
     PhantomParams.from_dict(cfg.params)
-    need = estimate_case_memory(cfg.spacing, cfg.shape)
+    need = estimate_case_memory(cfg.spacing, cfg.shape) if need_bytes is None else need_bytes
     if memory_limit_gib is None:
         limit, what = available_memory() / 2.0, "half of the memory available"
     else:
@@ -187,6 +198,87 @@ def make_phantom_dataset(
         if preview:
             write_preview(tmp / "cases.csv", tmp / "preview.png")
     return out_dir / "cases.csv"
+
+
+class DrawnCase(Protocol):
+    """A rendered case of a template-free family: images, mask and a JSON-able summary."""
+
+    flair: nib.Nifti1Image
+    mask: nib.Nifti1Image
+    info: dict[str, Any]
+
+
+def write_drawn_dataset(
+    out_dir: Path,
+    cfg: PhantomConfig,
+    family: str,
+    make_case: Callable[[int], tuple[DrawnCase, dict[str, Any]]],
+    preview: bool = False,
+    progress: bool = True,
+    memory_limit_gib: float | None = None,
+    overwrite: bool = False,
+    need_bytes: float | None = None,
+) -> Path:
+    """Write a data set of a family without parameters (B, C): A's files and folder rule.
+
+    Case ``i`` is ``case_{i:03d}`` made by ``make_case(case_seed(cfg.seed, i))``. The
+    config is checked and ``out_dir`` follows the output-folder rule before anything
+    is written; the data set is built in a temporary folder and moved into place when
+    complete: the case folders, ``phantom.json`` (family, config and each case's info
+    with its ``draw``) and ``cases.csv`` last.
+
+    Args:
+        out_dir: Output folder.
+        cfg: The data set config (``params`` must be empty).
+        family: The family's name (``"b"``, ``"c"``).
+        make_case: Seed -> (rendered case, JSON-able record of its draw).
+        preview: Also write ``preview.png``.
+        progress: Show a progress bar.
+        memory_limit_gib: Refuse when one case needs more memory (GiB); default half of
+            the available memory.
+        overwrite: Replace an earlier phantom data set made with other settings.
+        need_bytes: Memory one case needs (:func:`check_phantom_config`).
+
+    Returns:
+        The manifest path ``out_dir/cases.csv``.
+
+    Raises:
+        InputError: ``out_dir`` is refused by the output-folder rule (nothing written).
+        ConfigError: ``cfg.params`` is set (they are family A's parameters), or the
+            config is invalid (nothing written).
+    """
+    out_dir = Path(out_dir)
+    if cfg.params:
+        raise ConfigError(f"phantom.params are family A's parameters; family {family} takes none.")
+    check_phantom_config(cfg, memory_limit_gib, need_bytes)
+    key = config_digest({"phantom": dataclasses.asdict(cfg), "preview": preview})
+    check_output_dir(out_dir, "phantom", overwrite=overwrite, key=key)
+    cases, summary = [], []
+    with output_dir(out_dir, "phantom", key) as tmp:
+        for i in track(range(cfg.n_cases), f"phantom cases (family {family})", enabled=progress):
+            case_id = f"case_{i:03d}"
+            case, draw = make_case(case_seed(cfg.seed, i))
+            folder = tmp / case_id
+            flair, mask = folder / "flair.nii.gz", folder / "mask.nii.gz"
+            save_nifti(flair, case.flair.dataobj, case.flair.affine, dtype=np.int16)
+            save_nifti(mask, case.mask.dataobj, case.mask.affine, dtype=np.uint8)
+            cases.append(Case(case_id, (flair,), mask))
+            summary.append({"case_id": case_id, **case.info, "draw": draw})
+        meta = {"family": family, "config": dataclasses.asdict(cfg), "cases": summary}
+        atomic_write_text(tmp / "phantom.json", json.dumps(meta, indent=1, default=_plain))
+        write_manifest(tmp / "cases.csv", cases)
+        if preview:
+            write_preview(tmp / "cases.csv", tmp / "preview.png")
+    return out_dir / "cases.csv"
+
+
+def _plain(value: Any) -> Any:
+    """JSON form of NumPy scalars and arrays."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON-able: {type(value)}")
 
 
 def write_preview(
