@@ -19,13 +19,22 @@ With ``--drawn``, the drawn lesions themselves are also located on the same grid
 run's preprocessed FLAIR registered again): the agreement a perfect segmenter would get
 on this grid, which separates what the U-Net's masks cost from what the grid costs.
 
+Families B and C render no per-lesion label map; with ``--phantom-json DATA/phantom.json``
+each TP lesion takes the kind of the largest drawn lesion whose centre (world mm, from the
+draw record) lies inside it, else of the drawn lesion whose centre is nearest its
+centroid (an approximation: merged lesions take one kind). The preprocessed grid keeps
+the phantom's world coordinates.
+
 Usage:
     python benchmarks/location_tp.py --run runs/families/famA/run
+    python benchmarks/location_tp.py --run runs/families/famC/run \
+        --phantom-json runs/families/famC/data/phantom.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -54,6 +63,37 @@ def drawn_on_grid(seed: int, spacing: float, max_lesions: int, grid: nib.Nifti1I
     return np.asarray(on_grid.dataobj).astype(np.int64), kinds
 
 
+def drawn_by_centre(record: dict, pred: np.ndarray, affine: np.ndarray) -> dict[int, str]:
+    """Kind of each predicted lesion label from the drawn centres (families B and C).
+
+    Args:
+        record: One case of ``phantom.json`` (``draw.lesions``: ``kind``, ``centre`` in
+            world mm, ``volume_mm3``).
+        pred: (X, Y, Z) predicted lesion labels.
+        affine: (4, 4) RAS affine of ``pred``.
+
+    Returns:
+        Label -> drawn kind, for every label of ``pred``.
+    """
+    lesions = record["draw"]["lesions"]
+    centres = np.array([item["centre"] for item in lesions], dtype=np.float64).reshape(-1, 3)
+    inv = np.linalg.inv(affine)
+    vox = np.rint(centres @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+    inside = np.all((vox >= 0) & (vox < np.array(pred.shape)), axis=1)
+    at = np.zeros(len(lesions), dtype=np.int64)
+    at[inside] = pred[tuple(vox[inside].T)]
+    out: dict[int, str] = {}
+    for label in np.unique(pred[pred > 0]):
+        hits = np.flatnonzero(at == label)
+        if hits.size:
+            best = max(hits, key=lambda i: lesions[i]["volume_mm3"])
+        else:
+            centroid = np.argwhere(pred == label).mean(axis=0) @ affine[:3, :3].T + affine[:3, 3]
+            best = int(np.argmin(np.linalg.norm(centres - centroid, axis=1)))
+        out[int(label)] = str(lesions[best]["kind"])
+    return out
+
+
 def locate_table(
     run: Path, rd: RunDir, fold: int, cases: tuple[str, ...], table: pd.DataFrame, seqs
 ) -> pd.DataFrame:
@@ -73,11 +113,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=Path("runs/families/famA/run"))
     parser.add_argument("--drawn", action="store_true", help="also locate the drawn lesions")
+    parser.add_argument(
+        "--phantom-json", type=Path, help="a family-B/C data set's phantom.json (draw record)"
+    )
     args = parser.parse_args()
     rd = RunDir(args.run)
     cfg, _, splits = rd.read_plan()
-    if cfg.phantom.family != "a":
-        raise SystemExit("needs a run on family-A phantom data")
+    records = None
+    if args.phantom_json is not None:
+        records = {c["case_id"]: c for c in json.loads(args.phantom_json.read_text())["cases"]}
+        if args.drawn:
+            raise SystemExit("--drawn needs a family-A run (per-lesion label maps)")
+    elif cfg.phantom.family != "a":
+        raise SystemExit("a run on family B or C needs --phantom-json DATA/phantom.json")
     ids = sorted({c for s in splits for c in s.test})
     cache: dict[str, tuple[np.ndarray, list[str]]] = {}
     rows = []
@@ -88,6 +136,20 @@ def main() -> None:
         for case_id in split.test:
             pred_img = nib.load(rd.case_dir(split.fold, "test", case_id) / "lesions.nii.gz")
             pred = np.asarray(pred_img.dataobj).astype(np.int64)
+            if records is not None:
+                kind_of = drawn_by_centre(records[case_id], pred, pred_img.affine)
+                tps = table[(table["case_id"] == case_id) & table["is_tp"].astype(bool)]
+                rows += [
+                    {
+                        "fold": split.fold,
+                        "case_id": case_id,
+                        "drawn": kind_of[int(r.lesion_id)],
+                        "predicted": str(r.location),
+                    }
+                    for r in tps.itertuples()
+                    if int(r.lesion_id) in kind_of
+                ]
+                continue
             if case_id not in cache:
                 index = int(case_id.split("_")[-1])
                 cache[case_id] = drawn_on_grid(
