@@ -25,6 +25,12 @@ draw record) lies inside it, else of the drawn lesion whose centre is nearest it
 centroid (an approximation: merged lesions take one kind). The preprocessed grid keeps
 the phantom's world coordinates.
 
+With ``--own-maps`` (family C only), each TP lesion is also classified by the same rules
+(:func:`~lesionuq.location.classify.classify_from_maps`) on the phantom's *own* tissue maps
+(cortex = its grey-matter fraction > 0.5, the lateral ventricles, brainstem and
+cerebellum) evaluated on the run's grid: what the rules give when the region maps fit the
+scan, against the registered template's.
+
 Usage:
     python benchmarks/location_tp.py --run runs/families/famA/run
     python benchmarks/location_tp.py --run runs/families/famC/run \
@@ -41,10 +47,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from nilearn.image import resample_to_img
+from scipy import ndimage as ndi
 
+from lesionuq.data.family_c.anatomy import reference_points, tissue_maps
+from lesionuq.data.family_c.case import draw_case_c
 from lesionuq.data.phantom import generate_case
 from lesionuq.data.phantom.dataset import case_seed
 from lesionuq.lesions.dataset import LesionSet
+from lesionuq.location.classify import classify_from_maps
 from lesionuq.location.features import locate_lesions
 from lesionuq.pipeline.stages import load_preprocessed
 from lesionuq.rundir import RunDir
@@ -94,6 +104,32 @@ def drawn_by_centre(record: dict, pred: np.ndarray, affine: np.ndarray) -> dict[
     return out
 
 
+def own_map_classes(seed: int, max_lesions: int, pred: np.ndarray, affine: np.ndarray):
+    """Classes of the predicted lesions from a family-C phantom's own tissue maps.
+
+    Args:
+        seed: The case seed.
+        max_lesions: The data set's ``max_lesions`` (the draw depends on it).
+        pred: (X, Y, Z) predicted lesion labels on the run's grid.
+        affine: (4, 4) RAS affine of ``pred``.
+
+    Returns:
+        (N,) class names of labels 1..N.
+    """
+    draw = draw_case_c(seed, max_lesions)
+    ijk = np.indices(pred.shape).reshape(3, -1).T
+    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    t = tissue_maps(draw.subject, reference_points(draw.subject, world), float(spacing.min()))
+    shape = pred.shape
+    cortex = t["gm"].reshape(shape) > 0.5
+    lateral = (t["vent"] - t["third"] - t["fourth"]).reshape(shape) > 0.5
+    infra = (t["stem"] + t["cb_wm"] + t["cb_gm"]).reshape(shape)
+    vdist = ndi.distance_transform_edt(~lateral, sampling=spacing)
+    cdist = ndi.distance_transform_edt(~cortex, sampling=spacing)
+    return classify_from_maps(pred, vdist, cdist, infra)[0]
+
+
 def locate_table(
     run: Path, rd: RunDir, fold: int, cases: tuple[str, ...], table: pd.DataFrame, seqs
 ) -> pd.DataFrame:
@@ -109,6 +145,11 @@ def locate_table(
     return pd.concat(parts, ignore_index=True)
 
 
+def cfg_family(run: Path) -> str:
+    """The phantom family of a run (its plan's ``phantom.family``)."""
+    return RunDir(run).read_plan()[0].phantom.family
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=Path("runs/families/famA/run"))
@@ -116,7 +157,12 @@ def main() -> None:
     parser.add_argument(
         "--phantom-json", type=Path, help="a family-B/C data set's phantom.json (draw record)"
     )
+    parser.add_argument(
+        "--own-maps", action="store_true", help="family C: also classify with its own maps"
+    )
     args = parser.parse_args()
+    if args.own_maps and cfg_family(args.run) != "c":
+        raise SystemExit("--own-maps needs a run on family-C phantom data")
     rd = RunDir(args.run)
     cfg, _, splits = rd.read_plan()
     records = None
@@ -139,12 +185,18 @@ def main() -> None:
             if records is not None:
                 kind_of = drawn_by_centre(records[case_id], pred, pred_img.affine)
                 tps = table[(table["case_id"] == case_id) & table["is_tp"].astype(bool)]
+                own = None
+                if args.own_maps:
+                    index = int(case_id.split("_")[-1])
+                    seed = case_seed(cfg.phantom.seed, index)
+                    own = own_map_classes(seed, cfg.phantom.max_lesions, pred, pred_img.affine)
                 rows += [
                     {
                         "fold": split.fold,
                         "case_id": case_id,
                         "drawn": kind_of[int(r.lesion_id)],
                         "predicted": str(r.location),
+                        **({"own": str(own[int(r.lesion_id) - 1])} if own is not None else {}),
                     }
                     for r in tps.itertuples()
                     if int(r.lesion_id) in kind_of
@@ -185,6 +237,14 @@ def main() -> None:
     print("agreement per drawn kind:", per_kind.round(3).to_dict())
     n_unknown = int((df["predicted"] == "unknown").sum())
     print(f"RESULT location_tp agreement {agree:.3f} n {len(df)} unknown {n_unknown}")
+    if "own" in df:
+        own = pd.crosstab(df["drawn"], df["own"]).reindex(
+            index=list(KINDS), columns=list(KINDS), fill_value=0
+        )
+        print("with the phantom's own tissue maps:")
+        print(own.to_string())
+        a = float((df["drawn"] == df["own"]).mean())
+        print(f"RESULT location_tp_own_maps agreement {a:.3f} n {len(df)}")
     if args.drawn:
         drawn_rows = []
         for case_id, (drawn, kinds) in sorted(cache.items()):
