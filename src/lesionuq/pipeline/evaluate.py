@@ -33,7 +33,6 @@ import pandas as pd
 from lesionuq.calibration import CALIBRATOR_FILE, load_calibration
 from lesionuq.evaluation.bootstrap import auc_intervals
 from lesionuq.evaluation.calibration_metrics import calibration_table
-from lesionuq.evaluation.curves import ac_auc
 from lesionuq.evaluation.detection import fold_detection_rows, retention_rows
 from lesionuq.evaluation.figures import plot_accuracy_confidence, plot_calibration
 from lesionuq.evaluation.folds import (
@@ -50,7 +49,7 @@ from lesionuq.methods import is_learned
 from lesionuq.pipeline.stages import locked
 from lesionuq.rundir import FoldSplit, RunDir
 from lesionuq.scorers import load_scorer
-from lesionuq.scorers.default_method import PAPER_METHOD, load_default_method
+from lesionuq.scorers.default_method import PAPER_METHOD, load_default_method, validation_auc
 from lesionuq.utils import remove_pyg_codegen_files, track
 
 __all__ = [
@@ -229,14 +228,16 @@ def default_method_rows(
     def test_auc(method: str | None) -> float:
         if method is None or method not in rows:
             return float("nan")
-        return _auc(rows[method].to_numpy(dtype=np.float64), is_tp)
+        return validation_auc(rows[method].to_numpy(dtype=np.float64), is_tp)
 
     if choice.method in methods:
         chosen = test_auc(choice.method)
     else:  # e.g. fitted by ``lesionuq fit --method`` beyond the config's methods
         test = LesionSet.load(rd.lesion_set(split.fold, "test"))
         score = load_scorer(choice.method, rd.scorer(split.fold, choice.method)).score(test)
-        chosen = _auc(np.asarray(score, dtype=np.float64), np.asarray(test.is_tp, dtype=bool))
+        chosen = validation_auc(
+            np.asarray(score, dtype=np.float64), np.asarray(test.is_tp, dtype=bool)
+        )
     untrained = [m for m in methods if not is_learned(m)]
     hindsight = {m: test_auc(m) for m in untrained}
     finite = {m: a for m, a in hindsight.items() if np.isfinite(a)}
@@ -258,13 +259,6 @@ def default_method_rows(
         "test_auc_gcnn_classif": test_auc(PAPER_METHOD),
     }
     return pd.DataFrame([row], columns=DEFAULT_METHOD_COLUMNS)
-
-
-def _auc(score: np.ndarray, is_tp: np.ndarray) -> float:
-    """:func:`~lesionuq.evaluation.curves.ac_auc`, NaN without an FP or a TP (no warning)."""
-    if is_tp.all() or not is_tp.any():
-        return float("nan")
-    return ac_auc(score, is_tp)
 
 
 def load_fold_calibrations(
