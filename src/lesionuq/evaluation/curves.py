@@ -192,8 +192,7 @@ def within_fold_auc(uncertainty: np.ndarray, is_tp: np.ndarray, fold: np.ndarray
         n_tp, n_fp = int(t[m].sum()), int((~t[m]).sum())
         if n_tp == 0 or n_fp == 0:
             continue
-        ranks = rankdata(u[m])
-        num += ranks[~t[m]].sum() - n_fp * (n_fp + 1) / 2.0
+        num += rank_probability(u[m], t[m]) * n_fp * n_tp
         den += n_fp * n_tp
     return float(num / den) if den else float("nan")
 
