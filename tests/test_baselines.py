@@ -197,6 +197,7 @@ def test_registry_covers_every_method() -> None:
         "gcnn_robust",
         "gcnn_unc",
         "gcnn_stack_robust",
+        "gcnn_mt",
         "gcnn_loc",
         "gcnn_loc_mni",
         "metaseg_loc",

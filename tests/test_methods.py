@@ -36,7 +36,7 @@ def test_one_table_under_every_old_name() -> None:
     assert LEARNED_METHODS == (
         "gcnn_classif", "gcnn_reg", "metaseg_classif", "metaseg_reg",
         "gcnn_ens", "gcnn_auto", "gcnn_stack",
-        "gcnn_nawm", "gcnn_aug", "gcnn_robust", "gcnn_unc", "gcnn_stack_robust",
+        "gcnn_nawm", "gcnn_aug", "gcnn_robust", "gcnn_unc", "gcnn_stack_robust", "gcnn_mt",
         "gcnn_loc", "gcnn_loc_mni", "metaseg_loc",
     )  # fmt: skip
     assert LABELS["gcnn_stack"] == "GCNN + uncertainty means (stacked)"
@@ -44,6 +44,7 @@ def test_one_table_under_every_old_name() -> None:
     p_fp = {n for n in CATALOGUE if methods.outputs_p_fp(n)}
     robust = {"gcnn_nawm", "gcnn_aug", "gcnn_robust", "gcnn_unc", "gcnn_stack_robust"}
     robust |= {"gcnn_loc", "gcnn_loc_mni"}  # issue 30 part 3
+    robust |= {"gcnn_mt"}  # issue 31, the multi-task GCNN
     assert (
         p_fp
         == {"gcnn_classif", "metaseg_classif", "metaseg_loc", "gcnn_ens", "gcnn_auto", "gcnn_stack"}

@@ -293,6 +293,16 @@ CATALOGUE: dict[str, MethodSpec] = {
         (*_STACK, "gcnn_robust"),
         self_calibrated=True,
     ),
+    # beyond the paper (issue 31): the paper's GCNN with IoU_adj as a second training
+    # target (scorers/multitask.py); scores P(FP)
+    "gcnn_mt": MethodSpec(
+        "lesionuq.scorers.multitask:MultiTaskGCNNScorer",
+        "GCNN multi-task (FP + IoU)",
+        ("#fdae6b", "-", 2.0),
+        output="p_fp",
+        fit_cost=1.0,
+        settings={"cfg": "gcnn"},
+    ),
     # beyond the paper (issue 30, the paper's future work): the lesion's location class
     # (and MNI centroid) as features (scorers/located.py; needs graphs.location: true)
     "gcnn_loc": _located_gcnn("gcnn_loc", "GCNN + location", "-"),

@@ -113,9 +113,20 @@ class GCNNScorer(LesionScorer):
         self.device = device
         self.num_threads = num_threads
 
+    @property
+    def _out_features(self) -> int:
+        """Width of the model's head: 2 logits (classif) or 1 IoU_adj (reg); a subclass's hook."""
+        return 2 if self.task == "classif" else 1
+
     def _new_model(self, in_features: int) -> LesionGCN:
-        out = 2 if self.task == "classif" else 1
-        return LesionGCN(in_features, self.cfg.hidden, out, self.cfg.readout)
+        return LesionGCN(in_features, self.cfg.hidden, self._out_features, self.cfg.readout)
+
+    def _fp_logits(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, 2) [TP, FP] logits of the model's (B, out_features) output (classif).
+
+        The whole output here; a subclass with more outputs picks its logit columns.
+        """
+        return out
 
     # ------------------------------------------------------------------ fit
     def fit(self, lesions: LesionSet, progress: bool = True) -> Self:
@@ -233,8 +244,9 @@ class GCNNScorer(LesionScorer):
         if self.task == "classif":
             y_fp = torch.cat([d.y_fp for d in val])
             w = None if weight is None else weight.cpu()
-            loss = float(F.cross_entropy(out, y_fp, weight=w))
-            p_fp = torch.softmax(out, dim=1)[:, 1].numpy()
+            logits = self._fp_logits(out)
+            loss = float(F.cross_entropy(logits, y_fp, weight=w))
+            p_fp = torch.softmax(logits, dim=1)[:, 1].numpy()
             labels = y_fp.numpy()
             auc = float(roc_auc_score(labels, p_fp)) if len(np.unique(labels)) == 2 else None
             return {"val_loss": loss, "val_auc": auc}
@@ -271,7 +283,7 @@ class GCNNScorer(LesionScorer):
         finally:
             self.model_.cpu()
         if self.task == "classif":
-            u = torch.softmax(out, dim=1)[:, 1]
+            u = torch.softmax(self._fp_logits(out), dim=1)[:, 1]
         else:
             u = 1.0 - out.squeeze(1).clamp(0.0, 1.0)
         return u.numpy().astype(np.float64)
