@@ -39,7 +39,7 @@ from lesionuq.location.classify import (
     classify_from_maps,
     classify_lesions,
     region_coverage,
-    scan_ventricles,
+    ventricle_distance,
 )
 from lesionuq.location.register import register_to_template
 
@@ -189,9 +189,8 @@ def main() -> None:
                 else:
                     resample, seconds = dipy_maps(flair, aff, syn=method == "dipy-syn")
                     vd = resample(regions.vdist)
-                    own = scan_ventricles(flair, flair > 0, vd)  # as classify_lesions does
-                    if own.sum() >= 500:
-                        vd = ndi.distance_transform_edt(~own).astype(np.float32)
+                    priors = (resample(regions.gm), resample(regions.wm), resample(regions.csf))
+                    vd = ventricle_distance(flair, lab, np.ones(3), priors, vd)  # as classify
                     cd = resample(regions.cdist)
                     inf = resample(regions.infratentorial.astype(np.float32))
                     brain = resample(regions.brain.astype(np.float32)) > 0.5

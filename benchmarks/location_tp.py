@@ -56,6 +56,7 @@ from lesionuq.data.phantom.dataset import case_seed
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.location.classify import classify_from_maps
 from lesionuq.location.features import locate_lesions
+from lesionuq.location.register import cached_registration
 from lesionuq.pipeline.stages import load_preprocessed
 from lesionuq.rundir import RunDir
 
@@ -133,12 +134,18 @@ def own_map_classes(seed: int, max_lesions: int, pred: np.ndarray, affine: np.nd
 def locate_table(
     run: Path, rd: RunDir, fold: int, cases: tuple[str, ...], table: pd.DataFrame, seqs
 ) -> pd.DataFrame:
-    """The test table with the location column, as the graphs stage would add it."""
+    """The test table with the location column, as the graphs stage would add it.
+
+    Each scan's registration is read from (or saved to) ``RUN/registrations/CASE``, the
+    graphs stage's cache, so a rerun with other rules registers nothing.
+    """
     parts = []
     for case_id in cases:
         image, _, affine = load_preprocessed(run, case_id, seqs)
         img = nib.load(rd.case_dir(fold, "test", case_id) / "lesions.nii.gz")
-        located, _ = locate_lesions(image[0], affine, np.asarray(img.dataobj).astype(np.int64))
+        reg = cached_registration(run / "registrations" / case_id, image[0], affine)
+        labels = np.asarray(img.dataobj).astype(np.int64)
+        located, _ = locate_lesions(image[0], affine, labels, registration=reg)
         part = table[table["case_id"] == case_id].copy()
         part["location"] = located["location"].to_numpy()[part["lesion_id"].to_numpy() - 1]
         parts.append(part)
@@ -160,6 +167,11 @@ def main() -> None:
     parser.add_argument(
         "--own-maps", action="store_true", help="family C: also classify with its own maps"
     )
+    parser.add_argument(
+        "--relocate",
+        action="store_true",
+        help="locate the lesions again with the current code, not the run's stored classes",
+    )
     args = parser.parse_args()
     if args.own_maps and cfg_family(args.run) != "c":
         raise SystemExit("--own-maps needs a run on family-C phantom data")
@@ -177,7 +189,7 @@ def main() -> None:
     rows = []
     for split in splits:
         table = LesionSet.load(rd.lesion_set(split.fold, "test")).table
-        if "location" not in table:  # a run without graphs.location: locate here
+        if args.relocate or "location" not in table:  # locate here, with the current rules
             table = locate_table(args.run, rd, split.fold, split.test, table, cfg.sequences)
         for case_id in split.test:
             pred_img = nib.load(rd.case_dir(split.fold, "test", case_id) / "lesions.nii.gz")

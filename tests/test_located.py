@@ -190,7 +190,9 @@ def test_predict_locates_before_scoring_once(tmp_path, monkeypatch) -> None:
     assert len(calls) == 1  # located before scoring, reused by --location
     (table,) = spy.tables
     assert len(table) == len(res.table) > 0
-    assert list(table["location"]) == list(res.table["location"])  # the same locations
+    # the same location for each lesion (the report's table is in its own order)
+    seen = dict(zip(table["lesion_id"], table["location"], strict=True))
+    assert seen == dict(zip(res.table["lesion_id"], res.table["location"], strict=True))
     assert set(table["location"]) <= {"periventricular", "juxtacortical", "infratentorial", "deep"}
     calls.clear()
     predict_scan(model, scan, tmp_path / "out2", progress=False)  # without --location

@@ -7,6 +7,8 @@ module         content
                cortex, infratentorial region, distances
 ``register``   scan -> template registration with SimpleITK (rigid, affine, optional
                B-spline), its quality measures, saved and reused per scan
+``tissue``     the scan's own tissue classes (atlas-guided EM on its intensities) and
+               lateral ventricles
 ``classify``   each lesion's class (periventricular, juxtacortical, infratentorial, deep,
                unknown) and MNI centroid; region coverage of a partial scan
 ``dis``        the DIS verdicts: all lesions, lesions not flagged, P(DIS) under P(FP)

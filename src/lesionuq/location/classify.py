@@ -11,7 +11,7 @@ infratentorial      at least half of its voxels in the infratentorial region (br
                     and cerebellum)
 periventricular     touching the lateral ventricles or within 3 mm of them
                     (:attr:`LocationRules.periventricular_mm`); the scan's own ventricles
-                    when its image is given (:func:`scan_ventricles`)
+                    when its image is given (:func:`ventricle_distance`)
 juxtacortical       touching the cortex or within 2 mm of it (no room for white matter
                     between: :attr:`LocationRules.juxtacortical_mm`); the class holds
                     cortical lesions too (McDonald 2017 "cortical or juxtacortical")
@@ -35,6 +35,7 @@ from scipy import ndimage as ndi
 
 from lesionuq.location.atlas import load_regions
 from lesionuq.location.register import Registration
+from lesionuq.location.tissue import scan_ventricles, tissue_posteriors
 
 __all__ = [
     "DIS_REGIONS",
@@ -44,7 +45,7 @@ __all__ = [
     "classify_from_maps",
     "classify_lesions",
     "region_coverage",
-    "scan_ventricles",
+    "ventricle_distance",
 ]
 
 #: Location classes of a lesion (``unknown`` when the registration is not trusted).
@@ -138,31 +139,40 @@ def classify_from_maps(
     return loc, vmin, cmin, frac
 
 
-def scan_ventricles(
-    image: np.ndarray, brain: np.ndarray, template_vdist: np.ndarray, reach_mm: float = 4.0
+def ventricle_distance(
+    image: np.ndarray,
+    labels: np.ndarray,
+    spacing: np.ndarray,
+    priors: tuple[np.ndarray, np.ndarray, np.ndarray],
+    template_vdist: np.ndarray,
+    min_mm3: float = 500.0,
 ) -> np.ndarray:
-    """The scan's own lateral ventricles: dark voxels near the registered template's.
+    """Distance to the scan's own lateral ventricles, else to the registered template's.
 
-    A voxel is ventricle when it is darker than halfway between the brain's 1st
-    percentile and its median (CSF is dark on FLAIR, T1 and after z-scoring alike) and
-    within ``reach_mm`` of the template's ventricles brought onto the scan. Distances to
-    the scan's own ventricles do not suffer the registration's residual error.
+    The scan's tissue classes come from its intensities and the registered template's
+    priors (:func:`~lesionuq.location.tissue.tissue_posteriors`, the lesions and the
+    voxels touching them left out of the fit); its ventricles are the CSF components that
+    reach the template's (:func:`~lesionuq.location.tissue.scan_ventricles`). Distances
+    to them do not suffer the registration's residual error, nor another brain's
+    ventricle size.
 
     Args:
-        image: (X, Y, Z) scan intensities.
-        brain: (X, Y, Z) bool brain support.
+        image: (X, Y, Z) scan intensities, 0 outside the brain.
+        labels: (X, Y, Z) int lesion labels (0 background).
+        spacing: (3,) voxel size (mm).
+        priors: (GM, WM, CSF) template probabilities on the scan, each (X, Y, Z).
         template_vdist: (X, Y, Z) distance to the template's ventricles on the scan (mm).
-        reach_mm: How far from the template's ventricles the scan's may lie.
+        min_mm3: Fewer ventricle mm3 than this found: the template's distance is used.
 
     Returns:
-        (X, Y, Z) bool ventricles (empty when the brain is).
+        (X, Y, Z) float32 distance (mm).
     """
-    values = np.asarray(image, np.float64)[brain]
-    if values.size == 0:
-        return np.zeros(image.shape, bool)
-    lo, med = np.percentile(values, [1.0, 50.0])
-    dark = (image < lo + 0.5 * (med - lo)) & brain
-    return np.asarray(dark & (template_vdist <= reach_mm))
+    exclude = ndi.binary_dilation(labels > 0)
+    post = tissue_posteriors(image, image != 0, priors, spacing, exclude=exclude)
+    own = scan_ventricles(post[2], template_vdist)
+    if own.sum() * float(np.prod(spacing)) < min_mm3:
+        return np.asarray(template_vdist, dtype=np.float32)
+    return ndi.distance_transform_edt(~own, sampling=spacing).astype(np.float32)
 
 
 def classify_lesions(
@@ -175,8 +185,10 @@ def classify_lesions(
     """Each lesion's class and MNI centroid, through a scan-to-template registration.
 
     With ``image``, the distance to the ventricles is measured to the scan's own
-    ventricles (:func:`scan_ventricles`: dark voxels within 4 mm of the registered
-    template's), falling back to the template's when fewer than 500 mm3 are found.
+    ventricles (:func:`ventricle_distance`: the CSF of an atlas-guided tissue
+    classification of the scan, in the components that come within 4 mm of the registered
+    template's ventricles), falling back to the template's when fewer than 500 mm3 are
+    found.
 
     Args:
         labels: (X, Y, Z) int lesion labels 1..N on the registration's grid.
@@ -200,9 +212,12 @@ def classify_lesions(
     vdist = registration.on_scan(regions.vdist, order=1, fill=100.0)
     if image is not None:
         spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
-        own = scan_ventricles(image, image != 0, vdist)
-        if own.sum() * float(np.prod(spacing)) >= 500.0:
-            vdist = ndi.distance_transform_edt(~own, sampling=spacing).astype(np.float32)
+        priors = (
+            registration.on_scan(regions.gm, order=1),
+            registration.on_scan(regions.wm, order=1),
+            registration.on_scan(regions.csf, order=1),
+        )
+        vdist = ventricle_distance(image, labels, spacing, priors, vdist)
     cdist = registration.on_scan(regions.cdist, order=1, fill=100.0)
     infra = registration.on_scan(regions.infratentorial.astype(np.float32), order=1)
     loc, vmin, cmin, frac = classify_from_maps(labels, vdist, cdist, infra, rules)
