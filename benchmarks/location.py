@@ -39,7 +39,7 @@ from lesionuq.location.classify import (
     classify_from_maps,
     classify_lesions,
     region_coverage,
-    ventricle_distance,
+    scan_distances,
 )
 from lesionuq.location.register import register_to_template
 
@@ -190,8 +190,10 @@ def main() -> None:
                     resample, seconds = dipy_maps(flair, aff, syn=method == "dipy-syn")
                     vd = resample(regions.vdist)
                     priors = (resample(regions.gm), resample(regions.wm), resample(regions.csf))
-                    vd = ventricle_distance(flair, lab, np.ones(3), priors, vd)  # as classify
-                    cd = resample(regions.cdist)
+                    cx = resample(regions.cortex.astype(np.float32))
+                    vd, cd = scan_distances(  # as classify_lesions does
+                        flair, lab, np.ones(3), priors, vd, cx, resample(regions.cdist)
+                    )
                     inf = resample(regions.infratentorial.astype(np.float32))
                     brain = resample(regions.brain.astype(np.float32)) > 0.5
                     m = flair > 0

@@ -19,6 +19,10 @@ With ``--drawn``, the drawn lesions themselves are also located on the same grid
 run's preprocessed FLAIR registered again): the agreement a perfect segmenter would get
 on this grid, which separates what the U-Net's masks cost from what the grid costs.
 
+Registrations are read from the run's cache (``RUN/registrations/CASE``, made there when
+missing); ``--relocate`` classifies the test lesions again with the current code instead
+of reading the run's stored ``location`` column.
+
 Families B and C render no per-lesion label map; with ``--phantom-json DATA/phantom.json``
 each TP lesion takes the kind of the largest drawn lesion whose centre (world mm, from the
 draw record) lies inside it, else of the drawn lesion whose centre is nearest its
@@ -264,7 +268,8 @@ def main() -> None:
             present = np.unique(drawn[drawn > 0])
             lut = np.zeros(int(drawn.max()) + 1, np.int64)
             lut[present] = np.arange(1, len(present) + 1)
-            located, _ = locate_lesions(image[0], affine, lut[drawn])
+            reg = cached_registration(args.run / "registrations" / case_id, image[0], affine)
+            located, _ = locate_lesions(image[0], affine, lut[drawn], registration=reg)
             for k, loc in zip(present, located["location"], strict=True):
                 drawn_rows.append({"drawn": kinds[int(k) - 1], "predicted": str(loc)})
         dd = pd.DataFrame(drawn_rows)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from lesionuq.location.classify import classify_from_maps, ventricle_distance
+from lesionuq.location.classify import classify_from_maps, scan_distances
 from lesionuq.location.tissue import atlas_em, scan_ventricles, tissue_posteriors
 
 
@@ -72,6 +72,7 @@ def head(shift_mm: float) -> dict[str, np.ndarray]:
         "sulcus": sulcus,
         "priors": np.stack([gm, wm, csf]),
         "tvdist": ndi.distance_transform_edt(~t_vent).astype(np.float32),
+        "tcortex": shell,
     }
 
 
@@ -94,6 +95,14 @@ def test_scan_ventricles_keep_the_component_that_reaches_the_template_not_the_su
     assert not far.any()
 
 
+def distances(h: dict[str, np.ndarray], image: np.ndarray, labels: np.ndarray, **kw):
+    """:func:`scan_distances` of a :func:`head` (template cortex ``h["tcortex"]``)."""
+    tcdist = ndi.distance_transform_edt(~h["tcortex"]).astype(np.float32)
+    return scan_distances(
+        image, labels, np.ones(3), tuple(h["priors"]), h["tvdist"], h["tcortex"], tcdist, **kw
+    )
+
+
 def test_lesion_on_the_scans_ventricle_is_periventricular_when_the_template_is_off() -> None:
     # the template's ventricle is 8 mm off: a lesion on the scan's ventricle wall lies
     # > 3 mm from the template's, but touches the scan's own
@@ -102,21 +111,43 @@ def test_lesion_on_the_scans_ventricle_is_periventricular_when_the_template_is_o
     labels[22:25, 29:32, 29:32] = 1  # x = 22..24, next to the ventricle (x = 25..35)
     image = h["image"].copy()
     image[labels > 0] = 2.0  # a bright lesion
-    old = classify_from_maps(
-        labels, h["tvdist"], np.full(labels.shape, 50.0), np.zeros(labels.shape)
-    )
+    far = np.full(labels.shape, 50.0)
+    old = classify_from_maps(labels, h["tvdist"], far, np.zeros(labels.shape))
     assert old[0][0] == "deep" and old[1][0] > 3.0
-    vdist = ventricle_distance(image, labels, np.ones(3), tuple(h["priors"]), h["tvdist"])
-    loc, vmin, _, _ = classify_from_maps(
-        labels, vdist, np.full(labels.shape, 50.0), np.zeros(labels.shape)
-    )
+    vdist, _ = distances(h, image, labels)
+    loc, vmin, _, _ = classify_from_maps(labels, vdist, far, np.zeros(labels.shape))
     assert loc[0] == "periventricular" and vmin[0] == 1.0  # one voxel from x = 25
 
 
-def test_too_little_ventricle_falls_back_to_the_template() -> None:
+def test_template_cortex_over_the_scans_white_matter_is_not_cortex() -> None:
+    # the template's cortex reaches 4 mm deeper (r > 20) than the scan's grey shell
+    # (r > 24): a lesion at r = 17-19 is 1-3 mm from the template's cortex but lies in
+    # the scan's white matter, > 4.5 mm from its cortex
+    h = head(shift_mm=0.0)
+    r = np.sqrt(((np.indices(h["image"].shape) - 30.0) ** 2).sum(axis=0))
+    h["tcortex"] = h["brain"] & (r > 20)
+    labels = np.zeros(h["image"].shape, np.int64)
+    labels[11:14, 29:32, 29:32] = 1  # x = 11..13: r = 17..19 along -x
+    image = h["image"].copy()
+    image[labels > 0] = 2.0
+    tcdist = ndi.distance_transform_edt(~h["tcortex"])
+    none = np.full(labels.shape, 50.0)
+    zeros = np.zeros(labels.shape)
+    assert classify_from_maps(labels, none, tcdist, zeros)[0][0] == "juxtacortical"
+    _, cdist = distances(h, image, labels)
+    loc, _, cmin, _ = classify_from_maps(labels, none, cdist, zeros)
+    assert loc[0] == "deep" and cmin[0] > 4.5  # sqrt(21) to the nearest shell voxel
+    # a lesion touching the scan's grey shell stays juxtacortical
+    labels[:] = 0
+    labels[5:7, 29:32, 29:32] = 1  # x = 5..6: r = 23..25, in and next to the shell
+    _, cdist = distances(h, image, labels)
+    assert classify_from_maps(labels, none, cdist, zeros)[0][0] == "juxtacortical"
+
+
+def test_too_little_ventricle_or_cortex_falls_back_to_the_template() -> None:
     h = head(shift_mm=0.0)
     labels = np.zeros(h["image"].shape, np.int64)
-    vdist = ventricle_distance(
-        h["image"], labels, np.ones(3), tuple(h["priors"]), h["tvdist"], min_mm3=1e6
-    )
+    vdist, cdist = distances(h, h["image"], labels, min_mm3=1e6)
     assert np.array_equal(vdist, h["tvdist"])
+    tcdist = ndi.distance_transform_edt(~h["tcortex"]).astype(np.float32)
+    assert np.array_equal(cdist, tcdist)

@@ -11,10 +11,12 @@ infratentorial      at least half of its voxels in the infratentorial region (br
                     and cerebellum)
 periventricular     touching the lateral ventricles or within 3 mm of them
                     (:attr:`LocationRules.periventricular_mm`); the scan's own ventricles
-                    when its image is given (:func:`ventricle_distance`)
+                    when its image is given (:func:`scan_distances`)
 juxtacortical       touching the cortex or within 2 mm of it (no room for white matter
                     between: :attr:`LocationRules.juxtacortical_mm`); the class holds
-                    cortical lesions too (McDonald 2017 "cortical or juxtacortical")
+                    cortical lesions too (McDonald 2017 "cortical or juxtacortical");
+                    with the image, the template's cortex where the scan shows no white
+                    matter (:func:`scan_distances`)
 deep                none of the above: deep (subcortical) white matter; not a DIS region
 unknown             the registration failed or looks wrong
 ==================  ======================================================================
@@ -45,7 +47,7 @@ __all__ = [
     "classify_from_maps",
     "classify_lesions",
     "region_coverage",
-    "ventricle_distance",
+    "scan_distances",
 ]
 
 #: Location classes of a lesion (``unknown`` when the registration is not trusted).
@@ -139,22 +141,32 @@ def classify_from_maps(
     return loc, vmin, cmin, frac
 
 
-def ventricle_distance(
+def scan_distances(
     image: np.ndarray,
     labels: np.ndarray,
     spacing: np.ndarray,
     priors: tuple[np.ndarray, np.ndarray, np.ndarray],
     template_vdist: np.ndarray,
+    template_cortex: np.ndarray,
+    template_cdist: np.ndarray,
     min_mm3: float = 500.0,
-) -> np.ndarray:
-    """Distance to the scan's own lateral ventricles, else to the registered template's.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distances to the scan's own lateral ventricles and cortex (mm).
 
     The scan's tissue classes come from its intensities and the registered template's
-    priors (:func:`~lesionuq.location.tissue.tissue_posteriors`, the lesions and the
-    voxels touching them left out of the fit); its ventricles are the CSF components that
-    reach the template's (:func:`~lesionuq.location.tissue.scan_ventricles`). Distances
-    to them do not suffer the registration's residual error, nor another brain's
-    ventricle size.
+    priors (:func:`~lesionuq.location.tissue.tissue_posteriors`; the lesions and the
+    voxels touching them are left out of the fit).
+
+    - Ventricles: the CSF components that reach the template's
+      (:func:`~lesionuq.location.tissue.scan_ventricles`); distances to them do not
+      suffer the registration's residual error, nor another brain's ventricle size.
+    - Cortex: the registered template's cortex where the scan does not show white matter
+      (WM posterior <= 0.5): a template gyrus that lies over the scan's white matter is
+      not the scan's cortex. The template only says where cortex may be (its deep grey
+      nuclei and cerebellum are excluded); the scan removes what is white matter there.
+
+    Each falls back to the template's distance when the scan gives fewer than
+    ``min_mm3`` mm3 (e.g. an image without tissue contrast).
 
     Args:
         image: (X, Y, Z) scan intensities, 0 outside the brain.
@@ -162,17 +174,27 @@ def ventricle_distance(
         spacing: (3,) voxel size (mm).
         priors: (GM, WM, CSF) template probabilities on the scan, each (X, Y, Z).
         template_vdist: (X, Y, Z) distance to the template's ventricles on the scan (mm).
-        min_mm3: Fewer ventricle mm3 than this found: the template's distance is used.
+        template_cortex: (X, Y, Z) the template's cortex on the scan (fraction, > 0.5).
+        template_cdist: (X, Y, Z) distance to the template's cortex on the scan (mm).
+        min_mm3: Least volume of the scan's own ventricles or cortex.
 
     Returns:
-        (X, Y, Z) float32 distance (mm).
+        ((X, Y, Z) ventricle distance, (X, Y, Z) cortex distance), float32 mm.
     """
     exclude = ndi.binary_dilation(labels > 0)
     post = tissue_posteriors(image, image != 0, priors, spacing, exclude=exclude)
-    own = scan_ventricles(post[2], template_vdist)
-    if own.sum() * float(np.prod(spacing)) < min_mm3:
-        return np.asarray(template_vdist, dtype=np.float32)
-    return ndi.distance_transform_edt(~own, sampling=spacing).astype(np.float32)
+    voxel_mm3 = float(np.prod(spacing))
+    out = []
+    own = (
+        scan_ventricles(post[2], template_vdist),
+        (template_cortex > 0.5) & (post[1] <= 0.5),
+    )
+    for mask, fallback in zip(own, (template_vdist, template_cdist), strict=True):
+        if mask.sum() * voxel_mm3 < min_mm3:
+            out.append(np.asarray(fallback, dtype=np.float32))
+        else:
+            out.append(ndi.distance_transform_edt(~mask, sampling=spacing).astype(np.float32))
+    return out[0], out[1]
 
 
 def classify_lesions(
@@ -184,11 +206,11 @@ def classify_lesions(
 ) -> LesionLocations:
     """Each lesion's class and MNI centroid, through a scan-to-template registration.
 
-    With ``image``, the distance to the ventricles is measured to the scan's own
-    ventricles (:func:`ventricle_distance`: the CSF of an atlas-guided tissue
-    classification of the scan, in the components that come within 4 mm of the registered
-    template's ventricles), falling back to the template's when fewer than 500 mm3 are
-    found.
+    With ``image``, the distances are measured to the scan's own ventricles and cortex
+    (:func:`scan_distances`: an atlas-guided tissue classification of the scan; its CSF
+    in the components that come within 4 mm of the registered template's ventricles; the
+    template's cortex where the scan shows no white matter), each falling back to the
+    template's when fewer than 500 mm3 are found.
 
     Args:
         labels: (X, Y, Z) int lesion labels 1..N on the registration's grid.
@@ -210,6 +232,7 @@ def classify_lesions(
         return LesionLocations.unknown(0)
     regions = load_regions()
     vdist = registration.on_scan(regions.vdist, order=1, fill=100.0)
+    cdist = registration.on_scan(regions.cdist, order=1, fill=100.0)
     if image is not None:
         spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
         priors = (
@@ -217,8 +240,8 @@ def classify_lesions(
             registration.on_scan(regions.wm, order=1),
             registration.on_scan(regions.csf, order=1),
         )
-        vdist = ventricle_distance(image, labels, spacing, priors, vdist)
-    cdist = registration.on_scan(regions.cdist, order=1, fill=100.0)
+        cortex = registration.on_scan(regions.cortex.astype(np.float32), order=1)
+        vdist, cdist = scan_distances(image, labels, spacing, priors, vdist, cortex, cdist)
     infra = registration.on_scan(regions.infratentorial.astype(np.float32), order=1)
     loc, vmin, cmin, frac = classify_from_maps(labels, vdist, cdist, infra, rules)
     ids = np.arange(1, n + 1)
