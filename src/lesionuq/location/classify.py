@@ -131,9 +131,13 @@ def classify_from_maps(
         empty = np.zeros(0)
         return np.zeros(0, dtype=object), empty, empty.copy(), empty.copy()
     ids = np.arange(1, n + 1)
-    vmin = np.asarray(ndi.minimum(vdist, labels, ids), dtype=np.float64)
-    cmin = np.asarray(ndi.minimum(cdist, labels, ids), dtype=np.float64)
-    frac = np.asarray(ndi.mean((infra > 0.5).astype(np.float32), labels, ids), dtype=np.float64)
+    inside = labels > 0  # the lesion voxels only: ndimage sorts what it is given
+    lab = labels[inside]
+    vmin = np.asarray(ndi.minimum(vdist[inside], lab, ids), dtype=np.float64)
+    cmin = np.asarray(ndi.minimum(cdist[inside], lab, ids), dtype=np.float64)
+    frac = np.asarray(
+        ndi.mean((infra[inside] > 0.5).astype(np.float32), lab, ids), dtype=np.float64
+    )
     loc = np.full(n, "deep", dtype=object)
     loc[cmin <= rules.juxtacortical_mm] = "juxtacortical"
     loc[vmin <= rules.periventricular_mm] = "periventricular"

@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = [
+    "FIT_VOXELS",
     "PRIOR_SIGMA_MM",
     "atlas_em",
     "scan_ventricles",
@@ -38,6 +39,9 @@ __all__ = [
 
 PRIOR_SIGMA_MM = 3.0
 """Gaussian SD (mm) of the smoothing of the registered template priors."""
+FIT_VOXELS = 200_000
+"""At most this many brain voxels, evenly spaced, fit the class means and variances (six
+numbers; a 1 mm brain has about 1.8 million voxels)."""
 
 
 def atlas_em(
@@ -101,7 +105,8 @@ def tissue_posteriors(
         priors: K maps (X, Y, Z) of the registered template's class probabilities.
         spacing: (3,) voxel size (mm).
         exclude: (X, Y, Z) bool voxels left out of the fit (the lesions), or None; they
-            still get posteriors.
+            still get posteriors. At most :data:`FIT_VOXELS` of the others, evenly
+            spaced, fit the classes.
         prior_sigma_mm: SD (mm) of the priors' Gaussian smoothing (0: none).
 
     Returns:
@@ -121,7 +126,10 @@ def tissue_posteriors(
     prior = np.stack([p[brain] for p in smooth], axis=1)
     inside = fit[brain]
     values = np.asarray(image, np.float64)[brain]
-    _, mean, std = atlas_em(values[inside], prior[inside])
+    fit_idx = np.flatnonzero(inside)
+    if fit_idx.size > FIT_VOXELS:
+        fit_idx = fit_idx[np.linspace(0, fit_idx.size - 1, FIT_VOXELS).astype(np.int64)]
+    _, mean, std = atlas_em(values[fit_idx], prior[fit_idx])
     norm = np.clip(prior, 0.0, None) + 1e-6
     post = _posteriors(values, norm / norm.sum(axis=1, keepdims=True), mean, std)
     for c in range(k):
