@@ -160,7 +160,7 @@ class _SeesLocations:
 
 def test_predict_locates_before_scoring_once(tmp_path, monkeypatch) -> None:
     """A model whose scorer reads locations gets them in predict; --location reuses the
-    registration (one registration per scan)."""
+    registration and the classes (one registration and one classification per scan)."""
     import nibabel as nib
 
     from lesionuq.methods import CATALOGUE, MethodSpec
@@ -174,8 +174,18 @@ def test_predict_locates_before_scoring_once(tmp_path, monkeypatch) -> None:
         calls.append(1)
         return identity(*args, **kwargs)
 
+    import lesionuq.location as location
+
+    classified: list[int] = []
+    classify = location.classify_lesions
+
+    def counted_classify(*args, **kwargs):
+        classified.append(1)
+        return classify(*args, **kwargs)
+
     monkeypatch.setattr(feat, "register_to_template", counted)
     monkeypatch.setattr("lesionuq.location.register_to_template", counted)
+    monkeypatch.setattr("lesionuq.location.classify_lesions", counted_classify)
     monkeypatch.setitem(
         CATALOGUE,
         "spy_loc",
@@ -188,6 +198,7 @@ def test_predict_locates_before_scoring_once(tmp_path, monkeypatch) -> None:
     nib.save(brain_scan(oblique_affine(), OBLIQUE_SHAPE), str(scan))
     res = predict_scan(model, scan, tmp_path / "out", progress=False, location=True)
     assert len(calls) == 1  # located before scoring, reused by --location
+    assert len(classified) == 1  # and classified once: the report reuses the classes
     (table,) = spy.tables
     assert len(table) == len(res.table) > 0
     # the same location for each lesion (the report's table is in its own order)

@@ -36,6 +36,7 @@ __all__ = [
     "FEATURE_NAMES",
     "LOCATION_COLUMNS",
     "MNI_SCALE_MM",
+    "join_locations",
     "locate_lesions",
     "location_columns",
     "location_features",
@@ -115,11 +116,25 @@ def with_locations(
         existing column of that name is replaced) and the registration.
     """
     located, reg = locate_lesions(image, affine, labels, registration=registration)
+    return join_locations(lesions, located), reg
+
+
+def join_locations(lesions: LesionSet, located: pd.DataFrame) -> LesionSet:
+    """The lesions with the :data:`LOCATION_COLUMNS` of ``located`` added to their table.
+
+    Args:
+        lesions: One scan's lesions; the table's ``lesion_id`` is the lesion's label.
+        located: The N rows of :func:`location_columns`, in label order (1..N).
+
+    Returns:
+        A new :class:`LesionSet` (same graphs; an existing column of that name is
+        replaced).
+    """
     table = lesions.table.drop(columns=[c for c in LOCATION_COLUMNS if c in lesions.table])
     ids = table["lesion_id"].to_numpy(dtype=np.int64) - 1 if len(table) else np.zeros(0, int)
     rows = located.iloc[ids].reset_index(drop=True)
     rows.index = table.index
-    return LesionSet(pd.concat([table, rows], axis=1), lesions.graphs), reg
+    return LesionSet(pd.concat([table, rows], axis=1), lesions.graphs)
 
 
 def location_features(

@@ -62,6 +62,8 @@ class OnGrid:
             registration (:func:`locate`); None without.
         registration: The scan's registration to MNI152 when a scorer needed the
             locations before scoring (reused by :func:`locate`); None otherwise.
+        locations: The lesions' locations computed then (reused by :func:`locate`);
+            None otherwise.
     """
 
     pre: Preprocessed
@@ -75,6 +77,7 @@ class OnGrid:
     samples: dict[str, object] | None = None
     located: Located | None = None
     registration: Registration | None = None
+    locations: LesionLocations | None = None
 
 
 @dataclass
@@ -140,15 +143,19 @@ def infer(
     n = len(lesions)
     if int(labels.max(initial=0)) != n:
         raise RuntimeError(f"case_lesions returned {n} lesions but labels up to {labels.max()}.")
-    registration = None
+    registration = locations = None
     if needs_location(model):
         # a scorer of the model reads the lesions' locations (graphs.location): locate
         # before scoring; --location reuses this registration
         # lazy: SimpleITK (the registration) is loaded only for such a model or --location
-        from lesionuq.location.features import with_locations
+        from lesionuq.location import classify_lesions, register_to_template
+        from lesionuq.location.features import join_locations, location_columns
 
         step("location")
-        lesions, registration = with_locations(lesions, pre.image[0], pre.affine, labels)
+        image = pre.image[0]
+        registration = register_to_template(image, pre.affine, image != 0)
+        locations = classify_lesions(labels, pre.affine, registration, image=image)
+        lesions = join_locations(lesions, location_columns(locations))
     step("scores")
     scores = _calibrate(model, _score(model, lesions))
     notes = _review_warnings(model, native, maps, pre)
@@ -173,6 +180,7 @@ def infer(
         lesions.table["in_ignore"].to_numpy(dtype=bool) if region is not None else None,
         given,
         registration=registration,
+        locations=locations,
     )
 
 
@@ -250,7 +258,9 @@ def locate(grid: OnGrid) -> tuple[Located, str | None]:
     image = grid.pre.image[0]
     brain = image != 0
     reg = grid.registration or register_to_template(image, grid.pre.affine, brain)
-    locations = classify_lesions(grid.labels, grid.pre.affine, reg, image=image)
+    locations = grid.locations
+    if locations is None:
+        locations = classify_lesions(grid.labels, grid.pre.affine, reg, image=image)
     coverage = region_coverage(reg, brain)
     png = None
     if reg.transform is not None:
