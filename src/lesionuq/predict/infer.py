@@ -146,9 +146,11 @@ def infer(
     registration = locations = None
     if needs_location(model):
         # a scorer of the model reads the lesions' locations (graphs.location): locate
-        # before scoring; --location reuses this registration
+        # before scoring; --location reuses this registration and these classes
         # lazy: SimpleITK (the registration) is loaded only for such a model or --location
         from lesionuq.location import classify_lesions, register_to_template
+
+        # lazy: the same (the location package loads SimpleITK)
         from lesionuq.location.features import join_locations, location_columns
 
         step("location")
