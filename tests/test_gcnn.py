@@ -20,6 +20,7 @@ from lesionuq.scorers.gcnn import (
     SymmetricGCNConv,
     gcn_adjacency,
     normalized_edges,
+    normalized_edges_each,
     split_train_val,
 )
 
@@ -277,6 +278,27 @@ def test_normalized_edges_hand_case() -> None:
     torch.testing.assert_close(gcn_adjacency(out_ei, 3, w).to_dense(), expected)
     with pytest.raises(ValueError, match="undirected"):
         normalized_edges(torch.tensor([[0, 1], [1, 2]]), 3)
+
+
+def test_normalized_edges_each_equals_one_call_per_graph() -> None:
+    """Bit for bit: a 3x3x2 grid, a single node, the path 0-1-2 and a 2x2x2 grid."""
+    graphs = [
+        (grid_graph((3, 3, 2))[2], 18),
+        (torch.zeros((2, 0), dtype=torch.long), 1),  # one voxel: its self-loop only
+        (torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]]), 3),
+        (grid_graph((2, 2, 2))[2], 8),
+    ]
+    each = normalized_edges_each([g for g, _ in graphs], [n for _, n in graphs])
+    assert len(each) == 4
+    for (ei, n), (e, w) in zip(graphs, each, strict=True):
+        e_ref, w_ref = normalized_edges(ei, n)
+        assert torch.equal(e, e_ref) and torch.equal(w, w_ref)
+    assert each[1][0].tolist() == [[0], [0]] and each[1][1].tolist() == [1.0]
+    assert normalized_edges_each([], []) == []
+    with pytest.raises(ValueError, match="undirected"):
+        normalized_edges_each([torch.tensor([[0, 1], [1, 2]])], [3])
+    with pytest.raises(ValueError, match="2 edge lists for 1 node counts"):
+        normalized_edges_each([graphs[0][0], graphs[2][0]], [18])
 
 
 def test_sparse_gcn_equals_pyg_message_passing() -> None:

@@ -45,6 +45,7 @@ from lesionuq.scorers.nn import (
     fit_graph_model,
     gcn_adjacency,
     normalized_edges,
+    normalized_edges_each,
     predict,
     split_train_val,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "SymmetricGCNConv",
     "gcn_adjacency",
     "normalized_edges",
+    "normalized_edges_each",
     "split_train_val",
 ]
 
@@ -322,8 +324,10 @@ class GCNNScorer(LesionScorer):
     ) -> list[Data]:
         """Standardised ``Data`` (x, normalised edge_index / edge_weight, labels when given)."""
         out = []
-        for i, g in enumerate(lesions.graphs):
-            edge_index, edge_weight = normalized_edges(g.edge_index, g.x.shape[0])
+        edges = normalized_edges_each(
+            [g.edge_index for g in lesions.graphs], [g.x.shape[0] for g in lesions.graphs]
+        )
+        for i, (g, (edge_index, edge_weight)) in enumerate(zip(lesions.graphs, edges, strict=True)):
             d = Data(
                 x=(g.x.float() - self.feature_mean_) / self.feature_std_,
                 edge_index=edge_index,

@@ -56,7 +56,7 @@ from lesionuq.scorers.nn import (
     Schedule,
     balanced_class_weight,
     fit_graph_model,
-    normalized_edges,
+    normalized_edges_each,
     predict,
     split_train_val,
 )
@@ -333,8 +333,10 @@ class GCNNEnsembleScorer(LesionScorer):
             z = lesion_features(lesions.table, self.cfg.position, self.name)
             z = (torch.tensor(z, dtype=torch.float32) - self.lesion_mean_) / self.lesion_std_
         out = []
-        for i, g in enumerate(lesions.graphs):
-            edge_index, edge_weight = normalized_edges(g.edge_index, g.x.shape[0])
+        edges = normalized_edges_each(
+            [g.edge_index for g in lesions.graphs], [g.x.shape[0] for g in lesions.graphs]
+        )
+        for i, (g, (edge_index, edge_weight)) in enumerate(zip(lesions.graphs, edges, strict=True)):
             d = Data(
                 x=(g.x.float() - self.node_mean_) / self.node_std_,
                 edge_index=edge_index,
