@@ -164,10 +164,10 @@ def test_registration_recovers_a_known_rotation_and_shift():
     assert part.ok, part.to_dict()  # the brain Dice is measured within the scan's extent
     coverage = region_coverage(part, cut > 0)
     assert coverage["infratentorial"] < 0.2 and coverage["periventricular"] > 0.9, coverage
-    # noise instead of a brain: the quality check says so
+    # noise instead of a brain (a 96 mm field of view): the quality check says so
     rng = np.random.default_rng(0)
-    noise = np.zeros_like(data)
-    noise[20:40, 20:40, 20:40] = rng.uniform(1, 2, (20, 20, 20))
+    noise = np.zeros((48, 48, 48), np.float32)
+    noise[14:34, 14:34, 14:34] = rng.uniform(1, 2, (20, 20, 20))
     bad = register_to_template(noise, affine)
     assert not bad.ok and bad.brain_seen < 0.1, bad.to_dict()
     assert "of the template brain within the scan" in str(bad.problem())
