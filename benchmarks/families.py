@@ -30,9 +30,15 @@ and, for the variants of the paper's GCNN, the issue's rule (:func:`verdicts`). 
 ``default`` row is each source fold's default P(FP) method
 (``fold_K/default_method.json``, :mod:`lesionuq.scorers.default_method`).
 
+With ``--lofo`` (and ``--tables-only``), the leave-one-family-out settings instead
+(:func:`lofo_scores`): each family's test lesions scored by the methods fitted on the
+pooled validation lesions of the other families (``BC->A``, ...), written to
+``OUT/families_lofo.csv``.
+
 Usage:
     python benchmarks/families.py [--out runs/families] [--config FILE] [--workers 2]
         [--extra gcnn_nawm,gcnn_aug,gcnn_robust,gcnn_stack_robust] [--families a,b,c]
+        [--tables-only [--plain-fit] [--lofo]]
 """
 
 from __future__ import annotations
@@ -135,6 +141,64 @@ def cross_scores(source: Path, target: Path, methods: list[str]) -> pd.DataFrame
     return pd.concat(frames, ignore_index=True)
 
 
+def lofo_scores(
+    runs: dict[str, Path], target: str, methods: list[str], cache: Path
+) -> pd.DataFrame:
+    """Score the target family's test lesions with scorers fitted on the *other* families.
+
+    Leave-one-family-out, the usual protocol of domain generalisation: in every fold, the
+    validation lesions of all the families in ``runs`` but ``target`` are pooled (case
+    ids prefixed with the family, so that inner splits by case stay apart) and each method
+    is fitted once on them (plain fit, as :func:`plain_fit`), then scores the target's
+    test lesions of the same fold. Fitted scorers are kept in ``cache`` and reused.
+
+    Args:
+        runs: Family letter -> bench run (same folds).
+        target: The held-out family's letter.
+        methods: Method names.
+        cache: Folder for the fitted scorers (``cache/to_<T>/fold_K/METHOD``).
+
+    Returns:
+        As :func:`cross_scores` (without the ``default`` column).
+    """
+    from lesionuq.io import atomic_dir
+    from lesionuq.rundir import write_stamp
+    from lesionuq.scorers import make_scorer
+
+    tgt = RunDir(runs[target])
+    cfg, _, splits = tgt.read_plan()
+    frames = []
+    for split in splits:
+        parts = []
+        for fam, run in runs.items():
+            if fam == target:
+                continue
+            part = LesionSet.load(RunDir(run).lesion_set(split.fold, "val"))
+            part.table["case_id"] = fam.upper() + ":" + part.table["case_id"].astype(str)
+            parts.append(part)
+        pooled = LesionSet.concat(parts)
+        test = LesionSet.load(tgt.lesion_set(split.fold, "test"))
+        frame = test.table[["case_id", "is_tp"]].copy()
+        frame.insert(0, "fold", split.fold)
+        for m in methods:
+            folder = cache / f"to_{target.upper()}" / f"fold_{split.fold}" / m
+            if not (folder / "stamp.json").is_file():
+                t0 = time.perf_counter()
+                with atomic_dir(folder) as tmp:
+                    make_scorer(m, cfg).fit(pooled, progress=False).save(tmp)
+                    write_stamp(
+                        tmp / "stamp.json", "plain-fit", fit_seconds=time.perf_counter() - t0
+                    )
+                print(
+                    f"lofo fit -> {target} fold {split.fold} {m} on {len(pooled)} lesions: "
+                    f"{time.perf_counter() - t0:.0f}s",
+                    flush=True,
+                )
+            frame[m] = load_scorer(m, folder).score(test) if len(test) else np.zeros(0)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
 def setting_table(lesions: pd.DataFrame, methods: list[str], n_boot: int) -> pd.DataFrame:
     """AUC with its interval and the paired difference to the best baseline, per method."""
     boot = bootstrap_auc(lesions, methods, n_boot=n_boot, seed=0)
@@ -159,6 +223,39 @@ def setting_table(lesions: pd.DataFrame, methods: list[str], n_boot: int) -> pd.
             "paper_hi": 100 * phi,
         }
     )
+
+
+def lofo_tables(runs: dict[str, Path], methods: list[str], out: Path, n_boot: int) -> None:
+    """Print and write the leave-one-family-out settings (``BC->A``, ...).
+
+    One setting per held-out family, its Table 2 and paired differences as in
+    :func:`setting_table`: the rows to set beside the single-source settings (``B->A``,
+    ``C->A``) of ``families.csv``.
+    """
+    rows = []
+    for target in runs:
+        sources = "".join(f.upper() for f in runs if f != target)
+        setting = f"{sources}->{target.upper()}"
+        lesions = lofo_scores(runs, target, methods, out / "lofo")
+        table = setting_table(lesions, methods, n_boot)
+        table.insert(0, "setting", setting)
+        table["test_lesions"] = len(lesions)
+        rows.append(table)
+        print(
+            f"\n{setting}: fitted on the pooled validation lesions of {sources}, "
+            f"{len(lesions)} test lesions of family {target.upper()}"
+        )
+        print(table.drop(columns=["setting"]).round(2).to_string(index=False))
+        for r in table.itertuples():
+            if not is_baseline(str(r.method)):
+                print(
+                    f"RESULT lofo {setting} {r.method} auc {r.auc:.2f} diff_best "
+                    f"{r.diff_best:.2f} ci {r.diff_lo:.2f} {r.diff_hi:.2f} best {r.best_baseline}"
+                )
+    table = pd.concat(rows, ignore_index=True)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "families_lofo.csv", index=False)
+    print(f"wrote {out / 'families_lofo.csv'}")
 
 
 def verdicts(table: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
@@ -202,6 +299,12 @@ def main() -> None:
         help="only score and tabulate the existing runs (the methods fitted in every fold)",
     )
     parser.add_argument(
+        "--lofo",
+        action="store_true",
+        help="leave one family out: fit on the others' pooled validation lesions, "
+        "score the held-out family (writes OUT/families_lofo.csv)",
+    )
+    parser.add_argument(
         "--plain-fit",
         action="store_true",
         help="with --tables-only: fit the missing extra methods once per fold, uncalibrated",
@@ -231,6 +334,9 @@ def main() -> None:
     methods = list(base_cfg.methods) + [m for m in extra if m not in base_cfg.methods]
     methods = [m for m in methods if all(fitted(run, m) for run in runs.values())]
     pd.set_option("display.width", 200)
+    if args.lofo:
+        lofo_tables(runs, methods, args.out, args.n_boot)
+        return
     rows = []
     for src, tgt in [(s, t) for s in runs for t in runs]:
         setting = f"{src.upper()}->{tgt.upper()}"
