@@ -20,11 +20,13 @@ from lesionuq.scorers.registry import (
     make_scorer,
     scorer_class,
 )
+from lesionuq.scorers.site import FrozenScorer, site_stack
 
 __all__ = [
     "REGISTRY",
     "SCORER_FILE",
     "ColumnScorer",
+    "FrozenScorer",
     "GCNNScorer",
     "LesionGCN",
     "LesionScorer",
@@ -37,5 +39,6 @@ __all__ = [
     "make_estimators",
     "make_scorer",
     "scorer_class",
+    "site_stack",
     "table_column",
 ]
