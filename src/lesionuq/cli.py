@@ -508,6 +508,26 @@ def predict(
 
 @app.command()
 @_friendly
+def refit(
+    model: Annotated[Path, typer.Option(help="A fitted model folder, e.g. RUN/fold_0.")],
+    cases: Annotated[
+        Path,
+        typer.Option(help="cases.csv of at least 2 labelled scans of the new site (with masks)."),
+    ],
+    out: Annotated[Path, typer.Option(help="The new model folder.")],
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Refit a model folder's lesion scorers on a few labelled scans of a new site."""
+    # lazy: refitting loads torch, the U-Net and the scorers, not loaded for lesionuq --help
+    from lesionuq.predict.refit import refit_model
+
+    result = refit_model(model, cases, out, overwrite=overwrite, progress=not quiet)
+    console.print(escape(result.summary()))
+
+
+@app.command()
+@_friendly
 def manifest(
     layout: Annotated[
         str, typer.Option(help="msseg2016, mslub, isbi2015, shifts, wmh2017 or bids.")

@@ -82,6 +82,7 @@ KINDS = {
     "run": "run directory",
     "phantom": "phantom data set",
     "derived": "set of derived masks",
+    "model": "refitted model folder",
 }
 
 

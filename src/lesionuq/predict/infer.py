@@ -64,6 +64,9 @@ class OnGrid:
             locations before scoring (reused by :func:`locate`); None otherwise.
         locations: The lesions' locations computed then (reused by :func:`locate`);
             None otherwise.
+        lesions: The scored lesions 1..N (table and graphs, as the scorers read them);
+            with a ground truth (``infer(mask=...)``) the table has ``iou_adj`` and
+            ``is_tp``.
     """
 
     pre: Preprocessed
@@ -78,6 +81,7 @@ class OnGrid:
     located: Located | None = None
     registration: Registration | None = None
     locations: LesionLocations | None = None
+    lesions: LesionSet | None = None
 
 
 @dataclass
@@ -107,12 +111,19 @@ def infer(
     step: Callable[[str], None],
     ignore: str | Path | None = None,
     samples: Path | None = None,
+    mask: Path | None = None,
 ) -> OnGrid:
-    """Load, preprocess, MC-dropout sample (or read ``samples``), find and score lesions."""
+    """Load, preprocess, MC-dropout sample (or read ``samples``), find and score lesions.
+
+    ``mask``, the scan's ground truth (the manifest's ``mask``), labels the lesions
+    (``iou_adj``, ``is_tp`` in :attr:`OnGrid.lesions`), as the graphs stage of a run does;
+    :func:`lesionuq.predict.refit.refit_model` fits on them. ``predict`` passes none.
+    """
     cfg = model.cfg
     case = Case(
         case_id,
         paths,
+        mask=mask,
         ignore=Path(ignore) if ignore is not None else None,
         samples=samples,
     )
@@ -125,11 +136,11 @@ def infer(
         step("preprocess")
         step("samples")
     else:
-        imgs, _ = load_case(case)
+        imgs, truth = load_case(case)  # truth: None without a mask
         native = imgs[0]
         ignore_img = load_ignore(case, native)
         step("preprocess")
-        pre = preprocess(imgs, None, cfg.preprocess)
+        pre = preprocess(imgs, truth, cfg.preprocess)
         step("MC dropout")
         maps = mc_sample(model.segmenter, pre.image, cfg.sampling, device=model.device)
     region = None
@@ -137,7 +148,7 @@ def infer(
         region = mask_to_grid(ignore_img, pre.affine, pre.image.shape[1:])
     step("lesions")
     labels, lesions = case_lesions(
-        maps.seg, pre.image, maps, None, pre.affine, cfg.graphs, case_id, ignore=region
+        maps.seg, pre.image, maps, pre.mask, pre.affine, cfg.graphs, case_id, ignore=region
     )
     labels = np.asarray(labels, dtype=np.int32)
     n = len(lesions)
@@ -183,6 +194,7 @@ def infer(
         given,
         registration=registration,
         locations=locations,
+        lesions=lesions,
     )
 
 

@@ -1,0 +1,141 @@
+"""``lesionuq refit``: a model folder's lesion scorers fitted again on labelled new scans."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lesionuq.cli import app
+from lesionuq.io import InputError, read_manifest, write_manifest
+from lesionuq.lesions.dataset import LesionSet
+from lesionuq.predict import load_model, predict_scan
+from lesionuq.predict.refit import MIN_SCANS, REFIT_FILE, refit_model
+from lesionuq.rundir import RunDir
+
+
+@pytest.fixture(scope="module")
+def site(tiny_run, tmp_path_factory):
+    """Fold 0's model and a manifest of its test scans with a true lesion (the "new site").
+
+    The tiny run's 4-step U-Net finds ~1,100 lesions per scan, nearly all false; the scans
+    with a true one give both classes to fit on.
+    """
+    root, csv, _ = tiny_run
+    run = root / "run"
+    test = LesionSet.load(RunDir(run).lesion_set(0, "test")).table
+    with_tp = set(test.loc[test["is_tp"].astype(bool), "case_id"].astype(str))
+    cases = [c for c in read_manifest(csv) if c.case_id in with_tp]
+    assert len(cases) >= MIN_SCANS
+    base = tmp_path_factory.mktemp("site")
+    manifest = base / "cases.csv"
+    write_manifest(manifest, cases)
+    return run, manifest, base
+
+
+@pytest.fixture(scope="module")
+def refitted(site):
+    run, manifest, base = site
+    result = refit_model(run / "fold_0", manifest, base / "model", progress=False)
+    return result, base / "model"
+
+
+def test_the_labelled_lesions_match_the_runs_own(site, refitted):
+    """The scans' lesions and labels are those the run's graphs stage found with the same
+    U-Net (fold 0's test lesions of these cases): the same lesions per scan and the same
+    true ones. The voxels agree to within 1 %: predict samples on the fly where the run
+    samples its saved preprocessed image, and this 4-step U-Net leaves many voxels near
+    0.5."""
+    run, _, _ = site
+    result, out = refitted
+    local = LesionSet.load(out / "graphs" / "val").table
+    ref = LesionSet.load(RunDir(run).lesion_set(0, "test")).table
+    ref = ref[ref["case_id"].isin(result.cases)]
+    assert len(local) == sum(result.lesions_per_case) == result.n_tp + result.n_fp
+    assert result.n_tp > 0 and result.n_fp > 0
+    for table in (local, ref):
+        table["is_tp"] = table["is_tp"].astype(bool)
+    per_case = [t.groupby("case_id")["is_tp"].agg(["count", "sum"]) for t in (local, ref)]
+    pd.testing.assert_frame_equal(per_case[0], per_case[1])
+    voxels = [t.groupby("case_id")["n_voxels"].sum() for t in (local, ref)]
+    np.testing.assert_allclose(voxels[0], voxels[1], rtol=0.01)
+    tp = [t.loc[t["is_tp"], "iou_adj"].sort_values().to_numpy() for t in (local, ref)]
+    np.testing.assert_allclose(tp[0], tp[1], atol=0.05)
+
+
+def test_refitted_folder_is_a_model_folder_fitted_on_the_new_scans(site, refitted):
+    run, manifest, base = site
+    result, out = refitted
+    source = load_model(run / "fold_0")
+    model = load_model(out)
+    assert sorted(model.scorers) == sorted(source.scorers) == result.methods
+    assert (out / "segmenter.pt").read_bytes() == (run / "fold_0/segmenter.pt").read_bytes()
+    n = result.n_tp + result.n_fp
+    cal = json.loads((out / "scorers/gcnn_classif/calibration.json").read_text())
+    assert len(cal["oof_p_fp"]) == n  # cross-fitted on exactly these lesions
+    assert model.scorers["gcnn_classif"].n_train_ + model.scorers["gcnn_classif"].n_val_ == n
+    assert model.default is not None and model.default.method == result.default_method
+    assert model.shift is not None
+    saved = json.loads((out / REFIT_FILE).read_text())
+    assert saved == {k: v for k, v in dataclasses.asdict(result).items() if k != "folder"}
+    assert saved["source_model"] == str((run / "fold_0").resolve())
+    # the new folder predicts a scan (here one of its own: its lesions are the same)
+    case = read_manifest(manifest)[0]
+    pred = predict_scan(out, [case.images[0]], base / "pred", progress=False)
+    assert len(pred.table) == result.lesions_per_case[0]
+
+
+def test_refit_refuses_what_it_cannot_fit_on(site, tmp_path):
+    run, manifest, _ = site
+    cases = read_manifest(manifest)
+    one = tmp_path / "one.csv"
+    write_manifest(one, cases[:1])
+    with pytest.raises(InputError, match=f"at least {MIN_SCANS}"):
+        refit_model(run / "fold_0", one, tmp_path / "m1", progress=False)
+    nomask = tmp_path / "nomask.csv"
+    write_manifest(nomask, [dataclasses.replace(c, mask=None) for c in cases])
+    with pytest.raises(InputError, match="mask"):
+        refit_model(run / "fold_0", nomask, tmp_path / "m2", progress=False)
+    assert not any((tmp_path / m).exists() for m in ("m1", "m2"))
+
+
+def test_refit_command_passes_its_options_and_prints_the_summary(
+    site, refitted, tmp_path, monkeypatch
+):
+    """The CLI only calls :func:`refit_model` (stubbed here: the fixture's refit) and prints
+    its summary; a refusal is one sentence and a non-zero exit."""
+    import lesionuq.predict.refit as refit_module
+
+    run, manifest, _ = site
+    result, out = refitted
+    seen = []
+    monkeypatch.setattr(refit_module, "refit_model", lambda *a, **k: seen.append((a, k)) or result)
+    args = ["refit", "--model", str(run / "fold_0"), "--cases", str(manifest), "--out", "x"]
+    res = CliRunner().invoke(app, [*args, "--overwrite", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert seen == [((run / "fold_0", manifest, Path("x")), {"overwrite": True, "progress": False})]
+    text = " ".join(res.output.split())
+    n = result.n_tp + result.n_fp
+    assert text.startswith(f"refitted 11 scorer(s) on {n} lesions ({result.n_tp} TP, ")
+    assert f"lesionuq predict --model {out}" in text
+    monkeypatch.undo()
+    one = tmp_path / "one.csv"
+    write_manifest(one, read_manifest(manifest)[:1])
+    bad = CliRunner().invoke(
+        app,
+        [
+            "refit",
+            "--model",
+            str(run / "fold_0"),
+            "--cases",
+            str(one),
+            "--out",
+            str(tmp_path / "m"),
+        ],
+    )
+    assert bad.exit_code != 0 and "at least 2" in " ".join(bad.output.split())
