@@ -225,6 +225,18 @@ def setting_table(lesions: pd.DataFrame, methods: list[str], n_boot: int) -> pd.
     )
 
 
+def print_setting(table: pd.DataFrame, header: str, tag: str) -> None:
+    """Print one setting's table and a ``RESULT <tag> ...`` line per method not a baseline."""
+    print(f"\n{header}")
+    print(table.drop(columns=["setting"]).round(2).to_string(index=False))
+    for r in table.itertuples():
+        if not is_baseline(str(r.method)):
+            print(
+                f"RESULT {tag} {r.setting} {r.method} auc {r.auc:.2f} diff_best "
+                f"{r.diff_best:.2f} ci {r.diff_lo:.2f} {r.diff_hi:.2f} best {r.best_baseline}"
+            )
+
+
 def lofo_tables(runs: dict[str, Path], methods: list[str], out: Path, n_boot: int) -> None:
     """Print and write the leave-one-family-out settings (``BC->A``, ...).
 
@@ -241,17 +253,11 @@ def lofo_tables(runs: dict[str, Path], methods: list[str], out: Path, n_boot: in
         table.insert(0, "setting", setting)
         table["test_lesions"] = len(lesions)
         rows.append(table)
-        print(
-            f"\n{setting}: fitted on the pooled validation lesions of {sources}, "
+        header = (
+            f"{setting}: fitted on the pooled validation lesions of {sources}, "
             f"{len(lesions)} test lesions of family {target.upper()}"
         )
-        print(table.drop(columns=["setting"]).round(2).to_string(index=False))
-        for r in table.itertuples():
-            if not is_baseline(str(r.method)):
-                print(
-                    f"RESULT lofo {setting} {r.method} auc {r.auc:.2f} diff_best "
-                    f"{r.diff_best:.2f} ci {r.diff_lo:.2f} {r.diff_hi:.2f} best {r.best_baseline}"
-                )
+        print_setting(table, header, "lofo")
     table = pd.concat(rows, ignore_index=True)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "families_lofo.csv", index=False)
@@ -354,17 +360,11 @@ def main() -> None:
         table["val_lesions"] = "/".join(str(n) for n in n_val)
         table["test_lesions"] = len(lesions)
         rows.append(table)
-        print(
-            f"\n{setting}: scorers fitted on family {src} (validation lesions per fold "
+        header = (
+            f"{setting}: scorers fitted on family {src} (validation lesions per fold "
             f"{table['val_lesions'].iloc[0]}), {len(lesions)} test lesions of family {tgt}"
         )
-        print(table.drop(columns=["setting"]).round(2).to_string(index=False))
-        for r in table.itertuples():
-            if not is_baseline(str(r.method)):
-                print(
-                    f"RESULT families {setting} {r.method} auc {r.auc:.2f} diff_best "
-                    f"{r.diff_best:.2f} ci {r.diff_lo:.2f} {r.diff_hi:.2f} best {r.best_baseline}"
-                )
+        print_setting(table, header, "families")
     out = pd.concat(rows, ignore_index=True)
     variants = [m for m in out["method"].unique() if m.startswith("gcnn") and m != "gcnn_classif"]
     print("\nvariants of the paper's GCNN, AUC difference to gcnn_classif (points):")
