@@ -80,6 +80,7 @@ def test_refitted_folder_is_a_model_folder_fitted_on_the_new_scans(site, refitte
     assert len(cal["oof_p_fp"]) == n  # cross-fitted on exactly these lesions
     assert model.scorers["gcnn_classif"].n_train_ + model.scorers["gcnn_classif"].n_val_ == n
     assert model.default is not None and model.default.method == result.default_method
+    assert model.default.reason == result.reason and result.default_method in result.reason
     assert model.shift is not None
     saved = json.loads((out / REFIT_FILE).read_text())
     assert saved == {k: v for k, v in dataclasses.asdict(result).items() if k != "folder"}
@@ -122,6 +123,7 @@ def test_refit_command_passes_its_options_and_prints_the_summary(
     text = " ".join(res.output.split())
     n = result.n_tp + result.n_fp
     assert text.startswith(f"refitted 11 scorer(s) on {n} lesions ({result.n_tp} TP, ")
+    assert f"Default P(FP) method: {result.reason} Use it with" in text
     assert f"lesionuq predict --model {out}" in text
     monkeypatch.undo()
     one = tmp_path / "one.csv"

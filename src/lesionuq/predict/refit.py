@@ -74,6 +74,8 @@ class RefitResult:
         n_fp: False-positive lesions among them.
         methods: The scorers fitted.
         default_method: The new folder's default P(FP) method.
+        reason: Why (:attr:`lesionuq.scorers.default_method.MethodChoice.reason`: the
+            validation AUCs it was chosen on).
         seconds: Wall time.
     """
 
@@ -85,6 +87,7 @@ class RefitResult:
     n_fp: int
     methods: list[str]
     default_method: str
+    reason: str
     seconds: float
 
     def to_dict(self) -> dict[str, object]:
@@ -98,8 +101,8 @@ class RefitResult:
         n = self.n_tp + self.n_fp
         return (
             f"refitted {len(self.methods)} scorer(s) on {n} lesions ({self.n_tp} TP, "
-            f"{self.n_fp} FP) of {len(self.cases)} scans in {self.seconds:.0f} s; default "
-            f"P(FP) method: {self.default_method}; use it with "
+            f"{self.n_fp} FP) of {len(self.cases)} scans in {self.seconds:.0f} s. Default "
+            f"P(FP) method: {self.reason} Use it with "
             f"`lesionuq predict --model {self.folder} ...`"
         )
 
@@ -239,6 +242,7 @@ def _finish(
         int(np.sum(~is_tp)),
         chosen,
         choice.method,
+        choice.reason,
         round(time.perf_counter() - t0, 1),
     )
     atomic_write_text(tmp / REFIT_FILE, json.dumps(result.to_dict(), indent=1) + "\n")
