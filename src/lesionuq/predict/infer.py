@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 
 from lesionuq.data.preprocess import Preprocessed, mask_to_grid, preprocess
@@ -33,7 +32,7 @@ from lesionuq.methods import CATALOGUE
 from lesionuq.predict.model import REQUIRED_SCORERS, UNCALIBRATED_NOTE, FittedModel
 from lesionuq.samples import samples_onto_grid
 from lesionuq.segmentation.sampling import mc_sample
-from lesionuq.shift import scan_profile, warning_sentence
+from lesionuq.shift import ScanProfile, scan_profile, warning_sentence
 
 if TYPE_CHECKING:
     from lesionuq.lesions.dataset import LesionSet
@@ -64,9 +63,10 @@ class OnGrid:
             locations before scoring (reused by :func:`locate`); None otherwise.
         locations: The lesions' locations computed then (reused by :func:`locate`);
             None otherwise.
-        lesions: The scored lesions 1..N (table and graphs, as the scorers read them);
-            with a ground truth (``infer(mask=...)``) the table has ``iou_adj`` and
-            ``is_tp``.
+        lesions: The lesions 1..N (table and graphs, as the scorers read them); with a
+            ground truth (``infer(mask=...)``) the table has ``iou_adj`` and ``is_tp``.
+        profile: The scan's shift profile (:func:`lesionuq.shift.scan_profile`), which
+            the shift warning checks and a refit's shift reference is fitted on.
     """
 
     pre: Preprocessed
@@ -82,6 +82,7 @@ class OnGrid:
     registration: Registration | None = None
     locations: LesionLocations | None = None
     lesions: LesionSet | None = None
+    profile: ScanProfile | None = None
 
 
 @dataclass
@@ -112,12 +113,15 @@ def infer(
     ignore: str | Path | None = None,
     samples: Path | None = None,
     mask: Path | None = None,
+    score: bool = True,
 ) -> OnGrid:
     """Load, preprocess, MC-dropout sample (or read ``samples``), find and score lesions.
 
     ``mask``, the scan's ground truth (the manifest's ``mask``), labels the lesions
     (``iou_adj``, ``is_tp`` in :attr:`OnGrid.lesions`), as the graphs stage of a run does;
-    :func:`lesionuq.predict.refit.refit_model` fits on them. ``predict`` passes none.
+    :func:`lesionuq.predict.refit.refit_model` fits on them with ``score=False`` (the
+    model's own scorers are not run, and :attr:`OnGrid.scores` is empty). ``predict``
+    passes no mask.
     """
     cfg = model.cfg
     case = Case(
@@ -170,8 +174,11 @@ def infer(
         locations = classify_lesions(labels, pre.affine, registration, image=image)
         lesions = join_locations(lesions, location_columns(locations))
     step("scores")
-    scores = _calibrate(model, _score(model, lesions))
-    notes = _review_warnings(model, native, maps, pre)
+    scores = _calibrate(model, _score(model, lesions)) if score else {}
+    profile = scan_profile(
+        native, maps.entropy, pre.image[0] != 0, brain_threshold=cfg.preprocess.brain_threshold
+    )
+    notes = _review_warnings(model, profile)
     if registration is not None and (problem := registration.problem()) is not None:
         notes.append(
             f"{problem[0].upper()}{problem[1:]}: the scorers that read the lesions' "
@@ -195,6 +202,7 @@ def infer(
         registration=registration,
         locations=locations,
         lesions=lesions,
+        profile=profile,
     )
 
 
@@ -245,16 +253,10 @@ def _calibrate(model: FittedModel, scores: dict[str, np.ndarray]) -> dict[str, n
     return out
 
 
-def _review_warnings(
-    model: FittedModel, native: nib.Nifti1Image, maps: VoxelMaps, pre: Preprocessed
-) -> list[str]:
+def _review_warnings(model: FittedModel, profile: ScanProfile) -> list[str]:
     """The shift warning (:mod:`lesionuq.shift`) and the note of an uncalibrated model."""
     out = []
     if model.shift is not None:
-        brain = pre.image[0] != 0
-        profile = scan_profile(
-            native, maps.entropy, brain, brain_threshold=model.cfg.preprocess.brain_threshold
-        )
         sentence = warning_sentence(model.shift.check(profile))
         if sentence:
             out.append(sentence[0].upper() + sentence[1:])

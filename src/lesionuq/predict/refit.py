@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from lesionuq.calibration import fit_calibrated_scorer
-from lesionuq.io import Case, InputError, atomic_write_text, load_nifti, read_manifest
+from lesionuq.io import Case, InputError, atomic_write_text, read_manifest
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.methods import is_learned
 from lesionuq.outputs import check_output_dir, locked_output, output_dir
@@ -46,7 +46,7 @@ from lesionuq.predict.model import FittedModel, load_model
 from lesionuq.scorers import make_scorer
 from lesionuq.scorers.default_method import fit_default_method
 from lesionuq.scorers.nn import NullProgress
-from lesionuq.shift import SHIFT_FILE, ScanProfile, ShiftReference, scan_profile
+from lesionuq.shift import SHIFT_FILE, ScanProfile, ShiftReference
 from lesionuq.utils import make_progress, remove_pyg_codegen_files
 
 __all__ = ["MIN_SCANS", "REFIT_FILE", "RefitResult", "labelled_lesions", "refit_model"]
@@ -133,15 +133,10 @@ def labelled_lesions(model: FittedModel, case: Case) -> tuple[LesionSet, ScanPro
         ignore=case.ignore,
         samples=case.samples,
         mask=case.mask,
+        score=False,
     )
-    assert grid.lesions is not None
-    profile = scan_profile(
-        load_nifti(case.images[0]),
-        grid.maps.entropy,
-        grid.pre.image[0] != 0,
-        brain_threshold=model.cfg.preprocess.brain_threshold,
-    )
-    return grid.lesions, profile
+    assert grid.lesions is not None and grid.profile is not None
+    return grid.lesions, grid.profile
 
 
 def refit_model(

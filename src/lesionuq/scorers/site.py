@@ -28,22 +28,16 @@ from typing import Any, Self
 import numpy as np
 
 from lesionuq.lesions.dataset import LesionSet
+from lesionuq.methods import METHODS, is_learned
 from lesionuq.scorers.base import LesionScorer, check_is_fitted
 from lesionuq.scorers.baselines import ColumnScorer, SizeScorer
 from lesionuq.scorers.select import StackedScorer
 
 __all__ = ["SITE_BASELINES", "FrozenScorer", "site_stack"]
 
-#: The untrained inputs of :func:`site_stack`: the paper's baselines that learn nothing.
-SITE_BASELINES: tuple[str, ...] = (
-    "entropy_mean",
-    "entropy_logsum",
-    "variance_mean",
-    "variance_logsum",
-    "pcs_mean",
-    "pcs_logsum",
-    "size",
-)
+#: The untrained inputs of :func:`site_stack`: the paper's baselines that learn nothing
+#: (the voxel aggregates and size, from the catalogue).
+SITE_BASELINES: tuple[str, ...] = tuple(m for m in METHODS if not is_learned(m))
 _FROZEN_DIR = "frozen"
 
 
