@@ -75,6 +75,18 @@ SLOW_TESTS = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n auto``), one torch thread per worker.
+
+    The workers share the machine's cores, so more threads only oversubscribe them; and one
+    count for the whole worker session keeps float sums, hence the 4-step U-Net's voxels near
+    0.5, the same whichever test first builds a session fixture (``tests/test_refit.py``
+    compares lesions found in two such places).
+    """
+    if hasattr(config, "workerinput"):
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the :data:`SLOW_FIXTURES` users and the :data:`SLOW_TESTS` ``slow``.
 

@@ -136,7 +136,9 @@ def test_learning_curve_command_writes_files_and_resumes(lc_run):
     t2 = pd.read_csv(res / "table2_folds.csv")
     full = curve[curve.full & (curve.repeat == 0) & (curve.method == "metaseg_classif")]
     want = t2[t2.method == "metaseg_classif"].set_index("fold")["auc"]
-    np.testing.assert_allclose(full.set_index("fold")["auc"], want.loc[full.fold])
+    # to one tied pair in ~34,000: the tiny run's near-identical 1-voxel junk lesions swap
+    # places on last-bit float differences (with 1 torch thread: 0.41029 against 0.41032)
+    np.testing.assert_allclose(full.set_index("fold")["auc"], want.loc[full.fold], atol=1e-4)
     # resume: nothing is refitted, the file is unchanged
     before = (res / "learning_curve.csv").read_text()
     again = learning_curve(lc_run, "3,6,all", repeats=2, progress=False)

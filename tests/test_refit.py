@@ -47,8 +47,8 @@ def refitted(site):
 
 def test_the_labelled_lesions_match_the_runs_own(site, refitted):
     """The scans' lesions and labels are those the run's graphs stage found with the same
-    U-Net (fold 0's test lesions of these cases): the same lesions per scan and the same
-    true ones. The voxels agree to within 1 %: predict samples on the fly where the run
+    U-Net (fold 0's test lesions of these cases): the same true lesions per scan, and the
+    lesion counts and voxels agree to within 1 %: predict samples on the fly where the run
     samples its saved preprocessed image, and this 4-step U-Net leaves many voxels near
     0.5."""
     run, _, _ = site
@@ -61,7 +61,10 @@ def test_the_labelled_lesions_match_the_runs_own(site, refitted):
     for table in (local, ref):
         table["is_tp"] = table["is_tp"].astype(bool)
     per_case = [t.groupby("case_id")["is_tp"].agg(["count", "sum"]) for t in (local, ref)]
-    pd.testing.assert_frame_equal(per_case[0], per_case[1])
+    pd.testing.assert_series_equal(per_case[0]["sum"], per_case[1]["sum"])
+    # the ~1,100 junk lesions per scan are 1-3 voxel blobs near 0.5: the count moves by a
+    # few with the torch thread count (1 thread: 1161 / 1199 against the run's 1156 / 1198)
+    np.testing.assert_allclose(per_case[0]["count"], per_case[1]["count"], rtol=0.01)
     voxels = [t.groupby("case_id")["n_voxels"].sum() for t in (local, ref)]
     np.testing.assert_allclose(voxels[0], voxels[1], rtol=0.01)
     tp = [t.loc[t["is_tp"], "iou_adj"].sort_values().to_numpy() for t in (local, ref)]
