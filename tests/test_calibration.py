@@ -280,7 +280,7 @@ def test_calibrated_scorer_is_cross_fit_around_clones_of_its_estimator(task, tmp
     np.testing.assert_array_equal(p, ref.calibrator.predict(ref.scorer.score(lesions)))
     assert np.all((p > 0) & (p < 1))
     # the experiment's fold step writes the very same calibration.json
-    cfg = ExperimentConfig(seed=3, calibration=CalibrationConfig("platt", 4, "tp:0.9"))
+    cfg = ExperimentConfig(seed=3, calibration=CalibrationConfig("platt", 4, "tp:0.9", False))
     cal.save_calibration(tmp_path / "wrapper.json", "tp:0.9")
     fit_calibrated_scorer(lambda: MetaSegScorer(task), cfg, lesions, tmp_path, progress=False)
     assert (tmp_path / "wrapper.json").read_bytes() == (tmp_path / CALIBRATOR_FILE).read_bytes()
@@ -290,3 +290,56 @@ def test_calibrated_scorer_is_cross_fit_around_clones_of_its_estimator(task, tmp
     assert meta["oof_fold"] == ref.inner_fold.tolist()  # which inner model scored each
     assert len(set(meta["oof_fold"])) == 4
     assert meta["operating_point"]["target"] == "tp:0.9"
+
+
+def test_half_fits_train_on_half_of_each_inner_folds_training_cases():
+    from lesionuq.calibration import half_fit_scores
+
+    lesions = _lesions(n_cases=10)
+    cases = lesions.table["case_id"].astype(str).to_numpy()
+    fold = inner_folds(lesions.is_tp, cases, 5, seed=0)
+    _SpyScorer.log = []
+    scores = half_fit_scores(_SpyScorer, lesions, fold, seed=4)
+    assert scores.shape == (2, len(lesions)) and np.isfinite(scores).all()
+    spies = _SpyScorer.log
+    assert len(spies) == 10  # 2 per inner fold
+    for k in range(5):
+        first, second = spies[2 * k], spies[2 * k + 1]
+        test = {(c, int(i)) for c, i in lesions.table[fold == k][["case_id", "lesion_id"]].values}
+        other = {c for c in cases[fold != k]}
+        got = [{c for c, _ in s.trained} for s in (first, second)]
+        assert got[0].isdisjoint(got[1]) and got[0] | got[1] == other  # two halves of them
+        assert {len(g) for g in got} == {4}  # 8 training cases, 4 and 4
+        for s, row in zip((first, second), scores, strict=True):
+            assert s.scored == test and s.trained.isdisjoint(test)
+            idx = np.flatnonzero(fold == k)
+            np.testing.assert_allclose(row[idx], s.score(lesions.subset(idx)))
+    again = half_fit_scores(_SpyScorer, lesions, fold, seed=4)
+    np.testing.assert_array_equal(again, scores)  # seeded
+
+
+def test_half_fits_skip_a_half_with_one_class():
+    from lesionuq.calibration import half_fit_scores
+
+    lesions = _lesions(n_cases=4, per_case=6)
+    t = lesions.table
+    t["is_tp"] = t["case_id"].isin(["case_0", "case_1"])  # cases 0-1 all TP, 2-3 all FP
+    fold = np.repeat([0, 1], 12)  # cases 0-1 | cases 2-3
+    scores = half_fit_scores(_SpyScorer, lesions, fold, seed=0)
+    assert np.isnan(scores).all()  # every half is one case of one class
+
+
+def test_calibrated_scorer_half_fits_for_classifiers_only(tmp_path):
+    from lesionuq.calibration import half_fit_scores
+
+    lesions = _lesions(seed=2)
+    cal = CalibratedScorer(MetaSegScorer("classif"), n_inner=4, seed=3, half_fits=True)
+    cal.fit(lesions)
+    want = half_fit_scores(lambda: MetaSegScorer("classif"), lesions, cal.inner_fold_, 3)
+    np.testing.assert_array_equal(cal.half_scores_, want)
+    cal.save_calibration(tmp_path / "c.json", "tp:0.9")
+    assert json.loads((tmp_path / "c.json").read_text())["half_scores"] == want.tolist()
+    reg = CalibratedScorer(MetaSegScorer("reg"), n_inner=4, seed=3, half_fits=True).fit(lesions)
+    assert reg.half_scores_ is None  # a regressor is no default-method candidate
+    reg.save_calibration(tmp_path / "r.json", "tp:0.9")
+    assert "half_scores" not in json.loads((tmp_path / "r.json").read_text())

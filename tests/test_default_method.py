@@ -228,3 +228,74 @@ def test_default_method_rows_put_the_choice_beside_the_baselines_on_test(tmp_pat
     assert (r.test_best_baseline, r.test_best_baseline_auc) == ("entropy_mean", 1.0)
     # a fold without default_method.json (fitted before the rule) has no row
     assert default_method_rows(tmp_path, FoldSplit(0, (), (), ()), lesions, methods).empty
+
+
+# --------------------------------------------------------------------------- learning curve
+# two inner folds (K = 2): the full fit is one doubling beyond the out-of-fold models, as
+# the half-size fits are one halving below them, so the extrapolation adds the whole gap
+
+
+def test_extrapolated_auc_hand_values() -> None:
+    from lesionuq.scorers.default_method import extrapolated_auc
+
+    fold = OFFSET_FOLD  # 2 inner folds, each with 2 TP and 2 FP
+    half = np.stack([PERFECT, REVERSED])  # within-fold AUCs 1 and 0: mean 0.5
+    assert extrapolated_auc(0.75, half, IS_TP, fold) == pytest.approx(1.0)
+    assert extrapolated_auc(0.9, half, IS_TP, fold) == 1.0  # 1.3, clipped
+    # K = 3: the step to the full fit is log(3/2), a share log(1.5)/log(2) of a halving
+    fold3 = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    want = 0.75 + (0.75 - 0.5) * math.log(1.5) / math.log(2)
+    assert extrapolated_auc(0.75, np.stack([PERFECT, REVERSED]), IS_TP, fold3) == pytest.approx(
+        want
+    )
+    # a flat curve leaves the AUC; a falling one lowers it
+    assert extrapolated_auc(1.0, np.stack([PERFECT, PERFECT]), IS_TP, fold) == 1.0
+    assert extrapolated_auc(0.25, half, IS_TP, fold) == pytest.approx(0.0)
+    # a half without scores (NaN: not fitted) is left out of the mean
+    nan_row = np.full(8, np.nan)
+    seven_of_eight = np.array([0.1, 0.5, 0.3, 0.4, 0.45, 0.7, 0.8, 0.9])  # within folds
+    got = extrapolated_auc(0.9, np.stack([seven_of_eight, nan_row]), IS_TP, fold)
+    assert got == pytest.approx(0.9 + (0.9 - 0.875))
+    assert extrapolated_auc(0.25, np.stack([nan_row, PERFECT]), IS_TP, fold) == 0.0  # -0.5
+    # nothing to extrapolate from: one inner fold, or no half-size score at all
+    assert extrapolated_auc(0.75, half, IS_TP, np.zeros(8, int)) == 0.75
+    assert extrapolated_auc(0.75, np.stack([nan_row, nan_row]), IS_TP, fold) == 0.75
+
+
+def test_a_learned_scorer_still_gaining_is_judged_at_its_full_size() -> None:
+    """Out of fold it trails the baseline (0.875 < 1.0), but it rose from 0.5 at half
+    size: extrapolated to all lesions it reaches 1.25, clipped to 1, and becomes the default."""
+    # within inner fold 0 one FP (0.45) sits below one TP (0.5): 7 of the 8 pairs right
+    learned = {"gcnn_classif": np.array([0.1, 0.5, 0.3, 0.4, 0.45, 0.7, 0.8, 0.9])}
+    folds = {"gcnn_classif": OFFSET_FOLD}
+    base = {"entropy_mean": PERFECT}
+    assert choose_default_method(learned, base, IS_TP, folds=folds).method == "entropy_mean"
+    half = {"gcnn_classif": np.stack([PERFECT, REVERSED])}
+    c = choose_default_method(learned, base, IS_TP, folds=folds, half_scores=half)
+    assert c.val_auc["gcnn_classif"] == 0.875  # measured, on its own pairs
+    assert c.val_auc_full == {"gcnn_classif": 1.0}
+    assert c.method == "gcnn_classif" and not c.is_baseline
+    assert "extrapolated to all 8 lesions" in c.reason
+    assert MethodChoice.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    # a flat learning curve changes nothing; half scores without known folds are unused
+    flat = {"gcnn_classif": np.stack([learned["gcnn_classif"]] * 2)}
+    c = choose_default_method(learned, base, IS_TP, folds=folds, half_scores=flat)
+    assert c.method == "entropy_mean" and "reached 87.5 %, 87.5 % extrapolated" in c.reason
+    c = choose_default_method(learned, base, IS_TP, half_scores=half)
+    assert c.method == "entropy_mean" and c.val_auc_full == {}
+
+
+def test_fit_reads_the_half_size_scores(tmp_path) -> None:
+    from lesionuq.scorers.default_method import fit_default_method
+
+    fold, val = _fold_with(tmp_path, oof_gcnn=GOOD, column=PERFECT)
+    cal = fold / "scorers" / "gcnn_classif" / "calibration.json"
+    payload = json.loads(cal.read_text())
+    rows = [PERFECT.tolist(), [None] * 4 + REVERSED[4:].tolist()]  # null: not fitted
+    cal.write_text(json.dumps({**payload, "oof_fold": OFFSET_FOLD.tolist(), "half_scores": rows}))
+    c = fit_default_method(fold, val)
+    half = np.array([[math.nan if v is None else v for v in r] for r in rows])
+    from lesionuq.scorers.default_method import extrapolated_auc
+
+    want = extrapolated_auc(c.val_auc["gcnn_classif"], half, IS_TP, OFFSET_FOLD)
+    assert c.val_auc_full == {"gcnn_classif": pytest.approx(want)}

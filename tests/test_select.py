@@ -193,7 +193,10 @@ def test_gcnn_stack_is_fitted_once_and_keeps_its_own_out_of_fold_p_fp(tmp_path, 
         scorer = fit_calibrated_scorer(factory, cfg, val, tmp_path, progress=False)
     finally:
         StackedScorer.fit_predict_oof = original
-    assert fits == [30]  # once, on all the validation lesions (no outer cross-fitting)
+    assert fits[0] == 30  # once on all the validation lesions (no outer cross-fitting),
+    # then the default rule's half-size fits: 2 per fold of the stacker's own inner split,
+    # each on half of the other folds' cases
+    assert len(fits) == 1 + 2 * len(set(scorer.oof_fold_)) and max(fits[1:]) < 30
     cal, iou_cal, meta = load_calibration(tmp_path / CALIBRATOR_FILE)
     assert meta["method"] == "self" and meta["n_inner"] == cfg.calibration.n_inner
     assert iou_cal is None

@@ -419,11 +419,16 @@ class CalibrationConfig(_Section):
         review_target: How ``predict`` chooses its review threshold on the validation
             lesions: ``"tp:q"`` keeps at least a share ``q`` of the true lesions
             unflagged, ``"fp:q"`` flags at least a share ``q`` of the false positives.
+        half_fits: Fit each learned classifier also on halves of the inner folds'
+            training cases (2 more fits per inner fold, at half the size), so the
+            default-method rule judges it by its out-of-fold AUC extrapolated to the fit
+            on all validation lesions (issue 31); off: by the out-of-fold AUC itself.
     """
 
     method: CalibrationMethod = "platt"
     n_inner: int = 5
     review_target: str = "tp:0.95"
+    half_fits: bool = True
 
     def _check(self) -> None:
         _at_least(self, "n_inner", [self.n_inner], 2)

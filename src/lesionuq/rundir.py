@@ -308,7 +308,13 @@ def fit_digest(graphs: str, method: str, cfg: ExperimentConfig) -> str:
     learned = cfg.gcnn if "gcnn" in method_spec(method).sections else None
     if not is_learned(method):
         return digest_of(graphs, learned, method)
-    cal = {"method": cfg.calibration.method, "n_inner": cfg.calibration.n_inner, "seed": cfg.seed}
+    cal: dict[str, Any] = {
+        "method": cfg.calibration.method,
+        "n_inner": cfg.calibration.n_inner,
+        "seed": cfg.seed,
+    }
+    if cfg.calibration.half_fits and method_spec(method).output == "p_fp":
+        cal["half_fits"] = True  # a classifier's half-size fits (a regressor has none)
     return digest_of(graphs, learned, method, cal)
 
 

@@ -37,7 +37,13 @@ from lesionuq.calibration.calibrators import (
     calibrator_from_dict,
     make_calibrator,
 )
-from lesionuq.calibration.crossfit import CrossFitResult, cross_fit, inner_folds, is_regressor
+from lesionuq.calibration.crossfit import (
+    CrossFitResult,
+    cross_fit,
+    half_fit_scores,
+    inner_folds,
+    is_regressor,
+)
 from lesionuq.calibration.iou import IoURecalibrator
 from lesionuq.calibration.logistic import clipped_logit, fit_monotone_logistic
 from lesionuq.calibration.scorer import (
@@ -71,6 +77,7 @@ __all__ = [
     "cross_fit",
     "fit_calibrated_scorer",
     "fit_monotone_logistic",
+    "half_fit_scores",
     "inner_folds",
     "is_regressor",
     "load_calibration",

@@ -26,7 +26,7 @@ from lesionuq.calibration.calibrators import Calibrator, make_calibrator
 from lesionuq.calibration.iou import IoURecalibrator
 from lesionuq.lesions.dataset import LesionSet
 
-__all__ = ["CrossFitResult", "cross_fit", "inner_folds", "is_regressor"]
+__all__ = ["CrossFitResult", "cross_fit", "half_fit_scores", "inner_folds", "is_regressor"]
 
 
 def inner_folds(
@@ -165,3 +165,45 @@ def cross_fit(
         iou_cal = IoURecalibrator(iou_kind).fit(1.0 - oof, iou)
     final = factory().fit(lesions, progress=progress)
     return CrossFitResult(final, calibrator, oof, fold, iou_cal)
+
+
+def half_fit_scores(
+    factory: Callable[[], Any], lesions: LesionSet, fold: np.ndarray, seed: int = 0
+) -> np.ndarray:
+    """Out-of-fold scores of models fitted on half of each inner fold's training cases.
+
+    The learning-curve point below the cross-fit's (issue 31): a model of :func:`cross_fit`
+    for inner fold k is fitted on the other folds; here the other folds' cases are
+    shuffled (``numpy.random.default_rng(seed)``, one generator over the folds in order)
+    and cut into two halves, a model is fitted on each half's lesions and scores fold
+    k. A half with one class only is not fitted (its row stays NaN for fold k). With the
+    cross-fit's out-of-fold AUC, these give the AUC's growth with the training size, which
+    :mod:`lesionuq.scorers.default_method` extrapolates to the model fitted on all lesions.
+
+    Args:
+        factory: Returns a new unfitted scorer (``fit(LesionSet, progress=)``, ``score``).
+        lesions: The validation lesions (``is_tp``, ``case_id``).
+        fold: (N,) inner fold of each lesion (the cross-fit's).
+        seed: Seed of the halves.
+
+    Returns:
+        (2, N) float64 scores: row h from the models fitted on half h; NaN where none was.
+    """
+    fold = np.asarray(fold)
+    t = lesions.is_tp
+    cases = lesions.table["case_id"].astype(str).to_numpy()
+    scores = np.full((2, len(lesions)), np.nan)
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for k in np.unique(fold):
+            test = np.flatnonzero(fold == k)
+            other = np.unique(cases[fold != k])
+            rng.shuffle(other)
+            for h, half in enumerate(np.array_split(other, [len(other) // 2])):
+                train = np.flatnonzero(np.isin(cases, half) & (fold != k))
+                if t[train].all() or not t[train].any():
+                    continue
+                scorer = factory().fit(lesions.subset(train), progress=False)
+                scores[h, test] = np.asarray(scorer.score(lesions.subset(test)), np.float64)
+    return scores

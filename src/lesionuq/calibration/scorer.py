@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar, cast
 import numpy as np
 
 from lesionuq.calibration.calibrators import Calibrator, PlattCalibrator
-from lesionuq.calibration.crossfit import cross_fit
+from lesionuq.calibration.crossfit import cross_fit, half_fit_scores, is_regressor
 from lesionuq.calibration.iou import IoURecalibrator
 from lesionuq.calibration.storage import CALIBRATOR_FILE, operating_point_of, save_calibration
 from lesionuq.config import ExperimentConfig
@@ -99,6 +99,9 @@ class CalibratedScorer:
         seed: Seed of the inner split (the scorer's own seed is its parameter).
         method: Calibrator, ``"platt"`` or ``"isotonic"`` (:func:`make_calibrator`).
         iou_kind: Regressors' IoU recalibration, ``"isotonic"`` or ``"linear"``.
+        half_fits: Also fit a classifier on each half of every inner fold's training cases
+            (:func:`half_fit_scores`, 2 more fits per inner fold at half the size), so the
+            default-method rule can extrapolate its out-of-fold AUC to the full fit.
 
     Attributes:
         estimator_: The scorer fitted on all the lesions.
@@ -115,6 +118,8 @@ class CalibratedScorer:
             out-of-fold value. Saved as ``oof_fold``.
         method_: ``method``, or ``"self"``.
         n_inner_: Inner folds used (the estimator's own for a self-calibrated one).
+        half_scores_: (2, N) scores of the half-size fits (:func:`half_fit_scores` over
+            ``inner_fold_``), or None (``half_fits`` off, a regressor, or one inner fold).
 
     Example:
         >>> cal = CalibratedScorer(MetaSegScorer("classif"), n_inner=5).fit(val_lesions)
@@ -138,12 +143,14 @@ class CalibratedScorer:
         seed: int = 0,
         method: str = "platt",
         iou_kind: str = "isotonic",
+        half_fits: bool = False,
     ) -> None:
         self.estimator = estimator
         self.n_inner = n_inner
         self.seed = seed
         self.method = method
         self.iou_kind = iou_kind
+        self.half_fits = half_fits
 
     def fit(self, lesions: LesionSet, progress: bool = False) -> Self:
         """Cross-fit the scorer and its calibrator on N >= 2 labelled lesions.
@@ -190,6 +197,11 @@ class CalibratedScorer:
             self.method_, self.n_inner_ = self.method, int(fit.inner_fold.max()) + 1
         self.oof_p_fp_ = self.calibrator_.predict(self.oof_scores_)
         self.oof_is_tp_ = np.asarray(lesions.is_tp, dtype=bool)
+        self.half_scores_ = None
+        if self.half_fits and not is_regressor(self.estimator) and self.inner_fold_.max() > 0:
+            self.half_scores_ = half_fit_scores(
+                lambda: clone(self.estimator), lesions, self.inner_fold_, self.seed
+            )
         return self
 
     def _check_fitted(self) -> None:
@@ -211,8 +223,9 @@ class CalibratedScorer:
         Besides the calibrators, the file keeps the method, the number of inner folds,
         the out-of-fold P(FP) with their labels (so that ``predict`` can choose another
         review target) and inner folds (``oof_fold``: which lesions one inner model
-        scored, for :func:`~lesionuq.evaluation.curves.within_fold_auc`) and the
-        operating point of ``review_target``.
+        scored, for :func:`~lesionuq.evaluation.curves.within_fold_auc`), the half-size
+        fits' scores when there are any (``half_scores``, NaN as null) and the operating
+        point of ``review_target``.
 
         Args:
             path: Usually ``RUN/fold_K/scorers/METHOD/calibration.json``.
@@ -228,12 +241,16 @@ class CalibratedScorer:
             "oof_fold": [int(v) for v in self.inner_fold_],
             "operating_point": operating_point_of(self.oof_p_fp_, is_tp, review_target),
         }
+        if self.half_scores_ is not None:
+            extra["half_scores"] = [
+                [float(v) if np.isfinite(v) else None for v in row] for row in self.half_scores_
+            ]
         return save_calibration(path, self.calibrator_, self.iou_calibrator_, extra=extra)
 
     def __repr__(self) -> str:
         return (
             f"CalibratedScorer({self.estimator!r}, n_inner={self.n_inner}, seed={self.seed}, "
-            f"method={self.method!r}, iou_kind={self.iou_kind!r})"
+            f"method={self.method!r}, iou_kind={self.iou_kind!r}, half_fits={self.half_fits})"
         )
 
 
@@ -261,6 +278,8 @@ def fit_calibrated_scorer(
         The scorer refitted on all of ``val``.
     """
     c = cfg.calibration
-    cal = CalibratedScorer(factory(), n_inner=c.n_inner, seed=cfg.seed, method=c.method)
+    cal = CalibratedScorer(
+        factory(), n_inner=c.n_inner, seed=cfg.seed, method=c.method, half_fits=c.half_fits
+    )
     cal.fit(val, progress=progress).save_calibration(folder / CALIBRATOR_FILE, c.review_target)
     return cast(S, cal.estimator_)
