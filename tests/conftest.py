@@ -69,6 +69,9 @@ SLOW_TESTS = {
         "starts a Dask LocalCluster"
     ),
     "test_predict.py::test_earlier_prediction_needs_overwrite_and_keeps_user_files": _PREDICTS,
+    "test_refit.py::test_location_reading_scorers_are_refitted_on_located_lesions": (
+        "refits a model folder's scorers on two predicted scans"
+    ),
     "test_predict.py::test_bids_out_batch_over_bids_manifest_is_indexed_by_pybids": (
         "predictions indexed by pybids"
     ),

@@ -144,3 +144,62 @@ def test_refit_command_passes_its_options_and_prints_the_summary(
         ],
     )
     assert bad.exit_code != 0 and "at least 2" in " ".join(bad.output.split())
+
+
+def test_location_reading_scorers_are_refitted_on_located_lesions(tmp_path, monkeypatch):
+    """A folder with a location-reading scorer (``metaseg_loc``): each labelled scan is
+    registered once (through ``infer``; an identity registration here), its lesions carry
+    their locations, and the refitted ``metaseg_loc`` is fitted on them."""
+    import nibabel as nib
+
+    import lesionuq.location as location
+    from lesionuq.config import GraphConfig
+    from lesionuq.io import Case
+    from lesionuq.location.features import location_features
+    from lesionuq.scorers import make_scorer
+    from test_located import _located_set
+    from test_location_batch import identity
+    from test_predict import CFG, LESION_RADIUS, LESIONS, brain_scan, make_model_dir
+
+    calls: list[int] = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return identity(*args, **kwargs)
+
+    monkeypatch.setattr("lesionuq.location.features.register_to_template", counted)
+    monkeypatch.setattr(location, "register_to_template", counted)
+    cfg = CFG.replace(graphs=GraphConfig(location=True))
+    folder = make_model_dir(tmp_path / "fold_0")
+    cfg.to_yaml(folder / "config.yaml")
+    make_scorer("metaseg_loc", cfg).fit(_located_set(40, 0)).save(folder / "scorers/metaseg_loc")
+    cases = []
+    for i, shift in enumerate((0.0, 2.0)):  # two scans, the second moved 2 mm
+        affine = np.diag([1.5, 1.5, 1.5, 1.0])
+        affine[:3, 3] = [-30.0 + shift, -42.0, -16.0]
+        shape = (42, 42, 34)
+        nib.save(brain_scan(affine, shape), str(tmp_path / f"s{i}.nii.gz"))
+        ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+        xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
+        mask = np.zeros(shape, np.uint8)
+        for c in LESIONS[:2]:  # the third bright sphere is not a lesion: an FP
+            mask[np.linalg.norm(xyz - c, axis=-1) <= LESION_RADIUS] = 1
+        nib.save(nib.Nifti1Image(mask, affine), str(tmp_path / f"m{i}.nii.gz"))
+        cases.append(Case(f"s{i}", (tmp_path / f"s{i}.nii.gz",), tmp_path / f"m{i}.nii.gz"))
+    write_manifest(tmp_path / "cases.csv", cases)
+    result = refit_model(folder, tmp_path / "cases.csv", tmp_path / "model", progress=False)
+    assert len(calls) == 2  # one registration per scan
+    assert result.methods == ["entropy_mean", "gcnn_classif", "gcnn_reg", "metaseg_loc"]
+    assert result.n_tp > 0 and result.n_fp > 0
+    table = LesionSet.load(tmp_path / "model/graphs/val").table
+    assert set(table["location"]) <= {"periventricular", "juxtacortical", "infratentorial", "deep"}
+    assert np.isfinite(table[["mni_x_mm", "mni_y_mm", "mni_z_mm"]].to_numpy()).all()
+    refitted = load_model(tmp_path / "model").scorers["metaseg_loc"]
+    # fitted on these lesions, with their location features (a model fitted on others
+    # scores them differently)
+    val = LesionSet.load(tmp_path / "model/graphs/val")
+    assert location_features(val.table, "metaseg_loc").shape[0] == len(val)
+    again = make_scorer("metaseg_loc", cfg).fit(val)
+    np.testing.assert_allclose(refitted.score(val), again.score(val))
+    source = load_model(folder).scorers["metaseg_loc"]
+    assert not np.allclose(source.score(val), refitted.score(val))
