@@ -226,8 +226,23 @@ def test_default_method_rows_put_the_choice_beside_the_baselines_on_test(tmp_pat
     assert r.test_auc == pytest.approx(14 / 16) and r.test_auc_gcnn_classif == r.test_auc
     assert r.test_auc_val_best_baseline == 1.0
     assert (r.test_best_baseline, r.test_best_baseline_auc) == ("entropy_mean", 1.0)
+    assert np.isnan(r.val_auc_full)  # no half-size fits
     # a fold without default_method.json (fitted before the rule) has no row
     assert default_method_rows(tmp_path, FoldSplit(0, (), (), ()), lesions, methods).empty
+    # with half-size fits: the extrapolated AUC beside the measured one, and in the report
+    c.val_auc_full = {"gcnn_classif": 0.9}
+    (tmp_path / "fold_1" / DEFAULT_METHOD_FILE).write_text(json.dumps(c.to_dict()))
+    rows = default_method_rows(tmp_path, FoldSplit(1, (), (), ()), lesions, methods)
+    assert rows.iloc[0].val_auc_full == 0.9
+    from lesionuq.evaluation.report_sections import default_method_html
+
+    (tmp_path / "results").mkdir()
+    rows.to_csv(tmp_path / "results" / "default_method.csv", index=False)
+    assert "100.0 (90.0 at full size)" in default_method_html(tmp_path)
+    # a file written before the column existed still renders
+    rows.drop(columns="val_auc_full").to_csv(tmp_path / "results" / "default_method.csv")
+    html = default_method_html(tmp_path)
+    assert "100.0" in html and "at full size" not in html
 
 
 # --------------------------------------------------------------------------- learning curve

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -263,7 +264,8 @@ def default_method_html(run: Path) -> str:
     out = [
         "<h3>The P(FP) method <code>predict</code> reports, on the test lesions</h3>",
         '<p class="note">Each fold chose its default P(FP) method on its validation lesions '
-        "only (out-of-fold AUC, never below the best untrained baseline there). Here is "
+        "only (out-of-fold AUC, extrapolated to the fit on all of them where the scorer "
+        "has half-size fits, never below the best untrained baseline there). Here is "
         "what that choice did on the fold's test lesions, beside the untrained baseline "
         "that was best on the validation lesions, the one best on these test lesions "
         "(known only in hindsight) and the paper's GCNN. AUC in %.</p>",
@@ -271,6 +273,12 @@ def default_method_html(run: Path) -> str:
 
     def pct(value: object) -> str:
         return _fmt(float(str(value)), ".1f", 100) if str(value) not in ("", "nan") else "-"
+
+    def val_auc(r: Any) -> str:
+        """Out of fold, then extrapolated to the full fit when there is one."""
+        full = getattr(r, "val_auc_full", float("nan"))  # older files lack the column
+        extra = f" ({pct(full)} at full size)" if str(full) not in ("", "nan") else ""
+        return str(pct(r.val_auc)) + extra
 
     rows = []
     for r in frame.itertuples(index=False):
@@ -280,7 +288,7 @@ def default_method_html(run: Path) -> str:
             [
                 str(r.fold),
                 _e(method_label(str(r.method))),
-                pct(r.val_auc),
+                val_auc(r),
                 val_base,
                 _bold_if(pct(r.test_auc), float(r.test_auc) >= float(r.test_best_baseline_auc)),
                 pct(r.test_auc_val_best_baseline),

@@ -70,6 +70,7 @@ DEFAULT_METHOD_COLUMNS = (
     "method",
     "pairs",
     "val_auc",
+    "val_auc_full",
     "val_best_baseline",
     "val_best_baseline_auc",
     "test_auc",
@@ -248,6 +249,7 @@ def default_method_rows(
         "method": choice.method,
         "pairs": choice.pairs,
         "val_auc": choice.val_auc.get(choice.method, float("nan")),
+        "val_auc_full": choice.val_auc_full.get(choice.method, float("nan")),
         "val_best_baseline": val_best,
         "val_best_baseline_auc": choice.val_auc.get(val_best, float("nan"))
         if val_best
