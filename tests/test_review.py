@@ -325,6 +325,8 @@ def test_predict_reports_the_folders_default_method(scans, tmp_path):
     assert side["p_fp_method"] == chosen["method"]
     assert side["p_fp_method_reason"] == chosen["reason"]
     assert side["p_fp_method_validation_auc"] == chosen["val_auc"]
+    full = side["p_fp_method_validation_auc_full"]  # the tiny run fits with half fits
+    assert full == chosen["val_auc_full"] and "gcnn_classif" in full
     page = (tmp_path / "out" / "report.html").read_text()
     assert "P(FP) method" in page and "Validation AUC of the untrained baselines" in page
     # p_fp is the chosen method's calibrated P(FP): a monotone map of its raw score

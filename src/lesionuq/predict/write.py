@@ -130,6 +130,11 @@ def _write_review_json(
         "p_fp_method_validation_auc": (
             model.default.to_dict()["val_auc"] if model.default is not None else None
         ),
+        # the learned scorers' AUC extrapolated to the fit on all validation lesions, which
+        # the rule compared (empty for a folder fitted without half-size fits)
+        "p_fp_method_validation_auc_full": (
+            model.default.to_dict()["val_auc_full"] if model.default is not None else None
+        ),
         "warnings": list(warnings),
     }
     if location is not None:
