@@ -139,3 +139,19 @@ def test_stage_digests_are_unchanged(protocol):
     changed = {m for m in pinned["fit"] if fit_digest(graphs, m, cfg) != pinned["fit"][m]}
     assert changed == {"gcnn_classif", "metaseg_classif"}
     assert shift_digest(cfg, split) == pinned["shift"]
+
+
+def test_half_fits_enter_the_digest_of_exactly_the_scorers_that_make_them():
+    """``fit_digest`` tells classifiers by the catalogue's ``output``, ``CalibratedScorer``
+    by the scorer's task: the two agree on every learned method, so a digest changes
+    exactly when half-size fits are added to a scorer's fit."""
+    from lesionuq.calibration import is_regressor
+    from lesionuq.config import GraphConfig
+    from lesionuq.methods import CATALOGUE, is_learned, method_spec
+    from lesionuq.scorers import make_scorer
+
+    cfg = ExperimentConfig(graphs=GraphConfig(location=True))
+    learned = [m for m in CATALOGUE if is_learned(m)]
+    regressors = {m for m in learned if is_regressor(make_scorer(m, cfg))}
+    assert regressors == {"gcnn_reg", "metaseg_reg"}
+    assert {m for m in learned if method_spec(m).output != "p_fp"} == regressors

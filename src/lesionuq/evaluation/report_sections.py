@@ -278,7 +278,7 @@ def default_method_html(run: Path) -> str:
         """Out of fold, then extrapolated to the full fit when there is one."""
         full = getattr(r, "val_auc_full", float("nan"))  # older files lack the column
         extra = f" ({pct(full)} at full size)" if str(full) not in ("", "nan") else ""
-        return str(pct(r.val_auc)) + extra
+        return pct(r.val_auc) + extra
 
     rows = []
     for r in frame.itertuples(index=False):
