@@ -6,7 +6,15 @@ import pytest
 from scipy import ndimage
 
 from lesionuq.io import InputError
-from lesionuq.shift import ScanProfile, ShiftReference, scan_profile, warning_sentence
+from lesionuq.rundir import SHIFT_RULE
+from lesionuq.shift import (
+    SHIFT_ALPHA,
+    ScanProfile,
+    ShiftReference,
+    prediction_half_width,
+    scan_profile,
+    warning_sentence,
+)
 
 
 def _phantom(seed: int, shape: tuple[int, int, int] = (32, 32, 32)) -> nib.Nifti1Image:
@@ -71,16 +79,20 @@ def test_thick_slice_lps_scan_warns(reference):
     assert reasons == ["slice thickness 3 mm vs 1 mm"]  # 0.9 mm in-plane is within tolerance
     assert warning_sentence(reasons) == (
         "this scan is unlike the scans this model was validated on (slice thickness 3 mm vs "
-        "1 mm): P(FP) values may be unreliable."
+        "1 mm): P(FP) values may be unreliable; `lesionuq refit` on a few labelled scans like "
+        "it adapts the model."
     )
 
 
 def test_entropy_reason_and_range_text(reference):
     prof = scan_profile(_phantom(10), *_entropy(0.62, 3))
     assert reference.check(prof) == ["mean voxel entropy 0.62 vs 0.18-0.30"]
-    # the accepted range is min-max widened by 10% of the range and 10% of the bound
+    # 4 validation scans: the t prediction interval (alpha 0.05 over 5 continuous
+    # features) is wider than min-max widened by 10 % of the range and of the bound
     lo, hi = reference.min_["mean_entropy"], reference.max_["mean_entropy"]
-    assert reference.hi_["mean_entropy"] == pytest.approx(hi + 0.1 * (hi - lo) + 0.1 * hi)
+    assert reference.hi_["mean_entropy"] > hi + 0.1 * (hi - lo) + 0.1 * hi
+    assert reference.lo_["mean_entropy"] < lo - 0.1 * (hi - lo) - 0.1 * lo
+    assert 0.5 < reference.hi_["mean_entropy"] < 0.62  # about 0.24 + 0.34
 
 
 def test_gain_does_not_matter_and_json_round_trip(tmp_path, reference):
@@ -97,3 +109,72 @@ def test_gain_does_not_matter_and_json_round_trip(tmp_path, reference):
         ShiftReference.load(tmp_path / "bad.json")
     with pytest.raises(InputError, match="no voxel"):
         scan_profile(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)))
+
+
+def test_prediction_half_width_hand_values():
+    v = np.array([0.18, 0.22, 0.26, 0.30])  # mean 0.24, sd 0.05164 (ddof 1)
+    # t(0.995; 3) = 5.8409 (tables), sqrt(1 + 1/4) = 1.1180
+    assert prediction_half_width(v, 0.01) == pytest.approx(5.8409 * 0.051640 * 1.1180, rel=1e-4)
+    # two values: t(0.975; 1) = 12.706, sd = |a - b| / sqrt(2)
+    assert prediction_half_width(np.array([1.0, 2.0]), 0.05) == pytest.approx(
+        12.706 * (1 / np.sqrt(2)) * np.sqrt(1.5), rel=1e-4
+    )
+    with pytest.raises(ValueError, match="at least 2"):
+        prediction_half_width(np.array([1.0]), 0.05)
+
+
+def test_prediction_interval_misses_a_new_normal_value_at_rate_alpha():
+    """The interval's defining property, by simulation: 5 reference values and one new
+    value from the same normal distribution; the new value falls outside with
+    probability alpha (here 0.1: 2000 of 20 000 draws, binomial SD 42)."""
+    rng = np.random.default_rng(0)
+    draws = rng.normal(3.0, 2.0, size=(20_000, 6))
+    ref, new = draws[:, :5], draws[:, 5]
+    half = np.array([prediction_half_width(r, 0.1) for r in ref])
+    miss = np.abs(new - ref.mean(axis=1)) > half
+    assert abs(miss.mean() - 0.1) < 0.006
+    # min-max alone misses 2 / (n + 1) = 1/3 of them
+    outside = (new < ref.min(axis=1)) | (new > ref.max(axis=1))
+    assert abs(outside.mean() - 1 / 3) < 0.01
+
+
+def _profile(entropy: float | None, q01: float, thickness: float = 1.0) -> ScanProfile:
+    return ScanProfile(1.0, thickness, entropy, q01, 0.4, 1.2, 1.4)
+
+
+def test_reference_takes_the_wider_of_min_max_and_the_prediction_interval():
+    profiles = [_profile(e, q) for e, q in [(0.20, 0.10), (0.22, 0.10), (0.30, 0.10)]]
+    ref = ShiftReference().fit(profiles)
+    e = np.array([0.20, 0.22, 0.30])
+    # 5 continuous features carry values (entropy and the four quantiles, three constant)
+    half = prediction_half_width(e, SHIFT_ALPHA / 5)
+    assert ref.hi_["mean_entropy"] == pytest.approx(e.mean() + half)
+    assert ref.lo_["mean_entropy"] == pytest.approx(e.mean() - half)
+    # a constant feature has no spread: the min-max rule's 10 % of the bound is kept
+    assert (ref.lo_["q01"], ref.hi_["q01"]) == pytest.approx((0.09, 0.11))
+    # spacings keep the min-max rule: 1 mm accepts 0.75-1.25 mm
+    assert (ref.lo_["slice_thickness"], ref.hi_["slice_thickness"]) == (0.75, 1.25)
+    assert ref.check(_profile(0.6, 0.10)) == []  # inside the prediction interval
+    assert ref.check(_profile(0.9, 0.10)) == ["mean voxel entropy 0.90 vs 0.20-0.30"]
+    # alpha None is the min-max rule alone: 0.6 warns there
+    old = ShiftReference(alpha=None).fit(profiles)
+    assert old.hi_["mean_entropy"] == pytest.approx(0.30 + 0.1 * 0.10 + 0.1 * 0.30)
+    assert old.check(_profile(0.6, 0.10)) == ["mean voxel entropy 0.60 vs 0.20-0.30"]
+    # one validation scan: no spread to estimate, the min-max rule alone
+    one = ShiftReference().fit(profiles[:1])
+    assert one.hi_["mean_entropy"] == pytest.approx(0.20 * 1.1)
+    with pytest.raises(ValueError, match="alpha"):
+        ShiftReference(alpha=1.5)
+
+
+def test_a_reference_saved_before_the_interval_loads_with_its_bounds(tmp_path, reference):
+    d = ShiftReference(alpha=None).fit([_profile(0.2, 0.1), _profile(0.3, 0.1)]).to_dict()
+    del d["alpha"]  # written by the min-max rule, before alpha existed
+    back = ShiftReference.from_dict(d)
+    assert back.alpha is None
+    assert back.hi_["mean_entropy"] == pytest.approx(d["features"]["mean_entropy"]["hi"])
+    assert back.check(_profile(0.5, 0.1)) == ["mean voxel entropy 0.50 vs 0.20-0.30"]
+
+
+def test_the_digest_names_the_rules_alpha():
+    assert f"alpha {SHIFT_ALPHA:g}" in SHIFT_RULE

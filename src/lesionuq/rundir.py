@@ -26,6 +26,7 @@ from lesionuq.io import Case, InputError, atomic_write_text
 from lesionuq.methods import is_learned, method_spec
 
 __all__ = [
+    "SHIFT_RULE",
     "FoldSplit",
     "RunDir",
     "digest_of",
@@ -318,6 +319,14 @@ def fit_digest(graphs: str, method: str, cfg: ExperimentConfig) -> str:
     return digest_of(graphs, learned, method, cal)
 
 
+SHIFT_RULE = "min-max or t prediction interval, alpha 0.05"
+"""The shift reference's rule, in its digest (:data:`lesionuq.shift.SHIFT_ALPHA` is 0.05)."""
+
+
 def shift_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
-    """Digest of a fold's shift reference (its validation scans' profiles)."""
-    return digest_of(sample_digest(cfg, split), "shift", cfg.preprocess.brain_threshold)
+    """Digest of a fold's shift reference (its validation scans' profiles).
+
+    It names the rule, :data:`SHIFT_RULE`: since the continuous features' prediction
+    interval (2026-12-03), ``fit`` recomputes an earlier run's reference.
+    """
+    return digest_of(sample_digest(cfg, split), "shift", cfg.preprocess.brain_threshold, SHIFT_RULE)

@@ -14,14 +14,21 @@ change:
   no absolute unit, so only the shape of the histogram (contrast, noise, bias) is
   compared, not the scanner's gain.
 
-A :class:`ShiftReference` is fitted on the validation scans' profiles. For each feature
-the accepted range is the validation ``[min, max]`` widened on each side by
-``margin * (max - min) + tol * |bound|``, with ``tol = spacing_tol`` (0.25) for the two
-spacings and ``rel_tol`` (0.1) for the other features, and ``margin = 0.1``: with a few
-validation scans min-max is the only robust summary, the widening keeps in-distribution
-scans from warning on small differences, and the relative term gives a single-valued
-feature a tolerance (all validation scans at 1 mm accept 0.75-1.25 mm: a 0.9 mm scan is
-no shift once resampled to the model's grid, a 3 mm slice is).
+A :class:`ShiftReference` is fitted on the validation scans' profiles (n of them).
+
+- **Voxel spacings:** the accepted range is the validation ``[min, max]`` widened on each
+  side by ``margin * (max - min) + spacing_tol * |bound|`` (``margin = 0.1``,
+  ``spacing_tol = 0.25``): all validation scans at 1 mm accept 0.75-1.25 mm (a 0.9 mm
+  scan is no shift once resampled to the model's grid, a 3 mm slice is).
+- **Entropy and intensity shape** (the m continuous features present): the union of the
+  same widened ``[min, max]`` (with ``rel_tol = 0.1`` instead of ``spacing_tol``) and the
+  Student-t prediction interval of one new scan,
+  ``mean +- t(1 - alpha / (2m); n - 1) * sd * sqrt(1 + 1/n)`` (``alpha = 0.05``,
+  Bonferroni over the m features). A new scan drawn like the validation scans (normal
+  features) then warns with probability at most ``alpha``; the min-max range alone makes
+  each feature warn with probability ``2 / (n + 1)`` before its widening (a third with 5
+  validation scans). With n = 1, or no spread, only the widened range is used.
+
 :meth:`ShiftReference.check` returns one human reason per feature outside its range and
 :func:`warning_sentence` turns them into the sentence shown to the user.
 
@@ -29,7 +36,8 @@ Example:
     >>> ref = ShiftReference().fit([scan_profile(img, entropy=e, brain=b) for ...])
     >>> warning_sentence(ref.check(scan_profile(new_img)))
     'this scan is unlike the scans this model was validated on (slice thickness 3 mm vs
-    1 mm): P(FP) values may be unreliable.'
+    1 mm): P(FP) values may be unreliable; `lesionuq refit` on a few labelled scans like
+    it adapts the model.'
 """
 
 from __future__ import annotations
@@ -42,19 +50,25 @@ from typing import Any, Self
 
 import nibabel as nib
 import numpy as np
+from scipy import stats
 
 from lesionuq.io import InputError, atomic_write_text
 
 __all__ = [
+    "SHIFT_ALPHA",
     "SHIFT_FILE",
     "ScanProfile",
     "ShiftReference",
+    "prediction_half_width",
     "scan_profile",
     "warning_sentence",
 ]
 
 SHIFT_FILE = "shift_reference.json"
 """Name of the reference file saved with a fold model."""
+
+SHIFT_ALPHA = 0.05
+"""Default false-alarm rate of the continuous features' prediction interval, per scan."""
 
 _SPACINGS = ("slice_thickness", "in_plane")
 _FEATURES: dict[str, tuple[str, str, str]] = {
@@ -166,6 +180,8 @@ class ShiftReference:
         margin: Widening as a share of the validation range ``max - min``.
         rel_tol: Widening as a share of each bound's absolute value (entropy, intensity).
         spacing_tol: The same for the voxel spacings.
+        alpha: Per-scan false-alarm rate of the continuous features' t prediction
+            interval (Bonferroni over them), or None for the widened min-max range alone.
 
     Attributes:
         lo_, hi_: Feature -> accepted bounds (features missing in every profile are absent).
@@ -173,15 +189,24 @@ class ShiftReference:
         n_: Number of validation scans.
     """
 
-    def __init__(self, margin: float = 0.1, rel_tol: float = 0.1, spacing_tol: float = 0.25):
+    def __init__(
+        self,
+        margin: float = 0.1,
+        rel_tol: float = 0.1,
+        spacing_tol: float = 0.25,
+        alpha: float | None = SHIFT_ALPHA,
+    ):
         if min(margin, rel_tol, spacing_tol) < 0:
             raise ValueError(
                 f"margin, rel_tol and spacing_tol must be >= 0, got {margin}, {rel_tol}, "
                 f"{spacing_tol}."
             )
+        if alpha is not None and not 0 < alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1) or None, got {alpha}.")
         self.margin = float(margin)
         self.rel_tol = float(rel_tol)
         self.spacing_tol = float(spacing_tol)
+        self.alpha = None if alpha is None else float(alpha)
 
     def fit(self, profiles: Sequence[ScanProfile]) -> Self:
         """Ranges from the validation scans' profiles.
@@ -195,18 +220,25 @@ class ShiftReference:
         self.hi_: dict[str, float] = {}
         self.min_: dict[str, float] = {}
         self.max_: dict[str, float] = {}
-        for name in _FEATURES:
-            v = np.array(
+        values = {
+            name: np.array(
                 [getattr(p, name) for p in profiles if getattr(p, name) is not None], dtype=float
             )
-            if v.size == 0:
-                continue
+            for name in _FEATURES
+        }
+        values = {name: v for name, v in values.items() if v.size}
+        n_continuous = sum(name not in _SPACINGS for name in values)
+        for name, v in values.items():
             lo, hi = float(v.min()), float(v.max())
             width = self.margin * (hi - lo)
             tol = self.spacing_tol if name in _SPACINGS else self.rel_tol
             self.min_[name], self.max_[name] = lo, hi
             self.lo_[name] = lo - width - tol * abs(lo)
             self.hi_[name] = hi + width + tol * abs(hi)
+            if name not in _SPACINGS and self.alpha is not None and v.size >= 2:
+                half = prediction_half_width(v, self.alpha / n_continuous)
+                self.lo_[name] = min(self.lo_[name], float(v.mean()) - half)
+                self.hi_[name] = max(self.hi_[name], float(v.mean()) + half)
         self.n_ = len(profiles)
         return self
 
@@ -239,6 +271,7 @@ class ShiftReference:
             "margin": self.margin,
             "rel_tol": self.rel_tol,
             "spacing_tol": self.spacing_tol,
+            "alpha": self.alpha,
             "n": self.n_,
             "features": {
                 k: {"lo": self.lo_[k], "hi": self.hi_[k], "min": self.min_[k], "max": self.max_[k]}
@@ -249,7 +282,14 @@ class ShiftReference:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShiftReference:
         """Rebuild from :meth:`to_dict` output."""
-        ref = cls(margin=d["margin"], rel_tol=d["rel_tol"], spacing_tol=d["spacing_tol"])
+        # a reference saved before the prediction interval has no alpha: its bounds are
+        # the min-max rule's, and they are what check() reads
+        ref = cls(
+            margin=d["margin"],
+            rel_tol=d["rel_tol"],
+            spacing_tol=d["spacing_tol"],
+            alpha=d.get("alpha"),
+        )
         feats = d["features"]
         ref.lo_ = {k: float(v["lo"]) for k, v in feats.items()}
         ref.hi_ = {k: float(v["hi"]) for k, v in feats.items()}
@@ -280,11 +320,31 @@ class ShiftReference:
             raise InputError(f"{path}: not a shift reference ({err}).") from err
 
 
+def prediction_half_width(values: np.ndarray, alpha: float) -> float:
+    """Half-width of the two-sided Student-t prediction interval of one new value.
+
+    Args:
+        values: (n,) float, n >= 2, the reference values.
+        alpha: The interval's miss probability (two-sided).
+
+    Returns:
+        ``t(1 - alpha / 2; n - 1) * sd * sqrt(1 + 1/n)``, ``sd`` with ``ddof = 1``; a new
+        value drawn from the same normal distribution falls outside ``mean +- half`` with
+        probability ``alpha``.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        raise ValueError(f"a prediction interval needs at least 2 values, got {v.size}.")
+    q = float(stats.t.ppf(1 - alpha / 2, v.size - 1))
+    return q * float(v.std(ddof=1)) * float(np.sqrt(1 + 1 / v.size))
+
+
 def warning_sentence(reasons: Sequence[str]) -> str | None:
     """The user-facing warning, or None when there is no reason to warn."""
     if not reasons:
         return None
     return (
         "this scan is unlike the scans this model was validated on "
-        f"({'; '.join(reasons)}): P(FP) values may be unreliable."
+        f"({'; '.join(reasons)}): P(FP) values may be unreliable; `lesionuq refit` on a few "
+        "labelled scans like it adapts the model."
     )
