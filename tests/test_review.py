@@ -6,6 +6,7 @@ structure and invariants; values are checked on constructed cases.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -290,6 +291,7 @@ def test_thick_slice_lps_scan_warns_everywhere(scans, tmp_path):
     assert json.loads((out / "lesions.json").read_text())["warnings"] == [warning]
     page = (out / "report.html").read_text()
     assert page.index("validated on") < page.index("<table")  # at the top
+    assert "adapts the model" in warning and "<code>lesionuq refit</code> on a few" in page
 
 
 def test_old_model_folder_still_predicts(scans, tmp_path):
@@ -329,6 +331,14 @@ def test_predict_reports_the_folders_default_method(scans, tmp_path):
     assert full == chosen["val_auc_full"] and "gcnn_classif" in full
     page = (tmp_path / "out" / "report.html").read_text()
     assert "P(FP) method" in page and "Validation AUC of the untrained baselines" in page
+    # the note names the method once: a reason that starts with it gets no prefix
+    m, d = model.p_fp_method, model.default
+    assert d is not None
+    model.default = dataclasses.replace(d, reason=f"{m} ranked the lesions best.")
+    assert model.p_fp_note().startswith(f"{m} ranked the lesions best. Validation AUC")
+    model.default = dataclasses.replace(d, reason="nothing to rank.")
+    assert model.p_fp_note().startswith(f"{m}: nothing to rank.")
+    model.default = d
     # p_fp is the chosen method's calibrated P(FP): a monotone map of its raw score
     raw = res.table[f"u_{chosen['method']}"] if chosen["method"] != "gcnn_classif" else None
     if raw is not None and len(res.table) > 1:

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -153,11 +154,20 @@ def location_rows(location: Mapping[str, Any]) -> str:
     )
 
 
+_CODE = re.compile(r"`([^`]+)`")
+"""A span in backticks: a command shown as code."""
+
+
 def warnings_html(warnings: Sequence[str]) -> str:
-    """A highlighted box with one paragraph per warning ('' when there is none)."""
+    """A highlighted box with one paragraph per warning ('' when there is none).
+
+    A span in backticks (a command, e.g. lesionuq refit) is shown as code.
+    """
     if not warnings:
         return ""
-    items = "".join(f"<p><b>Warning:</b> {escape(w)}</p>" for w in warnings)
+    items = "".join(
+        "<p><b>Warning:</b> " + _CODE.sub(r"<code>\1</code>", escape(w)) + "</p>" for w in warnings
+    )
     return (
         '<div class="warning" style="background:#fff3cd;border:1px solid #e0b000;'
         f'padding:0.4em 0.8em;margin:0.8em 0">{items}</div>'

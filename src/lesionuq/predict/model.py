@@ -157,7 +157,9 @@ class FittedModel:
         """One sentence: the P(FP) method, why, and the baselines' validation AUCs."""
         if self.default is None:
             return "gcnn_classif (the paper's GCNN; this model folder chose no default method)."
-        text = f"{self.p_fp_method}: {self.default.reason}"
+        reason = self.default.reason
+        # "gcnn_classif ranked ..." names the method itself; other reasons are prefixed
+        text = reason if reason.startswith(self.p_fp_method) else f"{self.p_fp_method}: {reason}"
         base = self.default.baselines_text()
         return f"{text} Validation AUC of the untrained baselines: {base}." if base else text
 
