@@ -10,6 +10,7 @@ import pytest
 
 from lesionuq.config import PreprocessConfig
 from lesionuq.data.preprocess import GridTransform, preprocess, target_grid, to_original
+from lesionuq.errors import InputWarning
 from lesionuq.io import InputError
 
 
@@ -174,12 +175,52 @@ def test_cropped_brain_warns():
     target, cropped = target_grid(brain, np.eye(4), PreprocessConfig((1, 1, 1), (10, 30, 30)))
     assert cropped
     np.testing.assert_allclose(target[:3, 3], [5.0, -5.0, -5.0])  # centre 9.5 - 4.5 / 14.5
-    img = nib.Nifti1Image(brain.astype(np.float32), np.eye(4))
-    with pytest.warns(UserWarning, match="50% of the brain volume lies outside"):
+    padded = np.pad(brain, 5).astype(np.float32)  # a zero background around the brain
+    img = nib.Nifti1Image(padded, np.eye(4))
+    with pytest.warns(InputWarning, match="50% of the brain volume lies outside"):
         preprocess([img], None, PreprocessConfig((1, 1, 1), (10, 30, 30)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 20 -> 20 voxels along x: nothing cut, no warning
         preprocess([img], None, PreprocessConfig((1, 1, 1), (20, 30, 30)))
+
+
+def _head(background: float, brain: float = 600.0) -> np.ndarray:
+    """(20, 20, 20) float32: a 10-voxel cube of ``brain`` in a ``background``."""
+    data = np.full((20, 20, 20), background, np.float32)
+    data[5:15, 5:15, 5:15] = brain
+    return data
+
+
+def test_an_intensity_normalised_image_is_refused():
+    cfg = PreprocessConfig((1, 1, 1), (20, 20, 20))
+    z = _head(0.0, 1.0)
+    z[5:15, 5:10, 5:15] = -1.0  # z-scores: half the brain below 0 (500 of 1000 voxels)
+    with pytest.raises(InputError, match=r"50 % of its clearly nonzero voxels are negative"):
+        preprocess([nib.Nifti1Image(z, np.eye(4))], None, cfg)
+    # a few negative voxels (interpolation ringing at the edge) are no reason to refuse:
+    # 100 clearly negative voxels among 1100 clearly nonzero ones (9 %), and tiny ripples
+    # (under 5 % of the brain's 600) everywhere else in the background do not count
+    ring = _head(-1.0)
+    ring[4, 5:15, 5:15] = -60.0
+    pre = preprocess([nib.Nifti1Image(ring, np.eye(4))], None, cfg)
+    assert pre.image.shape == (1, 20, 20, 20)
+    # a negative brain threshold says the background is below 0: no refusal
+    shifted = _head(-1000.0, -400.0)
+    neg = PreprocessConfig((1, 1, 1), (20, 20, 20), brain_threshold=-900.0)
+    pre = preprocess([nib.Nifti1Image(shifted, np.eye(4))], None, neg)
+    assert pre.transform.mean == pytest.approx([-400.0])  # the z-score's brain: the cube
+
+
+def test_an_image_without_zero_background_warns():
+    cfg = PreprocessConfig((1, 1, 1), (20, 20, 20))
+    with pytest.warns(InputWarning, match=r"100 % of the image is above the brain threshold 0"):
+        pre = preprocess([nib.Nifti1Image(_head(10.0), np.eye(4))], None, cfg)
+    # every voxel counted as brain: the z-score's mean is (7000 x 10 + 1000 x 600) / 8000
+    assert pre.transform.mean == pytest.approx([83.75])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same cube in a zero background: 12.5 %
+        pre = preprocess([nib.Nifti1Image(_head(0.0), np.eye(4))], None, cfg)
+    assert pre.transform.mean == pytest.approx([600.0])
 
 
 def test_data_package_exports_lazily() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -22,6 +23,7 @@ from lesionuq.calibration import CALIBRATOR_FILE, PlattCalibrator, load_calibrat
 from lesionuq.calibration import scorer as calibrated_scorer
 from lesionuq.cli import app
 from lesionuq.config import METHODS, CalibrationConfig, ConfigError, ExperimentConfig
+from lesionuq.errors import InputWarning
 from lesionuq.evaluation.calibration_metrics import CALIBRATION_COLUMNS
 from lesionuq.evaluation.curves import ac_auc
 from lesionuq.io import InputError
@@ -286,12 +288,32 @@ def test_thick_slice_lps_scan_warns_everywhere(scans, tmp_path):
     assert "warning: This scan is unlike the scans this model was validated on" in text
     assert "P(FP) values may be unreliable" in text
     meta = json.loads((out / "prediction.json").read_text())
-    (warning,) = meta["warnings"]
+    # the spline resampling's ripples widen the brain past the 4 mm grid: that input
+    # warning comes first, then the shift warning
+    crop, warning = meta["warnings"]
+    assert "of the brain volume lies outside the target field of view" in crop
     assert "in-plane voxel size 0.9 mm vs 4 mm" in warning
-    assert json.loads((out / "lesions.json").read_text())["warnings"] == [warning]
+    assert json.loads((out / "lesions.json").read_text())["warnings"] == [crop, warning]
     page = (out / "report.html").read_text()
     assert page.index("validated on") < page.index("<table")  # at the top
     assert "adapts the model" in warning and "<code>lesionuq refit</code> on a few" in page
+
+
+def test_an_input_warning_is_one_of_the_scans_warnings(scans, tmp_path):
+    """A scan without a zero background warns in the outputs, not only on stderr."""
+    folder, image, _ = scans
+    img = nib.load(str(image))
+    data = np.asarray(img.dataobj, np.float32)
+    offset = tmp_path / "offset.nii.gz"
+    nib.save(nib.Nifti1Image(np.where(data > 0, data, 10.0), img.affine), str(offset))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)  # collected, not raised
+        res = predict_scan(folder, [offset], tmp_path / "out", progress=False)
+    (note,) = [w for w in res.warnings if "above the brain threshold" in w]
+    assert note.startswith(f"{offset}: 100 % of the image is above the brain threshold 0")
+    meta = json.loads((tmp_path / "out" / "prediction.json").read_text())
+    assert note in meta["warnings"]
+    assert note in json.loads((tmp_path / "out" / "lesions.json").read_text())["warnings"]
 
 
 def test_old_model_folder_still_predicts(scans, tmp_path):

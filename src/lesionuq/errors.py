@@ -7,6 +7,9 @@ prints it and exits with status 1.
 - :class:`ConfigError`: a config file, dict or dataclass value that is invalid.
 - :class:`NotFittedError`: a learned object used before ``fit`` (scikit-learn's name).
 - :class:`CasesFailedError`: some scans of a batch failed while the others finished.
+- :class:`InputWarning`: usable user data that is unusual in a way that can change the
+  results (a brain cut by the field of view, no zero background); ``predict`` reports it
+  with the scan's other warnings.
 
 :func:`did_you_mean` adds the closest valid name to a message about an unknown one.
 """
@@ -16,7 +19,14 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-__all__ = ["CasesFailedError", "ConfigError", "InputError", "NotFittedError", "did_you_mean"]
+__all__ = [
+    "CasesFailedError",
+    "ConfigError",
+    "InputError",
+    "InputWarning",
+    "NotFittedError",
+    "did_you_mean",
+]
 
 
 #: Longest text offered a "did you mean" (difflib is quadratic in its length).
@@ -38,6 +48,10 @@ def did_you_mean(value: Any, options: list[str]) -> str:
 
 class InputError(ValueError):
     """Bad user input; the message is one sentence naming the file and the problem."""
+
+
+class InputWarning(UserWarning):
+    """Usable user input that can change the results; one sentence naming the file."""
 
 
 class ConfigError(ValueError):

@@ -44,6 +44,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from lesionuq.config import PreprocessConfig
+from lesionuq.errors import InputWarning
 from lesionuq.io import InputError
 
 __all__ = [
@@ -59,6 +60,14 @@ __all__ = [
 
 _PERM_TOL = 1e-6
 CROP_WARN_FRACTION = 0.01  # warn when more than this fraction of the brain volume is cut
+NEGATIVE_ERROR_FRACTION = 0.1
+"""Refuse an image with more than this share of negative voxels among its clearly nonzero
+ones (an intensity-normalised image: z-scores put about half the brain below 0; a spline
+resampling's ripples around the brain make about 4 %)."""
+BACKGROUND_WARN_FRACTION = 0.9
+"""Warn when more than this share of the image is above the brain threshold (a
+skull-stripped brain fills 20-35 % of a scan's field of view, about half of its
+bounding box): the scan has no zero background, so its brain mask is the whole image."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,14 +179,54 @@ def _name(img: nib.Nifti1Image, default: str) -> str:
     return str(img.get_filename() or default)
 
 
-def _first_brain(first: nib.Nifti1Image, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(X, Y, Z) data of the first image and its brain voxels (> the brain threshold)."""
-    data0 = _data(first, _name(first, "image 1"))
+def _negative_share(data: np.ndarray) -> tuple[int, int]:
+    """Counts of the clearly negative and the clearly nonzero voxels of an image.
+
+    "Clearly" is beyond 5 % of the 99th percentile of the positive voxels, so that the
+    small negative ripples of a spline resampling around a zero background do not count.
+
+    Returns:
+        (voxels < -f, voxels with |value| > f), ``f = 0.05 * q99(data > 0)`` (0 when no
+        voxel is positive).
+    """
+    positive = data[data > 0]
+    f = 0.05 * float(np.quantile(positive, 0.99)) if positive.size else 0.0
+    return int(np.count_nonzero(data < -f)), int(np.count_nonzero(np.abs(data) > f))
+
+
+def _first_brain(
+    first: nib.Nifti1Image, cfg: PreprocessConfig, warn: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y, Z) data of the first image and its brain voxels (> the brain threshold).
+
+    Raises :class:`InputError` for an intensity-normalised image and, with ``warn``, warns
+    (:class:`~lesionuq.errors.InputWarning`) when the image has no zero background.
+    """
+    name = _name(first, "image 1")
+    data0 = _data(first, name)
+    if cfg.brain_threshold >= 0:
+        negative, clear = _negative_share(data0)
+        if negative > NEGATIVE_ERROR_FRACTION * max(clear, 1):
+            raise InputError(
+                f"{name}: {100 * negative / clear:.0f} % of its clearly nonzero voxels are "
+                f"negative (min {float(data0.min()):.3g}); lesionuq expects the scan's own "
+                "intensities, skull-stripped, with a background of 0, not an "
+                "intensity-normalised image (z-scores): give the image before normalisation "
+                "(for an experiment on such images, set preprocess.brain_threshold to their "
+                "background level)."
+            )
     brain0 = data0 > cfg.brain_threshold
     if not brain0.any():
-        raise InputError(
-            f"{_name(first, 'image 1')}: no voxel is above the brain threshold "
-            f"{cfg.brain_threshold:g}."
+        raise InputError(f"{name}: no voxel is above the brain threshold {cfg.brain_threshold:g}.")
+    if warn and brain0.mean() > BACKGROUND_WARN_FRACTION:
+        warnings.warn(
+            InputWarning(
+                f"{name}: {100 * brain0.mean():.0f} % of the image is above the brain "
+                f"threshold {cfg.brain_threshold:g}, so nearly all of it counts as brain (the "
+                "field of view and the intensity normalisation follow it); lesionuq expects "
+                "a skull-stripped scan with a background of 0."
+            ),
+            stacklevel=3,
         )
     return data0, brain0
 
@@ -261,7 +310,7 @@ def preprocess(
     if not images:
         raise ValueError("preprocess needs at least one image.")
     first = images[0]
-    _data0, brain0 = _first_brain(first, cfg)
+    _data0, brain0 = _first_brain(first, cfg, warn=False)  # preprocess_to_grid warns
     affine0 = np.asarray(first.affine, dtype=np.float64)
     target, _ = target_grid(brain0, affine0, cfg)
     return preprocess_to_grid(images, mask, cfg, target, _shape3(cfg.shape))
@@ -309,9 +358,11 @@ def preprocess_to_grid(
     total = np.count_nonzero(brain0) * abs(np.linalg.det(affine0[:3, :3]))
     if kept < (1.0 - CROP_WARN_FRACTION) * total:
         warnings.warn(
-            f"{_name(first, 'image 1')}: {100 * (1 - kept / total):.0f}% of the brain volume "
-            f"lies outside the target field of view {tuple(shape)} x "
-            f"{_spacing_text(target)} mm and is cropped.",
+            InputWarning(
+                f"{_name(first, 'image 1')}: {100 * (1 - kept / total):.0f}% of the brain "
+                f"volume lies outside the target field of view {tuple(shape)} x "
+                f"{_spacing_text(target)} mm and is cropped."
+            ),
             stacklevel=2,
         )
     means, stds = [], []

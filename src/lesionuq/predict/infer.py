@@ -17,7 +17,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lesionuq.data.preprocess import Preprocessed, mask_to_grid, preprocess
+from lesionuq.errors import InputWarning
 from lesionuq.evaluation.render import registration_png
 from lesionuq.io import Case, load_case, load_ignore, load_nifti
 from lesionuq.lesions.graphs import case_lesions
@@ -132,19 +135,22 @@ def infer(
         samples=samples,
     )
     given: dict[str, object] | None = None
+    input_notes: list[str] = []
     if samples is not None:  # every file checked before any work
-        native = load_nifti(paths[0])
-        ignore_img = load_ignore(case, native)
-        pre, maps, info = samples_onto_grid(case, cfg.preprocess, check_values=True)
+        with _input_warnings(input_notes):
+            native = load_nifti(paths[0])
+            ignore_img = load_ignore(case, native)
+            pre, maps, info = samples_onto_grid(case, cfg.preprocess, check_values=True)
         given = {"path": str(samples.resolve()), "n_samples": info.n_samples}
         step("preprocess")
         step("samples")
     else:
-        imgs, truth = load_case(case)  # truth: None without a mask
-        native = imgs[0]
-        ignore_img = load_ignore(case, native)
-        step("preprocess")
-        pre = preprocess(imgs, truth, cfg.preprocess)
+        with _input_warnings(input_notes):
+            imgs, truth = load_case(case)  # truth: None without a mask
+            native = imgs[0]
+            ignore_img = load_ignore(case, native)
+            step("preprocess")
+            pre = preprocess(imgs, truth, cfg.preprocess)
         step("MC dropout")
         maps = mc_sample(model.segmenter, pre.image, cfg.sampling, device=model.device)
     region = None
@@ -178,7 +184,7 @@ def infer(
     profile = scan_profile(
         native, maps.entropy, pre.image[0] != 0, brain_threshold=cfg.preprocess.brain_threshold
     )
-    notes = _review_warnings(model, profile)
+    notes = input_notes + _review_warnings(model, profile)
     if registration is not None and (problem := registration.problem()) is not None:
         notes.append(
             f"{problem[0].upper()}{problem[1:]}: the scorers that read the lesions' "
@@ -251,6 +257,27 @@ def _calibrate(model: FittedModel, scores: dict[str, np.ndarray]) -> dict[str, n
     out["gcnn_classif"] = model.p_fp(scores[model.p_fp_method])
     out["gcnn_reg"] = 1.0 - model.iou_pred(scores["gcnn_reg"])
     return out
+
+
+@contextmanager
+def _input_warnings(notes: list[str]) -> Iterator[None]:
+    """Collect the :class:`~lesionuq.errors.InputWarning` raised inside into ``notes``.
+
+    They become the scan's warnings (terminal, ``prediction.json``, ``lesions.json`` and
+    the report), not lines on stderr that a report reader never sees; any other warning
+    is passed on as it was raised.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        if issubclass(w.category, InputWarning):
+            text = str(w.message)
+            text = text[0].upper() + text[1:]
+            if text not in notes:
+                notes.append(text)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def _review_warnings(model: FittedModel, profile: ScanProfile) -> list[str]:
