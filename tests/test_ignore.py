@@ -131,6 +131,7 @@ def test_run_graphs_leave_ignored_lesions_out(tmp_path):
     assert mask[:, 1, 1].tolist() == [1, 1, 2, 2, 0, 2, 2, 2, 0, 0, 0, 0, 0]
 
 
+@pytest.mark.filterwarnings("ignore::lesionuq.errors.InputWarning")  # the image is all brain
 def test_preprocessing_carries_the_ignore_column(tmp_path):
     """cases.csv ``ignore`` -> ``RUN/preprocessed/CASE/ignore.nii.gz`` on the mask's grid;
     a non-binary region is refused in one sentence when the run is validated."""

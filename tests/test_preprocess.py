@@ -125,6 +125,7 @@ def test_resampling_to_coarser_grid_keeps_world_positions():
     np.testing.assert_allclose(np.diag(pre.affine)[:3], [2.0, 2.0, 3.0])
 
 
+@pytest.mark.filterwarnings("ignore::lesionuq.errors.InputWarning")  # no zero background
 def test_two_sequences_on_different_grids():
     def smooth(shape, aff):  # the same smooth world-space function sampled on each grid
         x, y, z = _world(shape, aff) - np.array([14.5, 14.5, 16.5])[:, None, None, None]
