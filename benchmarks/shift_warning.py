@@ -13,6 +13,11 @@ counted. A test scan's profile is taken as ``fit`` and ``predict`` take it: the 
 FLAIR and the mean brain entropy of its run's MC-dropout maps (each family's own U-Net,
 the setting of ``benchmarks/families.py``).
 
+``--val-scans N`` refits both rules from the first N validation scans of each fold
+instead (the saved reference is then left out): how the rule does with a small
+reference, as after ``lesionuq refit`` on a few labelled scans; ``--interval-min-scans
+2`` uses the prediction interval from 2 scans on (the rule uses it from 5).
+
 ``--run PATH`` (repeatable) adds any other run: its own test scans against its folds'
 references (within only; run ``lesionuq fit --run PATH`` first to save the references of
 the current rule).
@@ -22,7 +27,7 @@ families, and ``RESULT shift <within|across> <rule> <warned> <of>``.
 
 Usage:
     python benchmarks/shift_warning.py [--out runs/families] [--families a,b,c]
-        [--run runs/demo/run ...]
+        [--run runs/demo/run ...] [--val-scans N] [--interval-min-scans M]
 """
 
 from __future__ import annotations
@@ -37,7 +42,13 @@ import pandas as pd
 
 from lesionuq.io import read_manifest
 from lesionuq.rundir import RunDir
-from lesionuq.shift import SHIFT_FILE, ScanProfile, ShiftReference, scan_profile
+from lesionuq.shift import (
+    INTERVAL_MIN_SCANS,
+    SHIFT_FILE,
+    ScanProfile,
+    ShiftReference,
+    scan_profile,
+)
 
 
 def profiles(run: Path, fold: int, part: str) -> list[ScanProfile]:
@@ -62,6 +73,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/families"))
     parser.add_argument("--families", default="a,b,c")
     parser.add_argument("--run", type=Path, action="append", default=[])
+    parser.add_argument("--val-scans", type=int, default=None)
+    parser.add_argument("--interval-min-scans", type=int, default=INTERVAL_MIN_SCANS)
     args = parser.parse_args()
     runs = {f.upper(): args.out / f"fam{f.upper()}" / "run" for f in args.families.split(",")}
     profile = cache(profiles)
@@ -71,8 +84,13 @@ def main() -> None:
         _, _, splits = RunDir(src_run).read_plan()
         for split in splits:
             k = split.fold
-            saved = ShiftReference.load(RunDir(src_run).fold(k) / SHIFT_FILE)
-            minmax = ShiftReference(alpha=None).fit(profile(src_run, k, "val"))
+            val = profile(src_run, k, "val")
+            if args.val_scans is None:
+                saved = ShiftReference.load(RunDir(src_run).fold(k) / SHIFT_FILE)
+            else:  # the rule refitted on a small reference
+                rule = ShiftReference(interval_min_scans=args.interval_min_scans)
+                saved = rule.fit(val[: args.val_scans])
+            minmax = ShiftReference(alpha=None).fit(val[: args.val_scans])
             targets = runs if src in runs else {src: src_run}
             for tgt, tgt_run in targets.items():
                 test = profile(tgt_run, k, "test")
@@ -84,7 +102,7 @@ def main() -> None:
                         "scans": len(test),
                         "warned_saved": sum(bool(saved.check(p)) for p in test),
                         "warned_minmax": sum(bool(minmax.check(p)) for p in test),
-                        "saved_alpha": saved.alpha,
+                        "val_scans": saved.n_,
                     }
                 )
     table = pd.DataFrame(rows)

@@ -8,6 +8,7 @@ from scipy import ndimage
 from lesionuq.io import InputError
 from lesionuq.rundir import SHIFT_RULE
 from lesionuq.shift import (
+    INTERVAL_MIN_SCANS,
     SHIFT_ALPHA,
     ScanProfile,
     ShiftReference,
@@ -87,12 +88,10 @@ def test_thick_slice_lps_scan_warns(reference):
 def test_entropy_reason_and_range_text(reference):
     prof = scan_profile(_phantom(10), *_entropy(0.62, 3))
     assert reference.check(prof) == ["mean voxel entropy 0.62 vs 0.18-0.30"]
-    # 4 validation scans: the t prediction interval (alpha 0.05 over 5 continuous
-    # features) is wider than min-max widened by 10 % of the range and of the bound
+    # 4 validation scans, fewer than the interval needs: min-max widened by 10 % of the
+    # range and 10 % of the bound
     lo, hi = reference.min_["mean_entropy"], reference.max_["mean_entropy"]
-    assert reference.hi_["mean_entropy"] > hi + 0.1 * (hi - lo) + 0.1 * hi
-    assert reference.lo_["mean_entropy"] < lo - 0.1 * (hi - lo) - 0.1 * lo
-    assert 0.5 < reference.hi_["mean_entropy"] < 0.62  # about 0.24 + 0.34
+    assert reference.hi_["mean_entropy"] == pytest.approx(hi + 0.1 * (hi - lo) + 0.1 * hi)
 
 
 def test_gain_does_not_matter_and_json_round_trip(tmp_path, reference):
@@ -143,9 +142,9 @@ def _profile(entropy: float | None, q01: float, thickness: float = 1.0) -> ScanP
 
 
 def test_reference_takes_the_wider_of_min_max_and_the_prediction_interval():
-    profiles = [_profile(e, q) for e, q in [(0.20, 0.10), (0.22, 0.10), (0.30, 0.10)]]
+    e = np.array([0.20, 0.22, 0.30, 0.24, 0.26])
+    profiles = [_profile(v, 0.10) for v in e]
     ref = ShiftReference().fit(profiles)
-    e = np.array([0.20, 0.22, 0.30])
     # 5 continuous features carry values (entropy and the four quantiles, three constant)
     half = prediction_half_width(e, SHIFT_ALPHA / 5)
     assert ref.hi_["mean_entropy"] == pytest.approx(e.mean() + half)
@@ -154,27 +153,35 @@ def test_reference_takes_the_wider_of_min_max_and_the_prediction_interval():
     assert (ref.lo_["q01"], ref.hi_["q01"]) == pytest.approx((0.09, 0.11))
     # spacings keep the min-max rule: 1 mm accepts 0.75-1.25 mm
     assert (ref.lo_["slice_thickness"], ref.hi_["slice_thickness"]) == (0.75, 1.25)
-    assert ref.check(_profile(0.6, 0.10)) == []  # inside the prediction interval
-    assert ref.check(_profile(0.9, 0.10)) == ["mean voxel entropy 0.90 vs 0.20-0.30"]
-    # alpha None is the min-max rule alone: 0.6 warns there
+    # mean 0.244, sd 0.0385, t(0.995; 4) = 4.604, sqrt(1.2): half-width 0.194
+    assert half == pytest.approx(4.6041 * 0.038471 * np.sqrt(1.2), rel=1e-4)
+    assert ref.check(_profile(0.42, 0.10)) == []  # inside the prediction interval
+    assert ref.check(_profile(0.45, 0.10)) == ["mean voxel entropy 0.45 vs 0.20-0.30"]
+    # alpha None is the min-max rule alone: 0.42 warns there
     old = ShiftReference(alpha=None).fit(profiles)
     assert old.hi_["mean_entropy"] == pytest.approx(0.30 + 0.1 * 0.10 + 0.1 * 0.30)
-    assert old.check(_profile(0.6, 0.10)) == ["mean voxel entropy 0.60 vs 0.20-0.30"]
-    # one validation scan: no spread to estimate, the min-max rule alone
-    one = ShiftReference().fit(profiles[:1])
-    assert one.hi_["mean_entropy"] == pytest.approx(0.20 * 1.1)
+    assert old.check(_profile(0.42, 0.10)) == ["mean voxel entropy 0.42 vs 0.20-0.30"]
+    # fewer scans than interval_min_scans (5): the spread is too uncertain, min-max alone
+    four = ShiftReference().fit(profiles[:4])
+    assert (
+        four.to_dict()["features"]
+        == ShiftReference(alpha=None).fit(profiles[:4]).to_dict()["features"]
+    )
+    assert ShiftReference(interval_min_scans=4).fit(profiles[:4]).hi_["mean_entropy"] > 0.42
     with pytest.raises(ValueError, match="alpha"):
         ShiftReference(alpha=1.5)
+    with pytest.raises(ValueError, match="interval_min_scans"):
+        ShiftReference(interval_min_scans=1)
 
 
 def test_a_reference_saved_before_the_interval_loads_with_its_bounds(tmp_path, reference):
     d = ShiftReference(alpha=None).fit([_profile(0.2, 0.1), _profile(0.3, 0.1)]).to_dict()
-    del d["alpha"]  # written by the min-max rule, before alpha existed
+    del d["alpha"], d["interval_min_scans"]  # written by the min-max rule, before both
     back = ShiftReference.from_dict(d)
     assert back.alpha is None
     assert back.hi_["mean_entropy"] == pytest.approx(d["features"]["mean_entropy"]["hi"])
     assert back.check(_profile(0.5, 0.1)) == ["mean voxel entropy 0.50 vs 0.20-0.30"]
 
 
-def test_the_digest_names_the_rules_alpha():
-    assert f"alpha {SHIFT_ALPHA:g}" in SHIFT_RULE
+def test_the_digest_names_the_rules_settings():
+    assert f"alpha {SHIFT_ALPHA:g}, from {INTERVAL_MIN_SCANS} scans" in SHIFT_RULE

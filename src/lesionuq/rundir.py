@@ -319,8 +319,9 @@ def fit_digest(graphs: str, method: str, cfg: ExperimentConfig) -> str:
     return digest_of(graphs, learned, method, cal)
 
 
-SHIFT_RULE = "min-max or t prediction interval, alpha 0.05"
-"""The shift reference's rule, in its digest (:data:`lesionuq.shift.SHIFT_ALPHA` is 0.05)."""
+SHIFT_RULE = "min-max or t prediction interval, alpha 0.05, from 5 scans"
+"""The shift reference's rule, in its digest (:data:`lesionuq.shift.SHIFT_ALPHA` is 0.05,
+:data:`lesionuq.shift.INTERVAL_MIN_SCANS` 5)."""
 
 
 def shift_digest(cfg: ExperimentConfig, split: FoldSplit) -> str:
