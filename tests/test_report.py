@@ -116,6 +116,8 @@ def test_write_report_self_contained(tmp_path, no_bundle):
     assert path == run / "results/report.html"
     text = path.read_text()
     assert "Table 1" in text and "Table 2" in text and "Figure 2" in text
+    # the run named by its folder and the parent's: "run" alone says nothing
+    assert f"results of run {tmp_path.name}/run</h1>" in text
     # Table 1 fold rows (Dice mean of 0.5 and 0.6, 2 x 1 TP, 2 x 2 FP)
     assert "<td>0</td><td>0.550</td><td>2</td><td>4</td>" in text
     # Table 2: gcnn_classif separates TP from FP perfectly: 100.0 % in bold, size rho -1

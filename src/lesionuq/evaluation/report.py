@@ -223,7 +223,9 @@ def write_report(
     t2 = read_optional_csv(res / "table2.csv")
     per_fold = read_optional_csv(res / "table2_folds.csv")  # the pipeline's per-fold AUCs
 
-    body = [f"<h1>Lesion-wise uncertainty: results of run {_e(run.name)}</h1>"]
+    # the run's folder and its parent: the demo's run is OUT/run ("results of run run")
+    label = "/".join(run.resolve().parts[-2:])
+    body = [f"<h1>Lesion-wise uncertainty: results of run {_e(label)}</h1>"]
     if lesions is not None:
         tp = as_bool(lesions["is_tp"]) if len(lesions) else np.zeros(0, bool)
         summary = (
