@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from lesionuq.config import ExperimentConfig, GCNNConfig
 from lesionuq.evaluation.curves import ac_auc
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.scorers import load_scorer, make_scorer
+from lesionuq.scorers.base import LesionScorer
 from lesionuq.scorers.registry import make_estimators
 from lesionuq.scorers.select import (
     CANDIDATES,
@@ -301,3 +304,66 @@ def test_a_stack_saved_with_candidate_names_still_loads(tmp_path, one_thread):
     loaded.save(tmp_path / "again")
     again = load_scorer("gcnn_stack", tmp_path / "again")
     np.testing.assert_array_equal(again.score(test), s.score(test))
+
+
+class _Growing(LesionScorer):
+    """A learned scorer whose ranking needs ``enough`` training lesions.
+
+    Fitted on at least ``enough`` lesions it scores with the table's ``good`` column,
+    on fewer with ``bad``: a learning curve that is still rising.
+    """
+
+    def __init__(self, enough: int = 15, name: str = "growing") -> None:
+        self.enough = enough
+        self.name = name
+
+    def fit(self, lesions: LesionSet, progress: bool = True) -> _Growing:
+        self.n_train_ = len(lesions)
+        return self
+
+    def score(self, lesions: LesionSet) -> np.ndarray:
+        column = "good" if self.n_train_ >= self.enough else "bad"
+        return lesions.table[column].to_numpy(dtype=np.float64)
+
+
+def _rising(seed: int) -> LesionSet:
+    """36 lesions of 6 scans, half FP: ``variance_mean`` ranks them well, ``good`` a
+    little worse, ``bad`` at random."""
+    val = _with_cases(random_lesion_set(36, seed=seed), 6)
+    table = val.table.copy()
+    rng = np.random.default_rng(seed)
+    fp = np.arange(len(table)) % 2 == 1
+    table["is_tp"] = ~fp
+    table["iou_adj"] = np.where(fp, 0.0, 0.5)
+    table["variance_mean"] = fp + rng.normal(0, 0.4, len(table))
+    table["good"] = fp + rng.normal(0, 0.6, len(table))
+    table["bad"] = rng.random(len(table))
+    return LesionSet(table, val.graphs)
+
+
+def test_a_learned_candidate_still_gaining_is_judged_at_its_full_size(tmp_path):
+    """gcnn_auto's half fits (issue 31): the inner models see 24 of 36 lesions and rank
+    with ``good``; the half-size ones see 12 and rank at random. Extrapolated to all 36
+    lesions the learner beats the baseline that won out of fold."""
+    val = _rising(seed=11)
+    baseline = make_scorer("variance_mean", ExperimentConfig())
+    pairs = [("variance_mean", baseline), ("growing", _Growing(enough=18))]
+    plain = SelectedScorer(pairs, n_inner=3, seed=0).fit(val)
+    assert plain.inner_auc_["growing"] < plain.inner_auc_["variance_mean"]
+    assert plain.choice_ == "variance_mean" and plain.judged_auc_ == plain.inner_auc_
+    full = SelectedScorer(pairs, n_inner=3, seed=0, half_fits=True).fit(val)
+    assert full.inner_auc_ == plain.inner_auc_  # the same out-of-fold AUCs
+    assert full.judged_auc_["variance_mean"] == full.inner_auc_["variance_mean"]  # untrained
+    assert full.judged_auc_["growing"] > full.inner_auc_["variance_mean"]
+    assert full.choice_ == "growing" and full.chosen_.n_train_ == 36
+    full.save(tmp_path / "auto")
+    back = SelectedScorer.load(tmp_path / "auto")
+    assert back.judged_auc_ == full.judged_auc_ and back.choice_ == "growing"
+
+
+def test_gcnn_auto_takes_half_fits_from_the_config_and_gcnn_stack_none():
+    cfg = ExperimentConfig(gcnn=GCNN)
+    assert make_scorer("gcnn_auto", cfg).half_fits is cfg.calibration.half_fits is True
+    off = cfg.replace(calibration=dataclasses.replace(cfg.calibration, half_fits=False))
+    assert make_scorer("gcnn_auto", off).half_fits is False
+    assert make_scorer("gcnn_stack", cfg).half_fits is False  # it weighs, it does not choose

@@ -168,14 +168,23 @@ def _robust(name: str, label: str, colour: str) -> MethodSpec:
 
 
 def _selector(
-    cls: str, label: str, colour: str, candidates: tuple[str, ...], self_calibrated: bool = False
+    cls: str,
+    label: str,
+    colour: str,
+    candidates: tuple[str, ...],
+    self_calibrated: bool = False,
+    half_fits: bool = False,
 ) -> MethodSpec:
     """A chooser or stacker of ``scorers/select.py`` over ``candidates``.
 
     The registry builds the candidates from the run's config and passes them in; the
-    selector's inner folds take ``calibration.n_inner`` and ``seed``. ``reads`` names the
-    GCNN settings and the sequences, which its candidates are built from, and its own.
+    selector's inner folds take ``calibration.n_inner`` and ``seed``, a chooser
+    (``half_fits``) also ``calibration.half_fits``. ``reads`` names the GCNN settings and
+    the sequences, which its candidates are built from, and its own.
     """
+    settings = {"n_inner": "calibration.n_inner", "seed": "seed"}
+    if half_fits:
+        settings["half_fits"] = "calibration.half_fits"
     return MethodSpec(
         f"lesionuq.scorers.select:{cls}",
         label,
@@ -183,7 +192,7 @@ def _selector(
         output="p_fp",
         fit_cost=4.0,
         self_calibrated=self_calibrated,
-        settings={"n_inner": "calibration.n_inner", "seed": "seed"},
+        settings=settings,
         reads=("gcnn", "calibration", "seed", "sequences"),
         candidates=candidates,
     )
@@ -269,7 +278,9 @@ CATALOGUE: dict[str, MethodSpec] = {
     ),
     # beyond the paper: the GCNN only where the validation lesions show it helps
     # (scorers/select.py)
-    "gcnn_auto": _selector("SelectedScorer", "GCNN or simpler (auto)", "#bcbd22", _AUTO),
+    "gcnn_auto": _selector(
+        "SelectedScorer", "GCNN or simpler (auto)", "#bcbd22", _AUTO, half_fits=True
+    ),
     # beyond the paper: the GCNN and MetaSeg's features weighed by their out-of-fold
     # scores, every weight >= 0 (scorers/select.py)
     "gcnn_stack": _selector(

@@ -20,7 +20,13 @@ catalogue's ``gcnn_auto`` / ``gcnn_stack`` get theirs from the registry
    lesions scored by different inner models, whose levels differ by chance, and so
    underrate the learned candidates.
 3. The candidate with the highest AUC is chosen (ties: the earlier candidate; the
-   simpler come first) and refitted on all the validation lesions.
+   simpler come first) and refitted on all the validation lesions. With ``half_fits``
+   (the catalogue's ``gcnn_auto`` takes ``calibration.half_fits``, on by default), a
+   learned candidate is judged by its AUC *extrapolated to the fit on all the lesions*,
+   as the default P(FP) method is (:func:`~lesionuq.scorers.default_method.extrapolated_auc`
+   on :func:`~lesionuq.calibration.half_fit_scores`): its inner models see (K-1)/K of
+   the lesions, the chosen one all of them, and a scorer still gaining from more lesions
+   is judged at the size it is used at.
 4. A Platt map (:class:`~lesionuq.calibration.PlattCalibrator`, strictly increasing) from
    the chosen method's out-of-fold validation scores to FP is fitted, so that the output
    is a P(FP) in (0, 1) whichever method was chosen: scores of different inner folds stay
@@ -57,12 +63,14 @@ from lesionuq.calibration import (
     clipped_logit,
     clone,
     fit_monotone_logistic,
+    half_fit_scores,
     inner_folds,
 )
 from lesionuq.evaluation.curves import within_fold_auc
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.methods import method_spec, outputs_p_fp
 from lesionuq.scorers.base import LesionScorer, check_is_fitted
+from lesionuq.scorers.default_method import extrapolated_auc
 
 __all__ = ["CANDIDATES", "STACK_CANDIDATES", "SelectedScorer", "StackedScorer", "selection_aucs"]
 
@@ -118,13 +126,18 @@ class SelectedScorer(LesionScorer):
             go to the earlier); each fit uses a clone. The name is a method of the
             catalogue when the score is a P(FP) (its Platt map then takes the logit).
         n_inner: Inner folds of the choice (by case, stratified).
-        seed: Seed of the inner split (the candidates' own seeds are their parameters).
+        seed: Seed of the inner split and of the halves (the candidates' own seeds are
+            their parameters).
         name: Method name.
+        half_fits: Judge learned candidates by their AUC extrapolated to the full fit
+            (2 more fits per inner fold, on half of its training cases).
 
     Attributes:
         candidates: The candidates' names (read-only).
         choice_: The chosen method's name.
         inner_auc_: Out-of-fold validation AUC (fraction) of every candidate.
+        judged_auc_: The AUC the choice compared: ``inner_auc_``, extrapolated to the
+            full fit for learned candidates with ``half_fits``.
         chosen_: The chosen scorer, refitted on all the validation lesions.
         platt_: Its validation scores -> P(FP) map (strictly increasing).
     """
@@ -135,11 +148,13 @@ class SelectedScorer(LesionScorer):
         n_inner: int = 3,
         seed: int = 0,
         name: str = "gcnn_auto",
+        half_fits: bool = False,
     ) -> None:
         self.estimators = [(c, scorer) for c, scorer in estimators]
         self.n_inner = n_inner
         self.seed = seed
         self.name = name
+        self.half_fits = half_fits
 
     @property
     def candidates(self) -> tuple[str, ...]:
@@ -178,17 +193,26 @@ class SelectedScorer(LesionScorer):
         if len(lesions) < 2:  # nothing to choose with: the first candidate, sigmoid(u)
             self.choice_ = self.candidates[0]
             self.inner_auc_ = {c: math.nan for c in self.candidates}
+            self.judged_auc_ = dict(self.inner_auc_)
             self.chosen_ = factories[self.choice_]()
             if self.chosen_.requires_fit:
                 self.chosen_.fit(lesions, progress=False)
             self.platt_: Calibrator = PlattCalibrator.identity("identity")
             return self
-        aucs, scores = self._out_of_fold(factories, lesions)
-        finite = {k: v for k, v in aucs.items() if np.isfinite(v)}
+        fold = self._inner_fold(lesions)
+        aucs, scores = selection_aucs(factories, lesions, fold)
+        judged = {k: float(v) for k, v in aucs.items()}
+        if self.half_fits:
+            for c, factory in factories.items():
+                if math.isfinite(judged[c]) and factory().requires_fit:
+                    half = half_fit_scores(factory, lesions, fold, self.seed)
+                    judged[c] = extrapolated_auc(judged[c], half, lesions.is_tp, fold)
+        finite = {k: v for k, v in judged.items() if np.isfinite(v)}
         # one class only: no AUC can tell; keep the first (simplest) candidate
         choice = max(finite, key=lambda k: (finite[k], -self.candidates.index(k)), default=None)
         self.choice_ = choice or self.candidates[0]
         self.inner_auc_ = {k: float(v) for k, v in aucs.items()}
+        self.judged_auc_ = judged
         self.chosen_ = factories[self.choice_]()
         if self.chosen_.requires_fit:
             self.chosen_.fit(lesions, progress=False)
@@ -196,12 +220,6 @@ class SelectedScorer(LesionScorer):
         platt = PlattCalibrator(transform=transform)
         self.platt_ = platt.fit(scores[self.choice_], ~lesions.is_tp)
         return self
-
-    def _out_of_fold(
-        self, factories: dict[str, Callable[[], LesionScorer]], lesions: LesionSet
-    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """:func:`selection_aucs` over the inner folds of :meth:`_inner_fold`."""
-        return selection_aucs(factories, lesions, self._inner_fold(lesions))
 
     def _inner_fold(self, lesions: LesionSet) -> np.ndarray:
         """(N,) ``n_inner`` inner folds by case (stratified, seeded; :func:`inner_folds`)."""
@@ -234,6 +252,7 @@ class SelectedScorer(LesionScorer):
         return {
             "choice": self.choice_,
             "inner_auc": {k: v if np.isfinite(v) else None for k, v in self.inner_auc_.items()},
+            "judged_auc": {k: v if np.isfinite(v) else None for k, v in self.judged_auc_.items()},
             "platt": self.platt_.to_dict(),
         }
 
@@ -244,6 +263,9 @@ class SelectedScorer(LesionScorer):
         self.inner_auc_ = {
             k: math.nan if v is None else float(v) for k, v in state["inner_auc"].items()
         }
+        # saved before the half fits: the choice compared the out-of-fold AUC itself
+        judged = state.get("judged_auc", state["inner_auc"])
+        self.judged_auc_ = {k: math.nan if v is None else float(v) for k, v in judged.items()}
         self.platt_ = calibrator_from_dict(state["platt"])
         self.chosen_ = LesionScorer.load(folder / _CHOSEN_DIR)
 
