@@ -10,6 +10,7 @@ one test (without location, with it, again with it, without it) to check what is
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -28,6 +29,7 @@ from lesionuq.outputs import read_marker
 from lesionuq.predict import LOCATION_COLUMNS, TABLE_COLUMNS, load_model, predict_manifest
 from lesionuq.predict.batch import (
     DIS_COLUMNS,
+    BatchResult,
     _batch_digest,
     _batch_table,
     _previous,
@@ -169,7 +171,7 @@ def test_cli_passes_location_to_the_batch(tmp_path, monkeypatch):
 
     def fake(model, cases, out, **kwargs):
         seen.update(kwargs)
-        return type("B", (), {"results": {}})()
+        return BatchResult(Path(out), pd.DataFrame({"review": pd.Series(dtype=bool)}))
 
     monkeypatch.setattr(predict_pkg, "predict_manifest", fake)
     args = ["predict", "--model", str(tmp_path), "--cases", str(tmp_path / "c.csv")]

@@ -456,6 +456,42 @@ def test_manifest_batch_and_resume(model_dir, oblique, tmp_path):
     pd.testing.assert_frame_equal(again.table.reset_index(drop=True), table, check_dtype=False)
 
 
+def test_a_cohort_unlike_the_validation_scans_is_said_once(model_dir, oblique, tmp_path):
+    """Every scan of a batch warns (a reference from 5 mm scans): the batch counts them,
+    says it once for the cohort, and keeps the warnings of reused cases."""
+    from typer.testing import CliRunner
+
+    from lesionuq.cli import app
+    from lesionuq.shift import SHIFT_FILE, ScanProfile, ShiftReference
+
+    folder = tmp_path / "fold_0"
+    shutil.copytree(model_dir, folder)
+    thick = [ScanProfile(1.0, 5.0, None, 0.1, 0.4, 1.2, 1.4) for _ in range(2)]
+    ShiftReference().fit(thick).save(folder / SHIFT_FILE)
+    affine, shape = lps_affine()
+    lps = tmp_path / "flair_lps.nii.gz"
+    nib.save(brain_scan(affine, shape), str(lps))
+    csv = tmp_path / "cases.csv"
+    csv.write_text(f"case_id,flair\nobl,{oblique}\nlps,{lps.name}\n")
+    res = predict_manifest(folder, csv, tmp_path / "batch", progress=False)
+    assert res.shifted == ["obl", "lps"]
+    assert all("slice thickness" in res.warnings[c][0] for c in ("obl", "lps"))
+    assert res.summary().startswith("2 case(s), 2 unlike the model's validation scans, 6 ")
+    cohort = res.cohort_warning()
+    assert cohort is not None and cohort.startswith("2 of 2 scans are unlike the scans")
+    again = predict_manifest(folder, csv, tmp_path / "batch", progress=False)
+    assert all(r is None for r in again.results.values())  # reused: warnings from disk
+    assert again.warnings == res.warnings and again.cohort_warning() == cohort
+    args = ["predict", "--model", str(folder), "--cases", str(csv), "--out"]
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "batch"), "--quiet"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "warning (lps): This scan is unlike" in text and "warning: 2 of 2 scans" in text
+    # one scan of two warning is no cohort shift
+    res.warnings["lps"] = []
+    assert res.shifted == ["obl"] and res.cohort_warning() is None
+
+
 def test_manifest_bad_case_writes_nothing(model_dir, oblique, tmp_path):
     csv = tmp_path / "cases.csv"
     csv.write_text(f"case_id,flair,mask\nobl,{oblique},\nbad,missing.nii.gz,\n")

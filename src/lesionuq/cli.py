@@ -500,10 +500,12 @@ def predict(
             workers=workers,
             location=location,
         )
-        for case_id, r in batch.results.items():
-            for warning in r.warnings if r is not None else []:
+        for case_id, warnings in batch.warnings.items():
+            for warning in warnings:
                 console.print(f"[yellow]warning ({escape(case_id)}): {escape(warning)}[/yellow]")
-        console.print(f"wrote predictions to {out}")
+        if (cohort := batch.cohort_warning()) is not None:
+            console.print(f"[yellow]warning: {escape(cohort)}[/yellow]")
+        console.print(escape(batch.summary()))
 
 
 @app.command()

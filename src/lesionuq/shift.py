@@ -63,8 +63,10 @@ __all__ = [
     "INTERVAL_MIN_SCANS",
     "SHIFT_ALPHA",
     "SHIFT_FILE",
+    "SHIFT_SENTENCE",
     "ScanProfile",
     "ShiftReference",
+    "is_shift_warning",
     "prediction_half_width",
     "scan_profile",
     "warning_sentence",
@@ -72,6 +74,9 @@ __all__ = [
 
 SHIFT_FILE = "shift_reference.json"
 """Name of the reference file saved with a fold model."""
+
+SHIFT_SENTENCE = "this scan is unlike the scans this model was validated on"
+"""How the shift warning starts (:func:`warning_sentence`, :func:`is_shift_warning`)."""
 
 SHIFT_ALPHA = 0.05
 """Default false-alarm rate of the continuous features' prediction interval, per scan."""
@@ -363,7 +368,11 @@ def warning_sentence(reasons: Sequence[str]) -> str | None:
     if not reasons:
         return None
     return (
-        "this scan is unlike the scans this model was validated on "
-        f"({'; '.join(reasons)}): P(FP) values may be unreliable; `lesionuq refit` on a few "
-        "labelled scans like it adapts the model."
+        f"{SHIFT_SENTENCE} ({'; '.join(reasons)}): P(FP) values may be unreliable; "
+        "`lesionuq refit` on a few labelled scans like it adapts the model."
     )
+
+
+def is_shift_warning(text: str) -> bool:
+    """Whether a scan's warning is the shift warning (whatever its first letter's case)."""
+    return text.lower().startswith(SHIFT_SENTENCE)

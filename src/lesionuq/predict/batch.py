@@ -40,6 +40,7 @@ from lesionuq.parallel import check_parallel, check_scheduler, map_cases
 from lesionuq.predict.model import FittedModel, load_model, load_model_cached
 from lesionuq.predict.scan import LOCATION_COLUMNS, PredictResult, empty_table, predict_scan
 from lesionuq.samples import load_samples_case
+from lesionuq.shift import is_shift_warning
 from lesionuq.utils import track
 
 __all__ = ["DIS_COLUMNS", "BatchResult", "predict_manifest"]
@@ -74,19 +75,43 @@ class BatchResult:
             earlier identical run).
         dis: With ``location``: ``dis.csv``, one row per case (:data:`DIS_COLUMNS`);
             None without.
+        warnings: Case id -> its warnings (a reused case's from its ``prediction.json``).
     """
 
     out: Path
     table: pd.DataFrame
     results: dict[str, PredictResult | None] = field(default_factory=dict)
     dis: pd.DataFrame | None = None
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def shifted(self) -> list[str]:
+        """The cases whose scan is unlike the model's validation scans (shift warning)."""
+        return [c for c, ws in self.warnings.items() if any(is_shift_warning(w) for w in ws)]
 
     def summary(self) -> str:
-        """One line: cases, lesions and lesions to review."""
+        """One line: cases, lesions, lesions to review and cases with a shift warning."""
         n_review = int(self.table["review"].sum()) if len(self.table) else 0
+        k = len(self.shifted)
+        shifted = f", {k} unlike the model's validation scans" if k else ""
         return (
-            f"{len(self.results)} case(s), {len(self.table)} lesion(s), {n_review} to review; "
-            f"wrote {self.out}."
+            f"{len(self.results)} case(s){shifted}, {len(self.table)} lesion(s), {n_review} "
+            f"to review; wrote {self.out}."
+        )
+
+    def cohort_warning(self) -> str | None:
+        """One sentence when at least half the cases (and 2) carry the shift warning.
+
+        A cohort from another site or protocol warns on every scan; this says it once,
+        and what to do about it. None otherwise.
+        """
+        k, n = len(self.shifted), len(self.results)
+        if k < 2 or 2 * k < n:
+            return None
+        return (
+            f"{k} of {n} scans are unlike the scans this model was validated on: P(FP) may "
+            "be unreliable for this cohort; `lesionuq refit` on 3-5 labelled scans of it "
+            "adapts the model (README: the cross-family bench)."
         )
 
 
@@ -263,15 +288,18 @@ def _run_batch(
     )
     done.raise_failed("scan")
     results: dict[str, PredictResult | None] = {}
+    warned: dict[str, list[str]] = {}
     tables = []
     for case in cases:
         if case.case_id in reused:
             results[case.case_id] = None
             table = reused[case.case_id]
+            warned[case.case_id] = _saved_warnings(out / case.case_id)
         else:
             res = done.results[case.case_id]
             results[case.case_id] = res
             table = res.table
+            warned[case.case_id] = list(res.warnings)
         table = table.copy()
         table.insert(0, "case_id", case.case_id)
         tables.append(table)
@@ -285,7 +313,17 @@ def _run_batch(
         )
         atomic_write_text(out / _DIS, csv_text(dis))
         add_written(out, [_DIS])
-    return BatchResult(out, table, results, dis)
+    return BatchResult(out, table, results, dis, warned)
+
+
+def _saved_warnings(folder: Path) -> list[str]:
+    """A reused case's warnings, from its ``prediction.json`` (none when unreadable)."""
+    try:
+        meta = json.loads((folder / "prediction.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    found = meta.get("warnings") if isinstance(meta, dict) else None
+    return [str(w) for w in found] if isinstance(found, list) else []
 
 
 def _batch_table(tables: list[pd.DataFrame], location: bool) -> pd.DataFrame:
