@@ -468,38 +468,22 @@ def predict(
         raise InputError("--samples goes with --image; with --cases give a samples column.")
     if image is not None and (scheduler is not None or workers is not None):
         raise InputError("--scheduler and --workers spread a batch: use them with --cases CSV.")
+    common: dict[str, Any] = {
+        "threshold": threshold,
+        "save_maps": maps,
+        "progress": not quiet,
+        "overwrite": overwrite,
+        "bids_out": bids_out,
+        "review_target": review_target,
+        "location": location,
+    }
     if image is not None:
-        res = predict_scan(
-            model,
-            image,
-            out,
-            threshold=threshold,
-            save_maps=maps,
-            progress=not quiet,
-            overwrite=overwrite,
-            bids_out=bids_out,
-            review_target=review_target,
-            samples=samples,
-            location=location,
-        )
+        res = predict_scan(model, image, out, samples=samples, **common)
         for warning in res.warnings:
             console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
         console.print(res.summary())
     elif cases is not None:
-        batch = predict_manifest(
-            model,
-            cases,
-            out,
-            threshold=threshold,
-            save_maps=maps,
-            progress=not quiet,
-            overwrite=overwrite,
-            bids_out=bids_out,
-            review_target=review_target,
-            scheduler=scheduler,
-            workers=workers,
-            location=location,
-        )
+        batch = predict_manifest(model, cases, out, scheduler=scheduler, workers=workers, **common)
         for case_id, warnings in batch.warnings.items():
             for warning in warnings:
                 console.print(f"[yellow]warning ({escape(case_id)}): {escape(warning)}[/yellow]")
