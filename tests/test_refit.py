@@ -128,6 +128,10 @@ def test_refit_command_passes_its_options_and_prints_the_summary(
     assert text.startswith(f"refitted 11 scorer(s) on {n} lesions ({result.n_tp} TP, ")
     assert f"Default P(FP) method: {result.reason} Use it with" in text
     assert f"lesionuq predict --model {out}" in text
+    # 2 scans: fewer than the shift warning's prediction interval needs, and it says so
+    assert len(result.cases) == 2
+    assert text.endswith("will also warn on some scans like them.")
+    assert "these 2 scans' range (a prediction interval needs 5)" in text
     monkeypatch.undo()
     one = tmp_path / "one.csv"
     write_manifest(one, read_manifest(manifest)[:1])

@@ -46,7 +46,7 @@ from lesionuq.predict.model import FittedModel, load_model
 from lesionuq.scorers import make_scorer
 from lesionuq.scorers.default_method import fit_default_method
 from lesionuq.scorers.nn import NullProgress
-from lesionuq.shift import SHIFT_FILE, ScanProfile, ShiftReference
+from lesionuq.shift import INTERVAL_MIN_SCANS, SHIFT_FILE, ScanProfile, ShiftReference
 from lesionuq.utils import make_progress, remove_pyg_codegen_files
 
 __all__ = ["MIN_SCANS", "REFIT_FILE", "RefitResult", "labelled_lesions", "refit_model"]
@@ -99,12 +99,19 @@ class RefitResult:
     def summary(self) -> str:
         """One line: what was fitted on what, the default method, how to use the folder."""
         n = self.n_tp + self.n_fp
-        return (
+        text = (
             f"refitted {len(self.methods)} scorer(s) on {n} lesions ({self.n_tp} TP, "
             f"{self.n_fp} FP) of {len(self.cases)} scans in {self.seconds:.0f} s. Default "
             f"P(FP) method: {self.reason} Use it with "
             f"`lesionuq predict --model {self.folder} ...`"
         )
+        if len(self.cases) < INTERVAL_MIN_SCANS:
+            text += (
+                f". Its shift warning compares a new scan with these {len(self.cases)} "
+                f"scans' range (a prediction interval needs {INTERVAL_MIN_SCANS}), so it "
+                "will also warn on some scans like them."
+            )
+        return text
 
 
 def labelled_lesions(model: FittedModel, case: Case) -> tuple[LesionSet, ScanProfile]:
