@@ -194,12 +194,10 @@ def _negative_share(data: np.ndarray) -> tuple[int, int]:
     return int(np.count_nonzero(data < -f)), int(np.count_nonzero(np.abs(data) > f))
 
 
-def _first_brain(
-    first: nib.Nifti1Image, cfg: PreprocessConfig, warn: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
+def _first_brain(first: nib.Nifti1Image, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
     """(X, Y, Z) data of the first image and its brain voxels (> the brain threshold).
 
-    Raises :class:`InputError` for an intensity-normalised image and, with ``warn``, warns
+    Raises :class:`InputError` for an intensity-normalised image and warns
     (:class:`~lesionuq.errors.InputWarning`) when the image has no zero background.
     """
     name = _name(first, "image 1")
@@ -218,7 +216,7 @@ def _first_brain(
     brain0 = data0 > cfg.brain_threshold
     if not brain0.any():
         raise InputError(f"{name}: no voxel is above the brain threshold {cfg.brain_threshold:g}.")
-    if warn and brain0.mean() > BACKGROUND_WARN_FRACTION:
+    if brain0.mean() > BACKGROUND_WARN_FRACTION:
         warnings.warn(
             InputWarning(
                 f"{name}: {100 * brain0.mean():.0f} % of the image is above the brain "
@@ -309,11 +307,9 @@ def preprocess(
     """
     if not images:
         raise ValueError("preprocess needs at least one image.")
-    first = images[0]
-    _data0, brain0 = _first_brain(first, cfg, warn=False)  # preprocess_to_grid warns
-    affine0 = np.asarray(first.affine, dtype=np.float64)
-    target, _ = target_grid(brain0, affine0, cfg)
-    return preprocess_to_grid(images, mask, cfg, target, _shape3(cfg.shape))
+    data0, brain0 = _first_brain(images[0], cfg)
+    target, _ = target_grid(brain0, np.asarray(images[0].affine, dtype=np.float64), cfg)
+    return _onto_grid(images, mask, cfg, target, _shape3(cfg.shape), data0, brain0)
 
 
 def preprocess_to_grid(
@@ -340,8 +336,21 @@ def preprocess_to_grid(
     Returns:
         The case on the target grid, as :func:`preprocess`.
     """
+    data0, brain0 = _first_brain(images[0], cfg)
+    return _onto_grid(images, mask, cfg, target, shape, data0, brain0)
+
+
+def _onto_grid(
+    images: Sequence[nib.Nifti1Image],
+    mask: nib.Nifti1Image | None,
+    cfg: PreprocessConfig,
+    target: np.ndarray,
+    shape: Sequence[int],
+    data0: np.ndarray,
+    brain0: np.ndarray,
+) -> Preprocessed:
+    """:func:`preprocess_to_grid` with the first image's data and brain already read."""
     first = images[0]
-    data0, brain0 = _first_brain(first, cfg)
     affine0 = np.asarray(first.affine, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
     shape = _shape3(shape)
