@@ -343,3 +343,46 @@ def test_calibrated_scorer_half_fits_for_classifiers_only(tmp_path):
     assert reg.half_scores_ is None  # a regressor is no default-method candidate
     reg.save_calibration(tmp_path / "r.json", "tp:0.9")
     assert "half_scores" not in json.loads((tmp_path / "r.json").read_text())
+
+
+def test_half_fits_with_more_cuts_draw_distinct_cuts_until_none_is_left():
+    from lesionuq.calibration import half_fit_scores
+
+    lesions = _lesions(n_cases=8)
+    cases = lesions.table["case_id"].astype(str).to_numpy()
+    fold = np.repeat([0, 1], len(lesions) // 2)  # cases 0-3 | cases 4-7
+    assert set(cases[fold == 0]) == {f"case_{i}" for i in range(4)}
+    _SpyScorer.log = []
+    scores = half_fit_scores(_SpyScorer, lesions, fold, seed=4, splits=4)
+    assert scores.shape == (8, len(lesions))
+    # 4 training cases have 3 distinct cuts into 2 + 2 ({ab|cd}, {ac|bd}, {ad|bc}):
+    # rounds 0-2 use them all, round 3 has none left and stays NaN
+    assert np.isfinite(scores[:6]).all() and np.isnan(scores[6:]).all()
+    assert len(_SpyScorer.log) == 12  # 3 cuts x 2 halves x 2 inner folds
+    for k in (0, 1):
+        fits = [
+            s
+            for s in _SpyScorer.log
+            if s.scored and {c for c, _ in s.scored} <= set(cases[fold == k])
+        ]
+        halves = [frozenset(c for c, _ in s.trained) for s in fits]
+        cuts = {frozenset((halves[i], halves[i + 1])) for i in range(0, 6, 2)}
+        assert len(cuts) == 3 and all(len(h) == 2 for h in halves)
+        assert all(a | b == set(cases[fold != k]) for a, b in map(tuple, cuts))
+    # round 0 is the cut of one round: an earlier run's half-size fits are unchanged
+    one = half_fit_scores(_SpyScorer, lesions, fold, seed=4)
+    np.testing.assert_array_equal(scores[:2], one)
+    with pytest.raises(ValueError, match="splits"):
+        half_fit_scores(_SpyScorer, lesions, fold, splits=0)
+
+
+def test_the_configs_cuts_into_halves_reach_the_saved_half_size_fits(tmp_path):
+    lesions = _lesions(seed=2)
+    cfg = ExperimentConfig(seed=3, calibration=CalibrationConfig("platt", 4, "tp:0.9", True, 2))
+    fit_calibrated_scorer(lambda: MetaSegScorer("classif"), cfg, lesions, tmp_path, progress=False)
+    rows = json.loads((tmp_path / CALIBRATOR_FILE).read_text())["half_scores"]
+    one = CalibratedScorer(MetaSegScorer("classif"), n_inner=4, seed=3, half_fits=True)
+    one.fit(lesions)
+    assert len(rows) == 4 and one.half_scores_ is not None
+    assert rows[:2] == one.half_scores_.tolist()  # cut 0 is the one-cut fit's
+    assert rows[2:] != rows[:2]

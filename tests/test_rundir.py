@@ -155,3 +155,16 @@ def test_half_fits_enter_the_digest_of_exactly_the_scorers_that_make_them():
     regressors = {m for m in learned if is_regressor(make_scorer(m, cfg))}
     assert regressors == {"gcnn_reg", "metaseg_reg"}
     assert {m for m in learned if method_spec(m).output != "p_fp"} == regressors
+
+
+def test_more_cuts_into_halves_change_the_digest_of_the_classifiers_only():
+    from lesionuq.methods import CATALOGUE, is_learned, method_spec
+
+    cfg = ExperimentConfig()
+    three = cfg.replace(calibration=dataclasses.replace(cfg.calibration, half_splits=3))
+    changed = {m for m in CATALOGUE if fit_digest("g", m, cfg) != fit_digest("g", m, three)}
+    want = {m for m in CATALOGUE if is_learned(m) and method_spec(m).output == "p_fp"}
+    assert changed == want and "gcnn_classif" in changed and "gcnn_reg" not in changed
+    off = cfg.replace(calibration=dataclasses.replace(cfg.calibration, half_fits=False))
+    off3 = off.replace(calibration=dataclasses.replace(off.calibration, half_splits=3))
+    assert fit_digest("g", "gcnn_classif", off) == fit_digest("g", "gcnn_classif", off3)

@@ -367,3 +367,6 @@ def test_gcnn_auto_takes_half_fits_from_the_config_and_gcnn_stack_none():
     off = cfg.replace(calibration=dataclasses.replace(cfg.calibration, half_fits=False))
     assert make_scorer("gcnn_auto", off).half_fits is False
     assert make_scorer("gcnn_stack", cfg).half_fits is False  # it weighs, it does not choose
+    assert make_scorer("gcnn_auto", cfg).half_splits == 1
+    three = cfg.replace(calibration=dataclasses.replace(cfg.calibration, half_splits=3))
+    assert make_scorer("gcnn_auto", three).half_splits == 3

@@ -423,15 +423,20 @@ class CalibrationConfig(_Section):
             training cases (2 more fits per inner fold, at half the size), so the
             default-method rule judges it by its out-of-fold AUC extrapolated to the fit
             on all validation lesions (issue 31); off: by the out-of-fold AUC itself.
+        half_splits: With ``half_fits``, distinct cuts of each inner fold's training
+            cases into halves (2 fits each); the half-size AUC is their mean, so more
+            cuts make the extrapolation less noisy at 2 more fits per cut and inner fold.
     """
 
     method: CalibrationMethod = "platt"
     n_inner: int = 5
     review_target: str = "tp:0.95"
     half_fits: bool = True
+    half_splits: int = 1
 
     def _check(self) -> None:
         _at_least(self, "n_inner", [self.n_inner], 2)
+        _at_least(self, "half_splits", [self.half_splits], 1)
         try:
             parse_target(self.review_target)
         except ValueError:

@@ -179,12 +179,14 @@ def _selector(
 
     The registry builds the candidates from the run's config and passes them in; the
     selector's inner folds take ``calibration.n_inner`` and ``seed``, a chooser
-    (``half_fits``) also ``calibration.half_fits``. ``reads`` names the GCNN settings and
-    the sequences, which its candidates are built from, and its own.
+    (``half_fits``) also ``calibration.half_fits`` and ``calibration.half_splits``.
+    ``reads`` names the GCNN settings and the sequences, which its candidates are built
+    from, and its own.
     """
     settings = {"n_inner": "calibration.n_inner", "seed": "seed"}
     if half_fits:
         settings["half_fits"] = "calibration.half_fits"
+        settings["half_splits"] = "calibration.half_splits"
     return MethodSpec(
         f"lesionuq.scorers.select:{cls}",
         label,

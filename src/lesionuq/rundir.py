@@ -316,6 +316,8 @@ def fit_digest(graphs: str, method: str, cfg: ExperimentConfig) -> str:
     }
     if cfg.calibration.half_fits and method_spec(method).output == "p_fp":
         cal["half_fits"] = True  # a classifier's half-size fits (a regressor has none)
+        if cfg.calibration.half_splits != 1:  # one cut: the digest of the runs before it
+            cal["half_splits"] = cfg.calibration.half_splits
         if "half_fits" in method_spec(method).settings:  # a chooser judges with them too
             cal["selector_half_fits"] = True
     return digest_of(graphs, learned, method, cal)

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -168,7 +169,11 @@ def cross_fit(
 
 
 def half_fit_scores(
-    factory: Callable[[], Any], lesions: LesionSet, fold: np.ndarray, seed: int = 0
+    factory: Callable[[], Any],
+    lesions: LesionSet,
+    fold: np.ndarray,
+    seed: int = 0,
+    splits: int = 1,
 ) -> np.ndarray:
     """Out-of-fold scores of models fitted on half of each inner fold's training cases.
 
@@ -180,30 +185,72 @@ def half_fit_scores(
     cross-fit's out-of-fold AUC, these give the AUC's growth with the training size, which
     :mod:`lesionuq.scorers.default_method` extrapolates to the model fitted on all lesions.
 
+    With ``splits`` > 1 the cut is repeated: each round draws, per inner fold, a cut into
+    halves that no earlier round used (the same generator, so round 0 is the cut of
+    ``splits=1``); an inner fold whose cases allow fewer distinct cuts (3 or 4 cases allow
+    3) gets all of them and NaN rows after. Averaging over cuts lowers the noise of the
+    half-size AUC, which one cut of a few cases leaves large.
+
     Args:
         factory: Returns a new unfitted scorer (``fit(LesionSet, progress=)``, ``score``).
         lesions: The validation lesions (``is_tp``, ``case_id``).
         fold: (N,) inner fold of each lesion (the cross-fit's).
         seed: Seed of the halves.
+        splits: Distinct cuts into halves per inner fold (>= 1).
 
     Returns:
-        (2, N) float64 scores: row h from the models fitted on half h; NaN where none was.
+        (2 * splits, N) float64 scores: rows 2r and 2r + 1 from the models fitted on the
+        halves of cut r; NaN where none was.
+
+    Raises:
+        ValueError: ``splits`` < 1.
     """
+    if splits < 1:
+        raise ValueError(f"splits must be >= 1, got {splits}.")
     fold = np.asarray(fold)
     t = lesions.is_tp
     cases = lesions.table["case_id"].astype(str).to_numpy()
-    scores = np.full((2, len(lesions)), np.nan)
+    scores = np.full((2 * splits, len(lesions)), np.nan)
     rng = np.random.default_rng(seed)
+    used: dict[Any, set[frozenset[str]]] = {k: set() for k in np.unique(fold)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        for k in np.unique(fold):
-            test = np.flatnonzero(fold == k)
-            other = np.unique(cases[fold != k])
-            rng.shuffle(other)
-            for h, half in enumerate(np.array_split(other, [len(other) // 2])):
-                train = np.flatnonzero(np.isin(cases, half) & (fold != k))
-                if t[train].all() or not t[train].any():
-                    continue
-                scorer = factory().fit(lesions.subset(train), progress=False)
-                scores[h, test] = np.asarray(scorer.score(lesions.subset(test)), np.float64)
+        for r in range(splits):
+            for k in np.unique(fold):
+                test = np.flatnonzero(fold == k)
+                halves = _new_cut(np.unique(cases[fold != k]), used[k], rng)
+                for h, half in enumerate(halves):
+                    train = np.flatnonzero(np.isin(cases, half) & (fold != k))
+                    if t[train].all() or not t[train].any():
+                        continue
+                    scorer = factory().fit(lesions.subset(train), progress=False)
+                    row = scores[2 * r + h]
+                    row[test] = np.asarray(scorer.score(lesions.subset(test)), np.float64)
     return scores
+
+
+def _new_cut(
+    cases: np.ndarray, used: set[frozenset[str]], rng: np.random.Generator
+) -> list[np.ndarray]:
+    """A cut of ``cases`` into two halves (first ``n // 2`` of a shuffle) not in ``used``.
+
+    Args:
+        cases: (n,) distinct case ids (shuffled in place).
+        used: The cuts drawn before, each as the frozenset of its first half; the new one
+            is added.
+        rng: The generator (one shuffle per draw; the first draw is the cut of one round).
+
+    Returns:
+        The two halves, or no halves when every distinct cut is in ``used``.
+    """
+    n = len(cases)
+    distinct = math.comb(n, n // 2) // (2 if n % 2 == 0 and n > 1 else 1)
+    while len(used) < distinct:
+        rng.shuffle(cases)
+        halves = np.array_split(cases, [n // 2])
+        # an even cut and its mirror are the same cut: keyed by the half holding min(cases)
+        key = frozenset(halves[0] if n % 2 or n < 2 else min(halves, key=lambda a: min(a)))
+        if key not in used:
+            used.add(key)
+            return halves
+    return []

@@ -102,6 +102,8 @@ class CalibratedScorer:
         half_fits: Also fit a classifier on each half of every inner fold's training cases
             (:func:`half_fit_scores`, 2 more fits per inner fold at half the size), so the
             default-method rule can extrapolate its out-of-fold AUC to the full fit.
+        half_splits: Distinct cuts into halves per inner fold (``splits`` of
+            :func:`half_fit_scores`).
 
     Attributes:
         estimator_: The scorer fitted on all the lesions.
@@ -118,8 +120,9 @@ class CalibratedScorer:
             out-of-fold value. Saved as ``oof_fold``.
         method_: ``method``, or ``"self"``.
         n_inner_: Inner folds used (the estimator's own for a self-calibrated one).
-        half_scores_: (2, N) scores of the half-size fits (:func:`half_fit_scores` over
-            ``inner_fold_``), or None (``half_fits`` off, a regressor, or one inner fold).
+        half_scores_: (2 * half_splits, N) scores of the half-size fits
+            (:func:`half_fit_scores` over ``inner_fold_``), or None (``half_fits`` off, a
+            regressor, or one inner fold).
 
     Example:
         >>> cal = CalibratedScorer(MetaSegScorer("classif"), n_inner=5).fit(val_lesions)
@@ -144,6 +147,7 @@ class CalibratedScorer:
         method: str = "platt",
         iou_kind: str = "isotonic",
         half_fits: bool = False,
+        half_splits: int = 1,
     ) -> None:
         self.estimator = estimator
         self.n_inner = n_inner
@@ -151,6 +155,7 @@ class CalibratedScorer:
         self.method = method
         self.iou_kind = iou_kind
         self.half_fits = half_fits
+        self.half_splits = half_splits
 
     def fit(self, lesions: LesionSet, progress: bool = False) -> Self:
         """Cross-fit the scorer and its calibrator on N >= 2 labelled lesions.
@@ -200,7 +205,11 @@ class CalibratedScorer:
         self.half_scores_ = None
         if self.half_fits and not is_regressor(self.estimator) and self.inner_fold_.max() > 0:
             self.half_scores_ = half_fit_scores(
-                lambda: clone(self.estimator), lesions, self.inner_fold_, self.seed
+                lambda: clone(self.estimator),
+                lesions,
+                self.inner_fold_,
+                self.seed,
+                splits=self.half_splits,
             )
         return self
 
@@ -250,7 +259,8 @@ class CalibratedScorer:
     def __repr__(self) -> str:
         return (
             f"CalibratedScorer({self.estimator!r}, n_inner={self.n_inner}, seed={self.seed}, "
-            f"method={self.method!r}, iou_kind={self.iou_kind!r}, half_fits={self.half_fits})"
+            f"method={self.method!r}, iou_kind={self.iou_kind!r}, half_fits={self.half_fits}, "
+            f"half_splits={self.half_splits})"
         )
 
 
@@ -279,7 +289,12 @@ def fit_calibrated_scorer(
     """
     c = cfg.calibration
     cal = CalibratedScorer(
-        factory(), n_inner=c.n_inner, seed=cfg.seed, method=c.method, half_fits=c.half_fits
+        factory(),
+        n_inner=c.n_inner,
+        seed=cfg.seed,
+        method=c.method,
+        half_fits=c.half_fits,
+        half_splits=c.half_splits,
     )
     cal.fit(val, progress=progress).save_calibration(folder / CALIBRATOR_FILE, c.review_target)
     return cast(S, cal.estimator_)

@@ -116,7 +116,7 @@ def extrapolated_auc(
 
     The cross-fit's models are fitted on (K-1)/K of the lesions and reach ``auc``; the
     half-size models (:func:`~lesionuq.calibration.half_fit_scores`) reach ``AUC_half``
-    (the mean over the two halves, each counted within the inner folds). Linear in
+    (the mean over the halves of every cut, each counted within the inner folds). Linear in
     log(training size), the full fit is one step of ``log(K / (K - 1))`` further:
 
     ``auc + (auc - AUC_half) * log(K / (K - 1)) / log 2``
@@ -126,7 +126,7 @@ def extrapolated_auc(
 
     Args:
         auc: The out-of-fold AUC (pairs within inner folds).
-        half_scores: (2, N) scores of the half-size fits; NaN where none scored.
+        half_scores: (2S, N) scores of the half-size fits (S cuts); NaN where none scored.
         is_tp: (N,) bool.
         fold: (N,) inner fold of each lesion (K distinct values).
 
@@ -238,7 +238,7 @@ def choose_default_method(
         folds: (N,) inner fold of each lesion, by learned scorer (the folds its
             out-of-fold P(FP) came from). A scorer without an entry, or None, counts
             every pair (the pooled AUC).
-        half_scores: (2, N) scores of the half-size fits, by learned scorer; a scorer
+        half_scores: (2S, N) scores of the half-size fits (S cuts), by learned scorer; a scorer
             with an entry and known ``folds`` is judged by :func:`extrapolated_auc`.
 
     Returns:

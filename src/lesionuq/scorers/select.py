@@ -131,6 +131,8 @@ class SelectedScorer(LesionScorer):
         name: Method name.
         half_fits: Judge learned candidates by their AUC extrapolated to the full fit
             (2 more fits per inner fold, on half of its training cases).
+        half_splits: Distinct cuts into halves per inner fold (``splits`` of
+            :func:`~lesionuq.calibration.half_fit_scores`).
 
     Attributes:
         candidates: The candidates' names (read-only).
@@ -149,12 +151,14 @@ class SelectedScorer(LesionScorer):
         seed: int = 0,
         name: str = "gcnn_auto",
         half_fits: bool = False,
+        half_splits: int = 1,
     ) -> None:
         self.estimators = [(c, scorer) for c, scorer in estimators]
         self.n_inner = n_inner
         self.seed = seed
         self.name = name
         self.half_fits = half_fits
+        self.half_splits = half_splits
 
     @property
     def candidates(self) -> tuple[str, ...]:
@@ -205,7 +209,7 @@ class SelectedScorer(LesionScorer):
         if self.half_fits:
             for c, factory in factories.items():
                 if math.isfinite(judged[c]) and factory().requires_fit:
-                    half = half_fit_scores(factory, lesions, fold, self.seed)
+                    half = half_fit_scores(factory, lesions, fold, self.seed, self.half_splits)
                     judged[c] = extrapolated_auc(judged[c], half, lesions.is_tp, fold)
         finite = {k: v for k, v in judged.items() if np.isfinite(v)}
         # one class only: no AUC can tell; keep the first (simplest) candidate
