@@ -38,7 +38,12 @@ pooled validation lesions of the other families (``BC->A``, ...), written to
 Usage:
     python benchmarks/families.py [--out runs/families] [--config FILE] [--workers 2]
         [--extra gcnn_nawm,gcnn_aug,gcnn_robust,gcnn_stack_robust] [--families a,b,c]
-        [--tables-only [--plain-fit] [--lofo]]
+        [--tables-only [--plain-fit] [--lofo]] [--train-seed N]
+
+``--train-seed N`` trains every family's U-Nets with ``train.seed`` N (weights, patches,
+augmentation) and nothing else changed: another draw of the U-Net on the same data,
+split and config, to see how far the tables move with the segmenter alone (README, "A
+second U-Net per family").
 """
 
 from __future__ import annotations
@@ -300,6 +305,9 @@ def main() -> None:
     parser.add_argument("--families", default="a,b")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument(
+        "--train-seed", type=int, default=None, help="train.seed of every U-Net (another draw)"
+    )
+    parser.add_argument(
         "--tables-only",
         action="store_true",
         help="only score and tabulate the existing runs (the methods fitted in every fold)",
@@ -318,6 +326,8 @@ def main() -> None:
     args = parser.parse_args()
 
     base_cfg = ExperimentConfig.from_yaml(args.config)
+    if args.train_seed is not None:
+        base_cfg = base_cfg.replace(train=dataclasses.replace(base_cfg.train, seed=args.train_seed))
     extra = [m for m in args.extra.split(",") if m]
     runs: dict[str, Path] = {}
     for fam in args.families.split(","):
