@@ -361,6 +361,7 @@ def test_folds_train_side_by_side_on_dask_with_the_same_weights(
             assert torch.equal(w, b["state_dict"][key]), key
         stamps = [json.loads((runs[k] / f"fold_{fold}/stamp_train.json").read_text()) for k in runs]
         assert stamps[0] == stamps[1]
+        assert stamps[0]["threads"] == 1 and stamps[0]["device"] == "cpu"  # how it trained
     # trained folds are skipped: no task is sent, nothing is rewritten
     before = (runs["dask"] / "fold_0/segmenter.pt").stat().st_mtime_ns
     stage_train(runs["dask"], progress=False, scheduler=local.scheduler_address)

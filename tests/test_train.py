@@ -62,6 +62,10 @@ def test_training_lowers_the_loss_and_checkpoint_round_trips(data, tmp_path):
     dices = [h["val_dice"] for h in res.history]
     assert res.best_dice == max(dices) and res.best_epoch == 1 + int(np.argmax(dices))
     assert res.best_dice > 0.3
+    # the arithmetic that made these weights (another thread count trains another U-Net)
+    dtype = str(training_dtype(CFG.precision, "cpu", CFG.amp)).removeprefix("torch.")
+    want = {"device": "cpu", "dtype": dtype, "threads": torch.get_num_threads()}
+    assert res.arithmetic == want and dtype in ("float32", "bfloat16")
 
     ck = torch.load(res.checkpoint, weights_only=True)
     assert ck["unet"] == dataclasses.asdict(UNET) and ck["epoch"] == res.best_epoch

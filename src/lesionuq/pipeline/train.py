@@ -200,7 +200,9 @@ def train_fold(run: Path, fold: int, progress: bool = True) -> None:
         train, val, unet_config(cfg), cfg.train, fold_dir, device=cfg.device, progress=progress
     )
     if main:
-        write_stamp(unit.stamp, unit.digest, best_dice=result.best_dice)
+        # how it trained (not in the digest): a rerun on another thread count or CPU kind
+        # trains another U-Net, and the stamp says which arithmetic made this one
+        write_stamp(unit.stamp, unit.digest, best_dice=result.best_dice, **result.arithmetic)
 
 
 def _pair(run: Path, case_id: str, cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -121,6 +121,11 @@ class TrainResult:
         resumed_from: Epochs already done when this call started (0 = fresh start).
         history: One dict per epoch: ``epoch``, ``loss`` (mean training loss),
             ``val_dice``, ``seconds``.
+        arithmetic: Where and how this call trained: ``device``, ``dtype`` (the
+            forward pass's, e.g. ``"bfloat16"`` under ``precision: auto`` on a CPU with
+            native bf16) and ``threads`` (torch's intra-op CPU threads). Weights trained
+            with another dtype or thread count differ in their last bits, and training
+            amplifies that into another U-Net.
     """
 
     checkpoint: Path
@@ -130,6 +135,7 @@ class TrainResult:
     stopped_early: bool
     resumed_from: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    arithmetic: dict[str, Any] = field(default_factory=dict)
 
 
 def augmentation(seed: int) -> Compose:
@@ -518,6 +524,11 @@ def train_segmenter(
         stopped_early=state["bad_epochs"] >= cfg.patience and state["epoch"] < cfg.max_epochs,
         resumed_from=start,
         history=list(state["history"]),
+        arithmetic={
+            "device": str(dev),
+            "dtype": str(dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads(),
+        },
     )
 
 
