@@ -236,8 +236,8 @@ def _new_cut(
 
     Args:
         cases: (n,) distinct case ids (shuffled in place).
-        used: The cuts drawn before, each as the frozenset of its first half; the new one
-            is added.
+        used: The cuts drawn before, each as the frozenset of one half (the smaller for
+            odd n, the one holding ``min(cases)`` for even n); the new one is added.
         rng: The generator (one shuffle per draw; the first draw is the cut of one round).
 
     Returns:
