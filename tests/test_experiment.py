@@ -136,3 +136,44 @@ def test_changed_gcnn_setting_refits_only_gcnn(tiny_run):
     stage_fit(run, progress=False)
     changed = {p.parent.name for p in stamps if p.stat().st_mtime_ns != stamps[p]}
     assert changed == {"gcnn_classif", "gcnn_reg"}
+
+
+def test_a_fold_whose_unet_did_not_learn_is_named_on_every_train_call(tiny_run, tmp_path):
+    import shutil
+    import warnings
+
+    from lesionuq.errors import TrainingWarning
+    from lesionuq.pipeline.train import stage_train
+    from lesionuq.rundir import read_stamp, write_stamp
+
+    root, _, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run, ignore=shutil.ignore_patterns("val", "test", "graphs"))
+    stamps = {k: read_stamp(run / f"fold_{k}/stamp_train.json") for k in (0, 1)}
+    for stamp in stamps.values():  # what training stamps, beside the digest and arithmetic
+        assert stamp["epochs"] == TINY.train.max_epochs == 2
+        assert 1 <= stamp["best_epoch"] <= 2 and 0 <= stamp["best_dice"] <= 1
+    # fold 0 as if its Dice had stayed near 0 up to the last epoch, fold 1 as if it learned
+    # (the digests are untouched, so nothing retrains: only the stamps are read)
+    failed = {**stamps[0], "best_dice": 0.083, "best_epoch": 2}
+    write_stamp(run / "fold_0/stamp_train.json", **failed)
+    write_stamp(run / "fold_1/stamp_train.json", **{**stamps[1], "best_dice": 0.6})
+    mtime = (run / "fold_0/segmenter.pt").stat().st_mtime_ns
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stage_train(run, progress=False)
+    said = [str(w.message) for w in caught if issubclass(w.category, TrainingWarning)]
+    assert len(said) == 1 and said[0].startswith(
+        "fold 0: the U-Net did not learn to segment (best validation Dice 0.083 at epoch 2 of 2, "
+        "still rising; below 0.2)"
+    )
+    assert "train.max_epochs" in said[0] and "fold_0/segmenter_last.pt" in said[0]
+    assert (run / "fold_0/segmenter.pt").stat().st_mtime_ns == mtime  # nothing retrained
+    # only the folds asked for; a stamp written before the epochs were kept is not judged
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stage_train(run, [1], progress=False)
+        old = {k: v for k, v in stamps[0].items() if k not in ("best_epoch", "epochs")}
+        write_stamp(run / "fold_0/stamp_train.json", **{**old, "best_dice": 0.083})
+        stage_train(run, [0], progress=False)
+    assert not [w for w in caught if issubclass(w.category, TrainingWarning)]

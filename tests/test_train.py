@@ -17,6 +17,7 @@ from lesionuq.segmentation.train import (
     load_segmenter,
     train_segmenter,
     training_dtype,
+    training_problem,
 )
 from lesionuq.segmentation.unet import UNet3D
 
@@ -299,3 +300,19 @@ def test_poly_schedule_reaches_the_optimiser_and_survives_resume(data, tmp_path)
     saved = torch.load(tmp_path / "segmenter_last.pt", weights_only=True)
     assert saved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(learning_rate(two, 3))
     assert learning_rate(two, 3) == pytest.approx(CFG_STEPS.lr * (1 / 3) ** 0.9)
+
+
+@pytest.mark.parametrize(
+    ("best", "best_epoch", "epochs", "want"),
+    [
+        (0.083, 12, 12, "best validation Dice 0.083 at epoch 12 of 12, still rising"),
+        (0.15, 5, 12, "best validation Dice 0.150 at epoch 5 of 12"),  # peaked, then fell
+        (0.15, 8, 8, "best validation Dice 0.150 at epoch 8 of 8"),  # stopped at patience 0
+        (0.2, 12, 12, None),  # the threshold itself is usable
+        (0.62, 12, 12, None),
+        (float("nan"), 1, 12, None),  # no validation cases: nothing to judge
+    ],
+)
+def test_training_problem_names_a_unet_that_did_not_learn(best, best_epoch, epochs, want):
+    max_epochs = 12 if epochs == 12 else 20
+    assert training_problem(best, best_epoch, epochs, max_epochs) == want

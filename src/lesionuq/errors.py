@@ -10,6 +10,8 @@ prints it and exits with status 1.
 - :class:`InputWarning`: usable user data that is unusual in a way that can change the
   results (a brain cut by the field of view, no zero background); ``predict`` reports it
   with the scan's other warnings.
+- :class:`TrainingWarning`: a model trained without error but likely unusable (a U-Net
+  whose validation Dice stayed near 0); ``train`` reports it per fold.
 
 :func:`did_you_mean` adds the closest valid name to a message about an unknown one.
 """
@@ -25,6 +27,7 @@ __all__ = [
     "InputError",
     "InputWarning",
     "NotFittedError",
+    "TrainingWarning",
     "did_you_mean",
 ]
 
@@ -52,6 +55,13 @@ class InputError(ValueError):
 
 class InputWarning(UserWarning):
     """Usable user input that can change the results; one sentence naming the file."""
+
+
+class TrainingWarning(UserWarning):
+    """A model that trained without error but is likely unusable.
+
+    The message is one sentence naming the fold, what was measured and the remedy.
+    """
 
 
 class ConfigError(ValueError):

@@ -14,7 +14,9 @@ workers do they go through :func:`~lesionuq.pipeline.stages.run_stale`, one task
 from __future__ import annotations
 
 import logging
+import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import numpy as np
 
 from lesionuq import distributed
 from lesionuq.config import ExperimentConfig
+from lesionuq.errors import TrainingWarning
 from lesionuq.io import InputError
 from lesionuq.pipeline.preprocess import stage_preprocess
 from lesionuq.pipeline.stages import (
@@ -33,7 +36,14 @@ from lesionuq.pipeline.stages import (
     run_stale,
     select_folds,
 )
-from lesionuq.rundir import FoldSplit, RunDir, train_digest, unet_config, write_stamp
+from lesionuq.rundir import (
+    FoldSplit,
+    RunDir,
+    read_stamp,
+    train_digest,
+    unet_config,
+    write_stamp,
+)
 
 # through the module, not its names: tests replace train_segmenter there
 from lesionuq.segmentation import train as segmentation_train
@@ -113,6 +123,10 @@ def stage_train(
     (1.14x: the workers share memory bandwidth and caches). The weights
     are those of a one-process run up to float rounding (the summation order of a
     convolution depends on the thread count); every draw is seeded the same way.
+
+    A fold whose U-Net did not learn to segment (best validation Dice below
+    :data:`~lesionuq.segmentation.train.MIN_USABLE_DICE`) raises a
+    :class:`~lesionuq.errors.TrainingWarning` on every call, trained now or before.
     """
     rd = RunDir(Path(run))
     _refuse_training(rd)
@@ -131,10 +145,37 @@ def stage_train(
             scheduler=scheduler,
             workers=workers,
         )
-        return
-    for unit in todo:
-        for job in unit.jobs.values():
-            train_fold(job.run, job.fold, progress=progress)
+    else:
+        for unit in todo:
+            for job in unit.jobs.values():
+                train_fold(job.run, job.fold, progress=progress)
+    if distributed.is_main_process():
+        _warn_failed_training(rd, cfg, select_folds(splits, folds))
+
+
+def _warn_failed_training(rd: RunDir, cfg: ExperimentConfig, splits: Sequence[FoldSplit]) -> None:
+    """A :class:`TrainingWarning` for each fold whose stamp shows a U-Net that did not learn."""
+    for split in splits:
+        stamp = read_stamp(rd.fold(split.fold) / "stamp_train.json") or {}
+        if "best_epoch" not in stamp:  # stamped before the stamp kept the epochs
+            continue
+        problem = segmentation_train.training_problem(
+            float(stamp.get("best_dice", math.nan)),
+            int(stamp["best_epoch"]),
+            int(stamp.get("epochs", 0)),
+            cfg.train.max_epochs,
+        )
+        if problem is not None:
+            warnings.warn(
+                TrainingWarning(
+                    f"fold {split.fold}: the U-Net did not learn to segment ({problem}; "
+                    f"below {segmentation_train.MIN_USABLE_DICE}), so its lesions and every "
+                    "uncertainty measured on them are mostly wrong; train longer "
+                    "(train.max_epochs, train.steps_per_epoch; the per-epoch history is in "
+                    f"fold_{split.fold}/segmenter_last.pt) or check the masks."
+                ),
+                stacklevel=2,
+            )
 
 
 def _refuse_training(rd: RunDir) -> None:
@@ -202,7 +243,14 @@ def train_fold(run: Path, fold: int, progress: bool = True) -> None:
     if main:
         # how it trained (not in the digest): a rerun on another thread count or CPU kind
         # trains another U-Net, and the stamp says which arithmetic made this one
-        write_stamp(unit.stamp, unit.digest, best_dice=result.best_dice, **result.arithmetic)
+        write_stamp(
+            unit.stamp,
+            unit.digest,
+            best_dice=result.best_dice,
+            best_epoch=result.best_epoch,
+            epochs=result.epochs,
+            **result.arithmetic,
+        )
 
 
 def _pair(run: Path, case_id: str, cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -80,6 +80,7 @@ from lesionuq.segmentation.unet import UNet3D
 from lesionuq.utils import make_progress, resolve_device, torch_threads
 
 __all__ = [
+    "MIN_USABLE_DICE",
     "TrainResult",
     "augmentation",
     "learning_rate",
@@ -87,6 +88,7 @@ __all__ = [
     "mask_ignored",
     "train_segmenter",
     "training_dtype",
+    "training_problem",
     "validation_dice",
 ]
 
@@ -104,6 +106,10 @@ _IGNORE_LOGIT = 30.0
 CHANNELS_LAST_ON_CPU = True
 #: TrainConfig fields that only decide when to stop; changing them does not void a resume.
 _STOP_FIELDS = ("max_epochs", "patience")
+#: A U-Net whose best validation Dice stays below this did not learn to segment. Lesion
+#: U-Nets reach 0.5-0.8 on MS FLAIR (the project's benches 0.47-0.70), so this flags a
+#: failed training, not a weak model.
+MIN_USABLE_DICE = 0.2
 #: TrainConfig fields that change rounding only; a run may be resumed in another precision.
 _ROUNDING_FIELDS = ("precision",)
 
@@ -136,6 +142,32 @@ class TrainResult:
     resumed_from: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     arithmetic: dict[str, Any] = field(default_factory=dict)
+
+
+def training_problem(best_dice: float, best_epoch: int, epochs: int, max_epochs: int) -> str | None:
+    """What is wrong with a finished training, in one clause, or None when nothing is.
+
+    A best validation Dice below :data:`MIN_USABLE_DICE` means the U-Net did not learn to
+    segment: its lesions are mostly wrong, and the lesion uncertainty then ranks noise.
+    When the best epoch is also the last of ``max_epochs``, the Dice was still rising and
+    a longer training is the likely remedy (seen on short recipes whose seed makes the
+    first epochs predict nothing).
+
+    Args:
+        best_dice: Best validation Dice (NaN without a validation set: nothing to judge).
+        best_epoch: Epoch of the best checkpoint (1-based).
+        epochs: Epochs completed.
+        max_epochs: The configured maximum.
+
+    Returns:
+        E.g. ``"best validation Dice 0.083 at epoch 12 of 12, still rising"``, or None.
+    """
+    if not math.isfinite(best_dice) or best_dice >= MIN_USABLE_DICE:
+        return None
+    rising = best_epoch == epochs >= max_epochs
+    return f"best validation Dice {best_dice:.3f} at epoch {best_epoch} of {epochs}" + (
+        ", still rising" if rising else ""
+    )
 
 
 def augmentation(seed: int) -> Compose:
