@@ -42,7 +42,7 @@ Usage:
 
 ``--train-seed N`` trains every family's U-Nets with ``train.seed`` N (weights, patches,
 augmentation) and nothing else changed: another draw of the U-Net on the same data,
-split and config, to see how far the tables move with the segmenter alone (README, "A
+split and config, to see how far the tables move with the segmenter alone (docs/benchmarks.md, "A
 second U-Net per family").
 """
 

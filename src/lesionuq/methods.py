@@ -206,7 +206,7 @@ _METASEG = "lesionuq.scorers.baselines:MetaSegScorer"
 #: two learned lesion scorers. MetaSeg is already the fitted linear combination of every
 #: voxel-uncertainty aggregate and of size, so the aggregates are not candidates of their
 #: own: choosing among 9 noisy validation AUCs picked a worse method more often than it
-#: gained (learning curve of the quality bench, README).
+#: gained (learning curve of the quality bench, docs/benchmarks.md).
 _AUTO = ("metaseg_classif", "gcnn_classif")
 #: ``gcnn_stack``'s inputs: MetaSeg's four features as the untrained scorers they are
 #: (each an uncertainty: the monotone stacking gives none a negative weight, which

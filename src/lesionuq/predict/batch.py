@@ -111,7 +111,7 @@ class BatchResult:
         return (
             f"{k} of {n} scans are unlike the scans this model was validated on: P(FP) may "
             "be unreliable for this cohort; `lesionuq refit` on 3-5 labelled scans of it "
-            "adapts the model (README: the cross-family bench)."
+            "adapts the model (docs/benchmarks.md: the cross-family bench)."
         )
 
 

@@ -2,7 +2,7 @@
 
 A lesion scorer fitted on one data set learns that data set's false positives; on
 another it can rank worse than the untrained voxel-uncertainty aggregates. The
-cross-family bench (README, issue 31) measured what helps: no variant fitted on the
+cross-family bench (docs/benchmarks.md, issue 31) measured what helps: no variant fitted on the
 source alone did, and neither did pooling two sources, while the paper's GCNN fitted on
 the labelled lesions of 2-5 scans of the target itself did (at 5 scans +3.2 to +6.8 AUC
 points over the best untrained baseline, the interval above 0 on every target). This
@@ -55,7 +55,7 @@ __all__ = ["MIN_SCANS", "REFIT_FILE", "RefitResult", "labelled_lesions", "refit_
 #: rule judge each learned scorer on scans it was not fitted on (inner folds by scan),
 #: which one scan cannot give; and on the cross-family bench a GCNN fitted on one scan of
 #: family A landed between -11.4 and +1.0 AUC points around the best baseline, depending
-#: on which scan it was (README).
+#: on which scan it was (docs/benchmarks.md).
 MIN_SCANS = 2
 #: Provenance of a refitted model folder: the source folder, the scans, the lesion counts.
 REFIT_FILE = "refit.json"
