@@ -121,3 +121,28 @@ def test_printed_tables_say_how_many_validation_lesions_the_learned_scorers_had(
     text = " ".join(captured.get().split())
     assert "learned scorers fitted on 3-3 validation lesions per fold (2-2 scans): few" in text
     assert "75.00" in text
+
+
+def test_the_packages_warnings_print_as_one_sentence_others_keep_their_format(
+    tmp_path, monkeypatch
+):
+    import warnings
+
+    from lesionuq.errors import TrainingWarning
+    from lesionuq.pipeline import train as pipeline_train
+
+    def train_run(run, folds, progress, workers):  # what stage_train says of a failed fold
+        warnings.warn(
+            TrainingWarning(f"fold 1: the U-Net did not learn ({run.name})"), stacklevel=1
+        )
+        warnings.warn(RuntimeWarning("a library's own warning"), stacklevel=1)
+
+    monkeypatch.setattr(pipeline_train, "train_run", train_run)
+    with warnings.catch_warnings(record=True) as outside:
+        warnings.simplefilter("always")
+        result = runner.invoke(app, ["train", "--run", str(tmp_path / "r1")])
+    assert result.exit_code == 0, result.output
+    assert "warning: fold 1: the U-Net did not learn (r1)" in _text(result)
+    assert "TrainingWarning" not in result.output and "warnings.warn" not in result.output
+    # the CLI shows only its own warnings its way; the rest go where Python sends them
+    assert [str(w.message) for w in outside] == ["a library's own warning"]

@@ -311,6 +311,7 @@ def test_poly_schedule_reaches_the_optimiser_and_survives_resume(data, tmp_path)
         (0.2, 12, 12, None),  # the threshold itself is usable
         (0.62, 12, 12, None),
         (float("nan"), 1, 12, None),  # no validation cases: nothing to judge
+        (0.083, None, None, "best validation Dice 0.083"),  # an older stamp: no epochs
     ],
 )
 def test_training_problem_names_a_unet_that_did_not_learn(best, best_epoch, epochs, want):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lesionuq.config import ConfigError, ExperimentConfig, PhantomConfig
-from lesionuq.errors import CasesFailedError
+from lesionuq.errors import CasesFailedError, InputWarning, TrainingWarning
 from lesionuq.io import InputError, read_manifest
 from lesionuq.operating_point import FEW_VALIDATION_LESIONS
 
@@ -79,17 +80,38 @@ class Stage(StrEnum):
 
 
 def _friendly(fn: F) -> F:
-    """Turn bad-input errors into one red sentence and exit code 1 (no traceback)."""
+    """Turn bad-input errors into one red sentence and exit code 1 (no traceback).
+
+    The package's own warnings (:class:`~lesionuq.errors.InputWarning`,
+    :class:`~lesionuq.errors.TrainingWarning`) print as one yellow sentence each, without
+    the source line Python's default format adds; other warnings keep that format.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
+                return fn(*args, **kwargs)
         except (InputError, ConfigError, FileNotFoundError, CasesFailedError) as exc:
             console.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _show_warning(
+    default: Callable[..., None],
+    message: Warning | str,
+    category: type[Warning],
+    *where: Any,
+    **kw: Any,
+) -> None:
+    """``warnings.showwarning`` for the CLI: the package's warnings as one sentence."""
+    if issubclass(category, (InputWarning, TrainingWarning)):
+        console.print(f"[yellow]warning:[/] {escape(str(message))}")
+    else:
+        default(message, category, *where, **kw)
 
 
 def _load_config(config: Path | None, default: str = "demo"):

@@ -157,12 +157,12 @@ def _warn_failed_training(rd: RunDir, cfg: ExperimentConfig, splits: Sequence[Fo
     """A :class:`TrainingWarning` for each fold whose stamp shows a U-Net that did not learn."""
     for split in splits:
         stamp = read_stamp(rd.fold(split.fold) / "stamp_train.json") or {}
-        if "best_epoch" not in stamp:  # stamped before the stamp kept the epochs
-            continue
+        # a stamp written before the epochs were kept: the Dice alone is judged
+        best_epoch, epochs = stamp.get("best_epoch"), stamp.get("epochs")
         problem = segmentation_train.training_problem(
             float(stamp.get("best_dice", math.nan)),
-            int(stamp["best_epoch"]),
-            int(stamp.get("epochs", 0)),
+            None if best_epoch is None else int(best_epoch),
+            None if epochs is None else int(epochs),
             cfg.train.max_epochs,
         )
         if problem is not None:

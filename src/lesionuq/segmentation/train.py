@@ -144,7 +144,9 @@ class TrainResult:
     arithmetic: dict[str, Any] = field(default_factory=dict)
 
 
-def training_problem(best_dice: float, best_epoch: int, epochs: int, max_epochs: int) -> str | None:
+def training_problem(
+    best_dice: float, best_epoch: int | None, epochs: int | None, max_epochs: int
+) -> str | None:
     """What is wrong with a finished training, in one clause, or None when nothing is.
 
     A best validation Dice below :data:`MIN_USABLE_DICE` means the U-Net did not learn to
@@ -155,8 +157,9 @@ def training_problem(best_dice: float, best_epoch: int, epochs: int, max_epochs:
 
     Args:
         best_dice: Best validation Dice (NaN without a validation set: nothing to judge).
-        best_epoch: Epoch of the best checkpoint (1-based).
-        epochs: Epochs completed.
+        best_epoch: Epoch of the best checkpoint (1-based); None when unknown (a stamp
+            written before it was kept): the Dice alone is judged.
+        epochs: Epochs completed, or None when unknown.
         max_epochs: The configured maximum.
 
     Returns:
@@ -164,10 +167,11 @@ def training_problem(best_dice: float, best_epoch: int, epochs: int, max_epochs:
     """
     if not math.isfinite(best_dice) or best_dice >= MIN_USABLE_DICE:
         return None
+    said = f"best validation Dice {best_dice:.3f}"
+    if best_epoch is None or epochs is None:
+        return said
     rising = best_epoch == epochs >= max_epochs
-    return f"best validation Dice {best_dice:.3f} at epoch {best_epoch} of {epochs}" + (
-        ", still rising" if rising else ""
-    )
+    return f"{said} at epoch {best_epoch} of {epochs}" + (", still rising" if rising else "")
 
 
 def augmentation(seed: int) -> Compose:
