@@ -192,6 +192,7 @@ def test_registry_covers_every_method() -> None:
         "gcnn_ens",
         "gcnn_auto",
         "gcnn_stack",
+        "gcnn_stack_all",
         "gcnn_nawm",
         "gcnn_aug",
         "gcnn_robust",

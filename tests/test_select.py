@@ -370,3 +370,22 @@ def test_gcnn_auto_takes_half_fits_from_the_config_and_gcnn_stack_none():
     assert make_scorer("gcnn_auto", cfg).half_splits == 1
     three = cfg.replace(calibration=dataclasses.replace(cfg.calibration, half_splits=3))
     assert make_scorer("gcnn_auto", three).half_splits == 3
+
+
+def test_gcnn_stack_all_spans_the_logsums_that_gcnn_stack_cannot_reach(one_thread):
+    """Every untrained baseline is an input: a lesion set where a logsum alone tells FP."""
+    cfg = ExperimentConfig(gcnn=GCNN)
+    stack_all = make_scorer("gcnn_stack_all", cfg)
+    untrained = ["entropy_mean", "entropy_logsum", "variance_mean", "variance_logsum"]
+    untrained += ["pcs_mean", "pcs_logsum", "size"]
+    assert [c for c, _ in stack_all.estimators] == [*untrained, "gcnn_classif"]
+    val = _plant(_with_cases(random_lesion_set(40, seed=21), 8), "entropy_logsum", True, 2)
+    test = _plant(random_lesion_set(30, seed=22), "entropy_logsum", True, 3)
+    for column in ("entropy_mean", "variance_mean", "pcs_mean"):  # the means tell nothing
+        val, test = _plant(val, column, False, 4), _plant(test, column, False, 5)
+    stack_all.fit(val, progress=False)
+    assert max(stack_all.weights_, key=stack_all.weights_.get) == "entropy_logsum"
+    assert ac_auc(stack_all.score(test), test.is_tp) > 0.95
+    stack = make_scorer("gcnn_stack", cfg).fit(val, progress=False)
+    assert "entropy_logsum" not in stack.weights_
+    assert ac_auc(stack.score(test), test.is_tp) < 0.8  # outside its span

@@ -213,6 +213,19 @@ _AUTO = ("metaseg_classif", "gcnn_classif")
 #: MetaSeg's unconstrained logistic regression does on small validation sets) and the
 #: paper's GCNN; ``gcnn_stack_robust`` has the robust GCNN in its place.
 _STACK = ("entropy_mean", "variance_mean", "pcs_mean", "size")
+#: ``gcnn_stack_all``'s untrained inputs: every untrained baseline of Table 2, so that the
+#: stack spans each method the default-method rule compares against. ``gcnn_stack``'s
+#: span misses the logsums (the sum of log u over a lesion: its size times its mean log
+#: uncertainty), which an outside bench found best (issue 31).
+_UNTRAINED = (
+    "entropy_mean",
+    "entropy_logsum",
+    "variance_mean",
+    "variance_logsum",
+    "pcs_mean",
+    "pcs_logsum",
+    "size",
+)
 
 
 def _located_gcnn(name: str, label: str, line: str) -> MethodSpec:
@@ -290,6 +303,14 @@ CATALOGUE: dict[str, MethodSpec] = {
         "GCNN + uncertainty means (stacked)",
         "#7f7f7f",
         (*_STACK, "gcnn_classif"),
+        self_calibrated=True,
+    ),
+    # beyond the paper (issue 31): the same stacking over every untrained baseline
+    "gcnn_stack_all": _selector(
+        "StackedScorer",
+        "GCNN + every untrained baseline (stacked)",
+        "#969696",
+        (*_UNTRAINED, "gcnn_classif"),
         self_calibrated=True,
     ),
     # beyond the paper (issue 31): GCNNs meant to carry over to other data
