@@ -216,7 +216,8 @@ _STACK = ("entropy_mean", "variance_mean", "pcs_mean", "size")
 #: ``gcnn_stack_all``'s untrained inputs: every untrained baseline of Table 2, so that the
 #: stack spans each method the default-method rule compares against. ``gcnn_stack``'s
 #: span misses the logsums (the sum of log u over a lesion: its size times its mean log
-#: uncertainty), which an outside bench found best (issue 31).
+#: uncertainty), which an outside bench found best (issue 31). Measured on the family
+#: bench, it does not count (-3.6 on family A against the paper's GCNN; docs/benchmarks.md).
 _UNTRAINED = (
     "entropy_mean",
     "entropy_logsum",
