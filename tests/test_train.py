@@ -18,6 +18,7 @@ from lesionuq.segmentation.train import (
     train_segmenter,
     training_dtype,
     training_problem,
+    training_problem_of,
 )
 from lesionuq.segmentation.unet import UNet3D
 
@@ -317,3 +318,16 @@ def test_poly_schedule_reaches_the_optimiser_and_survives_resume(data, tmp_path)
 def test_training_problem_names_a_unet_that_did_not_learn(best, best_epoch, epochs, want):
     max_epochs = 12 if epochs == 12 else 20
     assert training_problem(best, best_epoch, epochs, max_epochs) == want
+
+
+def test_training_problem_of_a_stamp_file(tmp_path):
+    from lesionuq.rundir import write_stamp
+
+    stamp = tmp_path / "stamp_train.json"
+    assert training_problem_of(stamp, 12) is None  # no stamp: nothing to judge
+    write_stamp(stamp, "d", best_dice=0.05, best_epoch=3, epochs=12, threads=1)
+    assert training_problem_of(stamp, 12) == "best validation Dice 0.050 at epoch 3 of 12"
+    write_stamp(stamp, "d", best_dice=0.05)  # written before the epochs were kept
+    assert training_problem_of(stamp, 12) == "best validation Dice 0.050"
+    write_stamp(stamp, "d", best_dice=0.71, best_epoch=12, epochs=12)
+    assert training_problem_of(stamp, 12) is None

@@ -14,7 +14,6 @@ workers do they go through :func:`~lesionuq.pipeline.stages.run_stale`, one task
 from __future__ import annotations
 
 import logging
-import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -36,14 +35,7 @@ from lesionuq.pipeline.stages import (
     run_stale,
     select_folds,
 )
-from lesionuq.rundir import (
-    FoldSplit,
-    RunDir,
-    read_stamp,
-    train_digest,
-    unet_config,
-    write_stamp,
-)
+from lesionuq.rundir import FoldSplit, RunDir, train_digest, unet_config, write_stamp
 
 # through the module, not its names: tests replace train_segmenter there
 from lesionuq.segmentation import train as segmentation_train
@@ -156,14 +148,8 @@ def stage_train(
 def _warn_failed_training(rd: RunDir, cfg: ExperimentConfig, splits: Sequence[FoldSplit]) -> None:
     """A :class:`TrainingWarning` for each fold whose stamp shows a U-Net that did not learn."""
     for split in splits:
-        stamp = read_stamp(rd.fold(split.fold) / "stamp_train.json") or {}
-        # a stamp written before the epochs were kept: the Dice alone is judged
-        best_epoch, epochs = stamp.get("best_epoch"), stamp.get("epochs")
-        problem = segmentation_train.training_problem(
-            float(stamp.get("best_dice", math.nan)),
-            None if best_epoch is None else int(best_epoch),
-            None if epochs is None else int(epochs),
-            cfg.train.max_epochs,
+        problem = segmentation_train.training_problem_of(
+            rd.fold(split.fold) / "stamp_train.json", cfg.train.max_epochs
         )
         if problem is not None:
             warnings.warn(

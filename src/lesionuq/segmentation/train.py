@@ -75,6 +75,7 @@ from monai.transforms import (
 from lesionuq import distributed
 from lesionuq.config import TrainConfig, UNetConfig, config_from_dict
 from lesionuq.io import InputError, atomic_torch_save, describe_load_error
+from lesionuq.rundir import read_stamp
 from lesionuq.segmentation import sampling
 from lesionuq.segmentation.unet import UNet3D
 from lesionuq.utils import make_progress, resolve_device, torch_threads
@@ -89,6 +90,7 @@ __all__ = [
     "train_segmenter",
     "training_dtype",
     "training_problem",
+    "training_problem_of",
     "validation_dice",
 ]
 
@@ -172,6 +174,27 @@ def training_problem(
         return said
     rising = best_epoch == epochs >= max_epochs
     return f"{said} at epoch {best_epoch} of {epochs}" + (", still rising" if rising else "")
+
+
+def training_problem_of(stamp: Path, max_epochs: int) -> str | None:
+    """:func:`training_problem` of a fold's ``stamp_train.json``.
+
+    Args:
+        stamp: The stamp file; absent or unreadable: nothing to judge (None).
+        max_epochs: The configured ``train.max_epochs``.
+
+    Returns:
+        The clause of :func:`training_problem`, or None. A stamp written before the
+        epochs were kept is judged by its Dice alone.
+    """
+    info = read_stamp(stamp) or {}
+    best_epoch, epochs = info.get("best_epoch"), info.get("epochs")
+    return training_problem(
+        float(info.get("best_dice", math.nan)),
+        None if best_epoch is None else int(best_epoch),
+        None if epochs is None else int(epochs),
+        max_epochs,
+    )
 
 
 def augmentation(seed: int) -> Compose:
