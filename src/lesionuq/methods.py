@@ -219,12 +219,7 @@ _STACK = ("entropy_mean", "variance_mean", "pcs_mean", "size")
 #: uncertainty), which an outside bench found best (issue 31). Measured on the family
 #: bench, it does not count (-3.6 on family A against the paper's GCNN; docs/benchmarks.md).
 _UNTRAINED = (
-    "entropy_mean",
-    "entropy_logsum",
-    "variance_mean",
-    "variance_logsum",
-    "pcs_mean",
-    "pcs_logsum",
+    *(f"{u}_{agg}" for u in ("entropy", "variance", "pcs") for agg in ("mean", "logsum")),
     "size",
 )
 
@@ -356,13 +351,7 @@ CATALOGUE: dict[str, MethodSpec] = {
 METHODS: tuple[str, ...] = (
     "gcnn_classif",
     "gcnn_reg",
-    "entropy_mean",
-    "entropy_logsum",
-    "variance_mean",
-    "variance_logsum",
-    "pcs_mean",
-    "pcs_logsum",
-    "size",
+    *_UNTRAINED,
     "metaseg_classif",
     "metaseg_reg",
 )
