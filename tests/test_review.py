@@ -259,7 +259,38 @@ def scans(tiny_run, tmp_path_factory):
     image = csv.parent / cases.loc[split.val[0], "flair"]
     thick = tmp_path_factory.mktemp("thick") / "thick_lps.nii.gz"
     nib.save(_thick_lps(nib.load(str(image))), str(thick))
-    return rd.fold(0), image, thick
+    return _as_if_learned(rd.fold(0), tmp_path_factory.mktemp("model")), image, thick
+
+
+def _as_if_learned(fold, out):
+    """A copy of a tiny-run fold whose stamp says its U-Net learned (validation Dice 0.6).
+
+    The tiny U-Net trains 4 steps and does not learn (Dice ~0.001), which ``predict`` says
+    in every scan's warnings; these tests see the shift and calibration warnings alone.
+    """
+    from lesionuq.rundir import read_stamp, write_stamp
+
+    folder = out / fold.name
+    shutil.copytree(fold, folder, ignore=shutil.ignore_patterns("*test", "*val", "graphs"))
+    stamp = read_stamp(folder / "stamp_train.json")
+    write_stamp(folder / "stamp_train.json", **{**stamp, "best_dice": 0.6})
+    return folder
+
+
+def test_a_unet_that_did_not_learn_is_in_every_scans_warnings(tiny_run, scans, tmp_path):
+    root, _, _ = tiny_run
+    fold = RunDir(root / "run").fold(0)  # the real tiny fold: its U-Net did not learn
+    _, image, _ = scans
+    dice = json.loads((fold / "stamp_train.json").read_text())["best_dice"]
+    assert load_model(scans[0]).training is None and dice < 0.2
+    res = predict_scan(fold, [image], tmp_path / "out", progress=False)
+    (note,) = [w for w in res.warnings if "did not learn" in w]
+    assert note.startswith(
+        f"This model's U-Net did not learn to segment (best validation Dice {dice:.3f} at epoch"
+    )
+    assert res.warnings[0] == note  # before the review warnings: it voids them all
+    for name in ("prediction.json", "lesions.json"):
+        assert note in json.loads((tmp_path / "out" / name).read_text())["warnings"]
 
 
 def test_predict_in_distribution_does_not_warn(scans, tmp_path):

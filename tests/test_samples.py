@@ -143,7 +143,11 @@ def test_predict_with_own_samples_matches_the_unet(samples_run, tmp_path):
     meta = json.loads((tmp_path / "b" / "prediction.json").read_text())
     assert meta["segmentation_from"] == "samples" and meta["samples"]["n_samples"] == 3
     assert any("not from the model's U-Net" in w for w in b.warnings)
-    assert not any("U-Net" in w for w in a.warnings)
+    assert not any("not from the model's U-Net" in w for w in a.warnings)
+    # the tiny U-Net did not learn: said where it segmented, not where samples were given
+    assert model.training is not None
+    assert any("did not learn" in w for w in a.warnings)
+    assert not any("did not learn" in w for w in b.warnings)
 
 
 def test_model_without_unet_needs_samples(samples_run, tmp_path):

@@ -35,6 +35,7 @@ from lesionuq.methods import CATALOGUE
 from lesionuq.predict.model import REQUIRED_SCORERS, UNCALIBRATED_NOTE, FittedModel
 from lesionuq.samples import samples_onto_grid
 from lesionuq.segmentation.sampling import mc_sample
+from lesionuq.segmentation.train import MIN_USABLE_DICE
 from lesionuq.shift import ScanProfile, scan_profile, warning_sentence
 
 if TYPE_CHECKING:
@@ -185,6 +186,13 @@ def infer(
         native, maps.entropy, pre.image[0] != 0, brain_threshold=cfg.preprocess.brain_threshold
     )
     notes = input_notes + _review_warnings(model, profile)
+    if given is None and model.training is not None:  # the model's own U-Net segmented
+        notes.insert(
+            len(input_notes),
+            f"This model's U-Net did not learn to segment ({model.training}; below "
+            f"{MIN_USABLE_DICE}): its lesions are mostly wrong, and so is every P(FP) given "
+            "to them; retrain it (train.max_epochs) before reading this scan.",
+        )
     if registration is not None and (problem := registration.problem()) is not None:
         notes.append(
             f"{problem[0].upper()}{problem[1:]}: the scorers that read the lesions' "

@@ -45,7 +45,7 @@ from lesionuq.operating_point import (
 )
 from lesionuq.scorers import SCORER_FILE, load_scorer
 from lesionuq.scorers.default_method import MethodChoice, load_default_method
-from lesionuq.segmentation.train import load_segmenter
+from lesionuq.segmentation.train import load_segmenter, training_problem_of
 from lesionuq.shift import SHIFT_FILE, ShiftReference
 from lesionuq.utils import remove_pyg_codegen_files
 
@@ -127,6 +127,9 @@ class FittedModel:
         shift: The validation scans' :class:`~lesionuq.shift.ShiftReference`, or None.
         default: The folder's default P(FP) method and why
             (:mod:`lesionuq.scorers.default_method`), or None (older folder: gcnn_classif).
+        training: What is wrong with the U-Net's training, from the folder's
+            ``stamp_train.json`` (:func:`~lesionuq.segmentation.train.training_problem_of`),
+            or None: nothing, or no stamp to judge (a refitted folder, the samples protocol).
     """
 
     folder: Path
@@ -139,6 +142,7 @@ class FittedModel:
     calibration: dict[str, Any] = field(default_factory=dict)
     shift: ShiftReference | None = None
     default: MethodChoice | None = None
+    training: str | None = None
 
     @property
     def p_fp_method(self) -> str:
@@ -305,6 +309,8 @@ def load_model(
         raise InputError(
             f"{folder / 'segmenter.pt'}: cannot be loaded ({describe_load_error(exc)})."
         ) from None
+    if model.segmenter is not None:
+        model.training = training_problem_of(folder / "stamp_train.json", cfg.train.max_epochs)
     in_channels = getattr(getattr(model.segmenter, "cfg", None), "in_channels", None)
     if in_channels is not None and in_channels != len(cfg.sequences):
         raise InputError(
