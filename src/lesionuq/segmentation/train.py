@@ -108,12 +108,12 @@ _IGNORE_LOGIT = 30.0
 CHANNELS_LAST_ON_CPU = True
 #: TrainConfig fields that only decide when to stop; changing them does not void a resume.
 _STOP_FIELDS = ("max_epochs", "patience")
+#: TrainConfig fields that change rounding only; a run may be resumed in another precision.
+_ROUNDING_FIELDS = ("precision",)
 #: A U-Net whose best validation Dice stays below this did not learn to segment. Lesion
 #: U-Nets reach 0.5-0.8 on MS FLAIR (the project's benches 0.47-0.70), so this flags a
 #: failed training, not a weak model.
 MIN_USABLE_DICE = 0.2
-#: TrainConfig fields that change rounding only; a run may be resumed in another precision.
-_ROUNDING_FIELDS = ("precision",)
 
 
 @dataclass
