@@ -78,6 +78,8 @@ def test_refitted_folder_is_a_model_folder_fitted_on_the_new_scans(site, refitte
     model = load_model(out)
     assert sorted(model.scorers) == sorted(source.scorers) == result.methods
     assert (out / "segmenter.pt").read_bytes() == (run / "fold_0/segmenter.pt").read_bytes()
+    # the same U-Net, so the same judgement of its training (the tiny one did not learn)
+    assert model.training == source.training is not None
     n = result.n_tp + result.n_fp
     cal = json.loads((out / "scorers/gcnn_classif/calibration.json").read_text())
     assert len(cal["oof_p_fp"]) == n  # cross-fitted on exactly these lesions

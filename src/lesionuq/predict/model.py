@@ -129,7 +129,7 @@ class FittedModel:
             (:mod:`lesionuq.scorers.default_method`), or None (older folder: gcnn_classif).
         training: What is wrong with the U-Net's training, from the folder's
             ``stamp_train.json`` (:func:`~lesionuq.segmentation.train.training_problem_of`),
-            or None: nothing, or no stamp to judge (a refitted folder, the samples protocol).
+            or None: nothing, or no stamp to judge (the samples protocol has no U-Net).
     """
 
     folder: Path

@@ -11,7 +11,7 @@ and its lesion scorers are fitted again on the lesions of the given labelled sca
 
     model folder + cases.csv (images, mask) --MC dropout / samples--> labelled lesions
         --fit each of the folder's scorers (calibrated, as `lesionuq fit` does)-->
-        OUT: config.yaml, segmenter.pt, scorers/, shift_reference.json,
+        OUT: config.yaml, segmenter.pt (+ stamp_train.json), scorers/, shift_reference.json,
              default_method.json, graphs/val, refit.json
 
 ``OUT`` is a model folder like ``RUN/fold_K``: ``lesionuq predict --model OUT`` reads it.
@@ -202,8 +202,10 @@ def refit_model(
             val = LesionSet.concat(sets)
             val.save(tmp / "graphs" / "val")
             cfg.to_yaml(tmp / "config.yaml")
-            if (model.folder / "segmenter.pt").is_file():
-                shutil.copy2(model.folder / "segmenter.pt", tmp / "segmenter.pt")
+            # the source's U-Net, and its stamp: how it trained (and whether it learned)
+            for name in ("segmenter.pt", "stamp_train.json"):
+                if (model.folder / name).is_file():
+                    shutil.copy2(model.folder / name, tmp / name)
             fits = bar.add_task("fitting scorers", total=len(chosen), info="")
             for method in chosen:
                 bar.update(fits, info=method)
