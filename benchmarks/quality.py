@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from lesionuq.config import ExperimentConfig
-from lesionuq.data.phantom import make_phantom_dataset
+from lesionuq.data.families import make_dataset
 from lesionuq.demo import bundled_config
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.pipeline.experiment import run_experiment
@@ -90,7 +90,7 @@ def main() -> None:
     t0 = time.perf_counter()
     data = args.out / "data"
     if not (data / "cases.csv").exists():
-        make_phantom_dataset(data, cfg.phantom, preview=False)
+        make_dataset(data, cfg.phantom, preview=False)  # phantom.family picks the generator
     print(f"phantom: {time.perf_counter() - t0:.0f}s", flush=True)
     run = args.out / "run"
     result = run_experiment(

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from lesionuq.config import PhantomConfig
-from lesionuq.data.phantom import make_phantom_dataset
+from lesionuq.data.families import make_dataset
 from lesionuq.demo import bundled_config
 from lesionuq.pipeline.experiment import prepare_run
 from lesionuq.pipeline.fit import stage_fit
@@ -66,7 +66,7 @@ def build_model(root: Path, n_train: int, samples: int, steps: int) -> Path:
         gcnn=dataclasses.replace(cfg.gcnn, epochs=10),
         calibration=dataclasses.replace(cfg.calibration, n_inner=2),
     )
-    csv = make_phantom_dataset(root / "train", cfg.phantom, progress=False)
+    csv = make_dataset(root / "train", cfg.phantom, progress=False)
     run = root / "run"
     prepare_run(csv, run, cfg)
     stage_preprocess(run, progress=False)
@@ -128,7 +128,7 @@ def main() -> None:
         t0 = time.perf_counter()
         model = build_model(root, args.train_cases, args.samples, args.train_steps)
         scans = PhantomConfig(n_cases=args.scans, seed=1, spacing=2.0)
-        csv = make_phantom_dataset(root / "scans", scans, progress=False)
+        csv = make_dataset(root / "scans", scans, progress=False)
         print(
             f"setup (phantoms, a few training steps, GCNN fits): {time.perf_counter() - t0:.0f} s"
         )

@@ -279,6 +279,8 @@ def test_dataset_uses_config_params(tmp_path):
         ({"seed": -1}, "seed"),
         ({"shape": (4000, 4000, 4000)}, r"needs about 238\d\.\d GiB"),
         ({"params": {"noise": [0.5, 0.1]}}, "noise"),
+        # family A's generator never makes another family's data under its name
+        ({"family": "c"}, r"phantom.family is 'c', but this generator makes family A only"),
     ],
 )
 def test_bad_config_is_one_sentence_and_writes_nothing(tmp_path, changes, message):

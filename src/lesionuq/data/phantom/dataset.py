@@ -160,10 +160,17 @@ def make_phantom_dataset(
         The manifest path ``out_dir/cases.csv``.
 
     Raises:
-        ConfigError: An invalid config or too large a grid (nothing written).
+        ConfigError: An invalid config or too large a grid, or ``cfg.family`` is not
+            ``"a"`` (this is family A's generator; :func:`lesionuq.data.families.make_dataset`
+            makes every family); nothing written.
         InputError: ``out_dir`` is refused by the output-folder rule (nothing written).
     """
     out_dir = Path(out_dir)
+    if cfg.family != "a":
+        raise ConfigError(
+            f"phantom.family is {cfg.family!r}, but this generator makes family A only; "
+            "lesionuq.data.families.make_dataset makes every family."
+        )
     check_phantom_config(cfg, memory_limit_gib)
     key = config_digest({"phantom": dataclasses.asdict(cfg), "preview": preview})
     check_output_dir(out_dir, "phantom", overwrite=overwrite, key=key)
