@@ -193,6 +193,7 @@ def test_registry_covers_every_method() -> None:
         "gcnn_auto",
         "gcnn_stack",
         "gcnn_stack_all",
+        "gcnn_pair",
         "gcnn_nawm",
         "gcnn_aug",
         "gcnn_robust",

@@ -314,3 +314,35 @@ def test_fit_reads_the_half_size_scores(tmp_path) -> None:
 
     want = extrapolated_auc(c.val_auc["gcnn_classif"], half, IS_TP, OFFSET_FOLD)
     assert c.val_auc_full == {"gcnn_classif": pytest.approx(want)}
+
+
+def test_an_iou_regressor_is_a_candidate_through_its_out_of_fold_p_fp(tmp_path) -> None:
+    """gcnn_reg's calibration.json (with its IoU recalibrator) is read like a classifier's."""
+    from lesionuq.scorers.default_method import fit_default_method
+
+    fold, val = _fold_with(tmp_path, oof_gcnn=GOOD, column=GOOD)
+    g = fold / "scorers" / "gcnn_reg"
+    g.mkdir(parents=True)
+    (g / "scorer.json").write_text("{}")
+    payload = {"calibrator": {}, "iou_calibrator": {"kind": "linear", "coef": [0.0, 1.0],
+               "mae_before": 0.1, "mae_after": 0.1}, "oof_p_fp": PERFECT.tolist(),
+               "oof_is_tp": IS_TP.tolist()}  # fmt: skip
+    (g / "calibration.json").write_text(json.dumps(payload))
+    c = fit_default_method(fold, val)
+    assert c.learned == ["gcnn_classif", "gcnn_reg"]
+    assert c.method == "gcnn_reg" and c.val_auc["gcnn_reg"] == 1.0
+    assert c.val_auc["gcnn_classif"] == pytest.approx(0.875)  # tied with entropy_mean
+    # the same folder judged with the classifier alone (the rule before regressors joined)
+    from lesionuq.scorers.default_method import read_candidates
+
+    found = read_candidates(fold, val)
+    assert set(found.learned) == {"gcnn_classif", "gcnn_reg"} and set(found.baselines) == {
+        "entropy_mean"
+    }
+    assert found.only(["gcnn_classif"]).choose(IS_TP).method == "gcnn_classif"
+    assert found.only([]).choose(IS_TP).method == "entropy_mean"
+    assert found.choose(IS_TP) == c
+    # ranked alike, the paper's classifier keeps the default
+    payload["oof_p_fp"] = GOOD.tolist()
+    (g / "calibration.json").write_text(json.dumps(payload))
+    assert fit_default_method(fold, val).method == "gcnn_classif"

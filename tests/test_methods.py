@@ -35,7 +35,7 @@ def test_one_table_under_every_old_name() -> None:
     assert METHODS == methods.METHODS and set(METHODS) <= set(CATALOGUE)
     assert LEARNED_METHODS == (
         "gcnn_classif", "gcnn_reg", "metaseg_classif", "metaseg_reg",
-        "gcnn_ens", "gcnn_auto", "gcnn_stack", "gcnn_stack_all",
+        "gcnn_ens", "gcnn_auto", "gcnn_stack", "gcnn_stack_all", "gcnn_pair",
         "gcnn_nawm", "gcnn_aug", "gcnn_robust", "gcnn_unc", "gcnn_stack_robust", "gcnn_mt",
         "gcnn_loc", "gcnn_loc_mni", "metaseg_loc",
     )  # fmt: skip
@@ -46,6 +46,7 @@ def test_one_table_under_every_old_name() -> None:
     robust |= {"gcnn_loc", "gcnn_loc_mni"}  # issue 30 part 3
     robust |= {"gcnn_mt"}  # issue 31, the multi-task GCNN
     robust |= {"gcnn_stack_all"}  # issue 31, the stack over every untrained baseline
+    robust |= {"gcnn_pair"}  # issue 31, the paper's two GCNNs stacked
     assert (
         p_fp
         == {"gcnn_classif", "metaseg_classif", "metaseg_loc", "gcnn_ens", "gcnn_auto", "gcnn_stack"}

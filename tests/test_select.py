@@ -389,3 +389,28 @@ def test_gcnn_stack_all_spans_the_logsums_that_gcnn_stack_cannot_reach(one_threa
     stack = make_scorer("gcnn_stack", cfg).fit(val, progress=False)
     assert "entropy_logsum" not in stack.weights_
     assert ac_auc(stack.score(test), test.is_tp) < 0.8  # outside its span
+
+
+def test_gcnn_pair_stacks_the_papers_two_gcnns_and_scores_their_weighted_sum(one_thread, tmp_path):
+    """P(FP) = sigmoid(a_c logit(P_classif) + a_r (1 - IoU_hat) + b), both a >= 1e-6."""
+    from scipy import special
+
+    from lesionuq.calibration import clipped_logit
+
+    cfg = ExperimentConfig(gcnn=GCNN)
+    pair = make_scorer("gcnn_pair", cfg)
+    assert [c for c, _ in pair.estimators] == ["gcnn_classif", "gcnn_reg"]
+    val = _with_cases(random_lesion_set(40, seed=31), 8)
+    test = random_lesion_set(25, seed=32)
+    pair.fit(val, progress=False)
+    assert set(pair.weights_) == {"gcnn_classif", "gcnn_reg"}
+    assert min(pair.weights_.values()) >= 1e-6
+    z_c = clipped_logit(pair.fitted_["gcnn_classif"].score(test))
+    z_r = pair.fitted_["gcnn_reg"].score(test)  # 1 - IoU_hat, as it is
+    want = special.expit(
+        pair.weights_["gcnn_classif"] * z_c + pair.weights_["gcnn_reg"] * z_r + pair.intercept_
+    )
+    np.testing.assert_allclose(pair.score(test), want, rtol=1e-12)
+    pair.save(tmp_path / "pair")
+    back = load_scorer("gcnn_pair", tmp_path / "pair")
+    np.testing.assert_allclose(back.score(test), want, rtol=1e-12)

@@ -309,6 +309,16 @@ CATALOGUE: dict[str, MethodSpec] = {
         (*_UNTRAINED, "gcnn_classif"),
         self_calibrated=True,
     ),
+    # beyond the paper (issue 31): the paper's two GCNNs, the classifier's P(FP) and the
+    # regressor's 1 - IoU_hat, weighed by their out-of-fold scores (both weights >= 0):
+    # three numbers fitted on the validation lesions, where gcnn_stack fits six
+    "gcnn_pair": _selector(
+        "StackedScorer",
+        "GCNN classif + GCNN reg (stacked)",
+        "#c7c7c7",
+        ("gcnn_classif", "gcnn_reg"),
+        self_calibrated=True,
+    ),
     # beyond the paper (issue 31): GCNNs meant to carry over to other data
     # (scorers/robust.py): intensities relative to each scan's perilesional ring,
     # augmented training graphs, both, and both stacked like gcnn_stack

@@ -389,7 +389,9 @@ def _load_calibration(model: FittedModel) -> None:
     model.default = load_default_method(model.folder)
     method = model.p_fp_method
     path = root / method / CALIBRATOR_FILE
-    if model.default is not None and model.default.calibrator and method != "gcnn_classif":
+    if model.default is not None and model.default.is_baseline and model.default.calibrator:
+        # an untrained baseline's Platt map is stored with the choice; a learned scorer's
+        # calibrator (a classifier's or a regressor's P(FP)) is in its own folder
         payload = dict(model.default.calibrator or {})
         model.calibrator = calibrator_from_dict(payload["calibrator"])
         model.calibration = payload

@@ -5,7 +5,11 @@ untrained voxel-uncertainty aggregate can rank the lesions better. So each model
 chooses its default P(FP) method on its own validation lesions, where every learned
 scorer has *out-of-fold* P(FP) (``scorers/METHOD/calibration.json``: ``oof_p_fp``, the
 lesion scored by a model that did not see it) and every untrained baseline its plain
-score (nothing was fitted):
+score (nothing was fitted). The learned scorers include the IoU regressors (``gcnn_reg``,
+``metaseg_reg``): their P(FP) is a Platt map of ``1 - IoU_hat`` fitted out of fold, so it
+ranks as the regressor does, and a regressor learns from every lesion's graded overlap
+rather than from its FP label alone (the paper's regression GCNN leads the classifier
+with few validation lesions, and ranked best on family C's 2-fold quality run):
 
 1. AUC (the accuracy-confidence AUC of Table 2) of every candidate on the validation
    lesions, counted over the FP-TP pairs *within an inner fold*
@@ -78,11 +82,13 @@ from lesionuq.scorers.registry import load_scorer
 __all__ = [
     "DEFAULT_METHOD_FILE",
     "PAPER_METHOD",
+    "Candidates",
     "MethodChoice",
     "choose_default_method",
     "extrapolated_auc",
     "fit_default_method",
     "load_default_method",
+    "read_candidates",
     "validation_auc",
 ]
 
@@ -320,6 +326,84 @@ def choose_default_method(
     return choice(best, reason)
 
 
+@dataclass
+class Candidates:
+    """What the rule compares on a model folder's validation lesions (:func:`read_candidates`).
+
+    Attributes:
+        learned: Out-of-fold P(FP) (N,) of each learned scorer.
+        baselines: Score (N,) of each untrained baseline.
+        folds: (N,) inner fold of each learned scorer's out-of-fold P(FP), where known.
+        half_scores: (2S, N) scores of each learned scorer's half-size fits, where stored.
+    """
+
+    learned: dict[str, np.ndarray] = field(default_factory=dict)
+    baselines: dict[str, np.ndarray] = field(default_factory=dict)
+    folds: dict[str, np.ndarray] = field(default_factory=dict)
+    half_scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def only(self, learned: Sequence[str]) -> Candidates:
+        """The same with only the learned scorers named in ``learned`` (the baselines all)."""
+        keep = [m for m in self.learned if m in learned]
+        return Candidates(
+            {m: self.learned[m] for m in keep},
+            dict(self.baselines),
+            {m: f for m, f in self.folds.items() if m in keep},
+            {m: h for m, h in self.half_scores.items() if m in keep},
+        )
+
+    def choose(self, is_tp: np.ndarray, order: Sequence[str] = (PAPER_METHOD,)) -> MethodChoice:
+        """:func:`choose_default_method` on these candidates."""
+        return choose_default_method(
+            self.learned, self.baselines, is_tp, order, self.folds, self.half_scores
+        )
+
+
+def read_candidates(fold_dir: Path, val: Any, seed: int | None = None) -> Candidates:
+    """The candidates of a model folder, scored on its validation lesions ``val``.
+
+    Learned candidates are the scorers under ``fold_dir/scorers/`` whose
+    ``calibration.json`` holds out-of-fold P(FP) for these validation lesions (the
+    classifiers' and the IoU regressors'); untrained candidates are the folder's other
+    scorers (``requires_fit`` False), scored on them. A learned scorer's ``half_scores``
+    (its half-size fits), when the file has them, make it judged by its extrapolated AUC.
+    Each learned scorer's inner folds are its ``calibration.json``'s ``oof_fold``; a file
+    written before that field existed has them recomputed with ``seed`` (the experiment's,
+    which the cross-fit used), and is counted pooled when ``seed`` is None.
+
+    Args:
+        fold_dir: ``RUN/fold_K`` (a model folder).
+        val: The fold's validation :class:`~lesionuq.lesions.dataset.LesionSet`.
+        seed: The seed of the cross-fit's inner split, for files without ``oof_fold``.
+    """
+    is_tp = np.asarray(val.is_tp, dtype=bool)
+    out = Candidates()
+    root = Path(fold_dir) / "scorers"
+    for folder in sorted(p for p in root.iterdir() if (p / SCORER_FILE).is_file()):
+        name = folder.name
+        if name not in CATALOGUE:
+            continue
+        if is_learned(name):
+            path = folder / CALIBRATOR_FILE
+            if not path.is_file():
+                continue
+            payload = json.loads(path.read_text())
+            oof = payload.get("oof_p_fp")
+            if oof is None or len(oof) != len(is_tp):
+                continue  # no out-of-fold P(FP) for these lesions
+            out.learned[name] = np.asarray(oof, dtype=np.float64)
+            fold = _inner_folds_of(payload, val, seed)
+            if fold is not None:
+                out.folds[name] = fold
+            if payload.get("half_scores") is not None:
+                rows = [[math.nan if v is None else v for v in r] for r in payload["half_scores"]]
+                out.half_scores[name] = np.asarray(rows, dtype=np.float64)
+        elif len(is_tp):
+            scores = load_scorer(name, folder).score(val)
+            out.baselines[name] = np.asarray(scores, dtype=np.float64)
+    return out
+
+
 def fit_default_method(
     fold_dir: Path,
     val: Any,
@@ -329,14 +413,7 @@ def fit_default_method(
 ) -> MethodChoice:
     """Choose a model folder's default P(FP) method and write ``default_method.json``.
 
-    Learned candidates are the scorers under ``fold_dir/scorers/`` whose
-    ``calibration.json`` holds out-of-fold P(FP) for these validation lesions; untrained
-    candidates are the folder's other scorers (``requires_fit`` False), scored on them.
-    A learned scorer's ``half_scores`` (its half-size fits), when the file has them, make
-    it judged by its extrapolated AUC. Each learned scorer's inner folds are its
-    ``calibration.json``'s ``oof_fold``; a file
-    written before that field existed has them recomputed with ``seed`` (the experiment's,
-    which the cross-fit used), and is counted pooled when ``seed`` is None.
+    The candidates are :func:`read_candidates`'s; the rule is :func:`choose_default_method`.
 
     Args:
         fold_dir: ``RUN/fold_K`` (a model folder).
@@ -350,33 +427,9 @@ def fit_default_method(
         The choice, as written.
     """
     is_tp = np.asarray(val.is_tp, dtype=bool)
-    learned: dict[str, np.ndarray] = {}
-    folds: dict[str, np.ndarray] = {}
-    baselines: dict[str, np.ndarray] = {}
-    half: dict[str, np.ndarray] = {}
-    root = Path(fold_dir) / "scorers"
-    for folder in sorted(p for p in root.iterdir() if (p / SCORER_FILE).is_file()):
-        name = folder.name
-        if name not in CATALOGUE:
-            continue
-        if is_learned(name):
-            path = folder / CALIBRATOR_FILE
-            if not path.is_file():
-                continue
-            payload = json.loads(path.read_text())
-            oof = payload.get("oof_p_fp")
-            if oof is None or len(oof) != len(is_tp) or payload.get("iou_calibrator"):
-                continue  # no out-of-fold P(FP) for these lesions, or a regressor
-            learned[name] = np.asarray(oof, dtype=np.float64)
-            fold = _inner_folds_of(payload, val, seed)
-            if fold is not None:
-                folds[name] = fold
-            if payload.get("half_scores") is not None:
-                rows = [[math.nan if v is None else v for v in r] for r in payload["half_scores"]]
-                half[name] = np.asarray(rows, dtype=np.float64)
-        elif len(is_tp):
-            baselines[name] = np.asarray(load_scorer(name, folder).score(val), dtype=np.float64)
-    choice = choose_default_method(learned, baselines, is_tp, order, folds, half)
+    found = read_candidates(fold_dir, val, seed)
+    choice = found.choose(is_tp, order)
+    baselines = found.baselines
     if choice.is_baseline and choice.method in baselines:
         cal = PlattCalibrator(transform="identity").fit(baselines[choice.method], ~is_tp)
         p_val = cal.predict(baselines[choice.method])
