@@ -10,11 +10,12 @@ lesions (a baseline's Platt map and a learned scorer's calibrator are monotone, 
 score ranks as the reported P(FP) does). ``SRC == TGT`` is the quality bench's own
 setting; ``SRC != TGT`` needs runs of the same fold plan (the family bench's).
 
-Printed and written to ``OUT/default_candidates.csv``, per setting and set: the AUC of the
-set's default (95 % case-bootstrap interval over TGT's test scans, B = ``--n-boot``, paired
-across the sets and baselines), its difference to the best baseline on TGT's test lesions
-(in hindsight: the voxel aggregates, size and MetaSeg) and to the first set's default,
-and the method chosen in each fold.
+Printed and written to ``OUT/default_candidates.csv``, per setting, for each set's default
+and each ``--method``: the AUC (95 % case-bootstrap interval over TGT's test scans, B =
+``--n-boot``, paired across every column), its difference to the best baseline on TGT's
+test lesions (in hindsight: the voxel aggregates, size and MetaSeg), to ``gcnn_classif``
+(when it is a ``--method``) and, for a default, to the first set's default; and the
+method each set chose in each fold.
 
 Usage:
     python benchmarks/default_candidates.py --run q2c=runs/q2c/run \\
@@ -22,8 +23,9 @@ Usage:
         --set R=gcnn_classif,metaseg_classif,gcnn_stack,gcnn_reg,metaseg_reg [--cross]
 
 ``--run NAME=RUN`` (repeatable) names a run; ``--cross`` adds every ``SRC->TGT`` pair of
-the named runs; ``--set NAME=m1,m2`` (repeatable, the first is the reference) names the
-learned scorers a set may choose; a learned scorer the folder does not hold is skipped.
+the named runs; ``--method M`` (repeatable) adds SRC's scorer M as a column; ``--set
+NAME=m1,m2`` (repeatable, the first is the reference) names the learned scorers a set
+may choose; a learned scorer the folder does not hold is skipped.
 """
 
 from __future__ import annotations
@@ -72,13 +74,13 @@ class _Scores(dict):
 
 
 def setting_scores(
-    source: Path, target: Path, sets: dict[str, list[str]], seed: int
+    source: Path, target: Path, sets: dict[str, list[str]], methods: list[str], seed: int
 ) -> tuple[pd.DataFrame, dict[str, dict[int, str]]]:
-    """TGT's test lesions scored by SRC's baselines and by each set's default.
+    """TGT's test lesions scored by SRC's baselines, ``methods`` and each set's default.
 
     Returns:
-        One row per test lesion (``fold, case_id, is_tp``, one column per baseline and
-        ``default:SET`` per set), and the chosen method per set and fold.
+        One row per test lesion (``fold, case_id, is_tp``, one column per baseline and per
+        method, and ``default:SET`` per set), and the chosen method per set and fold.
     """
     src, tgt = RunDir(source), RunDir(target)
     frames, chosen = [], {name: {} for name in sets}
@@ -95,8 +97,10 @@ def setting_scores(
         for m in METHODS:  # MetaSeg: a learned baseline
             if is_baseline(m) and is_learned(m) and src.scorer(split.fold, m).is_dir():
                 frame[m] = scores[m]
-        for name, methods in sets.items():
-            choice = found.only(methods).choose(np.asarray(val.is_tp, dtype=bool))
+        for m in methods:
+            frame[m] = scores[m]
+        for name, learned in sets.items():
+            choice = found.only(learned).choose(np.asarray(val.is_tp, dtype=bool))
             chosen[name][split.fold] = choice.method
             frame[f"default:{name}"] = scores[choice.method]
         frames.append(frame)
@@ -104,35 +108,29 @@ def setting_scores(
 
 
 def setting_rows(lesions: pd.DataFrame, sets: list[str], n_boot: int) -> pd.DataFrame:
-    """Per set: AUC, paired difference to the best baseline and to the first set (points)."""
+    """Per method and set default: AUC and paired differences (points, 95 % intervals).
+
+    To the best baseline (in hindsight), to ``gcnn_classif`` (when scored) and, for a
+    set's default, to the first set's default.
+    """
     base = [c for c in lesions.columns if is_baseline(c)]
-    cols = base + [f"default:{s}" for s in sets]
+    rest = [c for c in lesions.columns if c not in (*base, "fold", "case_id", "is_tp")]
+    cols = base + rest
     boot = bootstrap_auc(lesions, cols, n_boot=n_boot, seed=0)
     lo, hi = boot.interval()
     point = dict(zip(cols, boot.point, strict=True))
     best = max(base, key=lambda m: point[m])
+    refs = {"best": best, "paper": "gcnn_classif", "first": f"default:{sets[0]}"}
+    diffs = {k: [100 * v for v in boot.difference(c)] for k, c in refs.items() if c in cols}
     rows = []
-    for s in sets:
-        col = f"default:{s}"
-        i = cols.index(col)
-        d, dlo, dhi = (100 * v[i] for v in boot.difference(best))
-        r, rlo, rhi = (100 * v[i] for v in boot.difference(f"default:{sets[0]}"))
-        rows.append(
-            {
-                "set": s,
-                "auc": 100 * point[col],
-                "auc_lo": 100 * lo[i],
-                "auc_hi": 100 * hi[i],
-                "best_baseline": best,
-                "best_auc": 100 * point[best],
-                "diff_best": d,
-                "diff_lo": dlo,
-                "diff_hi": dhi,
-                "diff_first": r,
-                "first_lo": rlo,
-                "first_hi": rhi,
-            }
-        )
+    for c in rest:
+        i = cols.index(c)
+        row = {"column": c, "auc": 100 * point[c], "auc_lo": 100 * lo[i], "auc_hi": 100 * hi[i]}
+        row |= {"best_baseline": best, "best_auc": 100 * point[best]}
+        for k, (d, dlo, dhi) in diffs.items():
+            if k != "first" or c.startswith("default:"):
+                row |= {f"diff_{k}": d[i], f"{k}_lo": dlo[i], f"{k}_hi": dhi[i]}
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -140,6 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="append", required=True, help="NAME=RUN")
     parser.add_argument("--set", action="append", required=True, help="NAME=m1,m2,...")
+    parser.add_argument("--method", action="append", default=[], help="also this method")
     parser.add_argument("--cross", action="store_true", help="also every SRC->TGT pair")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("runs/default_candidates"))
@@ -151,19 +150,22 @@ def main() -> None:
     for s, t in pairs:
         t0 = time.perf_counter()
         cfg = RunDir(runs[s]).read_plan()[0]
-        lesions, chosen = setting_scores(runs[s], runs[t], sets, cfg.seed)
+        lesions, chosen = setting_scores(runs[s], runs[t], sets, args.method, cfg.seed)
         table = setting_rows(lesions, list(sets), args.n_boot)
         table.insert(0, "setting", f"{s}->{t}")
-        table["chosen"] = [" / ".join(chosen[n][k] for k in sorted(chosen[n])) for n in sets]
+        picks = {f"default:{n}": " / ".join(chosen[n][k] for k in sorted(chosen[n])) for n in sets}
+        table["chosen"] = table["column"].map(picks).fillna("")
         rows.append(table)
         print(f"\n{s}->{t} ({len(lesions)} test lesions, {time.perf_counter() - t0:.0f} s)")
         print(table.drop(columns=["setting"]).round(2).to_string(index=False))
-        for r in table.itertuples():
-            print(
-                f"RESULT default {r.setting} {r.set} auc {r.auc:.2f} diff_best "
-                f"{r.diff_best:.2f} ci {r.diff_lo:.2f} {r.diff_hi:.2f} diff_first "
-                f"{r.diff_first:.2f} ci {r.first_lo:.2f} {r.first_hi:.2f} chosen {r.chosen}"
+        for r in table.to_dict("records"):
+            text = " ".join(
+                f"{k} {r[f'diff_{k}']:.2f} ({r[f'{k}_lo']:.2f}, {r[f'{k}_hi']:.2f})"
+                for k in ("best", "paper", "first")
+                if f"diff_{k}" in r and pd.notna(r[f"diff_{k}"])
             )
+            head = f"RESULT default {r['setting']} {r['column']} auc {r['auc']:.2f}"
+            print(f"{head} {text} {r['chosen']}")
     out = pd.concat(rows, ignore_index=True)
     args.out.mkdir(parents=True, exist_ok=True)
     out.to_csv(args.out / "default_candidates.csv", index=False)
