@@ -316,9 +316,10 @@ def test_fit_reads_the_half_size_scores(tmp_path) -> None:
     assert c.val_auc_full == {"gcnn_classif": pytest.approx(want)}
 
 
-def test_an_iou_regressor_is_a_candidate_through_its_out_of_fold_p_fp(tmp_path) -> None:
-    """gcnn_reg's calibration.json (with its IoU recalibrator) is read like a classifier's."""
-    from lesionuq.scorers.default_method import fit_default_method
+def test_an_iou_regressor_is_a_candidate_only_on_request(tmp_path) -> None:
+    """gcnn_reg's calibration.json (with its IoU recalibrator) is skipped by the rule; the
+    default-candidates bench reads it as it reads a classifier's."""
+    from lesionuq.scorers.default_method import fit_default_method, read_candidates
 
     fold, val = _fold_with(tmp_path, oof_gcnn=GOOD, column=GOOD)
     g = fold / "scorers" / "gcnn_reg"
@@ -328,21 +329,14 @@ def test_an_iou_regressor_is_a_candidate_through_its_out_of_fold_p_fp(tmp_path) 
                "mae_before": 0.1, "mae_after": 0.1}, "oof_p_fp": PERFECT.tolist(),
                "oof_is_tp": IS_TP.tolist()}  # fmt: skip
     (g / "calibration.json").write_text(json.dumps(payload))
-    c = fit_default_method(fold, val)
-    assert c.learned == ["gcnn_classif", "gcnn_reg"]
-    assert c.method == "gcnn_reg" and c.val_auc["gcnn_reg"] == 1.0
+    c = fit_default_method(fold, val)  # the regressor ranks perfectly, and is not judged
+    assert c.learned == ["gcnn_classif"] and c.method == "gcnn_classif"
     assert c.val_auc["gcnn_classif"] == pytest.approx(0.875)  # tied with entropy_mean
-    # the same folder judged with the classifier alone (the rule before regressors joined)
-    from lesionuq.scorers.default_method import read_candidates
-
-    found = read_candidates(fold, val)
-    assert set(found.learned) == {"gcnn_classif", "gcnn_reg"} and set(found.baselines) == {
-        "entropy_mean"
-    }
-    assert found.only(["gcnn_classif"]).choose(IS_TP).method == "gcnn_classif"
+    assert read_candidates(fold, val).choose(IS_TP) == c
+    found = read_candidates(fold, val, regressors=True)
+    assert set(found.learned) == {"gcnn_classif", "gcnn_reg"}
+    assert set(found.baselines) == {"entropy_mean"}
+    both = found.choose(IS_TP)
+    assert both.method == "gcnn_reg" and both.val_auc["gcnn_reg"] == 1.0
+    assert found.only(["gcnn_classif"]).choose(IS_TP) == c
     assert found.only([]).choose(IS_TP).method == "entropy_mean"
-    assert found.choose(IS_TP) == c
-    # ranked alike, the paper's classifier keeps the default
-    payload["oof_p_fp"] = GOOD.tolist()
-    (g / "calibration.json").write_text(json.dumps(payload))
-    assert fit_default_method(fold, val).method == "gcnn_classif"

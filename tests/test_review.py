@@ -399,38 +399,38 @@ def test_predict_reports_the_folders_default_method(scans, tmp_path):
         assert np.all(np.diff(res.table["p_fp"].to_numpy()[order]) >= -1e-12)
 
 
-def test_predict_reports_an_iou_regressors_p_fp_when_it_is_the_default(scans, tmp_path):
-    """A folder whose default is gcnn_reg reports its calibrated P(FP): Platt on 1 - IoU_hat."""
+def test_a_learned_default_is_calibrated_by_its_own_folders_calibrator(scans, tmp_path):
+    """A default naming a learned scorer reports that scorer's calibrated P(FP), from its
+    own calibration.json, even where default_method.json also carries a calibrator (as a
+    hand-edited or a re-chosen file may: a baseline default's Platt map)."""
     folder, image, _ = scans
     copy = tmp_path / "fold_0"
     shutil.copytree(folder, copy)
     chosen = json.loads((copy / DEFAULT_METHOD_FILE).read_text())
-    chosen |= {"method": "gcnn_reg", "reason": "gcnn_reg ranked the lesions best.",
-               "calibrator": None}  # fmt: skip
-    chosen["learned"] = sorted({*chosen["learned"], "gcnn_reg"})
+    base = chosen["best_baseline"]
+    stale = PlattCalibrator(transform="identity").fit(np.linspace(0, 1, 9), np.arange(9) > 4)
+    chosen |= {"method": "metaseg_classif", "reason": "metaseg_classif ranked best.",
+               "calibrator": {"calibrator": stale.to_dict()}}  # fmt: skip
+    chosen["learned"] = sorted({*chosen["learned"], "metaseg_classif"})
     (copy / DEFAULT_METHOD_FILE).write_text(json.dumps(chosen))
-    # the tiny run's regressor calibrator is flat (1 TP lesion): store a Platt map on
-    # u = 1 - IoU_hat that separates (FP at u >= 0.5)
-    path = copy / "scorers" / "gcnn_reg" / CALIBRATOR_FILE
-    u_val = np.linspace(0.0, 1.0, 21)
-    platt = PlattCalibrator(transform="identity").fit(u_val, u_val + 0.1 * np.sin(9 * u_val) > 0.5)
+    # the tiny run's calibrator is flat (1 TP lesion): store one that separates
+    path = copy / "scorers" / "metaseg_classif" / CALIBRATOR_FILE
+    p_val = np.linspace(0.01, 0.99, 21)
+    platt = PlattCalibrator().fit(p_val, p_val + 0.1 * np.sin(9 * p_val) > 0.5)
     path.write_text(json.dumps({**json.loads(path.read_text()), "calibrator": platt.to_dict()}))
     model = load_model(copy)
-    assert model.p_fp_method == "gcnn_reg"
-    cal, iou_cal, payload = load_calibration(path)
-    assert iou_cal is not None and model.calibration == payload
+    assert model.p_fp_method == "metaseg_classif" and base != "metaseg_classif"
+    cal, _, payload = load_calibration(path)
+    assert model.calibration == payload and model.calibrator.to_dict() == cal.to_dict()
     res = predict_scan(model, [image], tmp_path / "out", progress=False)
     side = json.loads((tmp_path / "out" / "lesions.json").read_text())
-    assert side["p_fp_method"] == "gcnn_reg"
-    assert side["p_fp_method_reason"] == "gcnn_reg ranked the lesions best."
-    p = res.table["p_fp"].to_numpy()
-    lo, hi = cal.predict(np.array([0.0, 1.0]))  # u = 0 (IoU_hat 1) .. u = 1 (IoU_hat 0)
-    assert lo < 0.05 < 0.95 < hi and np.all((p >= lo - 1e-12) & (p <= hi + 1e-12))
-    assert np.ptp(p) > 0  # not the flat calibrator the tiny run stored
-    # the reported P(FP) is gcnn_reg's calibrator on its raw 1 - IoU_hat, not gcnn_classif's
+    assert side["p_fp_method"] == "metaseg_classif"
+    assert side["p_fp_method_reason"] == "metaseg_classif ranked best."
+    assert np.ptp(res.table["p_fp"].to_numpy()) > 0  # not the flat calibrator of the run
     from lesionuq.predict.infer import _calibrate
 
-    u = np.array([0.0, 0.2, 0.5, 0.9, 1.0])
-    out = _calibrate(model, {"gcnn_classif": np.full(5, 0.5), "gcnn_reg": u})
-    np.testing.assert_allclose(out["gcnn_classif"], np.clip(cal.predict(u), 0.0, 1.0))
-    assert np.all(np.diff(out["gcnn_classif"]) > 0)  # Platt on u: increasing
+    raw = np.array([0.01, 0.2, 0.5, 0.9, 0.99])
+    out = _calibrate(model, {"gcnn_classif": np.full(5, 0.5), "metaseg_classif": raw,
+                             "gcnn_reg": np.full(5, 0.5)})  # fmt: skip
+    np.testing.assert_allclose(out["gcnn_classif"], np.clip(cal.predict(raw), 0.0, 1.0))
+    assert np.all(np.diff(out["gcnn_classif"]) > 0)  # Platt: increasing

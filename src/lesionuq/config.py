@@ -419,7 +419,7 @@ class CalibrationConfig(_Section):
         review_target: How ``predict`` chooses its review threshold on the validation
             lesions: ``"tp:q"`` keeps at least a share ``q`` of the true lesions
             unflagged, ``"fp:q"`` flags at least a share ``q`` of the false positives.
-        half_fits: Fit each learned scorer also on halves of the inner folds'
+        half_fits: Fit each learned classifier also on halves of the inner folds'
             training cases (2 more fits per inner fold, at half the size), so the
             default-method rule judges it by its out-of-fold AUC extrapolated to the fit
             on all validation lesions (issue 31); off: by the out-of-fold AUC itself.

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar, cast
 import numpy as np
 
 from lesionuq.calibration.calibrators import Calibrator, PlattCalibrator
-from lesionuq.calibration.crossfit import cross_fit, half_fit_scores
+from lesionuq.calibration.crossfit import cross_fit, half_fit_scores, is_regressor
 from lesionuq.calibration.iou import IoURecalibrator
 from lesionuq.calibration.storage import CALIBRATOR_FILE, operating_point_of, save_calibration
 from lesionuq.config import ExperimentConfig
@@ -99,10 +99,9 @@ class CalibratedScorer:
         seed: Seed of the inner split (the scorer's own seed is its parameter).
         method: Calibrator, ``"platt"`` or ``"isotonic"`` (:func:`make_calibrator`).
         iou_kind: Regressors' IoU recalibration, ``"isotonic"`` or ``"linear"``.
-        half_fits: Also fit the scorer on each half of every inner fold's training cases
+        half_fits: Also fit a classifier on each half of every inner fold's training cases
             (:func:`half_fit_scores`, 2 more fits per inner fold at half the size), so the
-            default-method rule can extrapolate its out-of-fold AUC to the full fit (an
-            IoU regressor too: its P(FP) is a candidate of that rule).
+            default-method rule can extrapolate its out-of-fold AUC to the full fit.
         half_splits: Distinct cuts into halves per inner fold (``splits`` of
             :func:`half_fit_scores`).
 
@@ -122,8 +121,8 @@ class CalibratedScorer:
         method_: ``method``, or ``"self"``.
         n_inner_: Inner folds used (the estimator's own for a self-calibrated one).
         half_scores_: (2 * half_splits, N) scores of the half-size fits
-            (:func:`half_fit_scores` over ``inner_fold_``), or None (``half_fits`` off, or one
-            inner fold).
+            (:func:`half_fit_scores` over ``inner_fold_``), or None (``half_fits`` off, a
+            regressor, or one inner fold).
 
     Example:
         >>> cal = CalibratedScorer(MetaSegScorer("classif"), n_inner=5).fit(val_lesions)
@@ -204,7 +203,7 @@ class CalibratedScorer:
         self.oof_p_fp_ = self.calibrator_.predict(self.oof_scores_)
         self.oof_is_tp_ = np.asarray(lesions.is_tp, dtype=bool)
         self.half_scores_ = None
-        if self.half_fits and self.inner_fold_.max() > 0:
+        if self.half_fits and not is_regressor(self.estimator) and self.inner_fold_.max() > 0:
             self.half_scores_ = half_fit_scores(
                 lambda: clone(self.estimator),
                 lesions,

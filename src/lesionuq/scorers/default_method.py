@@ -5,11 +5,12 @@ untrained voxel-uncertainty aggregate can rank the lesions better. So each model
 chooses its default P(FP) method on its own validation lesions, where every learned
 scorer has *out-of-fold* P(FP) (``scorers/METHOD/calibration.json``: ``oof_p_fp``, the
 lesion scored by a model that did not see it) and every untrained baseline its plain
-score (nothing was fitted). The learned scorers include the IoU regressors (``gcnn_reg``,
-``metaseg_reg``): their P(FP) is a Platt map of ``1 - IoU_hat`` fitted out of fold, so it
-ranks as the regressor does, and a regressor learns from every lesion's graded overlap
-rather than from its FP label alone (the paper's regression GCNN leads the classifier
-with few validation lesions, and ranked best on family C's 2-fold quality run):
+score (nothing was fitted). The IoU regressors (``gcnn_reg``, ``metaseg_reg``) are not
+candidates: admitted through their out-of-fold P(FP) (a Platt map of ``1 - IoU_hat``),
+they gained within family C and lost up to 17 points on the cross-family bench, where the
+regression GCNN fitted on one family ranked another's lesions worst of all
+(docs/benchmarks.md, "The regression GCNN as a default candidate");
+:func:`read_candidates` admits them on request, for that bench:
 
 1. AUC (the accuracy-confidence AUC of Table 2) of every candidate on the validation
    lesions, counted over the FP-TP pairs *within an inner fold*
@@ -359,14 +360,18 @@ class Candidates:
         )
 
 
-def read_candidates(fold_dir: Path, val: Any, seed: int | None = None) -> Candidates:
+def read_candidates(
+    fold_dir: Path, val: Any, seed: int | None = None, regressors: bool = False
+) -> Candidates:
     """The candidates of a model folder, scored on its validation lesions ``val``.
 
     Learned candidates are the scorers under ``fold_dir/scorers/`` whose
     ``calibration.json`` holds out-of-fold P(FP) for these validation lesions (the
-    classifiers' and the IoU regressors'); untrained candidates are the folder's other
-    scorers (``requires_fit`` False), scored on them. A learned scorer's ``half_scores``
-    (its half-size fits), when the file has them, make it judged by its extrapolated AUC.
+    classifiers; with ``regressors`` the IoU regressors too, whose P(FP) is a Platt map
+    of ``1 - IoU_hat``: measured and not adopted, module docstring); untrained
+    candidates are the folder's other scorers (``requires_fit`` False), scored on them.
+    A learned scorer's ``half_scores`` (its half-size fits), when the file has them, make
+    it judged by its extrapolated AUC.
     Each learned scorer's inner folds are its ``calibration.json``'s ``oof_fold``; a file
     written before that field existed has them recomputed with ``seed`` (the experiment's,
     which the cross-fit used), and is counted pooled when ``seed`` is None.
@@ -375,6 +380,8 @@ def read_candidates(fold_dir: Path, val: Any, seed: int | None = None) -> Candid
         fold_dir: ``RUN/fold_K`` (a model folder).
         val: The fold's validation :class:`~lesionuq.lesions.dataset.LesionSet`.
         seed: The seed of the cross-fit's inner split, for files without ``oof_fold``.
+        regressors: Also admit the IoU regressors (``calibration.json`` with an
+            ``iou_calibrator``).
     """
     is_tp = np.asarray(val.is_tp, dtype=bool)
     out = Candidates()
@@ -391,6 +398,8 @@ def read_candidates(fold_dir: Path, val: Any, seed: int | None = None) -> Candid
             oof = payload.get("oof_p_fp")
             if oof is None or len(oof) != len(is_tp):
                 continue  # no out-of-fold P(FP) for these lesions
+            if payload.get("iou_calibrator") and not regressors:
+                continue  # an IoU regressor
             out.learned[name] = np.asarray(oof, dtype=np.float64)
             fold = _inner_folds_of(payload, val, seed)
             if fold is not None:
