@@ -391,7 +391,7 @@ def _load_calibration(model: FittedModel) -> None:
     path = root / method / CALIBRATOR_FILE
     if model.default is not None and model.default.is_baseline and model.default.calibrator:
         # an untrained baseline's Platt map is stored with the choice; a learned scorer's
-        # calibrator (a classifier's or a regressor's P(FP)) is in its own folder
+        # calibrator is in its own folder (scorers/METHOD/calibration.json)
         payload = dict(model.default.calibrator or {})
         model.calibrator = calibrator_from_dict(payload["calibrator"])
         model.calibration = payload
