@@ -44,7 +44,7 @@ import pandas as pd
 
 from lesionuq.evaluation.bootstrap import bootstrap_auc
 from lesionuq.lesions.dataset import LesionSet
-from lesionuq.methods import METHODS, is_learned
+from lesionuq.methods import METHODS
 from lesionuq.rundir import RunDir
 from lesionuq.scorers import load_scorer
 from lesionuq.scorers.default_method import read_candidates
@@ -96,11 +96,8 @@ def setting_scores(
         frame = test.table[["case_id", "is_tp"]].copy()
         frame.insert(0, "fold", split.fold)
         scores = _Scores(src, split.fold, test)
-        for m in found.baselines:
-            if is_baseline(m):
-                frame[m] = scores[m]
-        for m in METHODS:  # MetaSeg: a learned baseline
-            if is_baseline(m) and is_learned(m) and src.scorer(split.fold, m).is_dir():
+        for m in METHODS:  # the baselines the folder holds: voxel aggregates, size, MetaSeg
+            if is_baseline(m) and src.scorer(split.fold, m).is_dir():
                 frame[m] = scores[m]
         for m in methods:
             frame[m] = scores[m]
