@@ -200,6 +200,7 @@ def test_registry_covers_every_method() -> None:
         "gcnn_unc",
         "gcnn_stack_robust",
         "gcnn_mt",
+        "gcnn_scancv",
         "gcnn_loc",
         "gcnn_loc_mni",
         "metaseg_loc",

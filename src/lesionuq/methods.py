@@ -343,6 +343,18 @@ CATALOGUE: dict[str, MethodSpec] = {
         fit_cost=1.0,
         settings={"cfg": "gcnn"},
     ),
+    # beyond the paper (issue 31): the paper's GCNN whose number of epochs is chosen by
+    # 3-fold cross-validation grouped by scan, then refitted on all the validation lesions
+    # (the paper's project rule keeps the best epoch on a 20 % held out by lesion)
+    "gcnn_scancv": MethodSpec(
+        _GCNN,
+        "GCNN classif, epochs by scan CV",
+        ("#d62728", ":", 2.0),
+        output="p_fp",
+        fit_cost=3.0,
+        kwargs={"task": "classif", "epoch_cv": 3},
+        settings={"cfg": "gcnn"},
+    ),
     # beyond the paper (issue 30, the paper's future work): the lesion's location class
     # (and MNI centroid) as features (scorers/located.py; needs graphs.location: true)
     "gcnn_loc": _located_gcnn("gcnn_loc", "GCNN + location", "-"),

@@ -43,6 +43,7 @@ from lesionuq.calibration.crossfit import (
     half_fit_scores,
     inner_folds,
     is_regressor,
+    scan_folds,
 )
 from lesionuq.calibration.iou import IoURecalibrator
 from lesionuq.calibration.logistic import clipped_logit, fit_monotone_logistic
@@ -84,5 +85,6 @@ __all__ = [
     "make_calibrator",
     "operating_point_of",
     "save_calibration",
+    "scan_folds",
     "update_operating_point",
 ]

@@ -27,7 +27,14 @@ from lesionuq.calibration.calibrators import Calibrator, make_calibrator
 from lesionuq.calibration.iou import IoURecalibrator
 from lesionuq.lesions.dataset import LesionSet
 
-__all__ = ["CrossFitResult", "cross_fit", "half_fit_scores", "inner_folds", "is_regressor"]
+__all__ = [
+    "CrossFitResult",
+    "cross_fit",
+    "half_fit_scores",
+    "inner_folds",
+    "is_regressor",
+    "scan_folds",
+]
 
 
 def inner_folds(
@@ -72,6 +79,28 @@ def inner_folds(
     for k, (_, test) in enumerate(splits):
         fold[test] = k
     return fold
+
+
+def scan_folds(lesions: LesionSet, n_inner: int, seed: int = 0) -> np.ndarray:
+    """Inner folds of lesions by scan whenever they come from at least 2 scans.
+
+    ``min(n_inner, number of scans)`` folds grouped by ``case_id`` and stratified by
+    ``is_tp`` (:func:`inner_folds`), so that a model is judged on scans it was not fitted
+    on; by lesion (``n_inner`` folds) when there is one scan or no ``case_id`` column.
+
+    Args:
+        lesions: N lesions with ``is_tp`` (and ``case_id``) in their table.
+        n_inner: Wanted number of folds (>= 2).
+        seed: Shuffling seed.
+
+    Returns:
+        (N,) int64 fold of each lesion, 0..K-1.
+    """
+    table = lesions.table
+    cases = table["case_id"].astype(str).to_numpy() if "case_id" in table else None
+    n_cases = 0 if cases is None else np.unique(cases).size
+    k = min(n_inner, n_cases) if n_cases >= 2 else n_inner
+    return inner_folds(lesions.is_tp, cases, k, seed)
 
 
 def is_regressor(scorer: Any) -> bool:

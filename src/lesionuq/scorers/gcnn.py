@@ -10,7 +10,11 @@ Training follows the paper (3.4): Adam, learning rate from ``cfg.lr`` down to
 ``cfg.lr_min`` (cosine, per step), batches of ``cfg.batch_size`` graphs, on the CPU by
 default. Node features are standardised with the training graphs' mean and std. A
 stratified, seeded ``cfg.val_fraction`` of the training graphs is held out to choose the
-epoch (lowest validation loss). Everything is seeded by ``cfg.seed`` without touching the
+epoch (lowest validation loss; the paper does not say how it stops). With ``epoch_cv =
+k >= 2`` (``gcnn_scancv``, issue 31) the number of epochs is chosen instead by k-fold
+cross-validation over the training graphs grouped by scan (the lesion-weighted mean
+held-out loss per epoch), and the model is refitted on all of them, stopped at that
+epoch. Everything is seeded by ``cfg.seed`` without touching the
 global random state, so a fit on the CPU is reproducible bit for bit.
 
 The model (:class:`~lesionuq.scorers.nn.LesionGCN`, sparse GCN layers) and the training
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -31,12 +36,14 @@ from sklearn.metrics import roc_auc_score
 from torch.nn import functional as F
 from torch_geometric.data import Batch, Data
 
+from lesionuq.calibration import scan_folds
 from lesionuq.config import GCNNConfig
 from lesionuq.errors import InputError
 from lesionuq.io import atomic_torch_save
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.scorers.base import LesionScorer, check_is_fitted, table_column
 from lesionuq.scorers.nn import (
+    FittedModel,
     LesionGCN,
     NullProgress,
     Schedule,
@@ -81,6 +88,14 @@ class GCNNScorer(LesionScorer):
         num_threads: PyTorch CPU threads while fitting / scoring (restored afterwards), or
             None to keep the current setting. Defaults to 1: the graphs are so small that
             more threads do not help, and they slow down badly when cores are shared.
+        epoch_cv: 0 (default): keep the epoch with the lowest loss on the held-out
+            ``cfg.val_fraction`` of the lesions, split by lesion. k >= 2: choose the
+            number of epochs by k-fold cross-validation grouped by scan
+            (:func:`~lesionuq.calibration.scan_folds`: ``min(k, scans)`` folds from 2
+            scans on, by lesion below), the first minimum of the held-out loss averaged
+            over the folds with weights their lesion counts; then train on ALL the
+            lesions with the same schedule and stop at that epoch. Costs about k + 1
+            fits. Falls back to the held-out rule when no inner fold has both classes.
 
     Attributes:
         model_: The selected :class:`LesionGCN` (on the CPU after fitting / loading).
@@ -88,6 +103,8 @@ class GCNNScorer(LesionScorer):
         feature_mean_, feature_std_: (F,) float32 standardisation statistics.
         best_epoch_: 1-based epoch whose weights were kept.
         history_: Per-epoch dicts: epoch, lr, train_loss, val_loss, val_auc / val_mse.
+        cv_loss_: (epochs,) cross-validated held-out loss per epoch (``epoch_cv``), else
+            None.
         constant_: The constant uncertainty of a degenerate fit, else None.
     """
 
@@ -98,6 +115,7 @@ class GCNNScorer(LesionScorer):
     best_epoch_: int | None
     history_: list[dict[str, Any]]
     class_weight_: list[float] | None
+    cv_loss_: list[float] | None
 
     def __init__(
         self,
@@ -106,14 +124,18 @@ class GCNNScorer(LesionScorer):
         name: str | None = None,
         device: str = "cpu",
         num_threads: int | None = 1,
+        epoch_cv: int = 0,
     ) -> None:
         if task not in _TASKS:
             raise ValueError(f"task must be 'classif' or 'reg', got {task!r}.")
+        if epoch_cv < 0 or epoch_cv == 1:
+            raise ValueError(f"epoch_cv must be 0 or at least 2, got {epoch_cv}.")
         self.task = task
         self.cfg = cfg or GCNNConfig()  # checked when made (GCNNConfig.__post_init__)
         self.name = name or f"gcnn_{task}"
         self.device = device
         self.num_threads = num_threads
+        self.epoch_cv = epoch_cv
 
     @property
     def _out_features(self) -> int:
@@ -167,37 +189,26 @@ class GCNNScorer(LesionScorer):
             return self
         assert n_feat is not None  # there are lesions, so _check_graphs read F
 
-        train_idx, val_idx = split_train_val(y_fp, cfg.val_fraction, cfg.seed)
-        x_train = torch.cat([lesions.graphs[i].x for i in train_idx]).double()
-        self.feature_mean_ = x_train.mean(0).float()
-        std = x_train.std(0, unbiased=False)
-        self.feature_std_ = torch.where(std > 1e-8, std, torch.ones_like(std)).float()
-        data = self._to_data(lesions, y_fp, y_iou)
-        train = [data[i] for i in train_idx]
-        val = [data[i] for i in val_idx]
-
         device = resolve_device(self.device)
-        weight = None
-        if self.task == "classif" and cfg.class_weight:
-            weight = balanced_class_weight(y_fp[train_idx]).to(device)
-        self.class_weight_ = None if weight is None else weight.cpu().tolist()
-
         start = time.perf_counter()
         with make_progress(transient=False) if progress else NullProgress() as bar:
-            task = bar.add_task(self.name, total=cfg.epochs, info="")
-            fitted = fit_graph_model(
-                lambda: self._new_model(n_feat),
-                train,
-                val,
-                schedule=Schedule(cfg.lr, cfg.lr_min, cfg.epochs, cfg.batch_size),
-                seed=cfg.seed,
-                forward=_forward,
-                loss=lambda out, batch: self._loss(out, batch, weight),
-                validate=lambda model, held_out: self._validate(model, held_out, weight, device),
-                rank=lambda record: (record["val_loss"],),
-                augment=self._augment,
-                device=device,
-                log_lr=True,
+            stop_after = None
+            if self.epoch_cv >= 2:
+                curve = self._cv_loss(lesions, y_fp, y_iou, device, bar)
+                if curve is not None:
+                    self.cv_loss_ = curve.tolist()
+                    stop_after = int(np.argmin(curve)) + 1
+            if stop_after is None:
+                train_idx, val_idx = split_train_val(y_fp, cfg.val_fraction, cfg.seed)
+            else:
+                train_idx, val_idx = np.arange(len(y_fp)), np.zeros(0, np.int64)
+            task = bar.add_task(self.name, total=stop_after or cfg.epochs, info="")
+            fitted = self._train(
+                lesions,
+                (y_fp, y_iou),
+                (train_idx, val_idx),
+                device,
+                stop_after,
                 on_epoch=lambda record: bar.update(task, advance=1, info=_describe(record)),
             )
         assert isinstance(fitted.model, LesionGCN)
@@ -205,8 +216,93 @@ class GCNNScorer(LesionScorer):
         self.best_epoch_ = fitted.best_epoch
         self.history_ = fitted.history
         self.fit_seconds_ = time.perf_counter() - start
-        self.n_train_, self.n_val_ = len(train), len(val)
+        self.n_train_, self.n_val_ = len(train_idx), len(val_idx)
         return self
+
+    def _train(
+        self,
+        lesions: LesionSet,
+        labels: tuple[np.ndarray, np.ndarray],
+        split: tuple[np.ndarray, np.ndarray],
+        device: torch.device,
+        stop_after: int | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ) -> FittedModel:
+        """One fit on the lesions ``split[0]``, its epoch ranked on ``split[1]``.
+
+        Sets the standardisation (``feature_mean_`` / ``feature_std_``, from the training
+        graphs' nodes) and ``class_weight_`` to this fit's.
+
+        Args:
+            lesions: The N lesions.
+            labels: (N,) int FP labels and (N,) float IoU_adj.
+            split: Indices of the training and of the held-out lesions (may be empty).
+            device: Training device.
+            stop_after: Last epoch to train (:func:`fit_graph_model`), None for all.
+            on_epoch: Called with each epoch's record.
+        """
+        cfg = self.cfg
+        y_fp, y_iou = labels
+        train_idx, val_idx = split
+        x_train = torch.cat([lesions.graphs[i].x for i in train_idx]).double()
+        self.feature_mean_ = x_train.mean(0).float()
+        std = x_train.std(0, unbiased=False)
+        self.feature_std_ = torch.where(std > 1e-8, std, torch.ones_like(std)).float()
+        data = self._to_data(lesions, y_fp, y_iou)
+        weight = None
+        if self.task == "classif" and cfg.class_weight:
+            weight = balanced_class_weight(y_fp[train_idx]).to(device)
+        self.class_weight_ = None if weight is None else weight.cpu().tolist()
+        n_feat = int(self.feature_mean_.numel())
+        return fit_graph_model(
+            lambda: self._new_model(n_feat),
+            [data[i] for i in train_idx],
+            [data[i] for i in val_idx],
+            schedule=Schedule(cfg.lr, cfg.lr_min, cfg.epochs, cfg.batch_size),
+            seed=cfg.seed,
+            forward=_forward,
+            loss=lambda out, batch: self._loss(out, batch, weight),
+            validate=lambda model, held_out: self._validate(model, held_out, weight, device),
+            rank=lambda record: (record["val_loss"],),
+            augment=self._augment,
+            device=device,
+            log_lr=True,
+            on_epoch=on_epoch,
+            stop_after=stop_after,
+        )
+
+    def _cv_loss(
+        self,
+        lesions: LesionSet,
+        y_fp: np.ndarray,
+        y_iou: np.ndarray,
+        device: torch.device,
+        bar: Any,
+    ) -> np.ndarray | None:
+        """(epochs,) held-out loss per epoch, cross-validated by scan (``epoch_cv``).
+
+        The lesion-weighted mean over the inner folds (:func:`scan_folds`) whose training
+        part can be fitted (both classes, for the classifier); None when none can.
+        """
+        fold = scan_folds(lesions, self.epoch_cv, self.cfg.seed)
+        total, n_held = np.zeros(self.cfg.epochs), 0
+        task = bar.add_task(f"{self.name} (scan CV)", total=self.cfg.epochs * (fold.max() + 1))
+        for k in range(int(fold.max()) + 1):
+            train_idx, val_idx = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+            fittable = self.task == "reg" or np.unique(y_fp[train_idx]).size == 2
+            if fittable and val_idx.size:
+                fitted = self._train(
+                    lesions,
+                    (y_fp, y_iou),
+                    (train_idx, val_idx),
+                    device,
+                    on_epoch=lambda record: bar.update(task, advance=1),
+                )
+                total += val_idx.size * np.array([r["val_loss"] for r in fitted.history])
+                n_held += val_idx.size
+            else:
+                bar.update(task, advance=self.cfg.epochs)
+        return total / n_held if n_held else None
 
     def _reset(self) -> None:
         self.model_ = None
@@ -215,6 +311,7 @@ class GCNNScorer(LesionScorer):
         self.best_epoch_ = None
         self.history_ = []
         self.class_weight_ = None
+        self.cv_loss_ = None
         self.fit_seconds_ = 0.0
         self.n_train_ = self.n_val_ = 0
 
@@ -355,6 +452,7 @@ class GCNNScorer(LesionScorer):
             "class_weight": self.class_weight_,
             "fit_seconds": self.fit_seconds_,
             "history": self.history_,
+            "cv_loss": self.cv_loss_,
         }
 
     def _set_state(self, state: dict[str, Any] | None, folder: Path) -> None:
@@ -370,6 +468,7 @@ class GCNNScorer(LesionScorer):
         self.class_weight_ = state["class_weight"]
         self.fit_seconds_ = state["fit_seconds"]
         self.history_ = state["history"]
+        self.cv_loss_ = state.get("cv_loss")  # saved before epoch_cv existed: None
         if self.constant_ is None:
             path = folder / MODEL_FILE
             if not path.is_file():

@@ -65,6 +65,7 @@ from lesionuq.calibration import (
     fit_monotone_logistic,
     half_fit_scores,
     inner_folds,
+    scan_folds,
 )
 from lesionuq.evaluation.curves import within_fold_auc
 from lesionuq.lesions.dataset import LesionSet
@@ -420,10 +421,7 @@ class StackedScorer(SelectedScorer):
         ``min(n_inner, number of cases)`` folds grouped by case (so every out-of-fold
         score comes from models that never saw that scan); by lesion otherwise.
         """
-        cases = self._cases(lesions)
-        n_cases = 0 if cases is None else np.unique(cases).size
-        n_inner = min(self.n_inner, n_cases) if n_cases >= 2 else self.n_inner
-        return inner_folds(lesions.is_tp, cases, n_inner, self.seed)
+        return scan_folds(lesions, self.n_inner, self.seed)
 
     def score(self, lesions: LesionSet) -> np.ndarray:
         """(N,) float64 P(FP) in (0, 1): the weighted sum of the candidates' scores.

@@ -152,6 +152,7 @@ def fit_graph_model(
     device: torch.device | str = "cpu",
     log_lr: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    stop_after: int | None = None,
 ) -> FittedModel:
     """Train a graph model and keep its best epoch's weights.
 
@@ -159,7 +160,10 @@ def fit_graph_model(
     seeded with ``seed``), Adam and one cosine step per batch; then, when there are
     held-out graphs and ``rank`` is given, ``validate`` adds its metrics to the epoch's
     record and the epoch with the smallest ``rank(record)`` (compared as tuples, strictly
-    below ``(inf, ...)``) is kept. Otherwise the last epoch is kept.
+    below ``(inf, ...)``) is kept. Otherwise the last epoch is kept. With ``stop_after``
+    training ends after that epoch, whose weights are kept, while the learning rate
+    follows the schedule of ``schedule.epochs`` epochs: the same trajectory as a full
+    run up to that epoch (how a refit reproduces an epoch chosen by cross-validation).
 
     Args:
         build: Returns the new, untrained model (called once, under the seed).
@@ -176,10 +180,17 @@ def fit_graph_model(
         device: Training device.
         log_lr: Record the epoch's starting learning rate as ``lr``.
         on_epoch: Called with each epoch's record (progress bars).
+        stop_after: Last epoch to train (1..``schedule.epochs``); None for all of them.
 
     Returns:
         A :class:`FittedModel`.
+
+    Raises:
+        ValueError: ``stop_after`` outside 1..``schedule.epochs``.
     """
+    if stop_after is not None and not 1 <= stop_after <= schedule.epochs:
+        raise ValueError(f"stop_after must be in 1..{schedule.epochs}, got {stop_after}.")
+    last = schedule.epochs if stop_after is None else stop_after
     train = list(train)
     val = list(val)
     with torch.random.fork_rng(devices=[]):
@@ -197,9 +208,9 @@ def fit_graph_model(
         )
         best_key: tuple[float, ...] | None = None
         best_state: dict[str, torch.Tensor] | None = None
-        best_epoch = schedule.epochs
+        best_epoch = last
         history: list[dict[str, Any]] = []
-        for epoch in range(1, schedule.epochs + 1):
+        for epoch in range(1, last + 1):
             lr = optimiser.param_groups[0]["lr"]
             model.train()
             loss_sum, n_seen = 0.0, 0
@@ -232,7 +243,7 @@ def fit_graph_model(
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
-        best_epoch = schedule.epochs
+        best_epoch = last
     model.zero_grad(set_to_none=True)
     return FittedModel(model.cpu().eval(), best_epoch, history)
 
