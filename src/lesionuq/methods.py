@@ -238,26 +238,25 @@ def _located_gcnn(name: str, label: str, line: str) -> MethodSpec:
     )
 
 
+def _gcnn(
+    label: str, style: tuple[str, str, float], task: str, fit_cost: float = 1.0, **kwargs: Any
+) -> MethodSpec:
+    """A :class:`~lesionuq.scorers.gcnn.GCNNScorer` of ``task``, built with ``kwargs`` too."""
+    return MethodSpec(
+        _GCNN,
+        label,
+        style,
+        output="p_fp" if task == "classif" else "iou",
+        fit_cost=fit_cost,
+        kwargs={"task": task, **kwargs},
+        settings={"cfg": "gcnn"},
+    )
+
+
 # (colour, line style, line width): one family per colour, mean solid / logsum dashed
 CATALOGUE: dict[str, MethodSpec] = {
-    "gcnn_classif": MethodSpec(
-        _GCNN,
-        "GCNN classif",
-        ("#d62728", "-", 2.6),
-        output="p_fp",
-        fit_cost=1.0,
-        kwargs={"task": "classif"},
-        settings={"cfg": "gcnn"},
-    ),
-    "gcnn_reg": MethodSpec(
-        _GCNN,
-        "GCNN reg",
-        ("#ff7f0e", "--", 2.6),
-        output="iou",
-        fit_cost=1.0,
-        kwargs={"task": "reg"},
-        settings={"cfg": "gcnn"},
-    ),
+    "gcnn_classif": _gcnn("GCNN classif", ("#d62728", "-", 2.6), "classif"),
+    "gcnn_reg": _gcnn("GCNN reg", ("#ff7f0e", "--", 2.6), "reg"),
     "entropy_mean": _column("entropy_mean", "Entropy mean", "#1f77b4", "-"),
     "entropy_logsum": _column("entropy_logsum", "Entropy logsum", "#1f77b4", "--"),
     "variance_mean": _column("variance_mean", "Variance mean", "#2ca02c", "-"),
@@ -346,14 +345,8 @@ CATALOGUE: dict[str, MethodSpec] = {
     # beyond the paper (issue 31): the paper's GCNN whose number of epochs is chosen by
     # 3-fold cross-validation grouped by scan, then refitted on all the validation lesions
     # (the paper's project rule keeps the best epoch on a 20 % held out by lesion)
-    "gcnn_scancv": MethodSpec(
-        _GCNN,
-        "GCNN classif, epochs by scan CV",
-        ("#d62728", ":", 2.0),
-        output="p_fp",
-        fit_cost=3.0,
-        kwargs={"task": "classif", "epoch_cv": 3},
-        settings={"cfg": "gcnn"},
+    "gcnn_scancv": _gcnn(
+        "GCNN classif, epochs by scan CV", ("#d62728", ":", 2.0), "classif", 3.0, epoch_cv=3
     ),
     # beyond the paper (issue 30, the paper's future work): the lesion's location class
     # (and MNI centroid) as features (scorers/located.py; needs graphs.location: true)
