@@ -1,7 +1,8 @@
 """Cross-family bench (issue 31): Table 2 on phantom families A, B (and C), and across them.
 
 Runs the paper's protocol (``configs/families.yaml``, a reduced version of the quality
-bench: 2 mm grid, 32 cases, 2 folds, 300 U-Net steps, T = 10; see the config's header)
+bench: 2 mm grid, 32 cases, 2 folds, 1,200 U-Net steps (300 before 2026-12-04), T = 10;
+see the config's header)
 once on family A (``lesionuq.data.phantom``, MNI152) and once on family B
 (``lesionuq.data.family_b``, fsaverage5 and other generative rules), and with
 ``--families a,b,c`` on family C too (``lesionuq.data.family_c``, a procedural brain
