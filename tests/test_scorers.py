@@ -89,6 +89,7 @@ def test_get_params_reads_the_constructor_signature() -> None:
         "name": "gcnn_reg",
         "device": "cpu",
         "num_threads": None,
+        "epoch_cv": 0,
     }
     assert MetaSegScorer("reg", max_iter=5).get_params() == {
         "task": "reg",
