@@ -437,3 +437,30 @@ def test_local_cluster_keeps_its_workers_and_prints_no_worker_traceback(capfd):
     }
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Compute Failed" not in err
+
+
+def test_a_lost_heartbeat_is_dropped_and_every_other_record_kept() -> None:
+    import logging
+
+    from lesionuq.parallel import HEARTBEAT_LOST, _not_a_lost_heartbeat
+
+    def record(msg: str, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord("distributed.worker", level, __file__, 1, msg, None, None)
+
+    assert _not_a_lost_heartbeat(record(HEARTBEAT_LOST)) is False
+    assert _not_a_lost_heartbeat(record("Compute Failed")) is True
+    assert _not_a_lost_heartbeat(record(HEARTBEAT_LOST + " again")) is True
+    assert _not_a_lost_heartbeat(record("%s", logging.WARNING)) is True
+
+
+def test_the_workers_of_a_local_cluster_drop_the_lost_heartbeat() -> None:
+    pytest.importorskip("distributed")
+    from lesionuq.parallel import _client, _not_a_lost_heartbeat
+
+    def installed() -> bool:
+        import logging
+
+        return _not_a_lost_heartbeat in logging.getLogger("distributed.worker").filters
+
+    with _client(None, 1) as client:
+        assert list(client.run(installed).values()) == [True]

@@ -352,7 +352,30 @@ def _client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
             silence_logs=logging.ERROR,
         )
         with cluster, Client(cluster) as client:
+            client.run(_quiet_lost_heartbeat)
             yield client
+
+
+HEARTBEAT_LOST = "Failed to communicate with scheduler during heartbeat."
+"""What a Dask worker logs, with a traceback, when its heartbeat meets a closed scheduler."""
+
+
+def _not_a_lost_heartbeat(record: logging.LogRecord) -> bool:
+    """A logging filter: False for :data:`HEARTBEAT_LOST`, True for every other record."""
+    return record.getMessage() != HEARTBEAT_LOST
+
+
+def _quiet_lost_heartbeat() -> None:
+    """In a worker of a local cluster: drop the traceback of a heartbeat that lost its scheduler.
+
+    When a ``LocalCluster`` closes, a worker's heartbeat can reach the scheduler after it
+    stopped; distributed then logs :data:`HEARTBEAT_LOST` with a full traceback at ERROR
+    (dask/distributed#7105: intermittent, more often on a loaded machine), after a run
+    that succeeded. The scheduler of a local cluster lives in the calling process, so a
+    worker that loses it has nothing to tell the user. Every other record is kept, and a
+    remote scheduler's workers are left alone.
+    """
+    logging.getLogger("distributed.worker").addFilter(_not_a_lost_heartbeat)
 
 
 _TRIM = "MALLOC_TRIM_THRESHOLD_"
