@@ -348,6 +348,17 @@ CATALOGUE: dict[str, MethodSpec] = {
     "gcnn_scancv": _gcnn(
         "GCNN classif, epochs by scan CV", ("#d62728", ":", 2.0), "classif", 3.0, epoch_cv=3
     ),
+    # beyond the paper (issue 31): the mean P(FP) of 5 paper GCNNs that differ only in
+    # their seed (scorers/seeds.py); member 0 is gcnn_classif
+    "gcnn_seeds": MethodSpec(
+        "lesionuq.scorers.seeds:SeedEnsembleScorer",
+        "GCNN classif, 5 seeds",
+        ("#d62728", "-.", 2.0),
+        output="p_fp",
+        fit_cost=5.0,
+        factory="lesionuq.scorers.seeds:make_gcnn_seeds",
+        reads=("gcnn",),
+    ),
     # beyond the paper (issue 30, the paper's future work): the lesion's location class
     # (and MNI centroid) as features (scorers/located.py; needs graphs.location: true)
     "gcnn_loc": _located_gcnn("gcnn_loc", "GCNN + location", "-"),
