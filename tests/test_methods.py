@@ -37,7 +37,7 @@ def test_one_table_under_every_old_name() -> None:
         "gcnn_classif", "gcnn_reg", "metaseg_classif", "metaseg_reg",
         "gcnn_ens", "gcnn_auto", "gcnn_stack", "gcnn_stack_all", "gcnn_pair",
         "gcnn_nawm", "gcnn_aug", "gcnn_robust", "gcnn_unc", "gcnn_stack_robust", "gcnn_mt",
-        "gcnn_scancv", "gcnn_seeds", "gcnn_loc", "gcnn_loc_mni", "metaseg_loc",
+        "gcnn_scancv", "gcnn_seeds", "gcnn_stack_seeds", "gcnn_loc", "gcnn_loc_mni", "metaseg_loc",
     )  # fmt: skip
     assert LABELS["gcnn_stack"] == "GCNN + uncertainty means (stacked)"
     assert REQUIRED_SCORERS == ("gcnn_classif", "gcnn_reg")
@@ -48,7 +48,7 @@ def test_one_table_under_every_old_name() -> None:
     robust |= {"gcnn_stack_all"}  # issue 31, the stack over every untrained baseline
     robust |= {"gcnn_pair"}  # issue 31, the paper's two GCNNs stacked
     robust |= {"gcnn_scancv"}  # issue 31, the epochs chosen by scan-grouped CV
-    robust |= {"gcnn_seeds"}  # issue 31, the mean of 5 seeds of the paper's GCNN
+    robust |= {"gcnn_seeds", "gcnn_stack_seeds"}  # issue 31, 5 seeds of the paper's GCNN
     assert (
         p_fp
         == {"gcnn_classif", "metaseg_classif", "metaseg_loc", "gcnn_ens", "gcnn_auto", "gcnn_stack"}

@@ -64,3 +64,11 @@ def test_registered_gcnn_seeds_member_0_is_gcnn_classif_and_it_round_trips(tmp_p
     same = load_scorer("gcnn_seeds", tmp_path / "gcnn_seeds")
     np.testing.assert_array_equal(same.score(test), bag.score(test))
     assert [m.cfg.seed for m in same.members_] == [7, 8, 9, 10, 11]
+
+
+def test_gcnn_stack_seeds_stacks_the_seed_ensemble_with_the_uncertainty_means() -> None:
+    stack = make_scorer("gcnn_stack_seeds", ExperimentConfig(gcnn=CFG))
+    names = [name for name, _ in stack.estimators]
+    assert names == ["entropy_mean", "variance_mean", "pcs_mean", "size", "gcnn_seeds"]
+    bag = dict(stack.estimators)["gcnn_seeds"]
+    assert isinstance(bag, SeedEnsembleScorer) and bag.estimator.cfg == CFG

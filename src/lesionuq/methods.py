@@ -359,6 +359,14 @@ CATALOGUE: dict[str, MethodSpec] = {
         factory="lesionuq.scorers.seeds:make_gcnn_seeds",
         reads=("gcnn",),
     ),
+    # beyond the paper (issue 31): gcnn_stack with the 5-seed GCNN in place of the paper's
+    "gcnn_stack_seeds": _selector(
+        "StackedScorer",
+        "GCNN, 5 seeds + uncertainty means (stacked)",
+        "#bdbdbd",
+        (*_STACK, "gcnn_seeds"),
+        self_calibrated=True,
+    ),
     # beyond the paper (issue 30, the paper's future work): the lesion's location class
     # (and MNI centroid) as features (scorers/located.py; needs graphs.location: true)
     "gcnn_loc": _located_gcnn("gcnn_loc", "GCNN + location", "-"),
