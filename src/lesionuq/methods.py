@@ -154,17 +154,42 @@ def _column(column: str, label: str, colour: str, line: str) -> MethodSpec:
     )
 
 
+def _made(
+    where: str,
+    name: str,
+    label: str,
+    style: tuple[str, str, float],
+    fit_cost: float = 1.0,
+    reads: tuple[str, ...] = ("gcnn", "sequences"),
+    needs_location: bool = False,
+) -> MethodSpec:
+    """A P(FP) scorer built by ``make_<name>`` of its module.
+
+    Args:
+        where: ``"module:Class"`` of the implementation; the factory is
+            ``"module:make_<name>"``.
+        name: The method name.
+        label: Legend label.
+        style: (colour, line style, line width).
+        fit_cost: Relative fit time.
+        reads: Config sections the factory reads.
+        needs_location: Whether it reads the lesions' locations.
+    """
+    return MethodSpec(
+        where,
+        label,
+        style,
+        output="p_fp",
+        fit_cost=fit_cost,
+        factory=f"{where.split(':')[0]}:make_{name}",
+        reads=reads,
+        needs_location=needs_location,
+    )
+
+
 def _robust(name: str, label: str, colour: str) -> MethodSpec:
     """A GCNN of ``scorers/robust.py`` (built by its ``make_<name>``)."""
-    return MethodSpec(
-        "lesionuq.scorers.robust:RobustGCNNScorer",
-        label,
-        (colour, "-", 2.0),
-        output="p_fp",
-        fit_cost=1.0,
-        factory=f"lesionuq.scorers.robust:make_{name}",
-        reads=("gcnn", "sequences"),
-    )
+    return _made("lesionuq.scorers.robust:RobustGCNNScorer", name, label, (colour, "-", 2.0))
 
 
 def _selector(
@@ -226,14 +251,11 @@ _UNTRAINED = (
 
 def _located_gcnn(name: str, label: str, line: str) -> MethodSpec:
     """A GCNN of ``scorers/located.py`` that reads the lesions' locations."""
-    return MethodSpec(
+    return _made(
         "lesionuq.scorers.located:LocationGCNNScorer",
+        name,
         label,
         ("#ff9896", line, 2.0),
-        output="p_fp",
-        fit_cost=1.0,
-        factory=f"lesionuq.scorers.located:make_{name}",
-        reads=("gcnn", "sequences"),
         needs_location=True,
     )
 
@@ -277,13 +299,12 @@ CATALOGUE: dict[str, MethodSpec] = {
         _METASEG, "MetaSeg reg", ("#e377c2", "-.", 1.4), output="iou", kwargs={"task": "reg"}
     ),
     # beyond the paper: a seeded ensemble of hybrid lesion GCNNs (scorers/gcnn_ens.py)
-    "gcnn_ens": MethodSpec(
+    "gcnn_ens": _made(
         "lesionuq.scorers.gcnn_ens:GCNNEnsembleScorer",
+        "gcnn_ens",
         "GCNN ensemble",
         ("#17becf", "-", 2.6),
-        output="p_fp",
         fit_cost=5.0,
-        factory="lesionuq.scorers.gcnn_ens:make_gcnn_ens",
         reads=("gcnn",),
     ),
     # beyond the paper: the GCNN only where the validation lesions show it helps
@@ -350,13 +371,12 @@ CATALOGUE: dict[str, MethodSpec] = {
     ),
     # beyond the paper (issue 31): the mean P(FP) of 5 paper GCNNs that differ only in
     # their seed (scorers/seeds.py); member 0 is gcnn_classif
-    "gcnn_seeds": MethodSpec(
+    "gcnn_seeds": _made(
         "lesionuq.scorers.seeds:SeedEnsembleScorer",
+        "gcnn_seeds",
         "GCNN classif, 5 seeds",
         ("#d62728", "-.", 2.0),
-        output="p_fp",
         fit_cost=5.0,
-        factory="lesionuq.scorers.seeds:make_gcnn_seeds",
         reads=("gcnn",),
     ),
     # beyond the paper (issue 31): gcnn_stack with the 5-seed GCNN in place of the paper's
