@@ -196,7 +196,7 @@ def part_c(device: str, work: Path, dry_run: bool) -> list[Row]:
             gcnn=GCNNConfig(epochs=2),
         )  # fmt: skip
     t0 = time.perf_counter()
-    result = run_demo(work / "c", cfg, progress=False)
+    result = run_demo(work / "c", cfg, progress=False, workers=None, full=True)
     seconds = time.perf_counter() - t0
     t1, t2 = result.table1, result.table2
     t1_ok = len(t1) == cfg.folds and bool((t1["dice"] > 0).all())
