@@ -3,8 +3,10 @@
 The values were recorded on the CPU before the GCNN scorers' two training loops became
 one (``lesionuq.scorers.nn``, issue 26). Each case trains for six epochs on twelve
 synthetic lesions with one thread; the same seeds must give the same fitted weights and
-so the same scores. The tolerance only allows for another CPU's float kernels: on the
-machine that recorded them the scores are identical to the last bit.
+so the same scores. The tolerance only allows for another CPU's float kernels and torch
+build: on the machine that recorded them the scores are identical to the last bit; on the
+host CPU of an H200 machine (torch 2.11) one score of ``ens_auc`` moved by 1.9e-6 relative,
+float32 rounding through six epochs, far below what any change to the loop moves.
 """
 
 from __future__ import annotations
@@ -80,6 +82,6 @@ CASES: dict[str, tuple[Callable[[], LesionScorer], list[float], list[int]]] = {
 def test_tiny_fit_gives_the_pinned_scores(case: str) -> None:
     make, scores, best = CASES[case]
     scorer = make().fit(synthetic_lesions(6, seed=3), progress=False)
-    np.testing.assert_allclose(scorer.score(synthetic_lesions(3, seed=4)), scores, rtol=1e-6)
+    np.testing.assert_allclose(scorer.score(synthetic_lesions(3, seed=4)), scores, rtol=1e-5)
     kept = scorer.best_epochs_ if isinstance(scorer, GCNNEnsembleScorer) else [scorer.best_epoch_]
     assert kept == best
