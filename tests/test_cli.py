@@ -95,6 +95,9 @@ def test_demo_workers_auto_uses_the_cores_on_a_cpu_up_to_the_folds():
     assert demo_workers("auto", cfg, cpus=8, cuda=True) is None  # device auto -> the GPU
     on_cpu = ExperimentConfig(folds=4, device="cpu")
     assert demo_workers("auto", on_cpu, cpus=8, cuda=True) == 4
+    # CPU work (the samples protocol's stages) takes the cores on a GPU machine too
+    assert demo_workers("auto", cfg, cpus=16, cuda=True, cpu_only=True) == 4
+    assert demo_workers("auto", cfg, cpus=1, cuda=True, cpu_only=True) is None
     assert demo_workers("3", cfg, cpus=2, cuda=False) == 3  # an explicit count is kept
     assert demo_workers(1, cfg) is None and demo_workers(None, cfg) is None
     for bad in ("many", "0", -2):

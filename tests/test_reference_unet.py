@@ -196,3 +196,35 @@ def test_sample_with_reference_writes_stacks_the_samples_protocol_reads(
     mtime = stack.stat().st_mtime_ns
     demo_module.sample_with_reference(data / "cases.csv", tmp_path / "samples", cfg, progress=False)
     assert stack.stat().st_mtime_ns == mtime  # same data, weights and settings: skipped
+
+
+def test_run_demo_on_a_gpu_machine_gives_the_cpu_stages_the_cores(tmp_path, monkeypatch):
+    workers: list[tuple[str, object]] = []
+
+    def fake_phantom(out, cfg, **kwargs):
+        out.mkdir(parents=True)
+        (out / ".lesionuq.json").write_text("{}")
+        return out / "cases.csv"
+
+    def fake_sample(data, out, cfg, **kwargs):
+        workers.append(("sample", kwargs["workers"]))
+        return Path(out) / "cases.csv"
+
+    def fake_experiment(data, out, cfg, **kwargs):
+        workers.append(("experiment", kwargs["workers"]))
+        return "result"
+
+    monkeypatch.setattr("lesionuq.data.phantom.make_phantom_dataset", fake_phantom)
+    monkeypatch.setattr(demo_module, "add_written", lambda *a: None)
+    monkeypatch.setattr(demo_module, "sample_with_reference", fake_sample)
+    monkeypatch.setattr(demo_module, "run_experiment", fake_experiment)
+    monkeypatch.setattr(demo_module, "_install_reference_unet", lambda run, folds: None)
+    monkeypatch.setattr(demo_module.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(demo_module.os, "cpu_count", lambda: 16)
+    folds = bundled_config("demo_reference").folds
+    run_demo(tmp_path, progress=False)
+    # the reference U-Net samples on the GPU in this process; maps, graphs, fits on the CPUs
+    assert workers == [("sample", None), ("experiment", folds)]
+    workers.clear()
+    run_demo(tmp_path, progress=False, full=True)  # training on the GPU: this process
+    assert workers == [("experiment", None)]
