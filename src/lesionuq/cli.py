@@ -199,8 +199,8 @@ def demo(
         typer.Option(
             metavar="N|auto",
             help="Single-threaded worker processes (folds train side by side); auto: one "
-            "per CPU core up to the number of folds, on a CPU-only machine with 2+ cores; "
-            "1: everything in this process.",
+            "per CPU core up to the number of folds, with 2+ cores, for CPU work (on a GPU "
+            "the U-Net's work stays in this process); 1: everything in this process.",
         ),
     ] = "auto",
     full: Annotated[
