@@ -201,6 +201,8 @@ def test_registry_covers_every_method() -> None:
         "gcnn_stack_robust",
         "gcnn_mt",
         "gcnn_scancv",
+        "gcnn_seeds",
+        "gcnn_stack_seeds",
         "gcnn_loc",
         "gcnn_loc_mni",
         "metaseg_loc",
