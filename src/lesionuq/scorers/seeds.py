@@ -24,7 +24,6 @@ from typing import Any, Self
 
 import numpy as np
 
-from lesionuq.calibration import clone
 from lesionuq.config import ExperimentConfig
 from lesionuq.lesions.dataset import LesionSet
 from lesionuq.scorers.base import LesionScorer, check_is_fitted
@@ -92,10 +91,7 @@ class SeedEnsembleScorer(LesionScorer):
             lesions: N labelled lesions.
             progress: Passed to each member's fit.
         """
-        members = [
-            reseeded(self.estimator, i) if i else clone(self.estimator)
-            for i in range(self.n_members)
-        ]
+        members = [reseeded(self.estimator, i) for i in range(self.n_members)]
         self.members_ = [m.fit(lesions, progress=progress) for m in members]
         return self
 
